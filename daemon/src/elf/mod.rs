@@ -1,0 +1,1 @@
+//! ELF reading: symbols, segments, file offset math (object + safe file access).

@@ -1,0 +1,12 @@
+//! probed: a uprobe tracing daemon.
+//!
+//! Data flows one way: [`events`] (hits out of BPF) → [`resolve`] (address → mapping → file
+//! offset, speculative and sequence-validated) → [`symbolize`] (file offset → ELF symbol) →
+//! [`output`]. [`trace`] wires them for `probed trace`; see ARCHITECTURE.md for the map from
+//! concept to file.
+
+pub mod bpf_object;
+pub mod elf;
+pub mod file_id;
+pub mod resolve;
+pub mod symbolize;

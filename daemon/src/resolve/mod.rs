@@ -1,0 +1,1 @@
+//! The speculative resolver: address → VMA → (device, inode, file offset).

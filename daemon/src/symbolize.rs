@@ -1,0 +1,1 @@
+//! File offset → symbol, cached per (device, inode) and shared across processes.

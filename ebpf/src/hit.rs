@@ -1,0 +1,81 @@
+//! Hit recording: one event per probe hit, or one counted loss when the ring buffer is full.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::pt_regs,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::{ProbeContext, RetProbeContext},
+};
+use probed_common::{ARG_REGS, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_PROBES};
+
+use crate::maps::{HITS, PROBE_STATS};
+
+/// Records a uprobe hit with the first six integer arguments.
+#[inline(always)]
+pub fn record_entry(ctx: &ProbeContext) {
+    // SAFETY: the kernel hands a uprobe program a valid pt_regs for its whole run.
+    let regs = unsafe { &*ctx.regs };
+    let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
+    record(ctx.as_ptr(), KIND_ENTRY, regs, args, 0, 0);
+}
+
+/// Records a uretprobe hit with the return value and the address returned to.
+#[inline(always)]
+pub fn record_return(ctx: &RetProbeContext) {
+    // SAFETY: as above, for a uretprobe.
+    let regs = unsafe { &*ctx.regs };
+    record(ctx.as_ptr(), KIND_RETURN, regs, [0; ARG_REGS], regs.rax, regs.rip);
+}
+
+#[inline(always)]
+fn record(
+    ctx: *mut core::ffi::c_void,
+    kind: u32,
+    regs: &pt_regs,
+    args: [u64; ARG_REGS],
+    retval: u64,
+    ret_addr: u64,
+) {
+    // SAFETY: bpf_get_attach_cookie only reads the current program's run context.
+    let cookie = unsafe { aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx) };
+    let probe_id = cookie as u32;
+    if probe_id >= MAX_PROBES {
+        return;
+    }
+    let Some(stats) = PROBE_STATS.get_ptr_mut(probe_id) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot belongs to this CPU while the program runs (preemption is
+    // disabled for uprobe programs), so this is the only writer.
+    unsafe { (*stats).hits += 1 };
+
+    let Some(mut entry) = HITS.reserve::<HitEvent>(0) else {
+        // SAFETY: as above.
+        unsafe { (*stats).lost += 1 };
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: bpf_ktime_get_ns has no preconditions; aya-ebpf marks every raw helper unsafe.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // For a uprobe the kernel sets ip to the breakpoint address before running the program;
+    // for a uretprobe ip is the return address, so take the function's address from
+    // bpf_get_func_ip (which reports the probed address for both kinds, kernel >= 6.4).
+    // SAFETY: bpf_get_func_ip only reads the current program's run context.
+    let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
+    let ip = if ip == 0 { regs.rip } else { ip };
+    entry.write(HitEvent {
+        probe_id,
+        kind,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        ts_ns,
+        ip,
+        ret_addr,
+        seq: 0,
+        proc_gen: 0,
+        args,
+        retval,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+}

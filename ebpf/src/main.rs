@@ -1,0 +1,41 @@
+//! probed's BPF programs. Entry points only; the logic lives in the modules.
+//!
+//! One entry program (`probed_entry`) is shared by every uprobe and one return program
+//! (`probed_return`) by every uretprobe; the attach cookie tells them which probe fired.
+#![no_std]
+#![no_main]
+
+mod hit;
+mod maps;
+
+use aya_ebpf::{
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+
+/// Every uprobe probed attaches runs this.
+#[uprobe]
+pub fn probed_entry(ctx: ProbeContext) -> u32 {
+    hit::record_entry(&ctx);
+    0
+}
+
+/// Every uretprobe probed attaches runs this.
+#[uretprobe]
+pub fn probed_return(ctx: RetProbeContext) -> u32 {
+    hit::record_return(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it exists only to link.
+    loop {}
+}
+
+/// The kernel refuses GPL-only helpers (bpf_probe_read_user, bpf_get_stack…) to programs
+/// under other licenses.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
