@@ -8,5 +8,7 @@
 pub mod bpf_object;
 pub mod elf;
 pub mod file_id;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod resolve;
 pub mod symbolize;
