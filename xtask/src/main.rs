@@ -1,6 +1,13 @@
 //! probed's tasks. `cargo xtask --help` lists them.
 
 mod bench;
+mod build;
+mod build_ebpf;
+mod exec;
+mod paths;
+mod run;
+mod test;
+mod toolchain;
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +20,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build the BPF object (installs the BPF toolchain first where it is missing).
+    BuildEbpf,
+    /// Build the BPF object and a release `probed` that embeds it.
+    Build,
+    /// Build, then run `probed` with the given arguments.
+    Run {
+        /// Arguments for probed, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests and root/BPF integration tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -22,6 +45,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::BuildEbpf => build_ebpf::run(),
+        Command::Build => build::run(),
+        Command::Run { args } => run::run(&args),
+        Command::Test { args } => test::run(&args),
         Command::Bench { which } => bench::run(which),
     }
 }
