@@ -5,10 +5,14 @@
 //! [`output`]. [`trace`] wires them for `probed trace`; see ARCHITECTURE.md for the map from
 //! concept to file.
 
+pub mod attach;
 pub mod bpf_object;
 pub mod elf;
+pub mod events;
 pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod privileges;
 pub mod resolve;
+pub mod spec;
 pub mod symbolize;

@@ -1,0 +1,228 @@
+//! Loading the BPF object and attaching uprobes/uretprobes, cookie = probe id.
+//!
+//! One entry program and one return program are loaded once; every probe is an extra
+//! attachment of one of them, told apart in BPF by its attach cookie. Links are file
+//! descriptors owned by this process: dropping [`Tracer`] (any exit path) detaches them, and
+//! if probed is killed the kernel closes the descriptors and the probes go with them.
+
+use std::{collections::HashMap, io, num::NonZeroU32, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        ProgramError,
+        uprobe::{UProbe, UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+};
+use probed_common::{MAX_PROBES, ProbeStats};
+
+use crate::{bpf_object, privileges, spec::ProbeKind};
+
+/// Name of the entry program in the BPF object.
+const ENTRY_PROGRAM: &str = "probed_entry";
+/// Name of the return program in the BPF object.
+const RETURN_PROGRAM: &str = "probed_return";
+/// Name of the hit ring buffer map.
+const HITS_MAP: &str = "HITS";
+/// Name of the per-probe counters map.
+const STATS_MAP: &str = "PROBE_STATS";
+
+/// A probe ready to attach: a file and a byte offset in it.
+#[derive(Clone, Debug)]
+pub struct AttachRequest {
+    /// The probe id; becomes the attach cookie.
+    pub id: u32,
+    /// Entry or return probe.
+    pub kind: ProbeKind,
+    /// The file to attach to (the kernel keys the uprobe on its inode).
+    pub path: PathBuf,
+    /// Byte offset of the probed instruction in the file.
+    pub file_offset: u64,
+}
+
+/// Why loading or attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// This binary has no BPF object.
+    #[error(transparent)]
+    Object(#[from] bpf_object::ObjectError),
+    /// Not enough privileges.
+    #[error(transparent)]
+    Privileges(#[from] privileges::PrivilegeError),
+    /// The kernel refused to load the BPF object.
+    #[error("cannot load probed's BPF object")]
+    Load(#[source] aya::EbpfError),
+    /// A program is missing from the object or has the wrong type (a build mismatch).
+    #[error("the BPF object has no usable program `{0}`")]
+    Program(&'static str),
+    /// A map is missing from the object or has the wrong type (a build mismatch).
+    #[error("the BPF object has no usable map `{0}`")]
+    Map(&'static str),
+    /// The kernel refused to load a program (verifier or permissions).
+    #[error("the kernel refused to load BPF program `{name}`")]
+    ProgramLoad {
+        /// The program.
+        name: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: ProgramError,
+    },
+    /// Too many probes for the statistics array.
+    #[error("probe id {0} is out of range: at most {MAX_PROBES} probes")]
+    TooManyProbes(u32),
+    /// The kernel refused an attachment.
+    #[error("cannot attach {kind} probe to {path} at file offset {file_offset:#x}")]
+    Attach {
+        /// The probe kind.
+        kind: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The offset.
+        file_offset: u64,
+        /// What the kernel said.
+        #[source]
+        source: ProgramError,
+    },
+    /// Reading the statistics map failed.
+    #[error("cannot read per-probe counters")]
+    Stats(#[source] aya::maps::MapError),
+}
+
+/// The loaded BPF object and the probes attached through it.
+pub struct Tracer {
+    /// The loaded object; owns programs, maps and links (dropping it detaches everything).
+    ebpf: Ebpf,
+    /// Attached probes: id → (kind, link).
+    links: HashMap<u32, (ProbeKind, UProbeLinkId)>,
+}
+
+impl Tracer {
+    /// Checks privileges, loads the embedded BPF object and its two programs.
+    pub fn load() -> Result<Self, AttachError> {
+        let object = bpf_object::bytes()?;
+        privileges::check()?;
+        let mut ebpf = EbpfLoader::new().load(object).map_err(AttachError::Load)?;
+        for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or(AttachError::Program(name))?
+                .try_into()
+                .map_err(|_| AttachError::Program(name))?;
+            program
+                .load()
+                .map_err(|source| AttachError::ProgramLoad { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            links: HashMap::new(),
+        })
+    }
+
+    /// Attaches one probe, to all processes or to one pid.
+    pub fn attach(
+        &mut self,
+        req: &AttachRequest,
+        pid: Option<NonZeroU32>,
+    ) -> Result<(), AttachError> {
+        if req.id >= MAX_PROBES {
+            return Err(AttachError::TooManyProbes(req.id));
+        }
+        let name = match req.kind {
+            ProbeKind::Entry => ENTRY_PROGRAM,
+            ProbeKind::Return => RETURN_PROGRAM,
+        };
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(AttachError::Program(name))?
+            .try_into()
+            .map_err(|_| AttachError::Program(name))?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(req.file_offset),
+            cookie: Some(u64::from(req.id)),
+        };
+        let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let link =
+            program
+                .attach(point, &req.path, scope)
+                .map_err(|source| AttachError::Attach {
+                    kind: req.kind.as_str(),
+                    path: req.path.clone(),
+                    file_offset: req.file_offset,
+                    source,
+                })?;
+        self.links.insert(req.id, (req.kind, link));
+        Ok(())
+    }
+
+    /// Detaches one probe; returns whether it was attached.
+    pub fn detach(&mut self, id: u32) -> bool {
+        let Some((kind, link)) = self.links.remove(&id) else {
+            return false;
+        };
+        let name = match kind {
+            ProbeKind::Entry => ENTRY_PROGRAM,
+            ProbeKind::Return => RETURN_PROGRAM,
+        };
+        if let Some(Ok(program)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+            if let Err(err) = program.detach(link) {
+                tracing::warn!(probe = id, error = %err, "detaching probe failed");
+            }
+        }
+        true
+    }
+
+    /// Detaches every probe. Events already in the ring buffer stay readable.
+    pub fn detach_all(&mut self) {
+        let ids: Vec<u32> = self.links.keys().copied().collect();
+        for id in ids {
+            self.detach(id);
+        }
+    }
+
+    /// Number of attached probes.
+    pub fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Takes the hit ring buffer (once).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map(HITS_MAP)
+            .ok_or(AttachError::Map(HITS_MAP))?;
+        RingBuf::try_from(map).map_err(|_| AttachError::Map(HITS_MAP))
+    }
+
+    /// Per-probe counters summed over CPUs.
+    pub fn stats(&self, id: u32) -> Result<ProbeStats, AttachError> {
+        let map = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or(AttachError::Map(STATS_MAP))?;
+        let array: PerCpuArray<&MapData, ProbeStats> =
+            PerCpuArray::try_from(map).map_err(|_| AttachError::Map(STATS_MAP))?;
+        let values = array.get(&id, 0).map_err(AttachError::Stats)?;
+        Ok(values
+            .iter()
+            .fold(ProbeStats::default(), |acc, v| ProbeStats {
+                hits: acc.hits + v.hits,
+                lost: acc.lost + v.lost,
+            }))
+    }
+}
+
+/// Whether an error chain bottoms out in EPERM/EACCES (for a privileges hint).
+pub fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::PermissionDenied {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}

@@ -1,0 +1,256 @@
+//! The probe SPEC grammar (bpftrace-style) → typed probe requests.
+//!
+//! ```text
+//! SPEC     := KIND ":" PATH ":" LOCATION
+//! KIND     := "uprobe" | "u" | "uretprobe" | "ur"
+//! PATH     := an absolute path to an ELF executable or shared library (no ':')
+//! LOCATION := SYMBOL | SYMBOL "+" OFFSET | "0x" HEX     (the last one is a file offset)
+//! OFFSET   := decimal or 0x-prefixed hex
+//! ```
+//! Parsing is pure: whether the file exists or the symbol is in it is checked when the probe
+//! is resolved against the ELF file (see `elf`).
+
+use std::{fmt, path::PathBuf, str::FromStr};
+
+/// The forms a SPEC may take, shown in every parse error.
+pub const EXPECTED_FORMS: &str = "uprobe:/path/to/binary:symbol, uretprobe:/path:symbol, \
+                                  uprobe:/path:symbol+16 or uprobe:/path:0x1a2b (file offset)";
+
+/// Whether a probe fires at function entry or at function return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// A uprobe: fires when the instruction at the location is about to run.
+    Entry,
+    /// A uretprobe: fires when the function at the location returns.
+    Return,
+}
+
+impl ProbeKind {
+    /// The name used in output (`"entry"` / `"return"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Entry => "entry",
+            Self::Return => "return",
+        }
+    }
+}
+
+/// Where in the file the probe goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// A symbol, plus a byte offset into it (0 for the symbol itself).
+    Symbol {
+        /// The symbol's name as written (raw, as in the ELF symbol table).
+        name: String,
+        /// Bytes past the symbol's start.
+        offset: u64,
+    },
+    /// A byte offset into the file (what the kernel's uprobe takes).
+    FileOffset(u64),
+}
+
+/// One parsed SPEC.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProbeSpec {
+    /// The SPEC exactly as the user wrote it; output names probes by it.
+    pub text: String,
+    /// Entry or return probe.
+    pub kind: ProbeKind,
+    /// The file to probe, as written.
+    pub path: PathBuf,
+    /// Where in the file.
+    pub location: Location,
+}
+
+/// Why a SPEC did not parse. Each message names the offending part and the expected forms.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The text before the first ':' is not a probe kind.
+    #[error("unknown probe type `{kind}` in `{spec}`: expected {EXPECTED_FORMS}")]
+    UnknownKind {
+        /// The whole SPEC.
+        spec: String,
+        /// The unknown kind.
+        kind: String,
+    },
+    /// Not of the form KIND:PATH:LOCATION.
+    #[error("cannot parse `{spec}`: expected {EXPECTED_FORMS}")]
+    Shape {
+        /// The whole SPEC.
+        spec: String,
+    },
+    /// The path is not absolute.
+    #[error("the path in `{spec}` must be absolute (start with '/'): expected {EXPECTED_FORMS}")]
+    RelativePath {
+        /// The whole SPEC.
+        spec: String,
+    },
+    /// A number did not parse.
+    #[error("bad offset `{number}` in `{spec}`: expected a decimal or 0x-prefixed hex number")]
+    Number {
+        /// The whole SPEC.
+        spec: String,
+        /// The text that is not a number.
+        number: String,
+    },
+}
+
+impl FromStr for ProbeSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let shape = || SpecError::Shape { spec: spec.into() };
+        let (kind, rest) = spec.split_once(':').ok_or_else(shape)?;
+        let kind = match kind {
+            "uprobe" | "u" => ProbeKind::Entry,
+            "uretprobe" | "ur" => ProbeKind::Return,
+            other => {
+                return Err(SpecError::UnknownKind {
+                    spec: spec.into(),
+                    kind: other.into(),
+                });
+            }
+        };
+        let (path, location) = rest.split_once(':').ok_or_else(shape)?;
+        if path.is_empty() || location.is_empty() {
+            return Err(shape());
+        }
+        if !path.starts_with('/') {
+            return Err(SpecError::RelativePath { spec: spec.into() });
+        }
+        let number = |text: &str| {
+            parse_number(text).ok_or_else(|| SpecError::Number {
+                spec: spec.into(),
+                number: text.into(),
+            })
+        };
+        let location = if location.starts_with("0x") || location.starts_with("0X") {
+            Location::FileOffset(number(location)?)
+        } else if let Some((name, offset)) = location.rsplit_once('+') {
+            if name.is_empty() {
+                return Err(shape());
+            }
+            Location::Symbol {
+                name: name.into(),
+                offset: number(offset)?,
+            }
+        } else {
+            Location::Symbol {
+                name: location.into(),
+                offset: 0,
+            }
+        };
+        Ok(Self {
+            text: spec.into(),
+            kind,
+            path: PathBuf::from(path),
+            location,
+        })
+    }
+}
+
+impl fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
+        Some(_) => None,
+        None if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => text.parse().ok(),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ProbeSpec, SpecError> {
+        s.parse()
+    }
+
+    /// A symbol entry probe keeps the text, the kind, the path and the symbol.
+    #[test]
+    fn entry_symbol() {
+        let p = parse("uprobe:/bin/bash:readline").unwrap();
+        assert_eq!(p.kind, ProbeKind::Entry);
+        assert_eq!(p.path, PathBuf::from("/bin/bash"));
+        assert_eq!(
+            p.location,
+            Location::Symbol {
+                name: "readline".into(),
+                offset: 0
+            }
+        );
+        assert_eq!(p.to_string(), "uprobe:/bin/bash:readline");
+    }
+
+    /// Return probes and the short kind names parse.
+    #[test]
+    fn kinds() {
+        assert_eq!(parse("uretprobe:/a:f").unwrap().kind, ProbeKind::Return);
+        assert_eq!(parse("ur:/a:f").unwrap().kind, ProbeKind::Return);
+        assert_eq!(parse("u:/a:f").unwrap().kind, ProbeKind::Entry);
+    }
+
+    /// `0x…` is a file offset, `sym+N` a symbol offset in decimal or hex.
+    #[test]
+    fn offsets() {
+        assert_eq!(
+            parse("uprobe:/a:0x1a2b").unwrap().location,
+            Location::FileOffset(0x1a2b)
+        );
+        assert_eq!(
+            parse("uprobe:/a:f+16").unwrap().location,
+            Location::Symbol {
+                name: "f".into(),
+                offset: 16
+            }
+        );
+        assert_eq!(
+            parse("uprobe:/a:f+0x10").unwrap().location,
+            Location::Symbol {
+                name: "f".into(),
+                offset: 16
+            }
+        );
+    }
+
+    /// Every malformed SPEC gives the matching error, and the message shows the expected forms.
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            parse("kprobe:/a:f"),
+            Err(SpecError::UnknownKind { .. })
+        ));
+        assert!(matches!(parse("uprobe"), Err(SpecError::Shape { .. })));
+        assert!(matches!(parse("uprobe:/a"), Err(SpecError::Shape { .. })));
+        assert!(matches!(parse("uprobe::f"), Err(SpecError::Shape { .. })));
+        assert!(matches!(parse("uprobe:/a:"), Err(SpecError::Shape { .. })));
+        assert!(matches!(
+            parse("uprobe:/a:+4"),
+            Err(SpecError::Shape { .. })
+        ));
+        assert!(matches!(
+            parse("uprobe:bin/a:f"),
+            Err(SpecError::RelativePath { .. })
+        ));
+        assert!(matches!(
+            parse("uprobe:/a:0xzz"),
+            Err(SpecError::Number { .. })
+        ));
+        assert!(matches!(
+            parse("uprobe:/a:0x"),
+            Err(SpecError::Number { .. })
+        ));
+        assert!(matches!(
+            parse("uprobe:/a:f+x"),
+            Err(SpecError::Number { .. })
+        ));
+        let msg = parse("nope:/a:f").unwrap_err().to_string();
+        assert!(msg.contains("uprobe:/path/to/binary:symbol"), "{msg}");
+    }
+}
