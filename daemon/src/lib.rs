@@ -12,6 +12,7 @@ pub mod events;
 pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod output;
 pub mod privileges;
 pub mod resolve;
 pub mod spec;

@@ -1,0 +1,141 @@
+//! JSON lines: `{"type":"hit",…}` per hit and one final `{"type":"summary",…}`.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{HitRecord, Summary};
+
+#[derive(Serialize)]
+struct HitLine<'a> {
+    r#type: &'static str,
+    probe: &'a str,
+    probe_id: u32,
+    kind: &'static str,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    ts_ns: u64,
+    addr: String,
+    module: Option<&'a str>,
+    symbol: Option<&'a str>,
+    offset: Option<u64>,
+    file_offset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unresolved: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<[u64; 6]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retval: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ret_addr: Option<String>,
+    seq: u64,
+}
+
+/// Writes one hit as a JSON line.
+pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
+    let resolved = hit.resolved.as_ref().ok();
+    let line = HitLine {
+        r#type: "hit",
+        probe: hit.probe,
+        probe_id: hit.probe_id,
+        kind: hit.kind.as_str(),
+        pid: hit.pid,
+        tid: hit.tid,
+        comm: hit.comm,
+        ts_ns: hit.ts_ns,
+        addr: format!("{:#x}", hit.addr),
+        module: resolved.map(|r| r.module.as_str()),
+        symbol: resolved.and_then(|r| r.symbol.as_deref()),
+        offset: resolved.and_then(|r| r.offset),
+        file_offset: resolved.map(|r| format!("{:#x}", r.file_offset)),
+        unresolved: hit.resolved.as_ref().err().copied(),
+        args: hit.args,
+        retval: hit.retval,
+        ret_addr: hit.ret_addr.map(|a| format!("{a:#x}")),
+        seq: hit.seq,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    summary: &'a Summary,
+}
+
+/// Writes the summary as the final JSON line.
+pub fn write_summary(out: &mut impl Write, summary: &Summary) -> io::Result<()> {
+    serde_json::to_writer(
+        &mut *out,
+        &SummaryLine {
+            r#type: "summary",
+            summary,
+        },
+    )?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{output::Resolved, spec::ProbeKind};
+
+    fn record(resolved: Result<Resolved, &'static str>) -> HitRecord<'static> {
+        HitRecord {
+            probe: "uprobe:/bin/x:f",
+            probe_id: 0,
+            kind: ProbeKind::Entry,
+            pid: 1,
+            tid: 2,
+            comm: "x",
+            ts_ns: 3,
+            addr: 0x1139,
+            resolved,
+            args: Some([1, 2, 3, 4, 5, 6]),
+            retval: None,
+            ret_addr: None,
+            seq: 0,
+        }
+    }
+
+    /// A resolved entry hit carries every field the issue names, with addr as hex text.
+    #[test]
+    fn hit_line_fields() {
+        let mut buf = Vec::new();
+        write_hit(
+            &mut buf,
+            &record(Ok(Resolved {
+                module: "/bin/x".into(),
+                symbol: Some("f".into()),
+                offset: Some(0),
+                file_offset: 0x1139,
+            })),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["type"], "hit");
+        assert_eq!(v["kind"], "entry");
+        assert_eq!(v["addr"], "0x1139");
+        assert_eq!(v["module"], "/bin/x");
+        assert_eq!(v["symbol"], "f");
+        assert_eq!(v["offset"], 0);
+        assert_eq!(v["args"][5], 6);
+        assert!(v.get("retval").is_none());
+        assert!(v.get("unresolved").is_none());
+        assert!(buf.ends_with(b"\n"));
+    }
+
+    /// An unresolved hit says why and has null module and symbol.
+    #[test]
+    fn unresolved_hit_line() {
+        let mut buf = Vec::new();
+        write_hit(&mut buf, &record(Err("process_gone"))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["unresolved"], "process_gone");
+        assert!(v["module"].is_null());
+        assert!(v["symbol"].is_null());
+    }
+}

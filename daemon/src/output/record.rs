@@ -1,0 +1,67 @@
+//! One hit, resolved as far as it could be: what every output format prints.
+
+use serde::Serialize;
+
+use crate::spec::ProbeKind;
+
+/// Where a hit address resolved to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Resolved {
+    /// Absolute path of the mapped file.
+    pub module: String,
+    /// The symbol containing the address (demangled), if one does.
+    pub symbol: Option<String>,
+    /// Bytes from the symbol's start to the address.
+    pub offset: Option<u64>,
+    /// Byte offset of the address in the file.
+    pub file_offset: u64,
+}
+
+/// A hit ready for output. Borrowed parts come from the probe table and the event.
+#[derive(Clone, Debug)]
+pub struct HitRecord<'a> {
+    /// The SPEC of the probe that fired, as the user wrote it.
+    pub probe: &'a str,
+    /// The probe id.
+    pub probe_id: u32,
+    /// Entry or return.
+    pub kind: ProbeKind,
+    /// Process id (initial pid namespace).
+    pub pid: u32,
+    /// Thread id (initial pid namespace).
+    pub tid: u32,
+    /// The thread's comm.
+    pub comm: &'a str,
+    /// CLOCK_MONOTONIC nanoseconds at the hit.
+    pub ts_ns: u64,
+    /// The probed address in the process.
+    pub addr: u64,
+    /// Resolution of `addr`, or why it failed.
+    pub resolved: Result<Resolved, &'static str>,
+    /// The first six integer arguments (entry probes).
+    pub args: Option<[u64; 6]>,
+    /// The return value (return probes).
+    pub retval: Option<u64>,
+    /// The address the function returned to (return probes).
+    pub ret_addr: Option<u64>,
+    /// The process's address-space change sequence at hit time.
+    pub seq: u64,
+}
+
+/// The `comm` bytes of a hit as text (up to the first NUL, lossy UTF-8).
+pub fn comm_str(comm: &[u8]) -> std::borrow::Cow<'_, str> {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// comm stops at the first NUL and keeps all 16 bytes when there is none.
+    #[test]
+    fn comm_text() {
+        assert_eq!(comm_str(b"bash\0\0\0\0\0\0\0\0\0\0\0\0"), "bash");
+        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

@@ -1,0 +1,37 @@
+//! The end-of-run summary: per probe, what fired, what was delivered, lost or unresolved.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Counters of one probe for one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeSummary {
+    /// The SPEC as given.
+    pub probe: String,
+    /// The probe id.
+    pub probe_id: u32,
+    /// Times the probe fired (counted in BPF).
+    pub hits: u64,
+    /// Hits written to the output.
+    pub printed: u64,
+    /// Hits the kernel could not deliver because the ring buffer was full (counted in BPF).
+    pub lost: u64,
+    /// Hits delivered after the run's end condition (--count) was met, so not printed.
+    pub not_printed: u64,
+    /// Hits whose address could not be resolved, by reason.
+    pub unresolved: BTreeMap<&'static str, u64>,
+}
+
+/// The whole run's summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// Why the run ended (`"signal"`, `"duration"`, `"count"`, `"error"`).
+    pub ended_by: &'static str,
+    /// Run time in seconds.
+    pub duration_s: f64,
+    /// Per-probe counters, in probe id order.
+    pub probes: Vec<ProbeSummary>,
+    /// How addresses were resolved: counter name → count (fast path, fallbacks…).
+    pub resolver: BTreeMap<String, u64>,
+}

@@ -1,0 +1,139 @@
+//! Aligned text for people: one line per hit, then a summary table.
+
+use std::io::{self, Write};
+
+use super::{HitRecord, Summary};
+use crate::spec::ProbeKind;
+
+/// Writes the column header.
+pub fn write_header(out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:>17} {:>7} {:>7} {:<16} {:<3} {:<18} WHERE / VALUES",
+        "TIME(s)", "PID", "TID", "COMM", "", "ADDR"
+    )
+}
+
+/// Writes one hit: time, ids, comm, entry/return arrow, address, symbol+offset [module],
+/// then the arguments or the return value.
+pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
+    let arrow = match hit.kind {
+        ProbeKind::Entry => "->",
+        ProbeKind::Return => "<-",
+    };
+    let secs = hit.ts_ns as f64 / 1e9;
+    write!(
+        out,
+        "{secs:>17.6} {:>7} {:>7} {:<16} {arrow:<3} {:<18} ",
+        hit.pid,
+        hit.tid,
+        hit.comm,
+        format!("{:#x}", hit.addr)
+    )?;
+    match &hit.resolved {
+        Ok(r) => match (&r.symbol, r.offset) {
+            (Some(sym), Some(0)) => write!(out, "{sym} [{}]", r.module)?,
+            (Some(sym), Some(off)) => write!(out, "{sym}+{off:#x} [{}]", r.module)?,
+            _ => write!(out, "{}+{:#x}", r.module, r.file_offset)?,
+        },
+        Err(reason) => write!(out, "?? ({reason})")?,
+    }
+    if let Some(args) = hit.args {
+        write!(
+            out,
+            " ({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})",
+            args[0], args[1], args[2], args[3], args[4], args[5]
+        )?;
+    }
+    if let Some(ret) = hit.retval {
+        write!(out, " = {ret} ({ret:#x})")?;
+    }
+    writeln!(out)
+}
+
+/// Writes the per-probe summary table.
+pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "--- probed: {:.1}s, ended by {} ---",
+        s.duration_s, s.ended_by
+    )?;
+    writeln!(
+        out,
+        "{:>4} {:>10} {:>10} {:>8} {:>10}  {:<40} UNRESOLVED",
+        "ID", "HITS", "PRINTED", "LOST", "NOT SHOWN", "PROBE"
+    )?;
+    for p in &s.probes {
+        let unresolved = if p.unresolved.is_empty() {
+            "0".to_string()
+        } else {
+            p.unresolved
+                .iter()
+                .map(|(why, n)| format!("{why}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        writeln!(
+            out,
+            "{:>4} {:>10} {:>10} {:>8} {:>10}  {:<40} {unresolved}",
+            p.probe_id, p.hits, p.printed, p.lost, p.not_printed, p.probe
+        )?;
+    }
+    if !s.resolver.is_empty() {
+        let parts: Vec<String> = s.resolver.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "resolver: {}", parts.join(" "))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{ProbeSummary, Resolved};
+
+    /// A hit line shows symbol, module and arguments; the summary lists every probe.
+    #[test]
+    fn hit_and_summary_text() {
+        let hit = HitRecord {
+            probe: "uprobe:/bin/x:f",
+            probe_id: 0,
+            kind: ProbeKind::Entry,
+            pid: 10,
+            tid: 11,
+            comm: "x",
+            ts_ns: 1_500_000_000,
+            addr: 0x1139,
+            resolved: Ok(Resolved {
+                module: "/bin/x".into(),
+                symbol: Some("f".into()),
+                offset: Some(4),
+                file_offset: 0x1139,
+            }),
+            args: Some([1, 2, 3, 4, 5, 6]),
+            retval: None,
+            ret_addr: None,
+            seq: 0,
+        };
+        let mut buf = Vec::new();
+        write_hit(&mut buf, &hit).unwrap();
+        let line = String::from_utf8(buf).unwrap();
+        assert!(line.contains("f+0x4 [/bin/x]"), "{line}");
+        assert!(line.contains("(0x1, 0x2, 0x3, 0x4, 0x5, 0x6)"), "{line}");
+        let summary = Summary {
+            ended_by: "count",
+            duration_s: 1.0,
+            probes: vec![ProbeSummary {
+                probe: "uprobe:/bin/x:f".into(),
+                hits: 7,
+                ..Default::default()
+            }],
+            resolver: Default::default(),
+        };
+        let mut buf = Vec::new();
+        write_summary(&mut buf, &summary).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains("uprobe:/bin/x:f"), "{text}");
+        assert!(text.contains("ended by count"), "{text}");
+    }
+}
