@@ -1,1 +1,33 @@
-//! ELF reading: symbols, segments, file offset math (object + safe file access).
+//! ELF reading: symbols, segments, file offset math, build-id.
+//!
+//! Files are read with positional reads into owned data ([`ElfImage`]), never memory-mapped,
+//! so a binary truncated or replaced while probed runs yields an error, not a SIGBUS.
+//! Virtual address ↔ file offset translation goes through the `PT_LOAD` segment containing
+//! the address ([`Segments`]), never through section headers.
+//!
+//! - [`ElfImage`]: one parsed file (`ElfImage::open`).
+//! - [`SymbolTable`]: `.symtab` + `.dynsym` merged, sorted; address → symbol, name → symbol,
+//!   "did you mean" suggestions.
+//! - [`resolve_attach`] / [`resolve_attach_offset`]: `SPEC` attach points → file offsets.
+
+mod attach;
+mod build_id;
+mod demangle;
+mod error;
+mod image;
+mod reader;
+mod segments;
+mod suggest;
+mod symbols;
+
+pub use attach::{AttachError, AttachTarget, resolve_attach, resolve_attach_offset};
+pub use build_id::BuildId;
+pub use demangle::demangle;
+pub use error::ElfError;
+pub use image::{ElfImage, ElfType};
+pub(crate) use reader::open as open_file;
+pub use segments::{LoadSegment, Segments};
+pub use symbols::{Symbol, SymbolBinding, SymbolKind, SymbolTable};
+
+#[cfg(test)]
+pub(crate) mod test_support;
