@@ -203,7 +203,9 @@ mod tests {
                 RUST_LEGACY_MARK,
             ),
         ];
-        let cases: [(Fixture, &[(&str, &str, u32)]); 4] = [
+        // (name asked for, raw symbol name, marker in its code)
+        type Func<'a> = (&'a str, &'a str, u32);
+        let cases: [(Fixture, &[Func]); 4] = [
             (Fixture::Pie, &exe),
             (Fixture::NoPie, &exe),
             (Fixture::Stripped, &exe[..2]),

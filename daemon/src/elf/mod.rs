@@ -8,6 +8,8 @@
 //! - [`ElfImage`]: one parsed file (`ElfImage::open`).
 //! - [`SymbolTable`]: `.symtab` + `.dynsym` merged, sorted; address → symbol, name → symbol,
 //!   "did you mean" suggestions.
+//! - [`open_source`]: the exact file a process maps, by (device, inode), even if its path
+//!   was replaced or lives in a container.
 //! - [`resolve_attach`] / [`resolve_attach_offset`]: `SPEC` attach points → file offsets.
 
 mod attach;
@@ -15,6 +17,7 @@ mod build_id;
 mod demangle;
 mod error;
 mod image;
+mod locate;
 mod reader;
 mod segments;
 mod suggest;
@@ -25,7 +28,7 @@ pub use build_id::BuildId;
 pub use demangle::demangle;
 pub use error::ElfError;
 pub use image::{ElfImage, ElfType};
-pub(crate) use reader::open as open_file;
+pub use locate::{FileSource, LocateError, Mapping, open_source};
 pub use segments::{LoadSegment, Segments};
 pub use symbols::{Symbol, SymbolBinding, SymbolKind, SymbolTable};
 
