@@ -143,26 +143,29 @@ impl SymbolTable {
     /// Builds a table from the symbols of `.symtab` and `.dynsym` together. A symbol present
     /// in both (same address, same name up to the version suffix, same kind) is kept once,
     /// under its shorter name, with the larger size and the stronger binding.
-    pub fn new(mut syms: Vec<Symbol>) -> Self {
-        syms.sort_by(|a, b| {
-            (a.addr, a.bare_name(), a.name.len(), a.kind).cmp(&(
-                b.addr,
-                b.bare_name(),
-                b.name.len(),
-                b.kind,
-            ))
+    pub fn new(syms: Vec<Symbol>) -> Self {
+        // Bare-name lengths computed once: the sort compares bare names O(n log n) times,
+        // and scanning long Rust names for '@' each time dominated loading.
+        let mut keyed: Vec<(usize, Symbol)> =
+            syms.into_iter().map(|s| (s.bare_name().len(), s)).collect();
+        fn key((bare_len, s): &(usize, Symbol)) -> (u64, &str, SymbolKind) {
+            (s.addr, &s.name[..*bare_len], s.kind)
+        }
+        keyed.sort_by(|a, b| {
+            key(a)
+                .cmp(&key(b))
+                .then(a.1.name.len().cmp(&b.1.name.len()))
         });
         // `dedup_by` passes the later element first and keeps the earlier (shorter) one.
-        syms.dedup_by(|later, kept| {
-            let same = later.addr == kept.addr
-                && later.kind == kept.kind
-                && later.bare_name() == kept.bare_name();
+        keyed.dedup_by(|later, kept| {
+            let same = key(later) == key(kept);
             if same {
-                kept.size = kept.size.max(later.size);
-                kept.binding = kept.binding.min(later.binding);
+                kept.1.size = kept.1.size.max(later.1.size);
+                kept.1.binding = kept.1.binding.min(later.1.binding);
             }
             same
         });
+        let mut syms: Vec<Symbol> = keyed.into_iter().map(|(_, s)| s).collect();
         syms.sort_by(|a, b| (a.addr, a.preference()).cmp(&(b.addr, b.preference())));
         let mut max_end = Vec::with_capacity(syms.len());
         let mut running = 0;
