@@ -1,8 +1,8 @@
 //! File offset → symbol, with parsed ELF files cached per (device, inode) and shared across
 //! processes and threads.
 //!
-//! The cache is a `HashMap<FileId, Arc<Slot>>` published through [`ArcSwap`]: a lookup loads
-//! the current map without a lock or a shared write and reads an already loaded
+//! The cache (`cache.rs`) is a `HashMap<FileId, Arc<Slot>>` published through `ArcSwap`: a
+//! lookup loads the current map without a lock or a shared write and reads an already loaded
 //! [`ElfImage`]; only a miss takes the writer lock, to insert a slot, and the file is then
 //! loaded outside that lock (concurrent misses on the same file wait for one load rather
 //! than repeat it). An evicted or replaced image is freed when the last reader holding it
@@ -15,18 +15,18 @@
 //! evicted or [`Symbolizer::invalidate`]d; failures of the moment (file unavailable, replaced,
 //! changed while read) are retried by the first lookup after [`RETRY_AFTER`].
 
+mod cache;
+
 use std::{
-    collections::{HashMap, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
     path::Path,
     sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
+use cache::SlotCache;
 
 pub use crate::elf::{FileSource, Mapping};
 use crate::{
@@ -187,60 +187,18 @@ enum Loaded {
     },
 }
 
-/// One cache entry: filled once by whoever missed first.
-#[derive(Debug, Default)]
-struct Slot {
-    state: OnceLock<Loaded>,
-    /// Set by lookups, cleared by the eviction sweep (CLOCK second chance).
-    used: AtomicBool,
-}
-
-impl Slot {
-    fn touch(&self) {
-        // Load first: once set, hits only read the line, so it stays shared between cores.
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-type Map = HashMap<FileId, Arc<Slot>, BuildHasherDefault<IdHasher>>;
-
-/// A multiply-rotate hasher for [`FileId`] keys (the FxHash step). Keys come from the
-/// kernel, not from an adversary choosing collisions, and SipHash was a third of the hit
-/// path's cost.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        bytes.iter().for_each(|&b| self.write_u64(u64::from(b)));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 /// A cache of parsed ELF symbol tables keyed by (device, inode). `Send + Sync`; share it
 /// behind an `Arc`.
 #[derive(Debug)]
 pub struct Symbolizer {
-    /// The published map; replaced whole by writers (copy on write).
-    map: ArcSwap<Map>,
-    /// Serialises writers; holds the CLOCK ring of keys, oldest first.
-    writer: Mutex<VecDeque<FileId>>,
-    /// Maximum number of entries.
-    capacity: usize,
+    /// Loaded files and cached failures.
+    cache: SlotCache<Loaded>,
     /// How long a transient failure is served from the cache.
     retry_after: Duration,
+    /// Attempts to open and parse a file.
     loads: AtomicU64,
+    /// Attempts that failed.
     load_failures: AtomicU64,
-    evictions: AtomicU64,
 }
 
 impl Default for Symbolizer {
@@ -258,13 +216,10 @@ impl Symbolizer {
     /// A cache holding up to `capacity` files (at least one).
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            map: ArcSwap::from_pointee(Map::default()),
-            writer: Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
+            cache: SlotCache::new(capacity),
             retry_after: RETRY_AFTER,
             loads: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
         }
     }
 
@@ -298,7 +253,7 @@ impl Symbolizer {
         file_offset: u64,
         f: impl FnOnce(Result<SymbolizedRef<'_>, SymReason>) -> R,
     ) -> R {
-        let map = self.map.load();
+        let map = self.cache.read();
         if let Some(slot) = map.get(&source.id) {
             slot.touch();
             match slot.state.get() {
@@ -323,7 +278,7 @@ impl Symbolizer {
 
     /// The parsed file `source` names, loading it on a miss.
     pub fn image(&self, source: &FileSource<'_>) -> Result<Arc<ElfImage>, SymReason> {
-        if let Some(slot) = self.map.load().get(&source.id)
+        if let Some(slot) = self.cache.read().get(&source.id)
             && let Some(Loaded::Ready(image)) = slot.state.get()
         {
             slot.touch();
@@ -332,7 +287,7 @@ impl Symbolizer {
         // Two rounds at most: the second after dropping a transient failure that is due.
         let mut last = SymReason::FileUnavailable;
         for _ in 0..2 {
-            let slot = self.slot(source.id);
+            let slot = self.cache.slot(source.id);
             slot.touch();
             let mut loaded_here = false;
             let state = slot.state.get_or_init(|| {
@@ -346,7 +301,7 @@ impl Symbolizer {
                     retry_at: Some(at),
                 } if !loaded_here && Instant::now() >= *at => {
                     last = *reason;
-                    self.remove_if_same(source.id, &slot);
+                    self.cache.remove(source.id, Some(&slot));
                 }
                 Loaded::Failed { reason, .. } => return Err(*reason),
             }
@@ -358,17 +313,12 @@ impl Symbolizer {
     /// Forgets `id`, e.g. when the resolver learns the file was rewritten in place (same
     /// inode, new content). Readers holding the old image keep it until they drop it.
     pub fn invalidate(&self, id: FileId) {
-        let mut ring = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut map = Map::clone(&self.map.load());
-        if map.remove(&id).is_some() {
-            ring.retain(|k| *k != id);
-            self.map.store(Arc::new(map));
-        }
+        self.cache.remove(id, None);
     }
 
     /// The number of cached files (loaded or failed).
     pub fn len(&self) -> usize {
-        self.map.load().len()
+        self.cache.len()
     }
 
     /// True when nothing is cached.
@@ -381,55 +331,7 @@ impl Symbolizer {
         SymbolizerStats {
             loads: self.loads.load(Ordering::Relaxed),
             load_failures: self.load_failures.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The slot for `id`, inserting an empty one (and evicting past capacity) on a miss.
-    fn slot(&self, id: FileId) -> Arc<Slot> {
-        if let Some(slot) = self.map.load().get(&id) {
-            return slot.clone();
-        }
-        let mut ring = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.map.load_full();
-        if let Some(slot) = current.get(&id) {
-            return slot.clone();
-        }
-        let mut map = Map::clone(&current);
-        let slot = Arc::new(Slot::default());
-        map.insert(id, slot.clone());
-        ring.push_back(id);
-        // CLOCK: the oldest entry not used since the last sweep goes; used ones get a
-        // second chance. Two passes over the ring always find one.
-        let mut budget = 2 * ring.len();
-        while map.len() > self.capacity && budget > 0 {
-            budget -= 1;
-            let Some(victim) = ring.pop_front() else {
-                break;
-            };
-            let spare = victim == id
-                || map
-                    .get(&victim)
-                    .is_some_and(|s| s.used.swap(false, Ordering::Relaxed));
-            if spare {
-                ring.push_back(victim);
-            } else if map.remove(&victim).is_some() {
-                self.evictions.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.map.store(Arc::new(map));
-        slot
-    }
-
-    /// Drops the entry for `id` if it still is `slot` (another thread may have replaced it).
-    fn remove_if_same(&self, id: FileId, slot: &Arc<Slot>) {
-        let mut ring = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.map.load_full();
-        if current.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-            let mut map = Map::clone(&current);
-            map.remove(&id);
-            ring.retain(|k| *k != id);
-            self.map.store(Arc::new(map));
+            evictions: self.cache.evictions(),
         }
     }
 
