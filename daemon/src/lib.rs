@@ -7,13 +7,18 @@
 
 pub mod attach;
 pub mod bpf_object;
+pub mod cli;
 pub mod elf;
 pub mod events;
 pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod output;
+pub mod pipeline;
 pub mod privileges;
+pub mod probes;
 pub mod resolve;
+pub mod self_check;
 pub mod spec;
 pub mod symbolize;
+pub mod trace;

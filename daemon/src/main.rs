@@ -1,1 +1,68 @@
-fn main() {}
+//! The `probed` command line: parses arguments, sets up logging, runs the chosen job.
+//!
+//! Every failure ends here as one line on stderr (`probed: error: …` with its causes) and a
+//! non-zero exit: 1 for a failed run, 2 for bad usage (clap's convention).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use probed::{cli::TraceArgs, trace};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "probed",
+    version,
+    about = "Trace user-space functions with eBPF uprobes"
+)]
+struct Cli {
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach probes and print every hit until stopped.
+    Trace(TraceArgs),
+    /// Check that this probed can trace here: BPF object present, privileges, kernel support.
+    SelfCheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Trace(args) => run_async(trace::run(args)),
+        Command::SelfCheck => probed::self_check::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("probed: error: {}", probed::cli::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(job)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "probed=debug,info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

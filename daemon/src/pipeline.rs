@@ -1,0 +1,213 @@
+//! The per-hit path of a run: resolve the address (speculative resolver), symbolize it
+//! (ELF cache), write it, and count everything that could not be done, by reason.
+//!
+//! One pipeline runs on the task that drains the ring buffer. It owns a resolver
+//! [`Reader`] (the lock-free fast path) and borrows the shared [`Symbolizer`].
+
+use std::{collections::BTreeMap, io::Write, sync::Arc};
+
+use probed_common::{HitEvent, KIND_RETURN};
+
+use crate::{
+    attach::AttachError,
+    elf::FileSource,
+    output::{HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str},
+    probes::Probe,
+    resolve::{ProcKey, Reader, Resolver, SeqSource},
+    spec::ProbeKind,
+    symbolize::Symbolizer,
+};
+
+/// Why the pipeline asks the run to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// `--count` hits were printed.
+    Count,
+    /// The output is gone (e.g. a closed pipe).
+    OutputClosed,
+}
+
+/// Counts of one probe kept by the pipeline (BPF keeps hits and losses).
+#[derive(Clone, Debug, Default)]
+struct ProbeCounts {
+    printed: u64,
+    not_printed: u64,
+    unresolved: BTreeMap<&'static str, u64>,
+}
+
+/// Resolves, symbolizes and writes hits.
+pub struct Pipeline<W: Write, S: SeqSource> {
+    /// The run's probes, indexed by id.
+    probes: Vec<Probe>,
+    /// Per-probe counts, indexed by id.
+    counts: Vec<ProbeCounts>,
+    /// The output.
+    writer: Writer<W>,
+    /// Stop after this many printed hits.
+    limit: Option<u64>,
+    /// Hits printed so far.
+    printed: u64,
+    /// Set once the run should end.
+    stop: Option<Stop>,
+    /// This task's resolver handle.
+    reader: Reader<S>,
+    /// Identity of each pid seen, when hits carry no generation.
+    keys: ProcKeys,
+    /// ELF symbol cache shared with other pipelines.
+    symbolizer: Arc<Symbolizer>,
+    /// Hits naming a probe id this run does not have (an ABI or cookie mismatch).
+    pub unknown_probe: u64,
+}
+
+impl<W: Write, S: SeqSource> Pipeline<W, S> {
+    /// A pipeline writing to `writer` that stops after `limit` printed hits.
+    pub fn new(
+        probes: Vec<Probe>,
+        writer: Writer<W>,
+        limit: Option<u64>,
+        resolver: &Arc<Resolver<S>>,
+        symbolizer: Arc<Symbolizer>,
+    ) -> Self {
+        let stop = (limit == Some(0)).then_some(Stop::Count);
+        Self {
+            counts: vec![ProbeCounts::default(); probes.len()],
+            probes,
+            writer,
+            limit,
+            printed: 0,
+            stop,
+            reader: Reader::new(resolver),
+            keys: ProcKeys::default(),
+            symbolizer,
+            unknown_probe: 0,
+        }
+    }
+
+    /// Whether the run should end, and why.
+    pub fn stopped(&self) -> Option<Stop> {
+        self.stop
+    }
+
+    /// Handles one hit; returns false once the run should stop taking hits.
+    pub fn handle(&mut self, hit: &HitEvent) -> bool {
+        let id = hit.probe_id as usize;
+        if id >= self.probes.len() {
+            self.unknown_probe += 1;
+            return self.stop.is_none();
+        }
+        if self.stop.is_some() {
+            self.counts[id].not_printed += 1;
+            return false;
+        }
+        let proc = self.keys.key(hit);
+        let resolved = self.resolve(proc, hit);
+        if let Err(reason) = &resolved {
+            *self.counts[id].unresolved.entry(reason).or_default() += 1;
+        }
+        let probe = &self.probes[id];
+        let comm = comm_str(&hit.comm);
+        let is_return = hit.kind == KIND_RETURN;
+        let record = HitRecord {
+            probe: &probe.spec.text,
+            probe_id: hit.probe_id,
+            kind: if is_return {
+                ProbeKind::Return
+            } else {
+                ProbeKind::Entry
+            },
+            pid: hit.pid,
+            tid: hit.tid,
+            comm: &comm,
+            ts_ns: hit.ts_ns,
+            addr: hit.ip,
+            resolved,
+            args: (!is_return).then_some(hit.args),
+            retval: is_return.then_some(hit.retval),
+            ret_addr: is_return.then_some(hit.ret_addr),
+            seq: hit.seq,
+        };
+        if self.writer.hit(&record).is_err() {
+            self.stop = Some(Stop::OutputClosed);
+            return false;
+        }
+        self.counts[id].printed += 1;
+        self.printed += 1;
+        if self.limit.is_some_and(|n| self.printed >= n) {
+            self.stop = Some(Stop::Count);
+            return false;
+        }
+        true
+    }
+
+    /// Address → mapping → symbol.
+    fn resolve(&mut self, proc: ProcKey, hit: &HitEvent) -> Result<Resolved, &'static str> {
+        let at = (hit.seq != 0).then_some(hit.seq);
+        let symbolizer = &self.symbolizer;
+        self.reader.resolve_with(proc, hit.ip, at, |r| {
+            let found = r.outcome.map_err(|reason| reason.as_str())?;
+            let vma = found.vma;
+            let source = FileSource::mapped(vma.file, &vma.path, hit.pid, vma.start, vma.end);
+            let module = vma.path.to_string_lossy().into_owned();
+            symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
+                Ok(sym) => Ok(Resolved {
+                    module,
+                    symbol: Some(sym.symbol.demangled().to_owned()),
+                    offset: Some(sym.offset),
+                    file_offset: found.file_offset,
+                }),
+                Err(why) => Err(why.as_str()),
+            })
+        })
+    }
+
+    /// Fills the per-probe and resolver parts of `summary`; `stats` reads BPF's counters.
+    pub fn summarize(
+        &self,
+        summary: &mut Summary,
+        stats: impl Fn(u32) -> Result<probed_common::ProbeStats, AttachError>,
+    ) -> Result<(), AttachError> {
+        for (probe, counts) in self.probes.iter().zip(&self.counts) {
+            let bpf = stats(probe.id)?;
+            summary.probes.push(ProbeSummary {
+                probe: probe.spec.text.clone(),
+                probe_id: probe.id,
+                hits: bpf.hits,
+                printed: counts.printed,
+                lost: bpf.lost,
+                not_printed: counts.not_printed,
+                unresolved: counts.unresolved.clone(),
+            });
+        }
+        let c = self.reader.resolver().counters();
+        summary.resolver = BTreeMap::from([
+            ("fast_path".to_string(), c.fast),
+            ("fallbacks".to_string(), c.fallbacks()),
+            ("retained".to_string(), c.retained),
+            ("rescans".to_string(), c.rescans),
+        ]);
+        Ok(())
+    }
+
+    /// Writes the summary and flushes the output.
+    pub fn finish(&mut self, summary: &Summary) -> std::io::Result<()> {
+        self.writer.summary(summary)
+    }
+}
+
+/// Process identities by pid, for hits from a BPF object that stamps no generation.
+#[derive(Default)]
+struct ProcKeys {
+    by_pid: std::collections::HashMap<u32, ProcKey>,
+}
+
+impl ProcKeys {
+    fn key(&mut self, hit: &HitEvent) -> ProcKey {
+        if hit.proc_gen != 0 {
+            return ProcKey::new(hit.pid, hit.proc_gen);
+        }
+        *self
+            .by_pid
+            .entry(hit.pid)
+            .or_insert_with(|| ProcKey::of_pid(hit.pid).unwrap_or(ProcKey::new(hit.pid, 0)))
+    }
+}

@@ -1,0 +1,18 @@
+//! `probed self-check`: can this probed trace on this host? Loads the real BPF programs
+//! (so the verifier and the privileges are really exercised), then unloads them.
+
+use anyhow::Context as _;
+
+use crate::attach::Tracer;
+
+/// Runs the checks, printing one line per check; fails at the first that does not pass.
+pub fn run() -> anyhow::Result<()> {
+    crate::bpf_object::bytes()?;
+    println!("ok: BPF object embedded");
+    crate::privileges::check()?;
+    println!("ok: privileges ({})", crate::privileges::NEEDED);
+    let tracer = Tracer::load().context("loading the BPF programs")?;
+    drop(tracer);
+    println!("ok: BPF programs load and pass the verifier");
+    Ok(())
+}
