@@ -52,7 +52,7 @@ pub enum AttachError {
     Privileges(#[from] privileges::PrivilegeError),
     /// The kernel refused to load the BPF object.
     #[error("cannot load probed's BPF object")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// A program is missing from the object or has the wrong type (a build mismatch).
     #[error("the BPF object has no usable program `{0}`")]
     Program(&'static str),
@@ -66,7 +66,7 @@ pub enum AttachError {
         name: &'static str,
         /// What the kernel said.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Too many probes for the statistics array.
     #[error("probe id {0} is out of range: at most {MAX_PROBES} probes")]
@@ -82,11 +82,11 @@ pub enum AttachError {
         file_offset: u64,
         /// What the kernel said.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Reading the statistics map failed.
     #[error("cannot read per-probe counters")]
-    Stats(#[source] aya::maps::MapError),
+    Stats(#[source] Box<aya::maps::MapError>),
 }
 
 /// The loaded BPF object and the probes attached through it.
@@ -102,16 +102,19 @@ impl Tracer {
     pub fn load() -> Result<Self, AttachError> {
         let object = bpf_object::bytes()?;
         privileges::check()?;
-        let mut ebpf = EbpfLoader::new().load(object).map_err(AttachError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(object)
+            .map_err(|e| AttachError::Load(Box::new(e)))?;
         for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or(AttachError::Program(name))?
                 .try_into()
                 .map_err(|_| AttachError::Program(name))?;
-            program
-                .load()
-                .map_err(|source| AttachError::ProgramLoad { name, source })?;
+            program.load().map_err(|source| AttachError::ProgramLoad {
+                name,
+                source: Box::new(source),
+            })?;
         }
         Ok(Self {
             ebpf,
@@ -150,7 +153,7 @@ impl Tracer {
                     kind: req.kind.as_str(),
                     path: req.path.clone(),
                     file_offset: req.file_offset,
-                    source,
+                    source: Box::new(source),
                 })?;
         self.links.insert(req.id, (req.kind, link));
         Ok(())
@@ -165,10 +168,10 @@ impl Tracer {
             ProbeKind::Entry => ENTRY_PROGRAM,
             ProbeKind::Return => RETURN_PROGRAM,
         };
-        if let Some(Ok(program)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
-            if let Err(err) = program.detach(link) {
-                tracing::warn!(probe = id, error = %err, "detaching probe failed");
-            }
+        if let Some(Ok(program)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from)
+            && let Err(err) = program.detach(link)
+        {
+            tracing::warn!(probe = id, error = %err, "detaching probe failed");
         }
         true
     }
@@ -203,7 +206,9 @@ impl Tracer {
             .ok_or(AttachError::Map(STATS_MAP))?;
         let array: PerCpuArray<&MapData, ProbeStats> =
             PerCpuArray::try_from(map).map_err(|_| AttachError::Map(STATS_MAP))?;
-        let values = array.get(&id, 0).map_err(AttachError::Stats)?;
+        let values = array
+            .get(&id, 0)
+            .map_err(|e| AttachError::Stats(Box::new(e)))?;
         Ok(values
             .iter()
             .fold(ProbeStats::default(), |acc, v| ProbeStats {
