@@ -222,10 +222,10 @@ impl Tracer {
 pub fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::PermissionDenied {
-                return true;
-            }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::PermissionDenied
+        {
+            return true;
         }
         cur = e.source();
     }
