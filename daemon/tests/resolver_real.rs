@@ -134,13 +134,13 @@ fn check_fn(reader: &mut Reader<Arc<UserSeq>>, t: &Target, line: &str) -> Normal
     n
 }
 
-fn setup(
-    t: &Target,
-) -> (
+type Setup = (
     Arc<UserSeq>,
     Arc<Resolver<Arc<UserSeq>>>,
     Reader<Arc<UserSeq>>,
-) {
+);
+
+fn setup(t: &Target) -> Setup {
     let seq = Arc::new(UserSeq::with_capacity(16));
     seq.register(t.proc).unwrap();
     let resolver = Arc::new(Resolver::new(seq.clone(), ProcMaps::new()));

@@ -25,7 +25,7 @@ fn slot_start(i: u64) -> u64 {
 /// Version `k`: slot `i` holds inode `1000 + (7k + i) % 13` at page `(k + i) % 4`, except
 /// that every fifth slot (rotating with `k`) is unmapped.
 fn model(k: u64, i: u64) -> Option<(u64, u64)> {
-    ((k + i) % 5 != 0).then_some((1000 + (7 * k + i) % 13, (k + i) % 4))
+    (!(k + i).is_multiple_of(5)).then_some((1000 + (7 * k + i) % 13, (k + i) % 4))
 }
 
 fn text(k: u64) -> Vec<u8> {
@@ -99,9 +99,17 @@ fn readers_never_see_wrong_answers() {
                     let i = x % SLOTS;
                     let addr = slot_start(i) + (x >> 32) % 0x10000;
                     // Half the lookups carry a hit sequence, as BPF-stamped hits would.
-                    let at = if x & 1 == 0 { seq.current(P).filter(|s| s % 2 == 0) } else { None };
+                    let at = if x & 1 == 0 {
+                        seq.current(P).filter(|s| s % 2 == 0)
+                    } else {
+                        None
+                    };
                     let r = reader.resolve_with(P, addr, at, |r| {
-                        (r.via, r.seq, r.outcome.map(|h| (h.vma.file.ino, h.file_offset)))
+                        (
+                            r.via,
+                            r.seq,
+                            r.outcome.map(|h| (h.vma.file.ino, h.file_offset)),
+                        )
                     });
                     checked.fetch_add(1, Ordering::Relaxed);
                     let (via, Some(s), outcome) = r else {
@@ -123,7 +131,9 @@ fn readers_never_see_wrong_answers() {
                     };
                     if outcome != want {
                         wrong.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("wrong: addr {addr:#x} seq {s} via {via:?}: {outcome:?} != {want:?}");
+                        eprintln!(
+                            "wrong: addr {addr:#x} seq {s} via {via:?}: {outcome:?} != {want:?}"
+                        );
                     }
                 }
             });

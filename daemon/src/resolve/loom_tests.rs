@@ -1,8 +1,8 @@
 //! Loom models of the sequence protocol and snapshot publication, run with
-//! `RUSTFLAGS="--cfg loom" cargo test --release -p probed --lib resolve::loom_tests`.
+//! `RUSTFLAGS="--cfg probed_loom" cargo test --release -p probed --lib resolve::loom_tests`.
 //!
 //! They drive the real [`UserSeq`], [`Resolver`] and [`Reader`] (their atomics, locks and
-//! `Arc`s are loom's under `cfg(loom)`, see `sync.rs`) against a "kernel" whose address space
+//! `Arc`s are loom's under `cfg(probed_loom)`, see `sync.rs`) against a "kernel" whose address space
 //! is one loom atomic, written with `Relaxed` stores: only the sequence's fences can make a
 //! reader's view of it consistent, so a missing or misplaced fence shows up as a wrong answer.
 
@@ -64,7 +64,7 @@ impl SeqSource for Arc<UserSeq> {
 }
 
 /// A resolver over a world at version 0, whose sequence starts at `base`.
-fn setup() -> (Arc<Resolver<Seq>>, Seq, Arc<World>, u64) {
+fn setup() -> (std::sync::Arc<Resolver<Seq>>, Seq, Arc<World>, u64) {
     let seq = Arc::new(UserSeq::with_capacity(2));
     let base = seq.register(PROC).unwrap();
     let world = Arc::new(World {
@@ -75,7 +75,7 @@ fn setup() -> (Arc<Resolver<Seq>>, Seq, Arc<World>, u64) {
         rescan_tries: 3,
         auto_track: true,
     };
-    let resolver = Arc::new(Resolver::with_config(seq.clone(), world.clone(), config));
+    let resolver = std::sync::Arc::new(Resolver::with_config(seq.clone(), world.clone(), config));
     (resolver, seq, world, base)
 }
 

@@ -226,8 +226,8 @@ impl Mirror {
 
 /// Waits a little for an in-flight change to finish before the next attempt.
 fn backoff() {
-    #[cfg(loom)]
+    #[cfg(probed_loom)]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
+    #[cfg(not(probed_loom))]
     std::thread::yield_now();
 }

@@ -31,12 +31,12 @@
 //! println!("{:?} via {:?}", answer.outcome, answer.via);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-// `cfg(loom)` switches this module's synchronization to loom's (see `sync.rs`). Declaring it
+// `cfg(probed_loom)` switches this module's synchronization to loom's (see `sync.rs`). Declaring it
 // for check-cfg belongs in daemon/build.rs or the workspace lints, which this module does not
 // own; until one of them does, the lint is expected here.
 #![expect(
     unexpected_cfgs,
-    reason = "cfg(loom) is set by RUSTFLAGS for the loom tests but not declared to check-cfg"
+    reason = "cfg(probed_loom) is set by RUSTFLAGS for the loom tests but not declared to check-cfg"
 )]
 
 mod counters;
@@ -56,7 +56,7 @@ mod sync;
 pub mod testing;
 mod vma;
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, probed_loom))]
 mod loom_tests;
 
 pub use counters::Counters;

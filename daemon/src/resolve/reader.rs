@@ -23,6 +23,7 @@ use super::{
 
 /// What a reader remembers about one process.
 struct Cached {
+    proc: ProcKey,
     mirror: Arc<Mirror>,
     snap: Option<Arc<Snapshot>>,
 }
@@ -30,8 +31,14 @@ struct Cached {
 /// Resolves addresses for one thread. Create one per thread with [`Reader::new`]; it is
 /// `Send` but not meant to be shared.
 pub struct Reader<S: SeqSource> {
-    resolver: Arc<Resolver<S>>,
-    procs: FastMap<ProcKey, Cached>,
+    resolver: std::sync::Arc<Resolver<S>>,
+    /// Processes this reader has met.
+    entries: Vec<Cached>,
+    /// Position of each process in `entries`.
+    index: FastMap<ProcKey, usize>,
+    /// The process resolved last and its position: hits come in bursts per process, and
+    /// comparing one key is cheaper than hashing it.
+    hot: Option<(ProcKey, usize)>,
     registry: RegistryCache,
     counters: std::sync::Arc<Block>,
     /// The resolver's untrack count when this reader last pruned its cache.
@@ -40,7 +47,7 @@ pub struct Reader<S: SeqSource> {
 
 impl<S: SeqSource> Reader<S> {
     /// A reader of `resolver`.
-    pub fn new(resolver: &Arc<Resolver<S>>) -> Self {
+    pub fn new(resolver: &std::sync::Arc<Resolver<S>>) -> Self {
         let counters = std::sync::Arc::new(Block::default());
         resolver
             .readers
@@ -49,7 +56,9 @@ impl<S: SeqSource> Reader<S> {
             .push(counters.clone());
         Self {
             resolver: resolver.clone(),
-            procs: FastMap::default(),
+            entries: Vec::new(),
+            index: FastMap::default(),
+            hot: None,
             registry: resolver.registry.cache(),
             counters,
             untracks: 0,
@@ -57,7 +66,7 @@ impl<S: SeqSource> Reader<S> {
     }
 
     /// The resolver this reader reads.
-    pub fn resolver(&self) -> &Arc<Resolver<S>> {
+    pub fn resolver(&self) -> &std::sync::Arc<Resolver<S>> {
         &self.resolver
     }
 
@@ -82,7 +91,9 @@ impl<S: SeqSource> Reader<S> {
         let why = match seq.try_begin(proc) {
             None => Fallback::InFlight,
             Some(s) if at.is_some_and(|hit| hit != s) => Fallback::HitSeq,
-            Some(s) => match self.procs.get(&proc).and_then(|c| c.snap.as_deref()) {
+            Some(s) => match position(&mut self.hot, &self.index, proc)
+                .and_then(|i| self.entries[i].snap.as_deref())
+            {
                 None => Fallback::NoSnapshot,
                 Some(snap) if snap.seq() != s => Fallback::SeqMismatch,
                 Some(snap) => {
@@ -135,10 +146,13 @@ impl<S: SeqSource> Reader<S> {
                     Via::Retained => self.counters.bump(Slot::Retained),
                     Via::Fast | Via::Rescan => {}
                 }
-                if let Some(cached) = self.procs.get_mut(&proc)
-                    && cached.snap.as_ref().is_none_or(|c| c.seq() < snap.seq())
+                if let Some(i) = self.position(proc)
+                    && self.entries[i]
+                        .snap
+                        .as_ref()
+                        .is_none_or(|c| c.seq() < snap.seq())
                 {
-                    cached.snap = Some(snap.clone());
+                    self.entries[i].snap = Some(snap.clone());
                 }
                 let outcome = answer(
                     &snap,
@@ -156,7 +170,7 @@ impl<S: SeqSource> Reader<S> {
             }
             Err((reason, mirror)) => {
                 if reason == Reason::ProcessGone {
-                    self.procs.remove(&proc);
+                    self.forget(|c| c.proc != proc);
                     if mirror.is_some() {
                         self.resolver.untrack(proc);
                     }
@@ -174,22 +188,40 @@ impl<S: SeqSource> Reader<S> {
     /// The mirror of `proc`: from this reader's cache, else from the resolver (tracking the
     /// process if auto-tracking is on).
     fn mirror(&mut self, proc: ProcKey) -> Option<Arc<Mirror>> {
-        if let Some(cached) = self.procs.get(&proc)
-            && cached.mirror.is_alive()
-        {
-            return Some(cached.mirror.clone());
+        if let Some(i) = self.position(proc) {
+            if self.entries[i].mirror.is_alive() {
+                return Some(self.entries[i].mirror.clone());
+            }
+            self.forget(|c| c.proc != proc);
         }
         let mirror = self
             .resolver
             .mirror(proc, self.resolver.config.auto_track)?;
-        self.procs.insert(
+        self.index.insert(proc, self.entries.len());
+        self.entries.push(Cached {
             proc,
-            Cached {
-                mirror: mirror.clone(),
-                snap: None,
-            },
-        );
+            mirror: mirror.clone(),
+            snap: None,
+        });
         Some(mirror)
+    }
+
+    /// Where `proc` is in `entries`.
+    #[inline]
+    fn position(&mut self, proc: ProcKey) -> Option<usize> {
+        position(&mut self.hot, &self.index, proc)
+    }
+
+    /// Keeps only the entries `keep` accepts (rare: after untracks and exits).
+    fn forget(&mut self, keep: impl Fn(&Cached) -> bool) {
+        self.entries.retain(keep);
+        self.index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.proc, i))
+            .collect();
+        self.hot = None;
     }
 
     /// Drops cached processes the resolver no longer tracks (after any untrack).
@@ -200,7 +232,7 @@ impl<S: SeqSource> Reader<S> {
             .load(std::sync::atomic::Ordering::Relaxed);
         if untracks != self.untracks {
             self.untracks = untracks;
-            self.procs.retain(|_, c| c.mirror.is_alive());
+            self.forget(|c| c.mirror.is_alive());
         }
     }
 }
@@ -216,6 +248,24 @@ impl<S: SeqSource> Drop for Reader<S> {
         readers.retain(|b| !std::sync::Arc::ptr_eq(b, &self.counters));
         self.resolver.shared.absorb(&self.counters);
     }
+}
+
+/// Where `proc` is in a reader's entries: the last one used, else from the index (a free
+/// function so the fast path can call it while borrowing other fields of the reader).
+#[inline]
+fn position(
+    hot: &mut Option<(ProcKey, usize)>,
+    index: &FastMap<ProcKey, usize>,
+    proc: ProcKey,
+) -> Option<usize> {
+    if let Some((last, i)) = *hot
+        && last == proc
+    {
+        return Some(i);
+    }
+    let i = *index.get(&proc)?;
+    *hot = Some((proc, i));
+    Some(i)
 }
 
 /// Turns a lookup into an answer: the file offset and probe of a hit, or why it missed.
@@ -250,7 +300,7 @@ fn answer<'s>(
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(probed_loom)))]
 mod tests {
     use std::sync::Arc as StdArc;
 

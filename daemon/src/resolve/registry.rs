@@ -122,7 +122,7 @@ impl RegistryCache {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(probed_loom)))]
 mod tests {
     use super::*;
 

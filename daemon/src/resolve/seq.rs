@@ -109,7 +109,19 @@ impl UserSeq {
     #[inline]
     fn find(&self, pid: u32) -> Option<&Slot> {
         let mask = self.slots.len() - 1;
-        let mut i = (pid.wrapping_mul(0x9e37_79b9) as usize) & mask;
+        let i = (pid.wrapping_mul(0x9e37_79b9) as usize) & mask;
+        // The common case, kept branch-light for the fast path: the pid sits where it hashes.
+        let first = &self.slots[i];
+        if first.pid.load(Ordering::Acquire) == pid {
+            return Some(first);
+        }
+        self.probe(pid, i)
+    }
+
+    /// The rest of the linear probe, after the first slot missed.
+    #[cold]
+    fn probe(&self, pid: u32, mut i: usize) -> Option<&Slot> {
+        let mask = self.slots.len() - 1;
         for _ in 0..self.slots.len() {
             let slot = &self.slots[i];
             match slot.pid.load(Ordering::Acquire) {
@@ -149,7 +161,7 @@ impl UserSeq {
         loop {
             if seq & 1 == 1 {
                 std::hint::spin_loop();
-                #[cfg(loom)]
+                #[cfg(probed_loom)]
                 loom::thread::yield_now();
                 seq = slot.seq.load(Ordering::Relaxed);
                 continue;
@@ -234,14 +246,12 @@ impl SeqSource for UserSeq {
     fn try_begin(&self, proc: ProcKey) -> Option<u64> {
         let slot = self.find(proc.pid)?;
         let seq = slot.seq.load(Ordering::Acquire);
-        if seq & 1 == 1 {
-            return None;
-        }
-        let generation = slot.generation.load(Ordering::Relaxed);
-        // The generation is data guarded by the sequence: read it, then confirm the sequence
-        // did not move, so it belongs to the even interval `seq` names.
-        fence(Ordering::Acquire);
-        if slot.seq.load(Ordering::Relaxed) != seq || generation != proc.generation {
+        // Read after the sequence (Acquire), the generation is at least as new as the even
+        // interval `seq` names. It may be newer only if the pid is being handed over right
+        // now, and then it either differs from `proc`'s (refused here) or the sequence has
+        // already moved past `seq`, which the caller's `retry` reports. No second read of the
+        // sequence is needed here: nothing read under `seq` is trusted before `retry`.
+        if seq & 1 == 1 || slot.generation.load(Ordering::Relaxed) != proc.generation {
             return None;
         }
         Some(seq)
@@ -273,7 +283,7 @@ impl Drop for ChangeGuard<'_> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(probed_loom)))]
 mod tests {
     use super::*;
 
@@ -293,7 +303,7 @@ mod tests {
         assert!(seq.retry(P, s0), "a change in flight invalidates readers");
         let s1 = seq.end_change(P).unwrap();
         assert_eq!(seq.try_begin(P), Some(s1));
-        assert!(s1 > s0 && s1 % 2 == 0);
+        assert!(s1 > s0 && s1.is_multiple_of(2));
         assert_eq!(seq.end_change(P), Err(SeqError::NotInFlight(P)));
     }
 

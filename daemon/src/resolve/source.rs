@@ -172,7 +172,7 @@ fn openat(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(probed_loom)))]
 mod tests {
     use super::*;
 

@@ -1,17 +1,17 @@
 //! The synchronization primitives the resolver's concurrency protocol is made of, swapped for
-//! loom's under `cfg(loom)` so that the loom tests check the very code that runs in production.
+//! loom's under `cfg(probed_loom)` so that the loom tests check the very code that runs in production.
 //!
 //! Only what takes part in the protocol goes through this shim (the sequence slots, the
 //! per-process publication slot, the locks). Statistics counters and the `Arc<Path>` inside a
 //! VMA use `std` directly: they carry no ordering obligations, and keeping them out of loom keeps
 //! its state space small.
 
-#[cfg(loom)]
+#[cfg(probed_loom)]
 pub(crate) use loom::sync::{
     Arc, Mutex, MutexGuard,
     atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
-#[cfg(not(loom))]
+#[cfg(not(probed_loom))]
 pub(crate) use std::sync::{
     Arc, Mutex, MutexGuard,
     atomic::{AtomicU32, AtomicU64, Ordering, fence},
@@ -25,9 +25,9 @@ pub(crate) use std::sync::{
 /// the same `Option<Arc<T>>`; the code around it, which is what the loom tests check, is
 /// identical.
 pub(crate) struct Published<T> {
-    #[cfg(not(loom))]
+    #[cfg(not(probed_loom))]
     inner: arc_swap::ArcSwapOption<T>,
-    #[cfg(loom)]
+    #[cfg(probed_loom)]
     inner: Mutex<Option<Arc<T>>>,
 }
 
@@ -35,20 +35,20 @@ impl<T> Published<T> {
     /// A slot holding `value`.
     pub(crate) fn new(value: Option<Arc<T>>) -> Self {
         Self {
-            #[cfg(not(loom))]
+            #[cfg(not(probed_loom))]
             inner: arc_swap::ArcSwapOption::new(value),
-            #[cfg(loom)]
+            #[cfg(probed_loom)]
             inner: Mutex::new(value),
         }
     }
 
     /// The current value, with its own reference count (so the caller may keep it).
     pub(crate) fn load_full(&self) -> Option<Arc<T>> {
-        #[cfg(not(loom))]
+        #[cfg(not(probed_loom))]
         {
             self.inner.load_full()
         }
-        #[cfg(loom)]
+        #[cfg(probed_loom)]
         {
             lock(&self.inner).clone()
         }
@@ -56,11 +56,11 @@ impl<T> Published<T> {
 
     /// Replaces the value; readers see either the old or the new one, never a mix.
     pub(crate) fn store(&self, value: Option<Arc<T>>) {
-        #[cfg(not(loom))]
+        #[cfg(not(probed_loom))]
         {
             self.inner.store(value);
         }
-        #[cfg(loom)]
+        #[cfg(probed_loom)]
         {
             *lock(&self.inner) = value;
         }
