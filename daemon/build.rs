@@ -21,6 +21,8 @@ fn main() {
     println!("cargo::rerun-if-env-changed=PROBED_REQUIRE_BPF");
     println!("cargo::rerun-if-changed={}", object.display());
     println!("cargo::rustc-check-cfg=cfg(probed_bpf_stub)");
+    // Set by RUSTFLAGS for the loom models of the resolver (see resolve/loom_tests.rs).
+    println!("cargo::rustc-check-cfg=cfg(probed_loom)");
     match fs::read(&object) {
         Ok(bytes) => fs::write(&out, bytes).expect("write the embedded BPF object"),
         Err(err) => {

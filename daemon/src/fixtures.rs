@@ -84,8 +84,8 @@ pub fn build(source: &str, name: &str, flags: &[&str]) -> Result<PathBuf, Fixtur
     if out.exists() {
         return Ok(out);
     }
-    // Compile to a private name, then rename: a concurrent test sees the old state or the
-    // whole file, never a half-written one.
+    // Compile to a private name, then link it into place: a concurrent test sees no file or
+    // the whole file, never a half-written one.
     let tmp = dir.join(format!(
         ".{name}-{}-{:?}",
         std::process::id(),
@@ -108,9 +108,16 @@ pub fn build(source: &str, name: &str, flags: &[&str]) -> Result<PathBuf, Fixtur
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
-    std::fs::rename(&tmp, &out).map_err(|e| FixtureError::Output {
-        path: out.clone(),
-        source: e,
-    })?;
-    Ok(out)
+    // hard_link fails if another test got there first; its file is then kept, never replaced
+    // (replacing a file a running test target maps would make that mapping "(deleted)").
+    let linked = std::fs::hard_link(&tmp, &out);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(out),
+        Err(e) => Err(FixtureError::Output {
+            path: out.clone(),
+            source: e,
+        }),
+    }
 }

@@ -31,13 +31,6 @@
 //! println!("{:?} via {:?}", answer.outcome, answer.via);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-// `cfg(probed_loom)` switches this module's synchronization to loom's (see `sync.rs`). Declaring it
-// for check-cfg belongs in daemon/build.rs or the workspace lints, which this module does not
-// own; until one of them does, the lint is expected here.
-#![expect(
-    unexpected_cfgs,
-    reason = "cfg(probed_loom) is set by RUSTFLAGS for the loom tests but not declared to check-cfg"
-)]
 
 mod counters;
 mod hash;
