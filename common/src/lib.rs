@@ -23,10 +23,71 @@ pub const KIND_ENTRY: u32 = 0;
 /// `HitEvent::kind` of a return probe (uretprobe).
 pub const KIND_RETURN: u32 = 1;
 
+/// First field of every ring buffer item: a [`HitEvent`].
+pub const EVENT_HIT: u32 = 1;
+/// First field of every ring buffer item: a [`ProcEvent`].
+pub const EVENT_PROC: u32 = 2;
+
+/// `ProcEvent::what`: the process called exec (a new address space and a new generation).
+pub const PROC_EXEC: u32 = 1;
+/// `ProcEvent::what`: the last thread of the process exited.
+pub const PROC_EXIT: u32 = 2;
+
+/// Number of change-sequence slots (a power of two). A process uses slot
+/// [`seq_slot`]`(pid)`; processes whose pids share a slot share its sequence, which only
+/// costs them extra fallbacks, never a wrong answer.
+pub const SEQ_SLOTS: u32 = 1 << 16;
+
+/// The sequence slot of a process (Fibonacci hashing of the pid). BPF and the daemon must
+/// agree on it, which is why it lives here.
+#[inline(always)]
+pub const fn seq_slot(pid: u32) -> u32 {
+    pid.wrapping_mul(0x9e37_79b9) >> (32 - SEQ_SLOTS.trailing_zeros())
+}
+
+/// One slot of the change-sequence array (a BPF_F_MMAPABLE array the daemon maps read-only).
+///
+/// BPF adds 1 to `begins` before a mapping change and 1 to `ends` after it, both atomically.
+/// The slot is stable when `ends == begins`; its sequence is then `2 * begins` (even), and
+/// `2 * begins - 1` (odd) while a change is in flight. Two counters instead of one so that
+/// overlapping changes (two threads, or two processes sharing the slot) cannot make an
+/// in-flight state look stable. Readers load `ends` before `begins`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqSlot {
+    /// Changes begun.
+    pub begins: u64,
+    /// Changes ended.
+    pub ends: u64,
+}
+
+/// The sequence a reader reports for a slot read as (`ends`, then `begins`).
+#[inline(always)]
+pub const fn seq_of(ends: u64, begins: u64) -> u64 {
+    if ends == begins {
+        begins.wrapping_mul(2)
+    } else {
+        begins.wrapping_mul(2).wrapping_sub(1)
+    }
+}
+
+/// Settings the daemon writes into the `TRACK_CONFIG` array before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackConfig {
+    /// Byte offset of `group_dead` in the sched_process_exit tracepoint record, or 0 when
+    /// the kernel has no such field (then the thread-group leader's exit counts).
+    pub exit_group_dead_offset: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+
 /// One probe hit, as the BPF program writes it into the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HitEvent {
+    /// [`EVENT_HIT`].
+    pub event: u32,
     /// The probe that fired: the attach cookie, an index below [`MAX_PROBES`].
     pub probe_id: u32,
     /// [`KIND_ENTRY`] or [`KIND_RETURN`].
@@ -35,6 +96,8 @@ pub struct HitEvent {
     pub pid: u32,
     /// Thread id in the initial pid namespace.
     pub tid: u32,
+    /// Reserved, zero (keeps the u64 fields aligned without implicit padding).
+    pub _reserved: u32,
     /// `bpf_ktime_get_ns()` at the hit: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     /// The probed instruction's virtual address in the process (the function entry for
@@ -42,17 +105,38 @@ pub struct HitEvent {
     pub ip: u64,
     /// For return probes, the address the function returned to; 0 for entry probes.
     pub ret_addr: u64,
-    /// The process's address-space change sequence at hit time (even = stable).
-    /// 0 when no change tracker runs.
+    /// The process's address-space change sequence at hit time (see [`SeqSlot`]).
     pub seq: u64,
-    /// Identity of the process beyond its pid (a generation that changes on pid reuse and
-    /// exec); 0 when no change tracker runs.
+    /// The process's generation: distinguishes successive processes holding one pid (and a
+    /// process before and after exec).
     pub proc_gen: u64,
     /// The first six integer arguments (entry probes); zeros for return probes.
     pub args: [u64; ARG_REGS],
     /// The return value register (return probes); 0 for entry probes.
     pub retval: u64,
     /// The thread's `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A process lifecycle event: exec or exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// [`EVENT_PROC`].
+    pub event: u32,
+    /// [`PROC_EXEC`] or [`PROC_EXIT`].
+    pub what: u32,
+    /// Thread-group id.
+    pub pid: u32,
+    /// The thread that exec'd or exited last.
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` at the event.
+    pub ts_ns: u64,
+    /// The generation that starts (exec) or ends (exit).
+    pub proc_gen: u64,
+    /// The process's change sequence after the event.
+    pub seq: u64,
+    /// The process's `comm`.
     pub comm: [u8; COMM_LEN],
 }
 
@@ -73,8 +157,42 @@ mod pod {
     unsafe impl aya::Pod for super::HitEvent {}
     // SAFETY: ProbeStats is #[repr(C)] with two u64 fields and no padding.
     unsafe impl aya::Pod for super::ProbeStats {}
+    // SAFETY: as above, for SeqSlot.
+    unsafe impl aya::Pod for super::SeqSlot {}
+    // SAFETY: ProcEvent is #[repr(C)], integers only, no padding (size asserted below).
+    unsafe impl aya::Pod for super::ProcEvent {}
+    // SAFETY: TrackConfig is #[repr(C)] with two u32 fields.
+    unsafe impl aya::Pod for super::TrackConfig {}
 }
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.
-const _: () = assert!(core::mem::size_of::<HitEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<HitEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 8);
+const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stable slots give even sequences, in-flight ones odd, and the sequence only grows.
+    #[test]
+    fn seq_parity_and_order() {
+        assert_eq!(seq_of(0, 0), 0);
+        assert_eq!(seq_of(0, 1), 1);
+        assert_eq!(seq_of(1, 1), 2);
+        assert!(seq_of(1, 3) % 2 == 1);
+        assert!(seq_of(3, 3) > seq_of(1, 3));
+    }
+
+    /// Slots stay in range and spread consecutive pids.
+    #[test]
+    fn slots_spread() {
+        let a = seq_slot(1000);
+        let b = seq_slot(1001);
+        assert!(a < SEQ_SLOTS && b < SEQ_SLOTS);
+        assert_ne!(a, b);
+    }
+}

@@ -9,22 +9,37 @@ use std::{collections::HashMap, io, num::NonZeroU32, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        ProgramError,
+        ProgramError, TracePoint,
         uprobe::{UProbe, UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use probed_common::{MAX_PROBES, ProbeStats};
+use probed_common::{MAX_PROBES, ProbeStats, TrackConfig};
 
-use crate::{bpf_object, privileges, spec::ProbeKind};
+use crate::{
+    bpf_object, privileges,
+    spec::ProbeKind,
+    track::{BpfSeq, Generations, tracepoints},
+};
 
 /// Name of the entry program in the BPF object.
 const ENTRY_PROGRAM: &str = "probed_entry";
 /// Name of the return program in the BPF object.
 const RETURN_PROGRAM: &str = "probed_return";
-/// Name of the hit ring buffer map.
-const HITS_MAP: &str = "HITS";
+/// Name of the event ring buffer map (hits and process events).
+const EVENTS_MAP: &str = "EVENTS";
+/// Name of the change-sequence array.
+const SEQS_MAP: &str = "SEQS";
+/// Name of the pid → generation map.
+const PROC_GEN_MAP: &str = "PROC_GEN";
+/// Name of the tracker settings array.
+const TRACK_CONFIG_MAP: &str = "TRACK_CONFIG";
+/// Tracker programs: (program, tracepoint category, tracepoint names).
+const MM_ENTER_PROGRAM: &str = "probed_mm_enter";
+const MM_EXIT_PROGRAM: &str = "probed_mm_exit";
+const EXEC_PROGRAM: &str = "probed_exec";
+const EXIT_PROGRAM: &str = "probed_exit";
 /// Name of the per-probe counters map.
 const STATS_MAP: &str = "PROBE_STATS";
 
@@ -84,6 +99,26 @@ pub enum AttachError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// tracefs is needed for the change tracker's tracepoints.
+    #[error(transparent)]
+    Tracefs(#[from] tracepoints::TracefsError),
+    /// A change-tracker tracepoint could not be attached.
+    #[error("cannot attach the change tracker to tracepoint {category}:{name}")]
+    Tracepoint {
+        /// Tracepoint category.
+        category: &'static str,
+        /// Tracepoint name.
+        name: String,
+        /// What the kernel said.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The sequence array could not be mapped.
+    #[error(transparent)]
+    MapSeq(#[from] crate::track::MapSeqError),
+    /// Writing the tracker settings failed.
+    #[error("cannot configure the change tracker")]
+    TrackConfig(#[source] Box<aya::maps::MapError>),
     /// Reading the statistics map failed.
     #[error("cannot read per-probe counters")]
     Stats(#[source] Box<aya::maps::MapError>),
@@ -116,10 +151,96 @@ impl Tracer {
                 source: Box::new(source),
             })?;
         }
-        Ok(Self {
+        let mut tracer = Self {
             ebpf,
             links: HashMap::new(),
-        })
+        };
+        tracer.start_change_tracker()?;
+        Ok(tracer)
+    }
+
+    /// Loads and attaches the address-space change tracker (ebpf/src/track.rs). It runs for
+    /// every process: uprobes may fire in any of them, and a process must be tracked from
+    /// before its first hit for that hit's sequence to mean anything.
+    fn start_change_tracker(&mut self) -> Result<(), AttachError> {
+        tracepoints::ensure_tracefs()?;
+        let config = TrackConfig {
+            exit_group_dead_offset: tracepoints::exit_group_dead_offset(),
+            _reserved: 0,
+        };
+        let map = self
+            .ebpf
+            .map_mut(TRACK_CONFIG_MAP)
+            .ok_or(AttachError::Map(TRACK_CONFIG_MAP))?;
+        let mut array: Array<&mut MapData, TrackConfig> =
+            Array::try_from(map).map_err(|_| AttachError::Map(TRACK_CONFIG_MAP))?;
+        array
+            .set(0, config, 0)
+            .map_err(|e| AttachError::TrackConfig(Box::new(e)))?;
+
+        let mut points: Vec<(&'static str, &'static str, String)> = Vec::new();
+        for syscall in tracepoints::SYSCALLS {
+            for (program, prefix) in [
+                (MM_ENTER_PROGRAM, "sys_enter_"),
+                (MM_EXIT_PROGRAM, "sys_exit_"),
+            ] {
+                let name = format!("{prefix}{syscall}");
+                if tracepoints::exists("syscalls", &name) {
+                    points.push((program, "syscalls", name));
+                } else {
+                    tracing::debug!(tracepoint = %name, "not in this kernel; skipped");
+                }
+            }
+        }
+        points.push((EXEC_PROGRAM, "sched", "sched_process_exec".into()));
+        points.push((EXIT_PROGRAM, "sched", "sched_process_exit".into()));
+        for name in [
+            MM_ENTER_PROGRAM,
+            MM_EXIT_PROGRAM,
+            EXEC_PROGRAM,
+            EXIT_PROGRAM,
+        ] {
+            self.tracepoint(name)?
+                .load()
+                .map_err(|source| AttachError::ProgramLoad {
+                    name,
+                    source: Box::new(source),
+                })?;
+        }
+        for (program, category, name) in points {
+            self.tracepoint(program)?
+                .attach(category, &name)
+                .map_err(|source| AttachError::Tracepoint {
+                    category,
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn tracepoint(&mut self, name: &'static str) -> Result<&mut TracePoint, AttachError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(AttachError::Program(name))?
+            .try_into()
+            .map_err(|_| AttachError::Program(name))
+    }
+
+    /// Takes the change tracker's sequence array (mapped into memory) and generation map.
+    pub fn take_tracker(&mut self) -> Result<(BpfSeq, Generations), AttachError> {
+        let seqs = match self.ebpf.take_map(SEQS_MAP) {
+            Some(aya::maps::Map::Array(data)) => data,
+            _ => return Err(AttachError::Map(SEQS_MAP)),
+        };
+        let gens = self
+            .ebpf
+            .take_map(PROC_GEN_MAP)
+            .ok_or(AttachError::Map(PROC_GEN_MAP))?;
+        Ok((
+            BpfSeq::new(seqs)?,
+            Generations::new(gens).map_err(|_| AttachError::Map(PROC_GEN_MAP))?,
+        ))
     }
 
     /// Attaches one probe, to all processes or to one pid.
@@ -189,13 +310,13 @@ impl Tracer {
         self.links.len()
     }
 
-    /// Takes the hit ring buffer (once).
+    /// Takes the event ring buffer (once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, AttachError> {
         let map = self
             .ebpf
-            .take_map(HITS_MAP)
-            .ok_or(AttachError::Map(HITS_MAP))?;
-        RingBuf::try_from(map).map_err(|_| AttachError::Map(HITS_MAP))
+            .take_map(EVENTS_MAP)
+            .ok_or(AttachError::Map(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(|_| AttachError::Map(EVENTS_MAP))
     }
 
     /// Per-probe counters summed over CPUs.

@@ -1,4 +1,5 @@
-//! The hit ring buffer consumer: bytes out of BPF → typed [`HitEvent`]s.
+//! The event ring buffer consumer: bytes out of BPF → typed [`Event`]s (hits and process
+//! lifecycle events, in the one order the kernel reserved them).
 //!
 //! The ring buffer's file descriptor becomes readable when BPF submits; the consumer drains
 //! every ready item, then waits again. Draining is also done once more after the probes are
@@ -7,41 +8,60 @@
 use std::{io, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
-use probed_common::HitEvent;
+use probed_common::{EVENT_HIT, EVENT_PROC, HitEvent, ProcEvent};
 use tokio::io::{Interest, unix::AsyncFd};
 
-/// Decodes one ring buffer item. Items shorter than a [`HitEvent`] (an ABI mismatch) are
-/// refused rather than read past their end.
-pub fn decode(bytes: &[u8]) -> Option<HitEvent> {
-    if bytes.len() < size_of::<HitEvent>() {
-        return None;
-    }
-    // SAFETY: the length was checked above; HitEvent is plain integers (any bit pattern is
-    // valid) and read_unaligned makes no alignment assumption about the ring's memory.
-    Some(unsafe { bytes.as_ptr().cast::<HitEvent>().read_unaligned() })
+/// One item of the event ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A probe fired.
+    Hit(HitEvent),
+    /// A process exec'd or exited.
+    Proc(ProcEvent),
 }
 
-/// An async stream of hits from the BPF ring buffer.
-pub struct HitStream {
+/// Decodes one ring buffer item by its leading type word. Unknown types and items shorter
+/// than their type (an ABI mismatch) are refused rather than read past their end.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    let ty = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    match ty {
+        EVENT_HIT => read::<HitEvent>(bytes).map(Event::Hit),
+        EVENT_PROC => read::<ProcEvent>(bytes).map(Event::Proc),
+        _ => None,
+    }
+}
+
+/// Reads a plain-integer event type out of `bytes` if it is long enough.
+fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked above; T is Pod (plain integers, any bit pattern is
+    // valid) and read_unaligned makes no alignment assumption about the ring's memory.
+    Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+/// An async stream of events from the BPF ring buffer.
+pub struct EventStream {
     /// The ring buffer, registered with the tokio reactor.
     ring: AsyncFd<RingBuf<MapData>>,
     /// Items that did not decode (should stay 0: both sides share `probed-common`).
     pub malformed: u64,
 }
 
-impl HitStream {
+impl EventStream {
     /// Registers the ring buffer with the current tokio runtime.
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
-        tracing::debug!(fd = ring.as_raw_fd(), "registering hit ring buffer");
+        tracing::debug!(fd = ring.as_raw_fd(), "registering event ring buffer");
         // SAFETY: the ring buffer owns its fd for as long as the AsyncFd (which owns the ring)
         // lives, so the registration never outlives the descriptor.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
         Ok(Self { ring, malformed: 0 })
     }
 
-    /// Waits until hits are ready, then hands each to `f` until the ring is empty or `f`
-    /// returns false. Returns how many hits were handed over.
-    pub async fn next_batch(&mut self, mut f: impl FnMut(HitEvent) -> bool) -> io::Result<usize> {
+    /// Waits until events are ready, then hands each to `f` until the ring is empty or `f`
+    /// returns false. Returns how many events were handed over.
+    pub async fn next_batch(&mut self, mut f: impl FnMut(Event) -> bool) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         let mut n = 0;
@@ -49,9 +69,9 @@ impl HitStream {
         let mut stopped = false;
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Some(hit) => {
+                Some(event) => {
                     n += 1;
-                    if !f(hit) {
+                    if !f(event) {
                         stopped = true;
                         break;
                     }
@@ -67,15 +87,15 @@ impl HitStream {
         Ok(n)
     }
 
-    /// Hands every hit still in the ring to `f` without waiting.
-    pub fn drain(&mut self, mut f: impl FnMut(HitEvent)) -> usize {
+    /// Hands every event still in the ring to `f` without waiting.
+    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Some(hit) => {
+                Some(event) => {
                     n += 1;
-                    f(hit);
+                    f(event);
                 }
                 None => self.malformed += 1,
             }
@@ -88,14 +108,16 @@ impl HitStream {
 mod tests {
     use super::*;
 
-    /// A hit round-trips through its byte form; a short item is refused.
+    /// A hit round-trips through its byte form; short items and unknown types are refused.
     #[test]
     fn decode_round_trip_and_short_item() {
         let hit = HitEvent {
+            event: EVENT_HIT,
             probe_id: 3,
             kind: 1,
             pid: 10,
             tid: 11,
+            _reserved: 0,
             ts_ns: 12,
             ip: 0x5555_0000_1139,
             ret_addr: 14,
@@ -111,7 +133,10 @@ mod tests {
         };
         let mut unaligned = vec![0u8; bytes.len() + 1];
         unaligned[1..].copy_from_slice(bytes);
-        assert_eq!(decode(&unaligned[1..]), Some(hit));
+        assert_eq!(decode(&unaligned[1..]), Some(Event::Hit(hit)));
         assert_eq!(decode(&bytes[..bytes.len() - 1]), None);
+        let mut unknown = bytes.to_vec();
+        unknown[..4].copy_from_slice(&99u32.to_ne_bytes());
+        assert_eq!(decode(&unknown), None);
     }
 }

@@ -22,3 +22,4 @@ pub mod self_check;
 pub mod spec;
 pub mod symbolize;
 pub mod trace;
+pub mod track;

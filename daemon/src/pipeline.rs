@@ -6,11 +6,12 @@
 
 use std::{collections::BTreeMap, io::Write, sync::Arc};
 
-use probed_common::{HitEvent, KIND_RETURN};
+use probed_common::{HitEvent, KIND_RETURN, PROC_EXEC, ProcEvent};
 
 use crate::{
     attach::AttachError,
     elf::FileSource,
+    events::Event,
     output::{HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str},
     probes::Probe,
     resolve::{ProcKey, Reader, Resolver, SeqSource},
@@ -51,8 +52,8 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     stop: Option<Stop>,
     /// This task's resolver handle.
     reader: Reader<S>,
-    /// Identity of each pid seen, when hits carry no generation.
-    keys: ProcKeys,
+    /// Only this process's lifecycle events matter (`--pid`), if set.
+    pid_filter: Option<u32>,
     /// ELF symbol cache shared with other pipelines.
     symbolizer: Arc<Symbolizer>,
     /// Hits naming a probe id this run does not have (an ABI or cookie mismatch).
@@ -77,9 +78,38 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             printed: 0,
             stop,
             reader: Reader::new(resolver),
-            keys: ProcKeys::default(),
+            pid_filter: None,
             symbolizer,
             unknown_probe: 0,
+        }
+    }
+
+    /// Restricts eager process tracking to one pid.
+    pub fn with_pid_filter(mut self, pid: Option<u32>) -> Self {
+        self.pid_filter = pid;
+        self
+    }
+
+    /// Handles one ring buffer event; returns false once the run should stop taking hits.
+    pub fn handle_event(&mut self, event: &Event) -> bool {
+        match event {
+            Event::Hit(hit) => self.handle(hit),
+            Event::Proc(proc) => {
+                self.handle_proc(proc);
+                self.stop.is_none()
+            }
+        }
+    }
+
+    /// A process exec'd: snapshot its new address space now, so that even a process that
+    /// exits right after its first hit resolves.
+    fn handle_proc(&mut self, event: &ProcEvent) {
+        if event.what != PROC_EXEC || self.pid_filter.is_some_and(|p| p != event.pid) {
+            return;
+        }
+        let proc = ProcKey::new(event.pid, event.proc_gen);
+        if let Err(err) = self.reader.resolver().track(proc) {
+            tracing::debug!(%proc, error = %err, "eager snapshot after exec failed");
         }
     }
 
@@ -99,7 +129,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             self.counts[id].not_printed += 1;
             return false;
         }
-        let proc = self.keys.key(hit);
+        let proc = ProcKey::new(hit.pid, hit.proc_gen);
         let resolved = self.resolve(proc, hit);
         if let Err(reason) = &resolved {
             *self.counts[id].unresolved.entry(reason).or_default() += 1;
@@ -191,23 +221,5 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// Writes the summary and flushes the output.
     pub fn finish(&mut self, summary: &Summary) -> std::io::Result<()> {
         self.writer.summary(summary)
-    }
-}
-
-/// Process identities by pid, for hits from a BPF object that stamps no generation.
-#[derive(Default)]
-struct ProcKeys {
-    by_pid: std::collections::HashMap<u32, ProcKey>,
-}
-
-impl ProcKeys {
-    fn key(&mut self, hit: &HitEvent) -> ProcKey {
-        if hit.proc_gen != 0 {
-            return ProcKey::new(hit.pid, hit.proc_gen);
-        }
-        *self
-            .by_pid
-            .entry(hit.pid)
-            .or_insert_with(|| ProcKey::of_pid(hit.pid).unwrap_or(ProcKey::new(hit.pid, 0)))
     }
 }

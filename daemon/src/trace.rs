@@ -19,16 +19,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attach::{AttachRequest, Tracer},
     cli::TraceArgs,
-    events::HitStream,
+    events::EventStream,
     output::{Summary, Writer},
     pipeline::{Pipeline, Stop},
     probes::{self, Probe},
-    resolve::{ProbeId, ProcMaps, Resolver, UserSeq},
+    resolve::{ProbeId, Resolver},
     symbolize::Symbolizer,
+    track::GenCheckedMaps,
 };
-
-/// Processes the sequence table can hold at once.
-const SEQ_SLOTS: usize = 1 << 16;
 
 /// Why a trace run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,18 +66,20 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     for probe in &probes {
         tracer.attach(&attach_request(probe), args.pid)?;
     }
-    let mut stream = HitStream::new(tracer.take_ring()?)?;
+    let (seq, generations) = tracer.take_tracker()?;
+    let mut stream = EventStream::new(tracer.take_ring()?)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let seq = Arc::new(UserSeq::with_capacity(SEQ_SLOTS));
-    let resolver = Arc::new(Resolver::new(seq, ProcMaps::new()));
+    let maps = GenCheckedMaps::new(Arc::new(generations));
+    let resolver = Arc::new(Resolver::new(seq, maps));
     for probe in &probes {
         resolver
             .registry()
             .insert(probe.target.id, probe.file_offset, ProbeId(probe.id));
     }
     let symbolizer = Arc::new(Symbolizer::new());
-    let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer);
+    let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
+        .with_pid_filter(args.pid.map(NonZeroU32::get));
     let started = Instant::now();
     eprintln!(
         "probed: tracing {} probe(s){}; Ctrl-C to stop",
@@ -99,7 +99,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     } else {
         loop {
             tokio::select! {
-                batch = stream.next_batch(|hit| pipeline.handle(&hit)) => {
+                batch = stream.next_batch(|event| pipeline.handle_event(&event)) => {
                     batch.context("reading the hit ring buffer")?;
                     match pipeline.stopped() {
                         Some(Stop::Count) => break EndedBy::Count,
@@ -116,8 +116,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 
     // Detach first so nothing new arrives, then take every hit that fired before the stop.
     tracer.detach_all();
-    stream.drain(|hit| {
-        pipeline.handle(&hit);
+    stream.drain(|event| {
+        pipeline.handle_event(&event);
     });
     if stream.malformed > 0 {
         tracing::error!(

@@ -6,9 +6,12 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::{ProbeContext, RetProbeContext},
 };
-use probed_common::{ARG_REGS, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_PROBES};
+use probed_common::{ARG_REGS, EVENT_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_PROBES};
 
-use crate::maps::{HITS, PROBE_STATS};
+use crate::{
+    maps::{EVENTS, PROBE_STATS},
+    track,
+};
 
 /// Records a uprobe hit with the first six integer arguments.
 #[inline(always)]
@@ -49,7 +52,7 @@ fn record(
     // disabled for uprobe programs), so this is the only writer.
     unsafe { (*stats).hits += 1 };
 
-    let Some(mut entry) = HITS.reserve::<HitEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
         // SAFETY: as above.
         unsafe { (*stats).lost += 1 };
         return;
@@ -63,16 +66,19 @@ fn record(
     // SAFETY: bpf_get_func_ip only reads the current program's run context.
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
     let ip = if ip == 0 { regs.rip } else { ip };
+    let tgid = (pid_tgid >> 32) as u32;
     entry.write(HitEvent {
+        event: EVENT_HIT,
         probe_id,
         kind,
-        pid: (pid_tgid >> 32) as u32,
+        pid: tgid,
         tid: pid_tgid as u32,
+        _reserved: 0,
         ts_ns,
         ip,
         ret_addr,
-        seq: 0,
-        proc_gen: 0,
+        seq: track::read_seq(tgid),
+        proc_gen: track::generation(tgid),
         args,
         retval,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),

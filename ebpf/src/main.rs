@@ -4,13 +4,17 @@
 //! (`probed_return`) by every uretprobe; the attach cookie tells them which probe fired.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (track.rs): core's atomics lack fetch_add on the BPF target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod hit;
 mod maps;
+mod track;
 
 use aya_ebpf::{
-    macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 
 /// Every uprobe probed attaches runs this.
@@ -24,6 +28,34 @@ pub fn probed_entry(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn probed_return(ctx: RetProbeContext) -> u32 {
     hit::record_return(&ctx);
+    0
+}
+
+/// Attached to syscalls:sys_enter_* of every syscall that can change mappings.
+#[tracepoint]
+pub fn probed_mm_enter(_ctx: TracePointContext) -> u32 {
+    track::syscall_enter();
+    0
+}
+
+/// Attached to the matching syscalls:sys_exit_*.
+#[tracepoint]
+pub fn probed_mm_exit(_ctx: TracePointContext) -> u32 {
+    track::syscall_exit();
+    0
+}
+
+/// Attached to sched:sched_process_exec.
+#[tracepoint]
+pub fn probed_exec(_ctx: TracePointContext) -> u32 {
+    track::exec();
+    0
+}
+
+/// Attached to sched:sched_process_exit.
+#[tracepoint]
+pub fn probed_exit(ctx: TracePointContext) -> u32 {
+    track::exit(&ctx);
     0
 }
 

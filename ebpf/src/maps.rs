@@ -1,15 +1,41 @@
 //! The BPF maps shared with the daemon. Names here are the names the daemon looks up.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use probed_common::{MAX_PROBES, ProbeStats, RING_BYTES};
+use probed_common::{MAX_PROBES, ProbeStats, RING_BYTES, SEQ_SLOTS, SeqSlot, TrackConfig};
 
-/// Hit events, consumed by the daemon.
-#[map(name = "HITS")]
-pub static HITS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+/// Hit and process events, consumed by the daemon in one ordered stream.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Per-probe hit and loss counters (index = probe id), per CPU so updates need no atomics.
 #[map(name = "PROBE_STATS")]
 pub static PROBE_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
+
+/// Change sequences, one slot per hash of the pid; mapped read-only by the daemon so its
+/// fast path reads a sequence with two loads, no syscall.
+#[map(name = "SEQS")]
+pub static SEQS: Array<SeqSlot> = Array::with_max_entries(SEQ_SLOTS, BPF_F_MMAPABLE);
+
+/// Threads inside a mapping-changing syscall → the sequence slot they bumped at entry.
+/// An exit bumps `ends` only if its entry is here, so a syscall already in flight when
+/// probed attached (an exit without an entry) cannot unbalance a slot.
+#[map(name = "INFLIGHT")]
+pub static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Process generation by thread-group id. LRU so it can never fill up: an evicted live
+/// process just gets a new generation at its next event, which the daemon treats as a new
+/// identity (a rescan), never as someone else's.
+#[map(name = "PROC_GEN")]
+pub static PROC_GEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Settings written by the daemon before attaching (index 0).
+#[map(name = "TRACK_CONFIG")]
+pub static TRACK_CONFIG: Array<TrackConfig> = Array::with_max_entries(1, 0);
+
+/// Tracker error counters: [0] = INFLIGHT full (slot left unstable on purpose).
+#[map(name = "TRACK_ERRORS")]
+pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);

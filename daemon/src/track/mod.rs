@@ -1,0 +1,18 @@
+//! The daemon's side of the BPF address-space change tracker (ebpf/src/track.rs).
+//!
+//! - [`BpfSeq`]: the resolver's [`SeqSource`](crate::resolve::SeqSource), reading the
+//!   per-process sequence from the BPF `SEQS` array through a read-only memory mapping —
+//!   two loads, no syscall.
+//! - [`Generations`]: the BPF `PROC_GEN` map (pid → generation), read on slow paths only.
+//! - [`GenCheckedMaps`]: a maps source that refuses to answer for a generation that no
+//!   longer holds the pid, so pid reuse cannot alias two processes.
+//! - [`tracepoints`]: which kernel tracepoints the tracker attaches to, and tracefs set-up.
+
+mod generations;
+mod maps_source;
+mod seq;
+pub mod tracepoints;
+
+pub use generations::Generations;
+pub use maps_source::GenCheckedMaps;
+pub use seq::{BpfSeq, MapSeqError};
