@@ -130,7 +130,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return false;
         }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
-        let resolved = self.resolve(proc, hit);
+        let (resolved, via) = self.resolve(proc, hit);
         if let Err(reason) = &resolved {
             *self.counts[id].unresolved.entry(reason).or_default() += 1;
         }
@@ -151,6 +151,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ts_ns: hit.ts_ns,
             addr: hit.ip,
             resolved,
+            via,
             args: (!is_return).then_some(hit.args),
             retval: is_return.then_some(hit.retval),
             ret_addr: is_return.then_some(hit.ret_addr),
@@ -170,15 +171,22 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     }
 
     /// Address → mapping → symbol.
-    fn resolve(&mut self, proc: ProcKey, hit: &HitEvent) -> Result<Resolved, &'static str> {
-        let at = (hit.seq != 0).then_some(hit.seq);
+    fn resolve(
+        &mut self,
+        proc: ProcKey,
+        hit: &HitEvent,
+    ) -> (Result<Resolved, &'static str>, &'static str) {
         let symbolizer = &self.symbolizer;
-        self.reader.resolve_with(proc, hit.ip, at, |r| {
-            let found = r.outcome.map_err(|reason| reason.as_str())?;
+        self.reader.resolve_with(proc, hit.ip, Some(hit.seq), |r| {
+            let via = r.via.as_str();
+            let found = match r.outcome {
+                Ok(found) => found,
+                Err(reason) => return (Err(reason.as_str()), via),
+            };
             let vma = found.vma;
             let source = FileSource::mapped(vma.file, &vma.path, hit.pid, vma.start, vma.end);
             let module = vma.path.to_string_lossy().into_owned();
-            symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
+            let resolved = symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
                 Ok(sym) => Ok(Resolved {
                     module,
                     symbol: Some(sym.symbol.demangled().to_owned()),
@@ -186,7 +194,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                     file_offset: found.file_offset,
                 }),
                 Err(why) => Err(why.as_str()),
-            })
+            });
+            (resolved, via)
         })
     }
 
@@ -209,12 +218,22 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             });
         }
         let c = self.reader.resolver().counters();
-        summary.resolver = BTreeMap::from([
-            ("fast_path".to_string(), c.fast),
-            ("fallbacks".to_string(), c.fallbacks()),
-            ("retained".to_string(), c.retained),
-            ("rescans".to_string(), c.rescans),
-        ]);
+        summary.resolver = [
+            ("fast_path", c.fast),
+            ("fallback_no_snapshot", c.fallback_no_snapshot),
+            ("fallback_in_flight", c.fallback_in_flight),
+            ("fallback_seq_mismatch", c.fallback_seq_mismatch),
+            ("fallback_hit_seq", c.fallback_hit_seq),
+            ("fallback_changed", c.fallback_changed),
+            ("from_mirror", c.from_mirror),
+            ("retained", c.retained),
+            ("rescans", c.rescans),
+            ("rescan_retries", c.rescan_retries),
+            ("rescan_failures", c.rescan_failures),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         Ok(())
     }
 

@@ -23,6 +23,7 @@ struct HitLine<'a> {
     file_offset: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unresolved: Option<&'static str>,
+    via: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     args: Option<[u64; 6]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,6 +51,7 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
         offset: resolved.and_then(|r| r.offset),
         file_offset: resolved.map(|r| format!("{:#x}", r.file_offset)),
         unresolved: hit.resolved.as_ref().err().copied(),
+        via: hit.via,
         args: hit.args,
         retval: hit.retval,
         ret_addr: hit.ret_addr.map(|a| format!("{a:#x}")),
@@ -94,6 +96,7 @@ mod tests {
             ts_ns: 3,
             addr: 0x1139,
             resolved,
+            via: "fast",
             args: Some([1, 2, 3, 4, 5, 6]),
             retval: None,
             ret_addr: None,

@@ -38,6 +38,8 @@ pub struct HitRecord<'a> {
     pub addr: u64,
     /// Resolution of `addr`, or why it failed.
     pub resolved: Result<Resolved, &'static str>,
+    /// Which resolver path answered (`fast`, `mirror`, `retained`, `rescan`).
+    pub via: &'static str,
     /// The first six integer arguments (entry probes).
     pub args: Option<[u64; 6]>,
     /// The return value (return probes).

@@ -110,6 +110,7 @@ mod tests {
                 offset: Some(4),
                 file_offset: 0x1139,
             }),
+            via: "fast",
             args: Some([1, 2, 3, 4, 5, 6]),
             retval: None,
             ret_addr: None,

@@ -87,6 +87,18 @@ pub enum Via {
     Rescan,
 }
 
+impl Via {
+    /// A stable snake_case name for output and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Via::Fast => "fast",
+            Via::Mirror => "mirror",
+            Via::Retained => "retained",
+            Via::Rescan => "rescan",
+        }
+    }
+}
+
 /// The answer to one resolution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolution<T> {
