@@ -3,9 +3,11 @@
 mod bench;
 mod build;
 mod build_ebpf;
+mod demo;
 mod exec;
 mod paths;
 mod run;
+mod setup;
 mod test;
 mod toolchain;
 
@@ -24,6 +26,8 @@ enum Command {
     BuildEbpf,
     /// Build the BPF object and a release `probed` that embeds it.
     Build,
+    /// Set up, build, and trace a bundled example: probed's main job in one command.
+    Demo,
     /// Build, then run `probed` with the given arguments.
     Run {
         /// Arguments for probed, after `--`.
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf => build_ebpf::run(),
         Command::Build => build::run(),
+        Command::Demo => demo::run(),
         Command::Run { args } => run::run(&args),
         Command::Test { args } => test::run(&args),
         Command::Bench { which } => bench::run(which),

@@ -6,11 +6,12 @@
 
 use std::process::Command;
 
-use crate::{build_ebpf, exec::exec, paths};
+use crate::{build_ebpf, exec::exec, paths, setup};
 
 /// Builds the BPF object, then runs every test of the workspace against a probed that
 /// embeds it.
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
+    setup::tests()?;
     build_ebpf::run()?;
     exec(
         Command::new(env!("CARGO"))

@@ -1,0 +1,107 @@
+//! Host packages the tests and the demo need, installed with apt when missing (as root),
+//! printing what is installed and why. Every check is a file lookup, so a second run
+//! installs nothing.
+
+use std::{path::Path, process::Command};
+
+use anyhow::bail;
+
+use crate::exec::exec;
+
+/// A Debian package, a file that shows it is installed, and why it is needed.
+struct Need {
+    package: &'static str,
+    file: &'static str,
+    why: &'static str,
+}
+
+/// For the demo: a C compiler for the bundled example.
+const DEMO: &[Need] = &[
+    Need {
+        package: "gcc",
+        file: "/usr/bin/gcc",
+        why: "the demo target is compiled from C",
+    },
+    Need {
+        package: "libc6-dev",
+        file: "/usr/include/stdio.h",
+        why: "C headers for the demo target",
+    },
+];
+
+/// For the test suite.
+const TESTS: &[Need] = &[
+    Need {
+        package: "gcc",
+        file: "/usr/bin/gcc",
+        why: "test fixtures are compiled from C at test time",
+    },
+    Need {
+        package: "g++",
+        file: "/usr/bin/g++",
+        why: "C++ fixtures (demangling tests)",
+    },
+    Need {
+        package: "libc6-dev",
+        file: "/usr/include/stdio.h",
+        why: "C headers for the fixtures",
+    },
+    Need {
+        package: "binutils",
+        file: "/usr/bin/readelf",
+        why: "tests check ELF offsets against readelf",
+    },
+    Need {
+        package: "bpftrace",
+        file: "/usr/bin/bpftrace",
+        why: "hit counts are compared with bpftrace's",
+    },
+    Need {
+        package: "bpftool",
+        file: "/usr/sbin/bpftool",
+        why: "tests check that no BPF program is left loaded",
+    },
+    Need {
+        package: "util-linux",
+        file: "/usr/bin/setpriv",
+        why: "the missing-privileges test drops root",
+    },
+];
+
+/// Installs what the demo needs.
+pub fn demo() -> anyhow::Result<()> {
+    ensure(DEMO)
+}
+
+/// Installs what the tests need.
+pub fn tests() -> anyhow::Result<()> {
+    ensure(TESTS)
+}
+
+fn ensure(needs: &[Need]) -> anyhow::Result<()> {
+    let missing: Vec<&Need> = needs
+        .iter()
+        .filter(|n| !Path::new(n.file).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for n in &missing {
+        eprintln!("xtask: installing {} ({})", n.package, n.why);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let names: Vec<&str> = missing.iter().map(|n| n.package).collect();
+        bail!(
+            "missing packages; install them as root: apt-get install {}",
+            names.join(" ")
+        );
+    }
+    exec(Command::new("apt-get").args(["update", "-q"]))?;
+    exec(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|n| n.package)),
+    )
+}
