@@ -28,6 +28,34 @@ pub const EVENT_HIT: u32 = 1;
 /// First field of every ring buffer item: a [`ProcEvent`].
 pub const EVENT_PROC: u32 = 2;
 
+/// First field of every ring buffer item: a [`ChangeEvent`].
+pub const EVENT_CHANGE: u32 = 3;
+
+/// `ChangeEvent::op`: mmap; `args` = [addr, len, prot, flags].
+pub const OP_MMAP: u32 = 1;
+/// `ChangeEvent::op`: munmap; `args` = [addr, len, 0, 0].
+pub const OP_MUNMAP: u32 = 2;
+/// `ChangeEvent::op`: mprotect or pkey_mprotect; `args` = [addr, len, prot, 0].
+pub const OP_MPROTECT: u32 = 3;
+/// `ChangeEvent::op`: mremap; `args` = [old_addr, old_len, new_len, flags].
+pub const OP_MREMAP: u32 = 4;
+/// `ChangeEvent::op`: brk; `args` = [requested brk, brk before, start_brk, 0].
+pub const OP_BRK: u32 = 5;
+/// `ChangeEvent::op`: shmat, shmdt, remap_file_pages: the affected range is not known
+/// from the arguments, so the daemon must rescan.
+pub const OP_OTHER: u32 = 6;
+
+/// `ChangeEvent::flags`: another change of the same slot was in flight at some point during
+/// this one, so their effects may have been applied in another order than their tickets.
+pub const CHANGE_OVERLAP: u32 = 1;
+/// `ChangeEvent::flags`: the `vma_*` fields describe the mapping found at the result address.
+pub const CHANGE_VMA: u32 = 2;
+/// `ChangeEvent::flags`: that mapping is backed by a file (`dev`, `ino`, `name` are set).
+pub const CHANGE_VMA_FILE: u32 = 4;
+
+/// Length of the file name carried by a [`ChangeEvent`] (the dentry's last component).
+pub const NAME_LEN: usize = 64;
+
 /// `ProcEvent::what`: the process called exec (a new address space and a new generation).
 pub const PROC_EXEC: u32 = 1;
 /// `ProcEvent::what`: the last thread of the process exited.
@@ -71,6 +99,47 @@ pub const fn seq_of(ends: u64, begins: u64) -> u64 {
     }
 }
 
+/// Byte offsets of the kernel structure members the tracker reads with
+/// `bpf_probe_read_kernel`, computed by the daemon from the running kernel's BTF (aya-ebpf
+/// has no CO-RE relocations). `valid == 0` means unknown: the tracker then reports changes
+/// without mapping identities, and the daemon rescans instead of replaying.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 when every offset below is known.
+    pub valid: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.start_code`.
+    pub mm_start_code: u32,
+    /// `mm_struct.start_brk`.
+    pub mm_start_brk: u32,
+    /// `mm_struct.brk`.
+    pub mm_brk: u32,
+    /// `vm_area_struct.vm_start`.
+    pub vma_start: u32,
+    /// `vm_area_struct.vm_end`.
+    pub vma_end: u32,
+    /// `vm_area_struct.vm_pgoff`.
+    pub vma_pgoff: u32,
+    /// `vm_area_struct.vm_flags`.
+    pub vma_flags: u32,
+    /// `vm_area_struct.vm_file`.
+    pub vma_file: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `file.f_path.dentry`.
+    pub file_dentry: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
+}
+
 /// Settings the daemon writes into the `TRACK_CONFIG` array before attaching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,6 +149,60 @@ pub struct TrackConfig {
     pub exit_group_dead_offset: u32,
     /// Reserved, zero.
     pub _reserved: u32,
+    /// Kernel structure offsets.
+    pub offsets: KernelOffsets,
+}
+
+/// A mapping the kernel had at some address, as the tracker read it from a `vm_area_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaInfo {
+    /// `vm_start`.
+    pub start: u64,
+    /// `vm_end`.
+    pub end: u64,
+    /// `vm_pgoff` in pages.
+    pub pgoff: u64,
+    /// `vm_flags` (VM_READ 1, VM_WRITE 2, VM_EXEC 4, VM_SHARED 8, VM_HUGETLB 0x400000…).
+    pub flags: u64,
+    /// The file's `s_dev` in the kernel's encoding (`major << 20 | minor`); 0 if anonymous.
+    pub dev: u64,
+    /// The file's inode number; 0 if anonymous.
+    pub ino: u64,
+}
+
+/// One finished address-space change, reported at syscall exit before the change's `ends`
+/// increment, so that every hit stamped with a sequence that includes it comes after it in
+/// the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// [`EVENT_CHANGE`].
+    pub event: u32,
+    /// `OP_*`.
+    pub op: u32,
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread that made the change.
+    pub tid: u32,
+    /// The slot's `begins` value this change took (its place in the slot's order).
+    pub ticket: u64,
+    /// The process's generation.
+    pub proc_gen: u64,
+    /// `bpf_ktime_get_ns()` at the exit.
+    pub ts_ns: u64,
+    /// The syscall's return value (an address, 0, or -errno).
+    pub ret: i64,
+    /// The syscall's arguments that matter for this op (see `OP_*`).
+    pub args: [u64; 4],
+    /// `CHANGE_*` bits.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// The mapping at the result address (mmap, mremap) or the heap (brk), if `CHANGE_VMA`.
+    pub vma: VmaInfo,
+    /// The mapped file's name (last path component), NUL-terminated, if `CHANGE_VMA_FILE`.
+    pub name: [u8; NAME_LEN],
 }
 
 /// One probe hit, as the BPF program writes it into the ring buffer.
@@ -136,8 +259,23 @@ pub struct ProcEvent {
     pub proc_gen: u64,
     /// The process's change sequence after the event.
     pub seq: u64,
+    /// The slot's `begins` value the event took (exec and exit are instant changes).
+    pub ticket: u64,
     /// The process's `comm`.
     pub comm: [u8; COMM_LEN],
+    /// Exec only, if `flags & CHANGE_VMA`: the new program's text mapping.
+    pub exe: VmaInfo,
+    /// Exec only: the mapping holding the first instruction to run (the dynamic loader's
+    /// text for a dynamically linked program).
+    pub entry: VmaInfo,
+    /// `CHANGE_VMA` when `exe` and `entry` are filled.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Exec only: the program file's name, NUL-terminated.
+    pub exe_name: [u8; NAME_LEN],
+    /// Exec only: the entry mapping's file name, NUL-terminated.
+    pub entry_name: [u8; NAME_LEN],
 }
 
 /// Per-probe counters, kept per CPU in BPF and summed by the daemon.
@@ -161,15 +299,19 @@ mod pod {
     unsafe impl aya::Pod for super::SeqSlot {}
     // SAFETY: ProcEvent is #[repr(C)], integers only, no padding (size asserted below).
     unsafe impl aya::Pod for super::ProcEvent {}
-    // SAFETY: TrackConfig is #[repr(C)] with two u32 fields.
+    // SAFETY: TrackConfig is #[repr(C)], u32 fields only, no padding.
     unsafe impl aya::Pod for super::TrackConfig {}
+    // SAFETY: ChangeEvent is #[repr(C)], integers only, no padding (size asserted below).
+    unsafe impl aya::Pod for super::ChangeEvent {}
 }
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.
 const _: () = assert!(core::mem::size_of::<HitEvent>() == 136);
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 * NAME_LEN);
+const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
-const _: () = assert!(core::mem::size_of::<TrackConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 72);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 16);
 

@@ -167,6 +167,7 @@ impl Tracer {
         let config = TrackConfig {
             exit_group_dead_offset: tracepoints::exit_group_dead_offset(),
             _reserved: 0,
+            offsets: crate::track::offsets::kernel_offsets(),
         };
         let map = self
             .ebpf

@@ -8,7 +8,7 @@
 use std::{io, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
-use probed_common::{EVENT_HIT, EVENT_PROC, HitEvent, ProcEvent};
+use probed_common::{ChangeEvent, EVENT_CHANGE, EVENT_HIT, EVENT_PROC, HitEvent, ProcEvent};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// One item of the event ring buffer.
@@ -18,6 +18,8 @@ pub enum Event {
     Hit(HitEvent),
     /// A process exec'd or exited.
     Proc(ProcEvent),
+    /// A mapping-changing syscall finished.
+    Change(ChangeEvent),
 }
 
 /// Decodes one ring buffer item by its leading type word. Unknown types and items shorter
@@ -27,6 +29,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     match ty {
         EVENT_HIT => read::<HitEvent>(bytes).map(Event::Hit),
         EVENT_PROC => read::<ProcEvent>(bytes).map(Event::Proc),
+        EVENT_CHANGE => read::<ChangeEvent>(bytes).map(Event::Change),
         _ => None,
     }
 }

@@ -98,6 +98,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 self.handle_proc(proc);
                 self.stop.is_none()
             }
+            Event::Change(_) => self.stop.is_none(),
         }
     }
 

@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 
 mod hit;
+mod kread;
 mod maps;
 mod track;
 
@@ -33,15 +34,15 @@ pub fn probed_return(ctx: RetProbeContext) -> u32 {
 
 /// Attached to syscalls:sys_enter_* of every syscall that can change mappings.
 #[tracepoint]
-pub fn probed_mm_enter(_ctx: TracePointContext) -> u32 {
-    track::syscall_enter();
+pub fn probed_mm_enter(ctx: TracePointContext) -> u32 {
+    track::syscall_enter(&ctx);
     0
 }
 
 /// Attached to the matching syscalls:sys_exit_*.
 #[tracepoint]
-pub fn probed_mm_exit(_ctx: TracePointContext) -> u32 {
-    track::syscall_exit();
+pub fn probed_mm_exit(ctx: TracePointContext) -> u32 {
+    track::syscall_exit(&ctx);
     0
 }
 

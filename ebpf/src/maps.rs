@@ -20,11 +20,29 @@ pub static PROBE_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(
 #[map(name = "SEQS")]
 pub static SEQS: Array<SeqSlot> = Array::with_max_entries(SEQ_SLOTS, BPF_F_MMAPABLE);
 
-/// Threads inside a mapping-changing syscall → the sequence slot they bumped at entry.
-/// An exit bumps `ends` only if its entry is here, so a syscall already in flight when
-/// probed attached (an exit without an entry) cannot unbalance a slot.
+/// A mapping-changing syscall between its entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    /// The sequence slot bumped at entry.
+    pub slot: u32,
+    /// `OP_*`.
+    pub op: u32,
+    /// The `begins` value the entry took.
+    pub ticket: u64,
+    /// 1 if another change of the slot was in flight at entry.
+    pub overlap: u32,
+    /// Padding, zero.
+    pub _reserved: u32,
+    /// The arguments the exit reports (see `OP_*`).
+    pub args: [u64; 4],
+}
+
+/// Threads inside a mapping-changing syscall → what their entry recorded. An exit closes a
+/// change only if its entry is here, so a syscall already in flight when probed attached
+/// (an exit without an entry) cannot unbalance a slot.
 #[map(name = "INFLIGHT")]
-pub static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+pub static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(65536, 0);
 
 /// Process generation by thread-group id. LRU so it can never fill up: an evicted live
 /// process just gets a new generation at its next event, which the daemon treats as a new
@@ -36,6 +54,7 @@ pub static PROC_GEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 
 #[map(name = "TRACK_CONFIG")]
 pub static TRACK_CONFIG: Array<TrackConfig> = Array::with_max_entries(1, 0);
 
-/// Tracker error counters: [0] = INFLIGHT full (slot left unstable on purpose).
+/// Tracker error counters: [0] = INFLIGHT full (slot left unstable on purpose),
+/// [1] = change reports lost to a full ring buffer.
 #[map(name = "TRACK_ERRORS")]
 pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);

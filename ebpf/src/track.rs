@@ -1,21 +1,63 @@
 //! Address-space change tracking: a per-process 64-bit sequence (see `probed_common::SeqSlot`)
-//! bumped around every syscall that can change a process's mappings, and a generation that
-//! tells successive processes holding one pid apart.
+//! bumped around every syscall that can change a process's mappings, a report of each
+//! finished change (what range, what is mapped there now) so the daemon can replay the
+//! address space without /proc, and a generation that tells successive processes holding one
+//! pid apart.
 //!
 //! Why syscall enter/exit tracepoints (see ARCHITECTURE.md for the evidence): they bracket
 //! the whole change, including `mmap_write_downgrade()` paths (munmap, mremap) that end a
 //! write section without a write-release event, and they fire in the changing thread, so the
-//! pid is the current task's.
+//! pid is the current task's and the arguments say what changes.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     programs::TracePointContext,
 };
-use probed_common::{EVENT_PROC, PROC_EXEC, PROC_EXIT, ProcEvent, SeqSlot, seq_of, seq_slot};
+use probed_common::{
+    CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, ChangeEvent, EVENT_CHANGE, EVENT_PROC,
+    KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER,
+    PROC_EXEC, PROC_EXIT, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
+};
 
-use crate::maps::{EVENTS, INFLIGHT, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS};
+use crate::{
+    kread,
+    maps::{EVENTS, INFLIGHT, InFlight, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS},
+};
+
+/// x86-64 syscall numbers of the tracked syscalls.
+const NR_MMAP: i32 = 9;
+const NR_MPROTECT: i32 = 10;
+const NR_MUNMAP: i32 = 11;
+const NR_BRK: i32 = 12;
+const NR_MREMAP: i32 = 25;
+const NR_PKEY_MPROTECT: i32 = 329;
+
+/// Offsets in a syscalls:sys_enter_* record: the syscall number, then six u64 arguments.
+const NR_OFFSET: usize = 8;
+const ARGS_OFFSET: usize = 16;
+/// Offset of `ret` in a syscalls:sys_exit_* record.
+const RET_OFFSET: usize = 16;
+
+/// `TRACK_ERRORS` indices.
+const ERR_INFLIGHT_FULL: u32 = 0;
+const ERR_CHANGE_LOST: u32 = 1;
+
+#[inline(always)]
+fn count_error(index: u32) {
+    if let Some(n) = TRACK_ERRORS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; this CPU is its only writer while the program runs.
+        unsafe { *n += 1 };
+    }
+}
 
 /// The slot of `tgid` as a pointer into the shared array.
 #[inline(always)]
@@ -23,28 +65,32 @@ fn slot(tgid: u32) -> Option<*mut SeqSlot> {
     SEQS.get_ptr_mut(seq_slot(tgid))
 }
 
+/// Atomically adds 1 and returns the new value.
 #[inline(always)]
-fn bump(counter: *mut u64) {
+fn bump(counter: *mut u64) -> u64 {
     // core's AtomicU64 has no fetch_add on BPF (rustc does not claim CAS there), so the
-    // intrinsic is used directly; it compiles to a BPF atomic add.
+    // intrinsic is used directly; it compiles to a BPF atomic fetch-add (cpu v3).
     // SAFETY: `counter` points into a live map value; the kernel keeps it mapped while the
     // program runs, and every writer updates it atomically.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) };
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) + 1 }
+}
+
+/// A volatile load of a slot counter (single-copy atomic: aligned u64).
+#[inline(always)]
+fn load(counter: *const u64) -> u64 {
+    // SAFETY: `counter` points into a live map value.
+    unsafe { counter.read_volatile() }
 }
 
 /// Reads a slot's sequence: `ends` first, then `begins` (see `SeqSlot`).
 #[inline(always)]
 pub fn read_seq(tgid: u32) -> u64 {
     let Some(s) = slot(tgid) else { return 1 };
-    // Two volatile loads: the compiler keeps them in this order, and the CPUs BPF runs on
-    // (x86-64 here) do not reorder loads with loads. Aligned u64 loads are single-copy
-    // atomic, so neither value can be torn by a concurrent atomic add.
+    // The compiler keeps two volatile loads in order, and the CPUs BPF runs on (x86-64 here)
+    // do not reorder loads with loads.
     // SAFETY: `s` points into a live map value for the whole program run.
-    unsafe {
-        let ends = (&raw const (*s).ends).read_volatile();
-        let begins = (&raw const (*s).begins).read_volatile();
-        seq_of(ends, begins)
-    }
+    let (ends, begins) = unsafe { (load(&raw const (*s).ends), load(&raw const (*s).begins)) };
+    seq_of(ends, begins)
 }
 
 /// The generation of `tgid`, assigned at first sight. `bpf_ktime_get_ns()` makes a fine
@@ -66,73 +112,184 @@ pub fn generation(tgid: u32) -> u64 {
     unsafe { PROC_GEN.get(&tgid) }.copied().unwrap_or(fresh)
 }
 
-/// A mapping-changing syscall begins: make the slot odd and remember it for the exit.
 #[inline(always)]
-pub fn syscall_enter() {
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    // SAFETY: syscalls:sys_enter_* records hold six u64 arguments from ARGS_OFFSET; read_at
+    // copies with bpf_probe_read_kernel.
+    unsafe { ctx.read_at::<u64>(ARGS_OFFSET + 8 * i) }.unwrap_or(0)
+}
+
+/// A mapping-changing syscall begins: make the slot odd, take a ticket, remember the
+/// arguments for the exit.
+#[inline(always)]
+pub fn syscall_enter(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let index = seq_slot(tgid);
     let Some(s) = slot(tgid) else { return };
     // SAFETY: `s` points into a live map value.
-    bump(unsafe { &raw mut (*s).begins });
-    if INFLIGHT.insert(&tid, &index, 0).is_err() {
+    let ticket = bump(unsafe { &raw mut (*s).begins });
+    // SAFETY: as above.
+    let ends = load(unsafe { &raw const (*s).ends });
+    // SAFETY: the record starts with the syscall number at NR_OFFSET.
+    let nr = unsafe { ctx.read_at::<i32>(NR_OFFSET) }.unwrap_or(-1);
+    let (op, args) = match nr {
+        NR_MMAP => (OP_MMAP, [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)]),
+        NR_MUNMAP => (OP_MUNMAP, [arg(ctx, 0), arg(ctx, 1), 0, 0]),
+        NR_MPROTECT | NR_PKEY_MPROTECT => (OP_MPROTECT, [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), 0]),
+        NR_MREMAP => (OP_MREMAP, [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)]),
+        NR_BRK => {
+            let (old, start) = heap_bounds();
+            (OP_BRK, [arg(ctx, 0), old, start, 0])
+        }
+        _ => (OP_OTHER, [0; 4]),
+    };
+    let flight = InFlight {
+        slot: index,
+        op,
+        ticket,
+        overlap: u32::from(ends != ticket - 1),
+        _reserved: 0,
+        args,
+    };
+    if INFLIGHT.insert(&tid, &flight, 0).is_err() {
         // Without the marker the exit cannot close the change, so the slot stays odd: the
         // daemon falls back to locked rescans for these pids instead of trusting a stale
         // snapshot. Counted so it is visible.
-        if let Some(n) = TRACK_ERRORS.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, this CPU is its only writer while the program runs.
-            unsafe { *n += 1 };
-        }
+        count_error(ERR_INFLIGHT_FULL);
     }
 }
 
-/// A mapping-changing syscall ends: close the change its entry opened, if any.
+/// The heap's current end and start (`mm->brk`, `mm->start_brk`), or zeros.
 #[inline(always)]
-pub fn syscall_exit() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: a plain u32 copied out at once.
-    let Some(index) = (unsafe { INFLIGHT.get(&tid) }).copied() else {
+fn heap_bounds() -> (u64, u64) {
+    let Some(o) = kread::offsets() else { return (0, 0) };
+    // SAFETY: bpf_get_current_task has no preconditions; the result is only used as an
+    // address for bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let mm = kread::read_u64(task, o.task_mm);
+    (kread::read_u64(mm, o.mm_brk), kread::read_u64(mm, o.mm_start_brk))
+}
+
+/// What the find_vma callback fills in (on the BPF stack, as the helper requires).
+#[repr(C)]
+struct VmaCtx {
+    vma: VmaInfo,
+    name: [u8; NAME_LEN],
+    file: u32,
+    found: u32,
+}
+
+/// bpf_find_vma's callback: copies the mapping the kernel found.
+extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let Some(o) = kread::offsets() else { return 0 };
+    // SAFETY: `ctx` is the `VmaCtx` find_vma_at passed, alive on its stack for this call.
+    let out = unsafe { &mut *ctx.cast::<VmaCtx>() };
+    out.file = u32::from(kread::read_vma(o, vma as u64, &mut out.vma, &mut out.name));
+    out.found = 1;
+    0
+}
+
+/// The mapping containing `addr` in the current process, if any.
+#[inline(always)]
+fn find_vma_at(addr: u64, out: &mut VmaCtx) -> bool {
+    out.found = 0;
+    // SAFETY: bpf_get_current_task_btf returns the current task, valid for this program run;
+    // the callback is a static function and `out` a live stack object, as the helper needs.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        bpf_find_vma(
+            task,
+            addr,
+            vma_callback as *mut c_void,
+            (out as *mut VmaCtx).cast::<c_void>(),
+            0,
+        );
+    }
+    out.found == 1
+}
+
+/// A mapping-changing syscall ends: report what changed, then close the change.
+#[inline(always)]
+pub fn syscall_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: a plain struct copied out at once.
+    let Some(flight) = (unsafe { INFLIGHT.get(&tid) }).copied() else {
         return;
     };
     let _ = INFLIGHT.remove(&tid);
-    if let Some(s) = SEQS.get_ptr_mut(index) {
+    let Some(s) = SEQS.get_ptr_mut(flight.slot) else {
+        return;
+    };
+    // SAFETY: the exit record holds the return value at RET_OFFSET.
+    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    // SAFETY: `s` points into a live map value.
+    let begins_now = load(unsafe { &raw const (*s).begins });
+    let mut flags = if flight.overlap != 0 || begins_now != flight.ticket {
+        CHANGE_OVERLAP
+    } else {
+        0
+    };
+    let mut found = new_vma_ctx();
+    let ok = !(-4095..0).contains(&ret);
+    if ok && (flight.op == OP_MMAP || flight.op == OP_MREMAP) && find_vma_at(ret as u64, &mut found) {
+        flags |= CHANGE_VMA;
+        if found.file != 0 {
+            flags |= CHANGE_VMA_FILE;
+        }
+    }
+    match EVENTS.reserve::<ChangeEvent>(0) {
+        Some(mut entry) => {
+            let e = entry.as_mut_ptr();
+            // Written in place: the event is too big to build on the BPF stack as well.
+            // SAFETY: `e` points to a reserved, writable record of ChangeEvent's size.
+            unsafe {
+                (&raw mut (*e).event).write(EVENT_CHANGE);
+                (&raw mut (*e).op).write(flight.op);
+                (&raw mut (*e).pid).write(tgid);
+                (&raw mut (*e).tid).write(tid);
+                (&raw mut (*e).ticket).write(flight.ticket);
+                (&raw mut (*e).proc_gen).write(generation(tgid));
+                (&raw mut (*e).ts_ns).write(bpf_ktime_get_ns());
+                (&raw mut (*e).ret).write(ret);
+                (&raw mut (*e).args).write(flight.args);
+                (&raw mut (*e).flags).write(flags);
+                (&raw mut (*e)._reserved).write(0);
+                (&raw mut (*e).vma).write(found.vma);
+                (&raw mut (*e).name).write(found.name);
+            }
+            entry.submit(0);
+        }
+        // The daemon sees the counter move and stops trusting replayed pictures.
+        None => count_error(ERR_CHANGE_LOST),
+    }
+    // After the report: a hit that sees this change completed is reserved after it.
+    // SAFETY: `s` points into a live map value.
+    bump(unsafe { &raw mut (*s).ends });
+}
+
+/// A whole-address-space event (exec, exit): one complete change; returns its ticket.
+#[inline(always)]
+fn instant_change(tgid: u32) -> (*mut SeqSlot, u64) {
+    match slot(tgid) {
+        // SAFETY: `s` points into a live map value.
+        Some(s) => (s, bump(unsafe { &raw mut (*s).begins })),
+        None => (core::ptr::null_mut(), 0),
+    }
+}
+
+#[inline(always)]
+fn finish_instant(s: *mut SeqSlot) {
+    if !s.is_null() {
         // SAFETY: `s` points into a live map value.
         bump(unsafe { &raw mut (*s).ends });
     }
 }
 
-/// A whole-address-space event (exec, exit): one complete change, and an event for the
-/// daemon.
-#[inline(always)]
-fn instant_change(tgid: u32) {
-    if let Some(s) = slot(tgid) {
-        // SAFETY: `s` points into a live map value.
-        unsafe {
-            bump(&raw mut (*s).begins);
-            bump(&raw mut (*s).ends);
-        }
-    }
-}
-
-fn emit(what: u32, tgid: u32, tid: u32, proc_gen: u64) {
-    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
-        return;
-    };
-    entry.write(ProcEvent {
-        event: EVENT_PROC,
-        what,
-        pid: tgid,
-        tid,
-        // SAFETY: no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        proc_gen,
-        seq: read_seq(tgid),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
-    entry.submit(0);
-}
-
-/// sched_process_exec: a new address space, so a new generation.
+/// sched_process_exec: a new address space, so a new generation; reports the new program's
+/// text mapping and the mapping of its first instruction (the dynamic loader), the two
+/// executable file mappings the kernel creates without an mmap syscall.
 #[inline(always)]
 pub fn exec() {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -140,8 +297,95 @@ pub fn exec() {
     // SAFETY: no preconditions.
     let fresh = unsafe { bpf_ktime_get_ns() };
     let _ = PROC_GEN.insert(&tgid, &fresh, 0);
-    instant_change(tgid);
-    emit(PROC_EXEC, tgid, tid, fresh);
+    let (s, ticket) = instant_change(tgid);
+    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+        count_error(ERR_CHANGE_LOST);
+        finish_instant(s);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // Fields are written in place: the event is too big for the 512-byte BPF stack.
+    // SAFETY: `e` points to a reserved, writable ring buffer record of ProcEvent's size.
+    unsafe {
+        write_proc_header(e, PROC_EXEC, tgid, tid, fresh, ticket);
+        (&raw mut (*e).flags).write(0);
+        (&raw mut (*e).exe).write(VmaInfo::default());
+        (&raw mut (*e).entry).write(VmaInfo::default());
+        (&raw mut (*e).exe_name).write([0; NAME_LEN]);
+        (&raw mut (*e).entry_name).write([0; NAME_LEN]);
+    }
+    if let Some(o) = kread::offsets() {
+        let (start_code, ip) = exec_addresses(o);
+        let mut found = new_vma_ctx();
+        let mut both = false;
+        if find_vma_at(start_code, &mut found) {
+            // SAFETY: as above.
+            unsafe {
+                (&raw mut (*e).exe).write(found.vma);
+                (&raw mut (*e).exe_name).write(found.name);
+            }
+            found = new_vma_ctx();
+            if find_vma_at(ip, &mut found) {
+                // SAFETY: as above.
+                unsafe {
+                    (&raw mut (*e).entry).write(found.vma);
+                    (&raw mut (*e).entry_name).write(found.name);
+                }
+                both = true;
+            }
+        }
+        if both {
+            // SAFETY: as above.
+            unsafe { (&raw mut (*e).flags).write(CHANGE_VMA) };
+        }
+    }
+    entry.submit(0);
+    finish_instant(s);
+}
+
+#[inline(always)]
+fn new_vma_ctx() -> VmaCtx {
+    VmaCtx {
+        vma: VmaInfo::default(),
+        name: [0; NAME_LEN],
+        file: 0,
+        found: 0,
+    }
+}
+
+/// Writes the fields every ProcEvent has.
+///
+/// # Safety
+/// `e` must point to writable memory of ProcEvent's size.
+#[inline(always)]
+unsafe fn write_proc_header(e: *mut ProcEvent, what: u32, tgid: u32, tid: u32, proc_gen: u64, ticket: u64) {
+    // SAFETY: the caller guarantees `e` is writable; every write stays inside it.
+    unsafe {
+        (&raw mut (*e).event).write(EVENT_PROC);
+        (&raw mut (*e).what).write(what);
+        (&raw mut (*e).pid).write(tgid);
+        (&raw mut (*e).tid).write(tid);
+        (&raw mut (*e).ts_ns).write(bpf_ktime_get_ns());
+        (&raw mut (*e).proc_gen).write(proc_gen);
+        (&raw mut (*e).seq).write(ticket.wrapping_mul(2));
+        (&raw mut (*e).ticket).write(ticket);
+        (&raw mut (*e).comm).write(bpf_get_current_comm().unwrap_or([0; 16]));
+        (&raw mut (*e)._reserved).write(0);
+    }
+}
+
+/// `mm->start_code` and the user instruction pointer of the current task.
+#[inline(always)]
+fn exec_addresses(o: &KernelOffsets) -> (u64, u64) {
+    // SAFETY: bpf_get_current_task has no preconditions; used only as an address to read.
+    let task = unsafe { bpf_get_current_task() };
+    let mm = kread::read_u64(task, o.task_mm);
+    let start_code = kread::read_u64(mm, o.mm_start_code);
+    // SAFETY: bpf_get_current_task_btf returns the current task; bpf_task_pt_regs returns its
+    // user register frame, read here only through bpf_probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let ip = kread::read_u64(regs, core::mem::offset_of!(pt_regs, rip) as u32);
+    (start_code, ip)
 }
 
 /// sched_process_exit: when the last thread goes, the process (and its generation) ends.
@@ -165,6 +409,21 @@ pub fn exit(ctx: &TracePointContext) {
         return;
     };
     let _ = PROC_GEN.remove(&tgid);
-    instant_change(tgid);
-    emit(PROC_EXIT, tgid, tid, gen_);
+    let (s, ticket) = instant_change(tgid);
+    if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
+        let e = entry.as_mut_ptr();
+        // SAFETY: `e` points to a reserved, writable ring buffer record of ProcEvent's size.
+        unsafe {
+            write_proc_header(e, PROC_EXIT, tgid, tid, gen_, ticket);
+            (&raw mut (*e).flags).write(0);
+            (&raw mut (*e).exe).write(VmaInfo::default());
+            (&raw mut (*e).entry).write(VmaInfo::default());
+            (&raw mut (*e).exe_name).write([0; NAME_LEN]);
+            (&raw mut (*e).entry_name).write([0; NAME_LEN]);
+        }
+        entry.submit(0);
+    } else {
+        count_error(ERR_CHANGE_LOST);
+    }
+    finish_instant(s);
 }

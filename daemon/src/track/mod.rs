@@ -10,6 +10,7 @@
 
 mod generations;
 mod maps_source;
+pub mod offsets;
 mod seq;
 pub mod tracepoints;
 

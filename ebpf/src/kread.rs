@@ -1,0 +1,81 @@
+//! Reading kernel structures by byte offset (`bpf_probe_read_kernel`), with offsets the
+//! daemon computed from the running kernel's BTF (aya-ebpf has no CO-RE relocations).
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
+use probed_common::{KernelOffsets, NAME_LEN, VmaInfo};
+
+use crate::maps::TRACK_CONFIG;
+
+/// The offsets, if the daemon found them all.
+#[inline(always)]
+pub fn offsets() -> Option<&'static KernelOffsets> {
+    TRACK_CONFIG
+        .get(0)
+        .map(|c| &c.offsets)
+        .filter(|o| o.valid == 1)
+}
+
+/// Reads the u64 at `base + off`; 0 if unreadable.
+#[inline(always)]
+pub fn read_u64(base: u64, off: u32) -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: bpf_probe_read_kernel copies 8 bytes into `v` (a valid stack slot) and fails
+    // cleanly, leaving `v` zeroed, if the source address is not readable kernel memory.
+    unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut v).cast::<c_void>(),
+            8,
+            (base.wrapping_add(off as u64)) as *const c_void,
+        )
+    };
+    v
+}
+
+/// Reads the u32 at `base + off`; 0 if unreadable.
+#[inline(always)]
+pub fn read_u32(base: u64, off: u32) -> u32 {
+    let mut v: u32 = 0;
+    // SAFETY: as in read_u64, for 4 bytes.
+    unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut v).cast::<c_void>(),
+            4,
+            (base.wrapping_add(off as u64)) as *const c_void,
+        )
+    };
+    v
+}
+
+/// Fills `out` from the `vm_area_struct` at `vma`, and `name` with its file's last path
+/// component. Returns whether the mapping is file-backed.
+#[inline(always)]
+pub fn read_vma(o: &KernelOffsets, vma: u64, out: &mut VmaInfo, name: &mut [u8; NAME_LEN]) -> bool {
+    out.start = read_u64(vma, o.vma_start);
+    out.end = read_u64(vma, o.vma_end);
+    out.pgoff = read_u64(vma, o.vma_pgoff);
+    out.flags = read_u64(vma, o.vma_flags);
+    let file = read_u64(vma, o.vma_file);
+    if file == 0 {
+        out.dev = 0;
+        out.ino = 0;
+        return false;
+    }
+    let inode = read_u64(file, o.file_inode);
+    out.ino = read_u64(inode, o.inode_ino);
+    let sb = read_u64(inode, o.inode_sb);
+    out.dev = read_u32(sb, o.sb_dev) as u64;
+    let dentry = read_u64(file, o.file_dentry);
+    let name_ptr = read_u64(dentry, o.dentry_name);
+    // SAFETY: copies at most NAME_LEN bytes, NUL-terminated, into `name` (valid memory);
+    // fails cleanly on an unreadable source.
+    unsafe {
+        bpf_probe_read_kernel_str(
+            name.as_mut_ptr().cast::<c_void>(),
+            NAME_LEN as u32,
+            name_ptr as *const c_void,
+        )
+    };
+    true
+}
