@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod bpf_object;
+pub mod btf;
 pub mod cli;
 pub mod elf;
 pub mod events;

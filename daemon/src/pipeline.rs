@@ -98,7 +98,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 self.handle_proc(proc);
                 self.stop.is_none()
             }
-            Event::Change(_) => self.stop.is_none(),
+            Event::Change(change) => {
+                tracing::trace!(?change, name = %comm_str(&change.name), "change report");
+                self.stop.is_none()
+            }
         }
     }
 

@@ -1,10 +1,126 @@
-//! Kernel structure offsets for the tracker's `bpf_probe_read_kernel` reads.
+//! Kernel structure offsets for the tracker's `bpf_probe_read_kernel` reads, from the
+//! running kernel's BTF (aya-ebpf has no CO-RE relocations).
 
 use probed_common::KernelOffsets;
 
-/// The offsets of the running kernel, or all-unknown (`valid == 0`), in which case the
-/// tracker reports changes without mapping identities and the resolver rescans instead of
-/// replaying.
+use crate::btf::{Btf, OffsetError};
+
+/// Why the kernel's structures do not fit what the tracker reads.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelOffsetsError {
+    /// A member is missing or not readable as a whole field.
+    #[error(transparent)]
+    Offset(#[from] OffsetError),
+    /// A member has another width than the tracker reads.
+    #[error("`{ty}.{member}` is {size} bytes, the tracker reads {want}")]
+    Width {
+        /// The struct.
+        ty: String,
+        /// The member path.
+        member: String,
+        /// Its size.
+        size: u32,
+        /// The size read.
+        want: u32,
+    },
+}
+
+/// The offsets of the running kernel, or all-unknown (`valid == 0`) with a warning, in which
+/// case the tracker reports changes without mapping identities and the resolver rescans
+/// instead of replaying.
 pub fn kernel_offsets() -> KernelOffsets {
-    KernelOffsets::default()
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(err) => {
+            tracing::warn!(error = %err, "no kernel BTF: address-space changes will be rescanned, not replayed");
+            return KernelOffsets::default();
+        }
+    };
+    match from_btf(&btf) {
+        Ok(offsets) => offsets,
+        Err(err) => {
+            tracing::warn!(error = %err, "kernel BTF lacks a member the tracker reads: changes will be rescanned, not replayed");
+            KernelOffsets::default()
+        }
+    }
+}
+
+/// Every offset the tracker needs, with the width it reads checked.
+pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
+    let u64_at = |ty: &str, path: &[&str]| -> Result<u32, KernelOffsetsError> {
+        let m = btf.member(ty, path)?;
+        check_width(ty, path, m.size, 8)?;
+        Ok(m.offset)
+    };
+    // Nested members are looked up one struct at a time: f_path is a `struct path`, d_name a
+    // `struct qstr`.
+    let file_path = btf.member_offset("file", &["f_path"])?;
+    let path_dentry = u64_at("path", &["dentry"])?;
+    let dentry_name = btf.member_offset("dentry", &["d_name"])?;
+    let qstr_name = u64_at("qstr", &["name"])?;
+    let sb_dev = btf.member("super_block", &["s_dev"])?;
+    check_width("super_block", &["s_dev"], sb_dev.size, 4)?;
+    Ok(KernelOffsets {
+        valid: 1,
+        task_mm: u64_at("task_struct", &["mm"])?,
+        mm_start_code: u64_at("mm_struct", &["start_code"])?,
+        mm_start_brk: u64_at("mm_struct", &["start_brk"])?,
+        mm_brk: u64_at("mm_struct", &["brk"])?,
+        vma_start: u64_at("vm_area_struct", &["vm_start"])?,
+        vma_end: u64_at("vm_area_struct", &["vm_end"])?,
+        vma_pgoff: u64_at("vm_area_struct", &["vm_pgoff"])?,
+        vma_flags: u64_at("vm_area_struct", &["vm_flags"])?,
+        vma_file: u64_at("vm_area_struct", &["vm_file"])?,
+        file_inode: u64_at("file", &["f_inode"])?,
+        file_dentry: file_path + path_dentry,
+        inode_ino: u64_at("inode", &["i_ino"])?,
+        inode_sb: u64_at("inode", &["i_sb"])?,
+        sb_dev: sb_dev.offset,
+        dentry_name: dentry_name + qstr_name,
+    })
+}
+
+fn check_width(ty: &str, path: &[&str], size: u32, want: u32) -> Result<(), KernelOffsetsError> {
+    if size == want {
+        Ok(())
+    } else {
+        Err(KernelOffsetsError::Width {
+            ty: ty.to_string(),
+            member: path.join("."),
+            size,
+            want,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the running kernel every offset is found and the result is marked valid; the
+    /// file's dentry is found through f_path.
+    #[test]
+    fn running_kernel_offsets() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "no /sys/kernel/btf/vmlinux under CI"
+            );
+            eprintln!("SKIPPED running_kernel_offsets: no kernel BTF");
+            return;
+        };
+        let o = from_btf(&btf).unwrap();
+        assert_eq!(o.valid, 1);
+        assert_eq!(
+            o.vma_start, 0,
+            "vm_start opens vm_area_struct on every kernel we know"
+        );
+        assert_eq!(o.vma_end, 8);
+        assert_eq!(
+            o.file_dentry,
+            btf.member_offset("file", &["f_path"]).unwrap()
+                + btf.member_offset("path", &["dentry"]).unwrap()
+        );
+    }
 }
