@@ -1,22 +1,35 @@
-//! Shared harness of the root/BPF integration tests: privilege gate, fixture targets, and a
-//! running `probed` whose output the test reads.
+//! Shared harness of the root/BPF integration tests: privilege gate, fixture targets, a
+//! running `probed` whose output the test reads, ELF facts found with binutils (never with
+//! probed's own code), and the BPF objects a process holds or the kernel has loaded.
 //!
 //! A test that needs root and BPF calls [`require_bpf`] first. Without root (or with a probed
 //! built without its BPF object) it prints why and returns false — except under `CI=true`,
 //! where it panics: in CI such a test must fail, never skip.
+//!
+//! Tests of one binary run in parallel and other test binaries or people may trace the same
+//! fixture, so a test that attaches without `--pid` traces a [`TargetCopy`] (its own inode:
+//! uprobes are keyed on the inode) and only ever sees its own processes.
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the harness"
 )]
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
+
+/// How long a target may take to print a line it owes.
+const TARGET_LINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long probed may take to attach (it loads ELF files and the BPF object first).
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long probed may take to exit once told to.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The probed binary cargo built for this test run.
 pub fn probed_bin() -> PathBuf {
@@ -55,10 +68,78 @@ fn probed_is_stub() -> bool {
     !out.status.success()
 }
 
-/// Builds the trace target fixture.
+/// Builds the trace target fixture (shared, cached: trace it only with `--pid`).
 pub fn trace_target() -> PathBuf {
     probed::fixtures::build("trace_target.c", "trace_target", &["-O2", "-pthread"])
         .expect("build trace_target")
+}
+
+/// One test's private copy of the trace target, in its own directory (removed on drop).
+pub struct TargetCopy {
+    /// The directory holding the copy.
+    dir: PathBuf,
+    /// The copy's absolute, canonical path.
+    pub path: PathBuf,
+}
+
+impl TargetCopy {
+    /// Copies the trace target to a new file named `name` (at most 15 bytes, so that it is
+    /// also the processes' comm).
+    pub fn new(name: &str) -> Self {
+        assert!(name.len() <= 15, "{name} would be truncated in comm");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "probed-tests/{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("create target copy dir");
+        let path = dir.join(name);
+        std::fs::copy(trace_target(), &path).expect("copy trace target");
+        let path = path.canonicalize().expect("canonical target path");
+        Self { dir, path }
+    }
+
+    /// The path as a string, for SPECs.
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("UTF-8 temp path")
+    }
+
+    /// The file name, which is also the comm of its processes.
+    pub fn comm(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("file name")
+    }
+
+    /// Makes the copy's directory chain and the copy readable and executable by every user,
+    /// whatever the umask, and copies probed next to it; returns that probed (for running
+    /// probed as an unprivileged user, who may not reach the build tree).
+    pub fn share_with_everyone(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let probed = self.dir.join("probed");
+        std::fs::copy(probed_bin(), &probed).expect("copy probed");
+        let parent = self.dir.parent().expect("copy dir has a parent");
+        for path in [parent, &self.dir, &self.path, &probed] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod 755");
+        }
+        probed
+    }
+
+    /// `KIND:PATH:LOCATION` for this copy.
+    pub fn spec(&self, kind: &str, location: &str) -> String {
+        format!("{kind}:{}:{location}", self.path_str())
+    }
+}
+
+impl Drop for TargetCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A running target from `trace_target.c`: it has printed `ready PID` and waits for `go`.
@@ -100,7 +181,8 @@ impl Target {
         }
     }
 
-    /// Lets the target make its calls; returns the lines it printed up to `done …`.
+    /// Lets the target make one round of calls; returns the lines it printed up to and
+    /// including `done …` (or `calls …` in `--loop` mode).
     pub fn go(&mut self) -> Vec<String> {
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin.write_all(b"go\n").expect("write go");
@@ -109,17 +191,17 @@ impl Target {
         loop {
             let line = self
                 .lines
-                .recv_timeout(Duration::from_secs(60))
+                .recv_timeout(TARGET_LINE_TIMEOUT)
                 .expect("target finishes its calls");
-            let done = line.starts_with("done ");
+            let last = line.starts_with("done ") || line.starts_with("calls ");
             out.push(line);
-            if done {
+            if last {
                 return out;
             }
         }
     }
 
-    /// Closes stdin so the target exits, and waits for it.
+    /// Closes stdin so the target exits, and waits for it; asserts it exited cleanly.
     pub fn finish(mut self) {
         drop(self.stdin.take());
         let status = self.child.wait().expect("wait target");
@@ -127,7 +209,52 @@ impl Target {
     }
 }
 
-/// A running `probed` child whose stdout lines arrive on a channel.
+impl Drop for Target {
+    fn drop(&mut self) {
+        // A failed test must not leave its target waiting forever.
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The thread ids a target reported (`tid TID` lines) in one round.
+pub fn reported_tids(lines: &[String]) -> BTreeSet<u32> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("tid "))
+        .map(|t| t.parse().expect("numeric tid"))
+        .collect()
+}
+
+/// The `done SUM` a target printed.
+pub fn reported_sum(lines: &[String]) -> i64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("done "))
+        .expect("a done line")
+        .parse()
+        .expect("numeric sum")
+}
+
+/// The SUM one thread of the target reports for `calls` calls (see trace_target.c).
+pub fn expected_sum(calls: i64) -> i64 {
+    4 * calls * (calls - 1) + 16 * calls
+}
+
+/// The calls a `--loop` target reported (`calls N rate R sum S`).
+pub fn reported_calls(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("calls "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a calls line")
+        .parse()
+        .expect("numeric calls")
+}
+
+/// A running `probed` child whose stdout and stderr lines arrive on channels.
 pub struct Probed {
     /// The child process.
     pub child: Child,
@@ -135,6 +262,23 @@ pub struct Probed {
     pub lines: mpsc::Receiver<String>,
     /// Stderr lines.
     pub errors: mpsc::Receiver<String>,
+    /// Stderr lines read while waiting for the "tracing" line (that line included).
+    early_errors: Vec<String>,
+    /// When the "tracing" line arrived.
+    tracing_since: Instant,
+}
+
+/// How a probed run ended and what it printed.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Stdout lines.
+    pub stdout: Vec<String>,
+    /// Stderr lines.
+    pub stderr: Vec<String>,
+    /// Wall time from start (from the "tracing" line for [`Probed`]) to exit.
+    pub elapsed: Duration,
 }
 
 impl Probed {
@@ -149,15 +293,25 @@ impl Probed {
             .expect("start probed");
         let lines = line_channel(child.stdout.take().expect("stdout"));
         let errors = line_channel(child.stderr.take().expect("stderr"));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let mut early_errors = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match errors.recv_timeout(left) {
-                Ok(line) if line.contains("probed: tracing") => break,
-                Ok(line) => eprintln!("probed stderr: {line}"),
+                Ok(line) => {
+                    let tracing = line.contains("probed: tracing");
+                    early_errors.push(line);
+                    if tracing {
+                        break;
+                    }
+                }
                 Err(_) => {
-                    let status = child.try_wait().ok().flatten();
-                    panic!("probed did not start tracing (status {status:?})");
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!(
+                        "probed {args:?} did not start tracing (status {status:?}); stderr: \
+                         {early_errors:?}"
+                    );
                 }
             }
         }
@@ -165,48 +319,122 @@ impl Probed {
             child,
             lines,
             errors,
+            early_errors,
+            tracing_since: Instant::now(),
         }
     }
 
-    /// Sends `signal` and collects every stdout line until probed exits; returns the lines and
-    /// the exit status.
-    pub fn stop(mut self, signal: i32) -> (Vec<String>, std::process::ExitStatus) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+    /// The probed process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and collects everything probed prints until it exits.
+    pub fn stop(self, signal: i32) -> Finished {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill probed");
         self.wait()
     }
 
-    /// Waits (up to 60 s) for probed to exit on its own; returns stdout lines and status.
-    pub fn wait(mut self) -> (Vec<String>, std::process::ExitStatus) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// Waits (up to 30 s) for probed to exit on its own; returns what it printed.
+    pub fn wait(mut self) -> Finished {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("probed did not exit");
+                let _ = self.child.wait();
+                panic!("probed did not exit within {EXIT_TIMEOUT:?}");
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(10));
         };
-        let mut out = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            out.push(line);
+        let elapsed = self.tracing_since.elapsed();
+        let stdout = drain(&self.lines);
+        let mut stderr = std::mem::take(&mut self.early_errors);
+        stderr.extend(drain(&self.errors));
+        Finished {
+            status,
+            stdout,
+            stderr,
+            elapsed,
         }
-        for line in self.errors.try_iter() {
-            eprintln!("probed stderr: {line}");
-        }
-        (out, status)
     }
 }
 
-/// Parses JSON lines, keeping hits and the summary apart.
+impl Drop for Probed {
+    fn drop(&mut self) {
+        // Reaped children make try_wait return Some; anything else is a failed test's probed.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `probed ARGS` to its end (at most 30 s), e.g. a run that must fail before tracing.
+pub fn run_probed(args: &[&str]) -> Finished {
+    run_to_end(Command::new(probed_bin()).args(args))
+}
+
+/// Runs `cmd` to its end (at most 30 s) with stdin closed, collecting its output.
+pub fn run_to_end(cmd: &mut Command) -> Finished {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start command");
+    let lines = line_channel(child.stdout.take().expect("stdout"));
+    let errors = line_channel(child.stderr.take().expect("stderr"));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > EXIT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {EXIT_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Finished {
+        status,
+        stdout: drain(&lines),
+        stderr: drain(&errors),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Every line until the writer closes its end (it has exited), waiting at most 10 s.
+pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return out,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("output still open after exit (inherited by a child?)")
+            }
+        }
+    }
+}
+
+/// Parses JSON lines, keeping hits and the summary apart; panics on anything else or on a
+/// line after the summary.
 pub fn parse_json(lines: &[String]) -> (Vec<serde_json::Value>, Option<serde_json::Value>) {
     let mut hits = Vec::new();
     let mut summary = None;
     for line in lines {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+        assert!(summary.is_none(), "a line after the summary: {line}");
         match v["type"].as_str() {
             Some("hit") => hits.push(v),
             Some("summary") => summary = Some(v),
@@ -216,7 +444,278 @@ pub fn parse_json(lines: &[String]) -> (Vec<serde_json::Value>, Option<serde_jso
     (hits, summary)
 }
 
-fn line_channel(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+/// The summary entry of the probe whose SPEC is `spec`.
+pub fn probe_summary<'a>(summary: &'a serde_json::Value, spec: &str) -> &'a serde_json::Value {
+    summary["probes"]
+        .as_array()
+        .expect("probes array")
+        .iter()
+        .find(|p| p["probe"] == spec)
+        .unwrap_or_else(|| panic!("no summary for {spec}: {summary}"))
+}
+
+/// A JSON number field as u64.
+pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// Checks the summary's bookkeeping: for every probe, hits == printed + not_printed + lost.
+pub fn assert_summary_adds_up(summary: &serde_json::Value) {
+    for p in summary["probes"].as_array().expect("probes array") {
+        assert_eq!(
+            num(p, "hits"),
+            num(p, "printed") + num(p, "not_printed") + num(p, "lost"),
+            "hits != printed + not_printed + lost in {p}"
+        );
+    }
+}
+
+/// Runs a binutils tool and returns its stdout.
+fn binutils(tool: &str, args: &[&str], file: &Path) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool} (install binutils): {e}"));
+    assert!(out.status.success(), "{tool} {args:?} {}", file.display());
+    String::from_utf8(out.stdout).expect("UTF-8 binutils output")
+}
+
+fn hex(text: &str) -> u64 {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .unwrap_or_else(|e| panic!("not hex: {text}: {e}"))
+}
+
+/// The virtual address of `symbol` in `bin`, from `nm`.
+pub fn symbol_vaddr(bin: &Path, symbol: &str) -> u64 {
+    binutils("nm", &["--defined-only"], bin)
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, _kind, name) = (f.next()?, f.next()?, f.next()?);
+            (name == symbol).then(|| hex(addr))
+        })
+        .unwrap_or_else(|| panic!("nm: no {symbol} in {}", bin.display()))
+}
+
+/// The file offset of virtual address `vaddr` in `bin`, from `readelf`'s PT_LOAD headers.
+pub fn vaddr_to_file_offset(bin: &Path, vaddr: u64) -> u64 {
+    binutils("readelf", &["-lW"], bin)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .find_map(|l| {
+            // LOAD Offset VirtAddr PhysAddr FileSiz MemSiz Flg Align
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (offset, start, filesz) = (hex(f[1]), hex(f[2]), hex(f[4]));
+            (start <= vaddr && vaddr < start + filesz).then(|| vaddr - start + offset)
+        })
+        .unwrap_or_else(|| panic!("readelf: {vaddr:#x} in no PT_LOAD of {}", bin.display()))
+}
+
+/// The file offset of `symbol` in `bin`, found with nm and readelf.
+pub fn symbol_file_offset(bin: &Path, symbol: &str) -> u64 {
+    vaddr_to_file_offset(bin, symbol_vaddr(bin, symbol))
+}
+
+/// Offset from the start of `symbol` to its second instruction, from `objdump` (a `+N` that
+/// lands on an instruction boundary).
+pub fn second_instruction(bin: &Path, symbol: &str) -> u64 {
+    let start = symbol_vaddr(bin, symbol);
+    let text = binutils(
+        "objdump",
+        &[
+            "-d",
+            "--no-show-raw-insn",
+            &format!("--disassemble={symbol}"),
+        ],
+        bin,
+    );
+    let mut addrs = text.lines().filter_map(|l| {
+        let (addr, _) = l.trim_start().split_once(":\t")?;
+        u64::from_str_radix(addr, 16).ok()
+    });
+    assert_eq!(addrs.next(), Some(start), "objdump of {symbol}: {text}");
+    addrs.next().expect("a second instruction") - start
+}
+
+/// The byte at `file_offset` of `bin` as the file holds it.
+pub fn file_byte(bin: &Path, file_offset: u64) -> u8 {
+    let mut f = std::fs::File::open(bin).expect("open binary");
+    f.seek(SeekFrom::Start(file_offset)).expect("seek");
+    let mut b = [0u8];
+    f.read_exact(&mut b).expect("read byte");
+    b[0]
+}
+
+/// The mapping of `bin` in process `pid` that holds `file_offset`: (start, end, offset).
+fn mapping_of(pid: u32, bin: &Path, file_offset: u64) -> (u64, u64, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    maps.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 6 || Path::new(f[5]) != bin {
+                return None;
+            }
+            let (start, end) = f[0].split_once('-')?;
+            let (start, end, off) = (hex(start), hex(end), hex(f[2]));
+            (off <= file_offset && file_offset < off + (end - start)).then_some((start, end, off))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} offset {file_offset:#x} not mapped in {pid}",
+                bin.display()
+            )
+        })
+}
+
+/// The address at which process `pid` maps `file_offset` of `bin`.
+pub fn mapped_addr(pid: u32, bin: &Path, file_offset: u64) -> u64 {
+    let (start, _, off) = mapping_of(pid, bin, file_offset);
+    start + (file_offset - off)
+}
+
+/// The byte process `pid` sees at `file_offset` of `bin` (read from /proc/PID/mem). A
+/// uprobe is a breakpoint written into the process's copy of the page, so this differs from
+/// [`file_byte`] exactly while a uprobe is installed there.
+pub fn text_byte(pid: u32, bin: &Path, file_offset: u64) -> u8 {
+    let addr = mapped_addr(pid, bin, file_offset);
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    mem.seek(SeekFrom::Start(addr)).expect("seek mem");
+    let mut b = [0u8];
+    mem.read_exact(&mut b).expect("read mem");
+    b[0]
+}
+
+/// The software breakpoint instruction's first byte on this architecture.
+pub const BREAKPOINT_BYTE: u8 = if cfg!(target_arch = "x86_64") {
+    0xcc
+} else {
+    // aarch64 `brk #0x5` is d4 20 00 a0, little-endian.
+    0xa0
+};
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// BPF object ids (programs, maps, links).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BpfIds {
+    /// Program ids.
+    pub progs: BTreeSet<u32>,
+    /// Map ids.
+    pub maps: BTreeSet<u32>,
+    /// Link ids.
+    pub links: BTreeSet<u32>,
+}
+
+impl BpfIds {
+    /// The ids of `self` that are also in `other`.
+    pub fn intersection(&self, other: &Self) -> Self {
+        Self {
+            progs: self.progs.intersection(&other.progs).copied().collect(),
+            maps: self.maps.intersection(&other.maps).copied().collect(),
+            links: self.links.intersection(&other.links).copied().collect(),
+        }
+    }
+
+    /// No ids at all.
+    pub fn is_empty(&self) -> bool {
+        self.progs.is_empty() && self.maps.is_empty() && self.links.is_empty()
+    }
+}
+
+/// The BPF objects process `pid` holds file descriptors to (programs also through links),
+/// from /proc/PID/fdinfo.
+pub fn held_by(pid: u32) -> BpfIds {
+    let mut ids = BpfIds::default();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
+        // A link's fdinfo names its program too: the link holds that program.
+        if let Some(id) = field("link_id:") {
+            ids.links.insert(id);
+        }
+        if let Some(id) = field("prog_id:") {
+            ids.progs.insert(id);
+        } else if let Some(id) = field("map_id:") {
+            ids.maps.insert(id);
+        }
+    }
+    ids
+}
+
+/// The BPF objects the kernel has loaded right now, from `bpftool`.
+pub fn loaded() -> BpfIds {
+    let list = |what: &str| -> BTreeSet<u32> {
+        let out = Command::new("bpftool")
+            .args([what, "show", "--json"])
+            .output()
+            .unwrap_or_else(|e| panic!("run bpftool (apt-get install bpftool): {e}"));
+        assert!(out.status.success(), "bpftool {what} show failed");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        v.as_array()
+            .expect("bpftool list")
+            .iter()
+            .map(|o| u32::try_from(num(o, "id")).expect("id fits u32"))
+            .collect()
+    };
+    BpfIds {
+        progs: list("prog"),
+        maps: list("map"),
+        links: list("link"),
+    }
+}
+
+/// Names of the loaded programs with these ids, from `bpftool` (names may be truncated).
+pub fn prog_names(ids: &BTreeSet<u32>) -> BTreeSet<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("run bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .expect("bpftool list")
+        .iter()
+        .filter(|p| ids.contains(&u32::try_from(num(p, "id")).expect("id fits u32")))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits (up to `timeout`) until none of `ids` is loaded; returns the ones still loaded.
+/// The kernel frees a program or link shortly after its last reference goes, not at once.
+pub fn wait_unloaded(ids: &BpfIds, timeout: Duration) -> BpfIds {
+    let mut left = ids.intersection(&loaded());
+    wait_until(timeout, || {
+        left = ids.intersection(&loaded());
+        left.is_empty()
+    });
+    left
+}
+
+/// Lines of `stream` on a channel, which closes when the stream does.
+pub fn line_channel(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
