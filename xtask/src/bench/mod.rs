@@ -1,5 +1,6 @@
 //! `cargo xtask bench …`: benchmark harnesses writing target/probed-bench/*.json.
 
+mod e2e;
 mod resolver;
 
 /// Which benchmark to run.
@@ -7,11 +8,14 @@ mod resolver;
 pub enum Which {
     /// Resolver micro-benchmarks (criterion) → target/probed-bench/resolver.json.
     Resolver,
+    /// probed vs bpftrace vs no probe on a C target's call loop → target/probed-bench/e2e.json.
+    E2e,
 }
 
 /// Runs the chosen benchmark.
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Resolver => resolver::run(),
+        Which::E2e => e2e::run(),
     }
 }
