@@ -3,21 +3,25 @@
 
 mod common;
 
-use std::{thread, time::Duration};
+use std::{collections::BTreeMap, thread, time::Duration};
 
 use common::{Probed, Target, TargetCopy, num, parse_json, probe_summary};
 
-/// Two processes of the same binary make the same calls at the same time; `--pid` of one
-/// gives exactly its N hits and none of its twin's, and BPF counted only those.
+/// Two processes of the same binary, 3 threads each, make the same calls at the same time;
+/// `--pid` of one gives exactly the hits of all its threads and none of its twin's, and BPF
+/// counted only those.
 #[test]
 fn pid_traces_one_process_not_its_twin() {
     if !common::require_bpf("pid_traces_one_process_not_its_twin") {
         return;
     }
-    const N: u64 = 60;
+    const N: u64 = 40;
+    const THREADS: u64 = 3;
     let copy = TargetCopy::new("tf_twins");
-    let mut chosen = Target::start(&copy.path, &[&N.to_string()]);
-    let mut twin = Target::start(&copy.path, &[&N.to_string()]);
+    let args = [N.to_string(), THREADS.to_string()];
+    let args = [args[0].as_str(), args[1].as_str()];
+    let mut chosen = Target::start(&copy.path, &args);
+    let mut twin = Target::start(&copy.path, &args);
     let spec = copy.spec("uprobe", "probed_add");
     let pid = chosen.pid.to_string();
     let probed = Probed::start(&["trace", &spec, "--pid", &pid, "--format", "json"]);
@@ -27,22 +31,31 @@ fn pid_traces_one_process_not_its_twin() {
         let c = chosen.go();
         (c, t.join().expect("twin thread"))
     });
-    let expected = common::expected_sum(N as i64);
+    let expected = THREADS as i64 * common::expected_sum(N as i64);
     assert_eq!(common::reported_sum(&chosen_round), expected);
     assert_eq!(common::reported_sum(&twin_round), expected);
+    let tids = common::reported_tids(&chosen_round);
     let end = probed.stop(libc::SIGINT);
     assert!(end.status.success(), "{end:?}");
     let (hits, summary) = parse_json(&end.stdout);
 
-    assert_eq!(hits.len() as u64, N, "{hits:?}");
-    for (i, hit) in hits.iter().enumerate() {
+    let mut seen = BTreeMap::<u64, u64>::new();
+    for hit in &hits {
         assert_eq!(num(hit, "pid"), u64::from(chosen.pid), "{hit}");
-        assert_eq!(hit["args"][0], i as u64, "{hit}");
-        assert_eq!(hit["symbol"], "probed_add", "{hit}");
+        let tid = num(hit, "tid");
+        assert!(tids.contains(&(tid as u32)), "{hit}");
+        let calls = seen.entry(tid).or_default();
+        assert_eq!(hit["args"][0], *calls, "{hit}");
+        *calls += 1;
     }
+    let per_thread: Vec<u64> = seen.values().copied().collect();
+    assert_eq!(per_thread, vec![N; THREADS as usize], "hits per thread");
     let summary = summary.expect("a summary line");
     let p = probe_summary(&summary, &spec);
-    assert_eq!(num(p, "hits"), N, "BPF counted the twin's calls too: {p}");
+    assert_eq!(num(p, "hits"), N * THREADS, "BPF count: {p}");
+    for hit in &hits {
+        assert_eq!(hit["symbol"], "probed_add", "{hit}");
+    }
     common::assert_summary_adds_up(&summary);
     chosen.finish();
     twin.finish();
