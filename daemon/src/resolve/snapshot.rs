@@ -45,6 +45,22 @@ impl Snapshot {
         }
     }
 
+    /// A snapshot from lists already sorted and non-overlapping (what replaying a change
+    /// produces); not checked beyond debug assertions.
+    pub(crate) fn from_parts(
+        seq: u64,
+        vmas: Vec<Vma>,
+        excluded: Vec<(u64, u64, Excluded)>,
+    ) -> Self {
+        debug_assert!(vmas.windows(2).all(|w| w[0].end <= w[1].start));
+        debug_assert!(excluded.windows(2).all(|w| w[0].1 <= w[1].0));
+        Self {
+            seq,
+            vmas: vmas.into_boxed_slice(),
+            excluded: excluded.into_boxed_slice(),
+        }
+    }
+
     /// Builds the snapshot of a /proc/PID/maps text read while the sequence was `seq`.
     pub fn parse(seq: u64, text: &[u8]) -> Result<Self, ParseError> {
         let mut vmas = Vec::new();
@@ -97,6 +113,11 @@ impl Snapshot {
     /// The kept mappings, sorted by address.
     pub fn vmas(&self) -> &[Vma] {
         &self.vmas
+    }
+
+    /// The left-out mappings with their reasons, sorted by address.
+    pub(crate) fn excluded(&self) -> &[(u64, u64, Excluded)] {
+        &self.excluded
     }
 
     /// The kept mapping containing `addr`: a binary search, no allocation.
