@@ -4,19 +4,27 @@
 //! One pipeline runs on the task that drains the ring buffer. It owns a resolver
 //! [`Reader`] (the lock-free fast path) and borrows the shared [`Symbolizer`].
 
-use std::{collections::BTreeMap, io::Write, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use probed_common::{HitEvent, KIND_RETURN, PROC_EXEC, ProcEvent};
+use probed_common::{ChangeEvent, HitEvent, KIND_RETURN, PROC_EXEC, PROC_EXIT, ProcEvent};
 
 use crate::{
     attach::AttachError,
     elf::FileSource,
     events::Event,
+    file_id::FileId,
     output::{HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str},
     probes::Probe,
-    resolve::{ProcKey, Reader, Resolver, SeqSource},
+    resolve::{ProcKey, Reader, Resolver, SeqSource, Snapshot},
     spec::ProbeKind,
     symbolize::Symbolizer,
+    track::changes::{self, PathLookup, Replay},
 };
 
 /// Why the pipeline asks the run to stop.
@@ -54,6 +62,8 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     reader: Reader<S>,
     /// Only this process's lifecycle events matter (`--pid`), if set.
     pid_filter: Option<u32>,
+    /// Paths of mapped files by identity, for replayed mappings.
+    paths: Paths,
     /// ELF symbol cache shared with other pipelines.
     symbolizer: Arc<Symbolizer>,
     /// Hits naming a probe id this run does not have (an ABI or cookie mismatch).
@@ -70,6 +80,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         symbolizer: Arc<Symbolizer>,
     ) -> Self {
         let stop = (limit == Some(0)).then_some(Stop::Count);
+        let paths = Paths::from_probes(&probes);
         Self {
             counts: vec![ProbeCounts::default(); probes.len()],
             probes,
@@ -77,6 +88,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             limit,
             printed: 0,
             stop,
+            paths,
             reader: Reader::new(resolver),
             pid_filter: None,
             symbolizer,
@@ -99,21 +111,52 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 self.stop.is_none()
             }
             Event::Change(change) => {
-                tracing::trace!(?change, name = %comm_str(&change.name), "change report");
+                self.handle_change(change);
                 self.stop.is_none()
             }
         }
     }
 
-    /// A process exec'd: snapshot its new address space now, so that even a process that
-    /// exits right after its first hit resolves.
+    /// A process exec'd or exited. At exec its new address space starts from the kernel's
+    /// report (program and loader text) and is also scanned now, so that even a process that
+    /// exits right after its first hit resolves; at exit its pictures are kept (bounded) for
+    /// the hits still queued.
     fn handle_proc(&mut self, event: &ProcEvent) {
-        if event.what != PROC_EXEC || self.pid_filter.is_some_and(|p| p != event.pid) {
+        if self.pid_filter.is_some_and(|p| p != event.pid) {
             return;
         }
         let proc = ProcKey::new(event.pid, event.proc_gen);
-        if let Err(err) = self.reader.resolver().track(proc) {
-            tracing::debug!(%proc, error = %err, "eager snapshot after exec failed");
+        let resolver = self.reader.resolver().clone();
+        match event.what {
+            PROC_EXEC => {
+                if let Some(base) = changes::exec_base(event, &self.paths) {
+                    resolver.exec(proc, event.ticket, base);
+                }
+                if let Err(err) = resolver.track(proc) {
+                    tracing::debug!(%proc, error = %err, "eager snapshot after exec failed");
+                }
+            }
+            PROC_EXIT => resolver.exited(proc),
+            _ => {}
+        }
+    }
+
+    /// A mapping change finished: replay it onto the process's pictures.
+    fn handle_change(&mut self, event: &ChangeEvent) {
+        if self.pid_filter.is_some_and(|p| p != event.pid) {
+            return;
+        }
+        let proc = ProcKey::new(event.pid, event.proc_gen);
+        let resolver = self.reader.resolver();
+        if !resolver.is_tracked(proc) {
+            // Its first scan will include this change.
+            return;
+        }
+        self.paths.current = resolver.snapshot(proc);
+        match changes::replay(event, &self.paths) {
+            Replay::Nothing => {}
+            Replay::Change(change) => resolver.change(proc, event.ticket, Some(change)),
+            Replay::Unknown => resolver.change(proc, event.ticket, None),
         }
     }
 
@@ -231,6 +274,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("fallback_changed", c.fallback_changed),
             ("from_mirror", c.from_mirror),
             ("retained", c.retained),
+            ("replayed", c.replayed),
+            ("changes_replayed", c.changes_replayed),
+            ("changes_unreplayable", c.changes_unreplayable),
+            ("exited_dropped", c.exited_dropped),
             ("rescans", c.rescans),
             ("rescan_retries", c.rescan_retries),
             ("rescan_failures", c.rescan_failures),
@@ -244,5 +291,58 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// Writes the summary and flushes the output.
     pub fn finish(&mut self, summary: &Summary) -> std::io::Result<()> {
         self.writer.summary(summary)
+    }
+}
+
+/// Paths of mapped files by identity: from the probe table, the process's newest picture, or
+/// its /proc/PID/map_files while it lives; remembered once found.
+struct Paths {
+    known: RefCell<HashMap<FileId, Arc<Path>>>,
+    /// The newest picture of the process whose report is being replayed.
+    current: Option<Arc<Snapshot>>,
+}
+
+impl Paths {
+    fn from_probes(probes: &[Probe]) -> Self {
+        let known = probes
+            .iter()
+            .map(|p| {
+                let path =
+                    std::fs::canonicalize(&p.spec.path).unwrap_or_else(|_| p.spec.path.clone());
+                (p.target.id, Arc::from(path))
+            })
+            .collect();
+        Self {
+            known: RefCell::new(known),
+            current: None,
+        }
+    }
+}
+
+impl PathLookup for Paths {
+    fn path_of(&self, file: FileId, pid: u32, start: u64, end: u64) -> Option<Arc<Path>> {
+        if let Some(p) = self.known.borrow().get(&file) {
+            return Some(p.clone());
+        }
+        let found = self
+            .current
+            .as_ref()
+            .and_then(|s| {
+                s.vmas()
+                    .iter()
+                    .find(|v| v.file == file)
+                    .map(|v| v.path.clone())
+            })
+            .or_else(|| {
+                let link =
+                    std::fs::read_link(format!("/proc/{pid}/map_files/{start:x}-{end:x}")).ok()?;
+                let text = link.to_string_lossy();
+                let path = text
+                    .strip_suffix(" (deleted)")
+                    .map_or_else(|| link.clone(), PathBuf::from);
+                Some(Arc::from(path))
+            })?;
+        self.known.borrow_mut().insert(file, found.clone());
+        Some(found)
     }
 }

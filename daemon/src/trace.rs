@@ -23,7 +23,7 @@ use crate::{
     output::{Summary, Writer},
     pipeline::{Pipeline, Stop},
     probes::{self, Probe},
-    resolve::{ProbeId, Resolver},
+    resolve::{Config, ProbeId, Resolver},
     symbolize::Symbolizer,
     track::GenCheckedMaps,
 };
@@ -71,7 +71,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let maps = GenCheckedMaps::new(Arc::new(generations));
-    let resolver = Arc::new(Resolver::new(seq, maps));
+    // The tracker reports every mapping change in the same ring buffer as the hits.
+    let config = Config {
+        reported_changes: true,
+        ..Config::default()
+    };
+    let resolver = Arc::new(Resolver::with_config(seq, maps, config));
     for probe in &probes {
         resolver
             .registry()

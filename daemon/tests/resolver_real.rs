@@ -300,5 +300,10 @@ fn main_thread_exited_then_process_gone() {
         reader.resolve(t.proc, addr, None).outcome,
         Err(Reason::ProcessGone)
     );
-    assert!(!resolver.is_tracked(t.proc));
+    // Kept as an exited process (bounded), for hits still queued; never rescanned again.
+    assert!(resolver.is_tracked(t.proc));
+    assert_eq!(
+        reader.resolve(t.proc, addr, None).outcome,
+        Err(Reason::ProcessGone)
+    );
 }

@@ -58,6 +58,7 @@ fn readers_never_see_wrong_answers() {
         history: 2,
         rescan_tries: 64,
         auto_track: true,
+        ..Config::default()
     };
     let resolver = Arc::new(Resolver::with_config(seq.clone(), maps.clone(), config));
     resolver.track(P).unwrap();

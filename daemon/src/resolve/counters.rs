@@ -35,12 +35,16 @@ pub(crate) enum Slot {
     FallbackChanged,
     FromMirror,
     Retained,
+    Replayed,
     Rescans,
     RescanRetries,
     RescanFailures,
+    ChangesReplayed,
+    ChangesUnreplayable,
+    ExitedDropped,
 }
 
-const SLOTS: usize = Slot::RescanFailures as usize + 1;
+const SLOTS: usize = Slot::ExitedDropped as usize + 1;
 const REASONS: usize = Reason::ALL.len();
 
 impl From<Fallback> for Slot {
@@ -106,6 +110,10 @@ impl Block {
         sum.fallback_changed += v(Slot::FallbackChanged);
         sum.from_mirror += v(Slot::FromMirror);
         sum.retained += v(Slot::Retained);
+        sum.replayed += v(Slot::Replayed);
+        sum.changes_replayed += v(Slot::ChangesReplayed);
+        sum.changes_unreplayable += v(Slot::ChangesUnreplayable);
+        sum.exited_dropped += v(Slot::ExitedDropped);
         sum.rescans += v(Slot::Rescans);
         sum.rescan_retries += v(Slot::RescanRetries);
         sum.rescan_failures += v(Slot::RescanFailures);
@@ -133,8 +141,16 @@ pub struct Counters {
     pub fallback_changed: u64,
     /// Fallbacks answered from a snapshot another thread had published (no rescan).
     pub from_mirror: u64,
-    /// Fallbacks answered from a retained older snapshot.
+    /// Fallbacks answered from a retained older scanned snapshot.
     pub retained: u64,
+    /// Fallbacks answered from a picture replayed from the kernel's change reports.
+    pub replayed: u64,
+    /// Change reports replayed onto a process's pictures.
+    pub changes_replayed: u64,
+    /// Change reports that could not be replayed (the chain waits for a rescan).
+    pub changes_unreplayable: u64,
+    /// Exited processes whose pictures were dropped to stay within `retain_exited`.
+    pub exited_dropped: u64,
     /// Rescans of /proc/PID/maps that published a snapshot.
     pub rescans: u64,
     /// Rescan attempts thrown away because the sequence moved (or was odd) around them.

@@ -74,6 +74,8 @@ fn setup() -> (std::sync::Arc<Resolver<Seq>>, Seq, Arc<World>, u64) {
         history: 1,
         rescan_tries: 3,
         auto_track: true,
+        retain_exited: 1,
+        reported_changes: false,
     };
     let resolver = std::sync::Arc::new(Resolver::with_config(seq.clone(), world.clone(), config));
     (resolver, seq, world, base)

@@ -1,9 +1,9 @@
-//! One traced process's mirror: the latest snapshot, published for lock-free readers, a
-//! bounded history of older ones, and the per-process lock that serializes rescans.
-
-use std::collections::VecDeque;
+//! One traced process's mirror: the latest snapshot, published for lock-free readers, the
+//! chain of older and replayed pictures, and the per-process lock that serializes rescans
+//! and chain updates.
 
 use super::{
+    chain::{Chain, Found, seq_of_label},
     counters::{Block, Slot},
     outcome::{Reason, Via},
     proc_key::ProcKey,
@@ -16,9 +16,18 @@ use super::{
 /// Tunables of the slow path.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Snapshots kept per process besides the current one, so that hits stamped with an
-    /// older sequence still resolve exactly (hits queued before a change is seen).
+    /// Pictures kept per process (scanned and replayed), so that hits stamped with an older
+    /// sequence still resolve exactly (hits queued before later changes are seen).
     pub history: usize,
+    /// Exited processes whose pictures are kept for hits still queued; the oldest is dropped
+    /// (and counted) beyond this.
+    pub retain_exited: usize,
+    /// Every mapping change of a tracked process is reported (`Resolver::change`) before any
+    /// hit stamped with a sequence that includes it is resolved — true with the BPF change
+    /// tracker, whose reports share the hits' ring buffer. Then a picture answers every hit
+    /// from its label to the next reported change; otherwise only hits of exactly its
+    /// sequence.
+    pub reported_changes: bool,
     /// Rescan attempts before giving up with [`Reason::SeqUnstable`].
     pub rescan_tries: u32,
     /// Start tracking a process the first time one of its addresses is resolved, instead of
@@ -29,7 +38,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            history: 4,
+            history: 64,
+            retain_exited: 1024,
+            reported_changes: false,
             rescan_tries: 8,
             auto_track: true,
         }
@@ -63,8 +74,8 @@ pub(crate) struct Env<'a, S> {
 
 /// State touched only under the process lock.
 struct Locked {
-    /// Older snapshots, oldest first.
-    history: VecDeque<Arc<Snapshot>>,
+    /// Scanned and replayed pictures, by the change ticket they are valid from.
+    chain: Chain,
     /// Reused maps text buffer (a 7,000-line text is ≈ 600 KiB).
     buf: Vec<u8>,
 }
@@ -77,19 +88,58 @@ pub(crate) struct Mirror {
     locked: Mutex<Locked>,
     /// Cleared when the process stops being tracked.
     alive: std::sync::atomic::AtomicBool,
+    /// Set when the process has exited: no rescan can help any more.
+    exited: std::sync::atomic::AtomicBool,
 }
 
 impl Mirror {
-    pub(crate) fn new(proc: ProcKey) -> Self {
+    pub(crate) fn new(proc: ProcKey, history: usize) -> Self {
         Self {
             proc,
             current: Published::new(None),
             locked: Mutex::new(Locked {
-                history: VecDeque::new(),
+                chain: Chain::new(history),
                 buf: Vec::new(),
             }),
             alive: std::sync::atomic::AtomicBool::new(true),
+            exited: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Records that the process exited: later misses are answered from the chain or not at
+    /// all, never by a rescan (its pid may already be someone else's).
+    pub(crate) fn mark_exited(&self) {
+        self.exited
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds a base picture (the kernel's report at exec) valid from `ticket`.
+    pub(crate) fn add_base(&self, ticket: u64, snap: Snapshot) {
+        let mut locked = lock(&self.locked);
+        locked.chain.insert_base(ticket, Arc::new(snap));
+        self.publish_newest(&locked);
+    }
+
+    /// Replays the change with `ticket` (or, with `None`, records that an unreplayable change
+    /// happened there).
+    pub(crate) fn add_change(&self, ticket: u64, change: Option<super::replay::Change>) {
+        let mut locked = lock(&self.locked);
+        match change {
+            Some(change) => locked.chain.insert_change(ticket, Arc::new(change)),
+            None => locked.chain.poison(ticket),
+        }
+        self.publish_newest(&locked);
+    }
+
+    /// Publishes the chain's newest picture for the fast path (nothing if it is poisoned:
+    /// readers then keep missing until a rescan).
+    fn publish_newest(&self, locked: &Locked) {
+        let newest = locked.chain.newest().and_then(|e| e.snap.clone());
+        self.current.store(newest);
     }
 
     /// The newest published snapshot.
@@ -108,8 +158,12 @@ impl Mirror {
 
     /// Whether `snap` answers a resolution "as of the hit's sequence `at`", or, without one,
     /// "as of now" (then it must be of the sequence the source reports now).
-    fn answers<S: SeqSource>(&self, snap: &Snapshot, at: Option<u64>, seq: &S) -> bool {
+    fn answers<S: SeqSource>(&self, snap: &Snapshot, at: Option<u64>, env: &Env<'_, S>) -> bool {
+        let seq = env.seq;
         match at {
+            // With reported changes the newest picture answers every later hit: a change
+            // after it would have been reported, and so would be newer still.
+            Some(hit) if env.config.reported_changes => snap.seq() <= hit,
             Some(hit) => snap.seq() == hit,
             None => seq.try_begin(self.proc) == Some(snap.seq()),
         }
@@ -129,7 +183,7 @@ impl Mirror {
         }
         // Another thread may already have published what we need: no lock.
         if let Some(snap) = self.current()
-            && self.answers(&snap, at, env.seq)
+            && self.answers(&snap, at, env)
         {
             return Ok((snap, Via::Mirror));
         }
@@ -137,19 +191,32 @@ impl Mirror {
         // …or finished doing so while we waited for the lock.
         let current = self.current();
         if let Some(snap) = &current
-            && self.answers(snap, at, env.seq)
+            && self.answers(snap, at, env)
         {
             return Ok((snap.clone(), Via::Mirror));
         }
         if let Some(hit) = at {
-            if let Some(old) = locked.history.iter().find(|s| s.seq() == hit) {
-                return Ok((old.clone(), Via::Retained));
+            match locked.chain.at(hit, env.config.reported_changes) {
+                Found::Picture { snap, replayed } => {
+                    let via = if replayed {
+                        Via::Replayed
+                    } else {
+                        Via::Retained
+                    };
+                    return Ok((snap, via));
+                }
+                Found::Poisoned | Found::TooOld | Found::Empty => {}
             }
-            // Sequences only grow: a picture older than the current one that was not kept
-            // will never be seen again, rescanning cannot help.
+            // Sequences only grow: a rescan now describes the hit only if nothing changed
+            // since; and an exited process cannot be rescanned at all.
+            if self.has_exited() {
+                return Err(Reason::ProcessGone);
+            }
             if current.as_ref().is_some_and(|c| c.seq() > hit) {
                 return Err(Reason::NoSnapshotAtSeq);
             }
+        } else if self.has_exited() {
+            return Err(Reason::ProcessGone);
         }
         let snap = self.rescan(&mut locked, env, sink)?;
         match at {
@@ -199,28 +266,23 @@ impl Mirror {
                 }
             };
             sink.add(Slot::Rescans);
-            return Ok(self.publish(locked, snap, env.config.history));
+            return Ok(self.publish(locked, snap));
         }
         sink.add(Slot::RescanFailures);
         Err(Reason::SeqUnstable)
     }
 
-    /// Makes `snap` the current snapshot (the previous one goes to the bounded history) and
-    /// returns it; keeps the current one if it is at least as new.
-    fn publish(&self, locked: &mut Locked, snap: Snapshot, history: usize) -> Arc<Snapshot> {
-        match self.current() {
-            Some(cur) if cur.seq() >= snap.seq() => return cur,
-            Some(cur) if history > 0 => {
-                if locked.history.len() == history {
-                    locked.history.pop_front();
-                }
-                locked.history.push_back(cur);
-            }
-            _ => {}
-        }
+    /// Adds a scanned `snap` to the chain and publishes the chain's newest picture; returns
+    /// the picture valid at `snap`'s sequence (the scan itself).
+    fn publish(&self, locked: &mut Locked, snap: Snapshot) -> Arc<Snapshot> {
+        let seq = snap.seq();
         let snap = Arc::new(snap);
-        self.current.store(Some(snap.clone()));
-        snap
+        locked.chain.insert_base(seq / 2, snap.clone());
+        self.publish_newest(locked);
+        match locked.chain.at(seq_of_label(seq / 2), false) {
+            Found::Picture { snap, .. } => snap,
+            _ => snap,
+        }
     }
 }
 

@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod chain;
 mod counters;
 mod hash;
 pub mod maps;
@@ -40,6 +41,7 @@ mod outcome;
 mod proc_key;
 mod reader;
 mod registry;
+pub mod replay;
 mod resolver;
 mod seq;
 mod snapshot;
@@ -58,6 +60,7 @@ pub use outcome::{Hit, Normalized, Reason, Resolution, Via};
 pub use proc_key::{ProcKey, ProcKeyError, parse_start_time};
 pub use reader::Reader;
 pub use registry::{ProbeId, Registry};
+pub use replay::{Change, MappedFile, NewMapping, Unknowable};
 pub use resolver::{Resolver, TrackError};
 pub use seq::{ChangeGuard, SeqError, SeqSource, UserSeq};
 pub use snapshot::{Miss, Snapshot};

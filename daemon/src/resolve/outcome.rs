@@ -81,8 +81,10 @@ pub enum Via {
     Fast,
     /// A snapshot another thread had already published (no rescan, no process lock).
     Mirror,
-    /// A snapshot kept from before the latest change (the hit predates it).
+    /// A scanned snapshot kept from before the latest change (the hit predates it).
     Retained,
+    /// A picture derived by replaying the kernel's change reports onto a snapshot.
+    Replayed,
     /// A fresh locked rescan of /proc/PID/maps.
     Rescan,
 }
@@ -94,6 +96,7 @@ impl Via {
             Via::Fast => "fast",
             Via::Mirror => "mirror",
             Via::Retained => "retained",
+            Via::Replayed => "replayed",
             Via::Rescan => "rescan",
         }
     }

@@ -144,6 +144,7 @@ impl<S: SeqSource> Reader<S> {
                 match via {
                     Via::Mirror => self.counters.bump(Slot::FromMirror),
                     Via::Retained => self.counters.bump(Slot::Retained),
+                    Via::Replayed => self.counters.bump(Slot::Replayed),
                     Via::Fast | Via::Rescan => {}
                 }
                 if let Some(i) = self.position(proc)
@@ -169,11 +170,9 @@ impl<S: SeqSource> Reader<S> {
                 })
             }
             Err((reason, mirror)) => {
-                if reason == Reason::ProcessGone {
-                    self.forget(|c| c.proc != proc);
-                    if mirror.is_some() {
-                        self.resolver.untrack(proc);
-                    }
+                if reason == Reason::ProcessGone && mirror.is_some() {
+                    // Kept (bounded) for hits still queued; see Resolver::exited.
+                    self.resolver.exited(proc);
                 }
                 self.counters.bump_reason(reason);
                 f(Resolution {
@@ -472,16 +471,32 @@ mod tests {
         assert_eq!((c.from_mirror, c.fast, c.rescans), (1, 1, 1));
     }
 
-    /// A process that vanished is reported gone and untracked.
+    /// A process that vanished is reported gone, kept (as exited, for hits still queued)
+    /// without further rescans, and dropped once more exited processes than
+    /// `retain_exited` pile up.
     #[test]
     fn process_gone() {
-        let (resolver, _, maps, _) = world(Config::default());
+        let (resolver, _, maps, _) = world(Config {
+            retain_exited: 1,
+            ..Config::default()
+        });
         let mut reader = Reader::new(&resolver);
         maps.remove(P);
         let r = reader.resolve(P, 0x10000, None);
         assert_eq!(r.outcome.unwrap_err(), Reason::ProcessGone);
-        assert!(!resolver.is_tracked(P));
-        assert_eq!(resolver.track(P).unwrap_err().reason, Reason::ProcessGone);
+        assert!(resolver.is_tracked(P));
+        let reads = maps.reads();
+        let again = reader.resolve(P, 0x10000, None);
+        assert_eq!(again.outcome.unwrap_err(), Reason::ProcessGone);
+        assert_eq!(maps.reads(), reads, "an exited process is never rescanned");
+        let other = ProcKey::new(P.pid + 1, 1);
+        resolver.track(other).ok();
+        resolver.exited(other);
+        assert!(
+            !resolver.is_tracked(P),
+            "the oldest exited process is dropped"
+        );
+        assert_eq!(resolver.counters().exited_dropped, 1);
     }
 
     /// Without auto-tracking, unknown processes are refused; tracked ones resolve.

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 
 use super::{
-    counters::{Block, Counters},
+    counters::{Block, Counters, Slot},
     hash::FastMap,
     mirror::{Config, Env, Mirror, Sink},
     outcome::Reason,
@@ -45,6 +45,8 @@ pub struct Resolver<S> {
     pub(crate) readers: std::sync::Mutex<Vec<std::sync::Arc<Block>>>,
     /// Counts of dropped readers and of work done outside readers (track, refresh).
     pub(crate) shared: Block,
+    /// Exited processes still tracked for their queued hits, oldest first.
+    exited: Mutex<std::collections::VecDeque<ProcKey>>,
 }
 
 impl<S: SeqSource> Resolver<S> {
@@ -64,6 +66,7 @@ impl<S: SeqSource> Resolver<S> {
             untracks: StdAtomicU64::new(0),
             readers: std::sync::Mutex::new(Vec::new()),
             shared: Block::default(),
+            exited: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -111,7 +114,7 @@ impl<S: SeqSource> Resolver<S> {
             Ok((snap, _)) => Ok(snap),
             Err(reason) => {
                 if reason == Reason::ProcessGone {
-                    self.untrack(proc);
+                    self.exited(proc);
                 }
                 Err(TrackError { proc, reason })
             }
@@ -127,6 +130,53 @@ impl<S: SeqSource> Resolver<S> {
             self.untracks.fetch_add(1, StdOrdering::Relaxed);
         }
         removed.is_some()
+    }
+
+    /// Starts a process's pictures from the kernel's report at exec (a new address space):
+    /// `snap` is valid from change `ticket` until the process's next change.
+    pub fn exec(&self, proc: ProcKey, ticket: u64, snap: Snapshot) {
+        let mirror = self.mirror(proc, true).expect("created when absent");
+        mirror.add_base(ticket, snap);
+    }
+
+    /// Replays one change report of a tracked process (`None`: a change that cannot be
+    /// replayed, so pictures from `ticket` on wait for a rescan). Reports of untracked
+    /// processes are ignored: their first scan will include them.
+    pub fn change(&self, proc: ProcKey, ticket: u64, change: Option<super::replay::Change>) {
+        let Some(mirror) = self.mirror(proc, false) else {
+            return;
+        };
+        let slot = if change.is_some() {
+            Slot::ChangesReplayed
+        } else {
+            Slot::ChangesUnreplayable
+        };
+        self.shared.add_shared(slot, 1);
+        mirror.add_change(ticket, change);
+    }
+
+    /// Records that `proc` exited. Its pictures stay for hits still queued, within
+    /// `Config::retain_exited` exited processes; the oldest beyond that are dropped and
+    /// counted.
+    pub fn exited(&self, proc: ProcKey) {
+        let Some(mirror) = self.mirror(proc, false) else {
+            return;
+        };
+        if mirror.has_exited() {
+            return;
+        }
+        mirror.mark_exited();
+        let evicted: Vec<ProcKey> = {
+            let mut exited = lock(&self.exited);
+            exited.push_back(proc);
+            let excess = exited.len().saturating_sub(self.config.retain_exited);
+            exited.drain(..excess).collect()
+        };
+        for old in evicted {
+            if self.untrack(old) {
+                self.shared.add_shared(Slot::ExitedDropped, 1);
+            }
+        }
     }
 
     /// Whether `proc` is tracked.
@@ -153,7 +203,7 @@ impl<S: SeqSource> Resolver<S> {
         if !create {
             return None;
         }
-        let mirror = Arc::new(Mirror::new(proc));
+        let mirror = Arc::new(Mirror::new(proc, self.config.history));
         procs.insert(proc, mirror.clone());
         Some(mirror)
     }

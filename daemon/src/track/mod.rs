@@ -8,6 +8,7 @@
 //!   longer holds the pid, so pid reuse cannot alias two processes.
 //! - [`tracepoints`]: which kernel tracepoints the tracker attaches to, and tracefs set-up.
 
+pub mod changes;
 mod generations;
 mod maps_source;
 pub mod offsets;

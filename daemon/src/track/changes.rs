@@ -1,0 +1,292 @@
+//! Turning the tracker's reports (`ChangeEvent`, exec `ProcEvent`) into what the resolver
+//! replays: [`Change`]s and exec-time base pictures.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use probed_common::{
+    CHANGE_VMA, CHANGE_VMA_FILE, ChangeEvent, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP,
+    ProcEvent, VmaInfo,
+};
+
+use crate::{
+    file_id::FileId,
+    output::record::comm_str,
+    resolve::{
+        Perms, Snapshot, Vma,
+        replay::{Change, MappedFile, NewMapping},
+    },
+};
+
+/// `MAP_FIXED`: an mmap that fails may already have unmapped what was there.
+const MAP_FIXED: u64 = 0x10;
+/// `MREMAP_DONTUNMAP`: the old range stays mapped (not replayed).
+const MREMAP_DONTUNMAP: u64 = 4;
+/// `VM_HUGETLB` in `vm_flags`.
+const VM_HUGETLB: u64 = 0x0040_0000;
+/// `ENOMEM`, which mprotect returns after changing part of its range.
+const ENOMEM: i64 = 12;
+/// Page size (x86-64).
+const PAGE: u64 = 4096;
+
+/// Finds a file's path by identity (from earlier scans, the probe table, or the process's
+/// /proc/PID/map_files while it lives).
+pub trait PathLookup {
+    /// The path of `file`, mapped at `[start, end)` in `pid`.
+    fn path_of(&self, file: FileId, pid: u32, start: u64, end: u64) -> Option<Arc<Path>>;
+}
+
+/// What one report means for the resolver.
+#[derive(Debug)]
+pub enum Replay {
+    /// Nothing changed (a failed syscall that changes nothing).
+    Nothing,
+    /// This change happened.
+    Change(Change),
+    /// Something changed that cannot be replayed (the pictures wait for a rescan).
+    Unknown,
+}
+
+fn page_align(len: u64) -> u64 {
+    len.saturating_add(PAGE - 1) & !(PAGE - 1)
+}
+
+/// The kernel's `s_dev` encoding (`major << 20 | minor`) as a [`FileId`].
+pub fn file_id(dev: u64, ino: u64) -> FileId {
+    FileId::from_major_minor((dev >> 20) as u32, (dev & 0xf_ffff) as u32, ino)
+}
+
+/// The user-visible permissions of `vm_flags` (VM_READ, VM_WRITE, VM_EXEC, VM_SHARED are
+/// the low four bits, in the same order as [`Perms`]).
+fn perms(vm_flags: u64) -> Perms {
+    let mut p = Perms::empty();
+    for (bit, flag) in [
+        (1, Perms::READ),
+        (2, Perms::WRITE),
+        (4, Perms::EXEC),
+        (8, Perms::SHARED),
+    ] {
+        if vm_flags & bit != 0 {
+            p = p.union(flag);
+        }
+    }
+    p
+}
+
+/// The mapping a report describes, with its file's path found through `paths`.
+fn mapping(
+    vma: &VmaInfo,
+    has_file: bool,
+    name: &[u8],
+    pid: u32,
+    paths: &dyn PathLookup,
+) -> NewMapping {
+    let file = has_file.then(|| {
+        let id = file_id(vma.dev, vma.ino);
+        let path = paths
+            .path_of(id, pid, vma.start, vma.end)
+            .unwrap_or_else(|| unknown_dir(name));
+        MappedFile {
+            id,
+            path,
+            deleted: false,
+        }
+    });
+    NewMapping {
+        start: vma.start,
+        end: vma.end,
+        pgoff: vma.pgoff.wrapping_mul(PAGE),
+        perms: perms(vma.flags),
+        hugetlb: vma.flags & VM_HUGETLB != 0,
+        file,
+    }
+}
+
+/// A path for a file whose directory is unknown: the process is gone and no scan ever saw
+/// the file. Absolute (so it classifies as file-backed) and plainly not a real directory.
+fn unknown_dir(name: &[u8]) -> Arc<Path> {
+    let name = comm_str(name);
+    Arc::from(PathBuf::from(format!("/(unknown)/{name}")))
+}
+
+/// What a change report means.
+pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup) -> Replay {
+    let ok = !(-4095..0).contains(&ev.ret);
+    let [a0, a1, a2, a3] = ev.args;
+    let has_vma = ev.flags & CHANGE_VMA != 0;
+    let has_file = ev.flags & CHANGE_VMA_FILE != 0;
+    match ev.op {
+        OP_MMAP if ok && has_vma => {
+            let start = ev.ret as u64;
+            Replay::Change(Change::Map {
+                start,
+                end: start.saturating_add(page_align(a1)),
+                mapping: mapping(&ev.vma, has_file, &ev.name, ev.pid, paths),
+            })
+        }
+        // A failed MAP_FIXED may have unmapped the old range first.
+        OP_MMAP if !ok && a3 & MAP_FIXED == 0 => Replay::Nothing,
+        OP_MUNMAP if ev.ret == 0 => Replay::Change(Change::Unmap {
+            start: a0,
+            end: a0.saturating_add(page_align(a1)),
+        }),
+        OP_MUNMAP => Replay::Nothing,
+        OP_MPROTECT if ev.ret == 0 => Replay::Change(Change::Protect {
+            start: a0,
+            end: a0.saturating_add(page_align(a1)),
+            perms: perms(a2 & 7),
+        }),
+        // mprotect stops at a hole with ENOMEM after changing what came before it.
+        OP_MPROTECT if ev.ret != -ENOMEM => Replay::Nothing,
+        OP_MREMAP if ok && has_vma && a3 & MREMAP_DONTUNMAP == 0 => {
+            let new_start = ev.ret as u64;
+            Replay::Change(Change::Remap {
+                old_start: a0,
+                old_end: a0.saturating_add(page_align(a1)),
+                new_start,
+                new_end: new_start.saturating_add(page_align(a2)),
+                mapping: mapping(&ev.vma, has_file, &ev.name, ev.pid, paths),
+            })
+        }
+        OP_MREMAP if !ok => Replay::Nothing,
+        // brk returns the new break (the old one on failure); start_brk 0 = offsets unknown.
+        // The heap mapping ends at the page-aligned break.
+        OP_BRK if a2 != 0 && ev.ret as u64 >= a2 => Replay::Change(Change::Brk {
+            start_brk: a2,
+            old_brk: page_align(a1),
+            new_brk: page_align(ev.ret as u64),
+        }),
+        _ => Replay::Unknown,
+    }
+}
+
+/// The base picture the kernel reported at exec: the program's text and the mapping of its
+/// first instruction (the dynamic loader, or the program itself if static). Everything else
+/// of a fresh address space is anonymous or pseudo-files (stack, vdso, vvar), which the
+/// resolver does not keep; every later file mapping arrives as an mmap report. `None` if the
+/// report has no mappings (no BTF offsets).
+pub fn exec_base(ev: &ProcEvent, paths: &dyn PathLookup) -> Option<Snapshot> {
+    if ev.flags & CHANGE_VMA == 0 {
+        return None;
+    }
+    let mut vmas: Vec<Vma> = Vec::with_capacity(2);
+    for (info, name) in [(&ev.exe, &ev.exe_name), (&ev.entry, &ev.entry_name)] {
+        if info.ino == 0 || vmas.iter().any(|v| v.start == info.start) {
+            continue;
+        }
+        let m = mapping(info, true, name, ev.pid, paths);
+        let Some(file) = m.file else { continue };
+        if !m.perms.contains(Perms::EXEC) {
+            continue;
+        }
+        vmas.push(Vma {
+            start: m.start,
+            end: m.end,
+            pgoff: m.pgoff,
+            file: file.id,
+            perms: m.perms,
+            deleted: false,
+            path: file.path,
+        });
+    }
+    Some(Snapshot::from_vmas(ev.ticket.wrapping_mul(2), vmas))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoPaths;
+    impl PathLookup for NoPaths {
+        fn path_of(&self, _: FileId, _: u32, _: u64, _: u64) -> Option<Arc<Path>> {
+            None
+        }
+    }
+
+    fn event(op: u32, ret: i64, args: [u64; 4]) -> ChangeEvent {
+        ChangeEvent {
+            event: probed_common::EVENT_CHANGE,
+            op,
+            pid: 1,
+            tid: 1,
+            ticket: 7,
+            proc_gen: 1,
+            ts_ns: 0,
+            ret,
+            args,
+            flags: 0,
+            _reserved: 0,
+            vma: VmaInfo::default(),
+            name: [0; probed_common::NAME_LEN],
+        }
+    }
+
+    /// munmap and mprotect ranges are page-aligned; failures change nothing, except the
+    /// ones that may have changed part of the range.
+    #[test]
+    fn ranges_and_failures() {
+        match replay(&event(OP_MUNMAP, 0, [0x1000, 1, 0, 0]), &NoPaths) {
+            Replay::Change(Change::Unmap { start, end }) => {
+                assert_eq!((start, end), (0x1000, 0x2000))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            replay(&event(OP_MUNMAP, -22, [0, 0, 0, 0]), &NoPaths),
+            Replay::Nothing
+        ));
+        assert!(matches!(
+            replay(&event(OP_MPROTECT, -12, [0, 0, 0, 0]), &NoPaths),
+            Replay::Unknown
+        ));
+        assert!(matches!(
+            replay(&event(OP_MPROTECT, -13, [0, 0, 0, 0]), &NoPaths),
+            Replay::Nothing
+        ));
+        assert!(matches!(
+            replay(&event(OP_MMAP, -12, [0, 0, 0, MAP_FIXED]), &NoPaths),
+            Replay::Unknown
+        ));
+        assert!(matches!(
+            replay(&event(OP_MMAP, -12, [0, 0, 0, 0]), &NoPaths),
+            Replay::Nothing
+        ));
+        assert!(matches!(
+            replay(&event(probed_common::OP_OTHER, 0, [0; 4]), &NoPaths),
+            Replay::Unknown
+        ));
+    }
+
+    /// A successful mmap becomes a Map of the page-aligned range with the kernel's mapping;
+    /// a file of unknown directory gets a path that says so.
+    #[test]
+    fn mmap_report() {
+        let mut ev = event(OP_MMAP, 0x7000_0000, [0, 0x1800, 5, 2]);
+        ev.flags = CHANGE_VMA | CHANGE_VMA_FILE;
+        ev.vma = VmaInfo {
+            start: 0x7000_0000,
+            end: 0x7000_2000,
+            pgoff: 3,
+            flags: 5,
+            dev: (8 << 20) | 1,
+            ino: 42,
+        };
+        ev.name[..5].copy_from_slice(b"libx\0");
+        let Replay::Change(Change::Map {
+            start,
+            end,
+            mapping,
+        }) = replay(&ev, &NoPaths)
+        else {
+            panic!("not a map");
+        };
+        assert_eq!((start, end), (0x7000_0000, 0x7000_2000));
+        assert_eq!(mapping.pgoff, 3 * PAGE);
+        assert!(mapping.perms.contains(Perms::EXEC) && mapping.perms.contains(Perms::READ));
+        let file = mapping.file.unwrap();
+        assert_eq!(file.id, FileId::from_major_minor(8, 1, 42));
+        assert_eq!(&*file.path, Path::new("/(unknown)/libx"));
+    }
+}
