@@ -197,8 +197,11 @@ pub struct ChangeEvent {
     pub args: [u64; 4],
     /// `CHANGE_*` bits.
     pub flags: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// How many change or process reports the tracker could not deliver so far (ring buffer
+    /// full), read after the event's sequence, truncated to 32 bits. Every event carries it,
+    /// so the daemon sees a loss in-band, before any hit whose sequence includes the lost
+    /// change, and stops trusting replayed pictures.
+    pub lost_reports: u32,
     /// The mapping at the result address (mmap, mremap) or the heap (brk), if `CHANGE_VMA`.
     pub vma: VmaInfo,
     /// The mapped file's name (last path component), NUL-terminated, if `CHANGE_VMA_FILE`.
@@ -219,8 +222,8 @@ pub struct HitEvent {
     pub pid: u32,
     /// Thread id in the initial pid namespace.
     pub tid: u32,
-    /// Reserved, zero (keeps the u64 fields aligned without implicit padding).
-    pub _reserved: u32,
+    /// The tracker's lost-report count when the hit was stamped (see [`ChangeEvent::lost_reports`]).
+    pub lost_reports: u32,
     /// `bpf_ktime_get_ns()` at the hit: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     /// The probed instruction's virtual address in the process (the function entry for
@@ -270,8 +273,8 @@ pub struct ProcEvent {
     pub entry: VmaInfo,
     /// `CHANGE_VMA` when `exe` and `entry` are filled.
     pub flags: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// See [`ChangeEvent::lost_reports`].
+    pub lost_reports: u32,
     /// Exec only: the program file's name, NUL-terminated.
     pub exe_name: [u8; NAME_LEN],
     /// Exec only: the entry mapping's file name, NUL-terminated.

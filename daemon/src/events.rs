@@ -120,7 +120,7 @@ mod tests {
             kind: 1,
             pid: 10,
             tid: 11,
-            _reserved: 0,
+            lost_reports: 0,
             ts_ns: 12,
             ip: 0x5555_0000_1139,
             ret_addr: 14,

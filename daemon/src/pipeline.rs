@@ -64,6 +64,8 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     pid_filter: Option<u32>,
     /// Paths of mapped files by identity, for replayed mappings.
     paths: Paths,
+    /// The tracker's lost-report count as of the last event.
+    lost_reports: u32,
     /// ELF symbol cache shared with other pipelines.
     symbolizer: Arc<Symbolizer>,
     /// Hits naming a probe id this run does not have (an ABI or cookie mismatch).
@@ -89,6 +91,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             printed: 0,
             stop,
             paths,
+            lost_reports: 0,
             reader: Reader::new(resolver),
             pid_filter: None,
             symbolizer,
@@ -104,6 +107,21 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     /// Handles one ring buffer event; returns false once the run should stop taking hits.
     pub fn handle_event(&mut self, event: &Event) -> bool {
+        let lost = match event {
+            Event::Hit(e) => e.lost_reports,
+            Event::Proc(e) => e.lost_reports,
+            Event::Change(e) => e.lost_reports,
+        };
+        if lost != self.lost_reports {
+            // Seen in the first event reserved after the loss: before any hit whose sequence
+            // includes the lost change.
+            tracing::warn!(
+                lost = lost.wrapping_sub(self.lost_reports),
+                "the change tracker lost reports (ring buffer full): dropping replayed pictures"
+            );
+            self.lost_reports = lost;
+            self.reader.resolver().distrust_all();
+        }
         match event {
             Event::Hit(hit) => self.handle(hit),
             Event::Proc(proc) => {

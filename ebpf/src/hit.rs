@@ -67,17 +67,21 @@ fn record(
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
     let ip = if ip == 0 { regs.rip } else { ip };
     let tgid = (pid_tgid >> 32) as u32;
+    // The lost-report count is read after the sequence: a hit whose sequence includes a
+    // change whose report was lost then also carries the increased count.
+    let seq = track::read_seq(tgid);
+    let lost_reports = track::lost_reports();
     entry.write(HitEvent {
         event: EVENT_HIT,
         probe_id,
         kind,
         pid: tgid,
         tid: pid_tgid as u32,
-        _reserved: 0,
+        lost_reports,
         ts_ns,
         ip,
         ret_addr,
-        seq: track::read_seq(tgid),
+        seq,
         proc_gen: track::generation(tgid),
         args,
         retval,

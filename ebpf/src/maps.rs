@@ -58,3 +58,9 @@ pub static TRACK_CONFIG: Array<TrackConfig> = Array::with_max_entries(1, 0);
 /// [1] = change reports lost to a full ring buffer.
 #[map(name = "TRACK_ERRORS")]
 pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+
+/// Change and process reports that could not be delivered (ring buffer full), index 0. Global
+/// (not per CPU) because every event carries its value: the daemon must see a loss in the
+/// first event reserved after it, whichever CPU it comes from.
+#[map(name = "LOST_REPORTS")]
+pub static LOST_REPORTS: Array<u64> = Array::with_max_entries(1, 0);

@@ -30,7 +30,7 @@ use probed_common::{
 
 use crate::{
     kread,
-    maps::{EVENTS, INFLIGHT, InFlight, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS},
+    maps::{EVENTS, INFLIGHT, InFlight, LOST_REPORTS, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS},
 };
 
 /// x86-64 syscall numbers of the tracked syscalls.
@@ -50,6 +50,24 @@ const RET_OFFSET: usize = 16;
 /// `TRACK_ERRORS` indices.
 const ERR_INFLIGHT_FULL: u32 = 0;
 const ERR_CHANGE_LOST: u32 = 1;
+
+/// The number of reports lost so far (see `ChangeEvent::lost_reports`).
+#[inline(always)]
+pub fn lost_reports() -> u32 {
+    LOST_REPORTS
+        .get_ptr(0)
+        .map_or(0, |p| load(p) as u32)
+}
+
+/// Counts a report that could not be delivered. Called before the change's `ends`
+/// increment, so any hit that sees the change also sees the new count.
+#[inline(always)]
+fn report_lost() {
+    count_error(ERR_CHANGE_LOST);
+    if let Some(p) = LOST_REPORTS.get_ptr_mut(0) {
+        bump(p);
+    }
+}
 
 #[inline(always)]
 fn count_error(index: u32) {
@@ -255,14 +273,14 @@ pub fn syscall_exit(ctx: &TracePointContext) {
                 (&raw mut (*e).ret).write(ret);
                 (&raw mut (*e).args).write(flight.args);
                 (&raw mut (*e).flags).write(flags);
-                (&raw mut (*e)._reserved).write(0);
+                (&raw mut (*e).lost_reports).write(lost_reports());
                 (&raw mut (*e).vma).write(found.vma);
                 (&raw mut (*e).name).write(found.name);
             }
             entry.submit(0);
         }
         // The daemon sees the counter move and stops trusting replayed pictures.
-        None => count_error(ERR_CHANGE_LOST),
+        None => report_lost(),
     }
     // After the report: a hit that sees this change completed is reserved after it.
     // SAFETY: `s` points into a live map value.
@@ -299,7 +317,7 @@ pub fn exec() {
     let _ = PROC_GEN.insert(&tgid, &fresh, 0);
     let (s, ticket) = instant_change(tgid);
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
-        count_error(ERR_CHANGE_LOST);
+        report_lost();
         finish_instant(s);
         return;
     };
@@ -370,7 +388,7 @@ unsafe fn write_proc_header(e: *mut ProcEvent, what: u32, tgid: u32, tid: u32, p
         (&raw mut (*e).seq).write(ticket.wrapping_mul(2));
         (&raw mut (*e).ticket).write(ticket);
         (&raw mut (*e).comm).write(bpf_get_current_comm().unwrap_or([0; 16]));
-        (&raw mut (*e)._reserved).write(0);
+        (&raw mut (*e).lost_reports).write(lost_reports());
     }
 }
 
@@ -423,7 +441,7 @@ pub fn exit(ctx: &TracePointContext) {
         }
         entry.submit(0);
     } else {
-        count_error(ERR_CHANGE_LOST);
+        report_lost();
     }
     finish_instant(s);
 }

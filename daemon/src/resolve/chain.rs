@@ -77,6 +77,11 @@ impl Chain {
         }
     }
 
+    /// Drops every picture.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     /// The newest entry.
     pub(crate) fn newest(&self) -> Option<&Entry> {
         self.entries.back()

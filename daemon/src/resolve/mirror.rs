@@ -135,6 +135,14 @@ impl Mirror {
         self.publish_newest(&locked);
     }
 
+    /// Drops every picture: a change report was lost, so none of them can be trusted. The
+    /// next resolution rescans (if the process still lives).
+    pub(crate) fn forget_pictures(&self) {
+        let mut locked = lock(&self.locked);
+        locked.chain.clear();
+        self.publish_newest(&locked);
+    }
+
     /// Publishes the chain's newest picture for the fast path (nothing if it is poisoned:
     /// readers then keep missing until a rescan).
     fn publish_newest(&self, locked: &Locked) {

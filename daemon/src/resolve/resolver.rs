@@ -155,6 +155,15 @@ impl<S: SeqSource> Resolver<S> {
         mirror.add_change(ticket, change);
     }
 
+    /// Drops every picture of every process: the change tracker lost a report, so replayed
+    /// pictures may miss a change. Live processes are rescanned on their next resolution.
+    pub fn distrust_all(&self) {
+        let mirrors: Vec<Arc<Mirror>> = lock(&self.procs).values().cloned().collect();
+        for mirror in mirrors {
+            mirror.forget_pictures();
+        }
+    }
+
     /// Records that `proc` exited. Its pictures stay for hits still queued, within
     /// `Config::retain_exited` exited processes; the oldest beyond that are dropped and
     /// counted.

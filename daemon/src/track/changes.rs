@@ -217,7 +217,7 @@ mod tests {
             ret,
             args,
             flags: 0,
-            _reserved: 0,
+            lost_reports: 0,
             vma: VmaInfo::default(),
             name: [0; probed_common::NAME_LEN],
         }
