@@ -25,7 +25,7 @@ use crate::{
     probes::{self, Probe},
     resolve::{Config, ProbeId, Resolver},
     symbolize::Symbolizer,
-    track::GenCheckedMaps,
+    track::{self, GenCheckedMaps},
 };
 
 /// Why a trace run ended.
@@ -70,7 +70,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut stream = EventStream::new(tracer.take_ring()?)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let maps = GenCheckedMaps::new(Arc::new(generations));
+    let generations = Arc::new(generations);
+    let maps = GenCheckedMaps::new(generations.clone());
     // The tracker reports every mapping change in the same ring buffer as the hits.
     let config = Config {
         reported_changes: true,
@@ -82,6 +83,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             .registry()
             .insert(probe.target.id, probe.file_offset, ProbeId(probe.id));
     }
+    let files = probes.iter().map(|p| p.target.id).collect();
+    let running = track::preexisting::track_mapping_processes(
+        &files,
+        args.pid.map(NonZeroU32::get),
+        &generations,
+        &resolver,
+    );
+    tracing::debug!(
+        running,
+        "running processes that map a probed file are tracked"
+    );
     let symbolizer = Arc::new(Symbolizer::new());
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
         .with_pid_filter(args.pid.map(NonZeroU32::get));

@@ -12,6 +12,7 @@ pub mod changes;
 mod generations;
 mod maps_source;
 pub mod offsets;
+pub mod preexisting;
 mod seq;
 pub mod tracepoints;
 

@@ -1,0 +1,52 @@
+//! Processes that already run when probed starts: the ones that map a probed file are
+//! tracked at once, so their first hits resolve from a picture taken before them (and
+//! replayed since) instead of from a rescan that may come too late to match.
+
+use std::collections::HashSet;
+
+use crate::{
+    file_id::FileId,
+    resolve::{ProcKey, Resolver, SeqSource, maps},
+    track::Generations,
+};
+
+/// Tracks every live process (or just `only`) whose maps show one of `files`; returns how
+/// many were tracked.
+pub fn track_mapping_processes<S: SeqSource>(
+    files: &HashSet<FileId>,
+    only: Option<u32>,
+    generations: &Generations,
+    resolver: &Resolver<S>,
+) -> usize {
+    let pids: Vec<u32> = match only {
+        Some(pid) => vec![pid],
+        None => std::fs::read_dir("/proc")
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let self_pid = std::process::id();
+    let mut tracked = 0;
+    for pid in pids.into_iter().filter(|&p| p != self_pid) {
+        let Ok(text) = std::fs::read(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        let maps_probed_file = maps::lines(&text).flatten().any(|line| {
+            files.contains(&FileId::from_major_minor(line.major, line.minor, line.ino))
+        });
+        if !maps_probed_file {
+            continue;
+        }
+        let Some(generation) = generations.get_or_assign(pid) else {
+            continue;
+        };
+        match resolver.track(ProcKey::new(pid, generation)) {
+            Ok(_) => tracked += 1,
+            Err(err) => tracing::debug!(pid, error = %err, "could not track a running process"),
+        }
+    }
+    tracked
+}
