@@ -60,6 +60,9 @@ pub const NAME_LEN: usize = 64;
 pub const PROC_EXEC: u32 = 1;
 /// `ProcEvent::what`: the last thread of the process exited.
 pub const PROC_EXIT: u32 = 2;
+/// `ProcEvent::what`: a new process was forked (not a thread): it starts with a copy of its
+/// parent's address space (`parent_*` say whose, as of which sequence).
+pub const PROC_FORK: u32 = 3;
 
 /// Number of change-sequence slots (a power of two). A process uses slot
 /// [`seq_slot`]`(pid)`; processes whose pids share a slot share its sequence, which only
@@ -110,6 +113,10 @@ pub struct KernelOffsets {
     pub valid: u32,
     /// `task_struct.mm`.
     pub task_mm: u32,
+    /// `task_struct.pid`.
+    pub task_pid: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
     /// `mm_struct.start_code`.
     pub mm_start_code: u32,
     /// `mm_struct.start_brk`.
@@ -138,6 +145,8 @@ pub struct KernelOffsets {
     pub sb_dev: u32,
     /// `dentry.d_name.name`.
     pub dentry_name: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
 }
 
 /// Settings the daemon writes into the `TRACK_CONFIG` array before attaching.
@@ -279,6 +288,14 @@ pub struct ProcEvent {
     pub exe_name: [u8; NAME_LEN],
     /// Exec only: the entry mapping's file name, NUL-terminated.
     pub entry_name: [u8; NAME_LEN],
+    /// Fork only: the parent process.
+    pub parent_pid: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Fork only: the parent's generation.
+    pub parent_gen: u64,
+    /// Fork only: the parent's sequence while its address space was copied.
+    pub parent_seq: u64,
 }
 
 /// Per-probe counters, kept per CPU in BPF and summed by the daemon.
@@ -310,11 +327,11 @@ mod pod {
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.
 const _: () = assert!(core::mem::size_of::<HitEvent>() == 136);
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 * NAME_LEN);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 * NAME_LEN + 24);
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 76);
 const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
-const _: () = assert!(core::mem::size_of::<TrackConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 84);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 16);
 

@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, TracePoint,
+        ProgramError, RawTracePoint, TracePoint,
         uprobe::{UProbe, UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -40,6 +40,7 @@ const MM_ENTER_PROGRAM: &str = "probed_mm_enter";
 const MM_EXIT_PROGRAM: &str = "probed_mm_exit";
 const EXEC_PROGRAM: &str = "probed_exec";
 const EXIT_PROGRAM: &str = "probed_exit";
+const FORK_PROGRAM: &str = "probed_fork";
 /// Name of the per-probe counters map.
 const STATS_MAP: &str = "PROBE_STATS";
 
@@ -208,6 +209,22 @@ impl Tracer {
                     source: Box::new(source),
                 })?;
         }
+        let fork: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(FORK_PROGRAM)
+            .ok_or(AttachError::Program(FORK_PROGRAM))?
+            .try_into()
+            .map_err(|_| AttachError::Program(FORK_PROGRAM))?;
+        fork.load().map_err(|source| AttachError::ProgramLoad {
+            name: FORK_PROGRAM,
+            source: Box::new(source),
+        })?;
+        fork.attach("sched_process_fork")
+            .map_err(|source| AttachError::Tracepoint {
+                category: "raw",
+                name: "sched_process_fork".into(),
+                source: Box::new(source),
+            })?;
         for (program, category, name) in points {
             self.tracepoint(program)?
                 .attach(category, &name)

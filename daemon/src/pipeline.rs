@@ -12,7 +12,9 @@ use std::{
     sync::Arc,
 };
 
-use probed_common::{ChangeEvent, HitEvent, KIND_RETURN, PROC_EXEC, PROC_EXIT, ProcEvent};
+use probed_common::{
+    ChangeEvent, HitEvent, KIND_RETURN, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent,
+};
 
 use crate::{
     attach::AttachError,
@@ -140,7 +142,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// exits right after its first hit resolves; at exit its pictures are kept (bounded) for
     /// the hits still queued.
     fn handle_proc(&mut self, event: &ProcEvent) {
-        if self.pid_filter.is_some_and(|p| p != event.pid) {
+        if self
+            .pid_filter
+            .is_some_and(|p| p != event.pid && p != event.parent_pid)
+        {
             return;
         }
         let proc = ProcKey::new(event.pid, event.proc_gen);
@@ -155,6 +160,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 }
             }
             PROC_EXIT => resolver.exited(proc),
+            PROC_FORK => resolver.fork(
+                ProcKey::new(event.parent_pid, event.parent_gen),
+                event.parent_seq,
+                proc,
+                event.ticket,
+            ),
             _ => {}
         }
     }

@@ -14,8 +14,8 @@ mod maps;
 mod track;
 
 use aya_ebpf::{
-    macros::{tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 
 /// Every uprobe probed attaches runs this.
@@ -57,6 +57,15 @@ pub fn probed_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn probed_exit(ctx: TracePointContext) -> u32 {
     track::exit(&ctx);
+    0
+}
+
+/// Attached to the raw tracepoint sched_process_fork (its arguments are task pointers,
+/// which the regular tracepoint record does not carry: needed to tell a process from a
+/// thread).
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn probed_fork(ctx: RawTracePointContext) -> i32 {
+    track::fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
     0
 }
 

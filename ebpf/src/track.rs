@@ -25,7 +25,7 @@ use aya_ebpf::{
 use probed_common::{
     CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, ChangeEvent, EVENT_CHANGE, EVENT_PROC,
     KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER,
-    PROC_EXEC, PROC_EXIT, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
+    PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
 };
 
 use crate::{
@@ -388,6 +388,10 @@ unsafe fn write_proc_header(e: *mut ProcEvent, what: u32, tgid: u32, tid: u32, p
         (&raw mut (*e).seq).write(ticket.wrapping_mul(2));
         (&raw mut (*e).ticket).write(ticket);
         (&raw mut (*e).comm).write(bpf_get_current_comm().unwrap_or([0; 16]));
+        (&raw mut (*e).parent_pid).write(0);
+        (&raw mut (*e)._reserved).write(0);
+        (&raw mut (*e).parent_gen).write(0);
+        (&raw mut (*e).parent_seq).write(0);
         (&raw mut (*e).lost_reports).write(lost_reports());
     }
 }
@@ -438,6 +442,45 @@ pub fn exit(ctx: &TracePointContext) {
             (&raw mut (*e).entry).write(VmaInfo::default());
             (&raw mut (*e).exe_name).write([0; NAME_LEN]);
             (&raw mut (*e).entry_name).write([0; NAME_LEN]);
+        }
+        entry.submit(0);
+    } else {
+        report_lost();
+    }
+    finish_instant(s);
+}
+
+/// sched_process_fork (raw tracepoint; args: parent task, child task): a new process starts
+/// with a copy of its parent's address space. Threads are ignored (they share the process's
+/// address space and slot).
+#[inline(always)]
+pub fn fork(parent_task: u64, child_task: u64) {
+    let Some(o) = kread::offsets() else { return };
+    let child_pid = kread::read_u32(child_task, o.task_pid);
+    let child_tgid = kread::read_u32(child_task, o.task_tgid);
+    if child_pid == 0 || child_pid != child_tgid {
+        return;
+    }
+    let parent_tgid = kread::read_u32(parent_task, o.task_tgid);
+    let parent_gen = generation(parent_tgid);
+    let parent_seq = read_seq(parent_tgid);
+    // SAFETY: no preconditions.
+    let fresh = unsafe { bpf_ktime_get_ns() };
+    let _ = PROC_GEN.insert(&child_tgid, &fresh, 0);
+    let (s, ticket) = instant_change(child_tgid);
+    if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
+        let e = entry.as_mut_ptr();
+        // SAFETY: `e` points to a reserved, writable ring buffer record of ProcEvent's size.
+        unsafe {
+            write_proc_header(e, PROC_FORK, child_tgid, child_pid, fresh, ticket);
+            (&raw mut (*e).flags).write(0);
+            (&raw mut (*e).exe).write(VmaInfo::default());
+            (&raw mut (*e).entry).write(VmaInfo::default());
+            (&raw mut (*e).exe_name).write([0; NAME_LEN]);
+            (&raw mut (*e).entry_name).write([0; NAME_LEN]);
+            (&raw mut (*e).parent_pid).write(parent_tgid);
+            (&raw mut (*e).parent_gen).write(parent_gen);
+            (&raw mut (*e).parent_seq).write(parent_seq);
         }
         entry.submit(0);
     } else {

@@ -117,6 +117,14 @@ impl Mirror {
         self.exited.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The picture valid for sequence `seq`, if the chain has one.
+    pub(crate) fn picture_at(&self, seq: u64, reported: bool) -> Option<Arc<Snapshot>> {
+        match lock(&self.locked).chain.at(seq, reported) {
+            Found::Picture { snap, .. } => Some(snap),
+            _ => None,
+        }
+    }
+
     /// Adds a base picture (the kernel's report at exec) valid from `ticket`.
     pub(crate) fn add_base(&self, ticket: u64, snap: Snapshot) {
         let mut locked = lock(&self.locked);

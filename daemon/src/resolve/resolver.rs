@@ -139,6 +139,26 @@ impl<S: SeqSource> Resolver<S> {
         mirror.add_base(ticket, snap);
     }
 
+    /// A tracked process forked `child`: the child starts, at its `ticket`, with the picture
+    /// its parent had at `parent_seq` (when the address space was copied). Nothing happens
+    /// if the parent is not tracked or has no picture for that sequence; the child's first
+    /// resolution then scans it.
+    pub fn fork(&self, parent: ProcKey, parent_seq: u64, child: ProcKey, ticket: u64) {
+        if parent_seq % 2 == 1 {
+            return;
+        }
+        let Some(mirror) = self.mirror(parent, false) else {
+            return;
+        };
+        let Some(picture) = mirror.picture_at(parent_seq, self.config.reported_changes) else {
+            return;
+        };
+        let copy = picture.with_seq(super::chain::seq_of_label(ticket));
+        self.mirror(child, true)
+            .expect("created when absent")
+            .add_base(ticket, copy);
+    }
+
     /// Replays one change report of a tracked process (`None`: a change that cannot be
     /// replayed, so pictures from `ticket` on wait for a rescan). Reports of untracked
     /// processes are ignored: their first scan will include them.

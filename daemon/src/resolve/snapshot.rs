@@ -104,6 +104,16 @@ impl Snapshot {
         })
     }
 
+    /// The same picture labelled with another sequence (a forked child's copy of its parent's
+    /// address space); paths are shared, not copied.
+    pub fn with_seq(&self, seq: u64) -> Self {
+        Self {
+            seq,
+            vmas: self.vmas.clone(),
+            excluded: self.excluded.clone(),
+        }
+    }
+
     /// The change sequence this snapshot is valid for.
     #[inline]
     pub fn seq(&self) -> u64 {

@@ -58,11 +58,16 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
     let path_dentry = u64_at("path", &["dentry"])?;
     let dentry_name = btf.member_offset("dentry", &["d_name"])?;
     let qstr_name = u64_at("qstr", &["name"])?;
-    let sb_dev = btf.member("super_block", &["s_dev"])?;
-    check_width("super_block", &["s_dev"], sb_dev.size, 4)?;
+    let u32_at = |ty: &str, path: &[&str]| -> Result<u32, KernelOffsetsError> {
+        let m = btf.member(ty, path)?;
+        check_width(ty, path, m.size, 4)?;
+        Ok(m.offset)
+    };
     Ok(KernelOffsets {
         valid: 1,
         task_mm: u64_at("task_struct", &["mm"])?,
+        task_pid: u32_at("task_struct", &["pid"])?,
+        task_tgid: u32_at("task_struct", &["tgid"])?,
         mm_start_code: u64_at("mm_struct", &["start_code"])?,
         mm_start_brk: u64_at("mm_struct", &["start_brk"])?,
         mm_brk: u64_at("mm_struct", &["brk"])?,
@@ -75,8 +80,9 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
         file_dentry: file_path + path_dentry,
         inode_ino: u64_at("inode", &["i_ino"])?,
         inode_sb: u64_at("inode", &["i_sb"])?,
-        sb_dev: sb_dev.offset,
+        sb_dev: u32_at("super_block", &["s_dev"])?,
         dentry_name: dentry_name + qstr_name,
+        _reserved: 0,
     })
 }
 
