@@ -25,7 +25,11 @@ fn same_count_as_bpftrace() {
     let original = common::file_byte(&copy.path, add);
     assert_ne!(original, common::BREAKPOINT_BYTE);
 
-    let program = format!("uprobe:{}:probed_add {{ @c = count(); }}", copy.path_str());
+    // BEGIN runs once every probe is attached (bpftrace prints "Attaching" before).
+    let program = format!(
+        r#"BEGIN {{ printf("ready\n"); }} uprobe:{}:probed_add {{ @c = count(); }}"#,
+        copy.path_str()
+    );
     let mut bpftrace = Command::new("bpftrace")
         .args(["-e", &program])
         .stdin(Stdio::null())
@@ -35,15 +39,18 @@ fn same_count_as_bpftrace() {
         .expect("run bpftrace (apt-get install bpftrace)");
     let out = common::line_channel(bpftrace.stdout.take().expect("stdout"));
     let err = common::line_channel(bpftrace.stderr.take().expect("stderr"));
-    let attaching = out.recv_timeout(Duration::from_secs(30));
-    assert!(
-        attaching
-            .as_deref()
-            .is_ok_and(|l| l.starts_with("Attaching")),
-        "bpftrace did not attach: {attaching:?}, stderr {:?}",
-        err.try_iter().collect::<Vec<_>>()
-    );
-    // "Attaching" comes before the attach itself; the breakpoint in the target says it is done.
+    let mut printed = Vec::new();
+    while printed.last().is_none_or(|l: &String| l != "ready") {
+        let line = out.recv_timeout(Duration::from_secs(30));
+        let Ok(line) = line else {
+            panic!(
+                "bpftrace did not attach: {printed:?}, stderr {:?}",
+                err.try_iter().collect::<Vec<_>>()
+            );
+        };
+        printed.push(line);
+    }
+    // And the breakpoint in the target says the uprobe is in place.
     assert!(
         common::wait_until(Duration::from_secs(10), || {
             common::text_byte(target.pid, &copy.path, add) == common::BREAKPOINT_BYTE
@@ -64,7 +71,7 @@ fn same_count_as_bpftrace() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let status = wait_with_timeout(&mut bpftrace, Duration::from_secs(30));
     assert!(status.success(), "bpftrace: {status}");
-    let printed = common::drain(&out);
+    printed.extend(common::drain(&out));
     let bpftrace_count = printed
         .iter()
         .find_map(|l| l.strip_prefix("@c: "))
@@ -94,9 +101,12 @@ fn wait_with_timeout(
         status.is_some()
     });
     if !exited {
+        let pid = child.id();
+        let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
         let _ = child.kill();
         let _ = child.wait();
-        panic!("{child:?} did not exit within {timeout:?}");
+        panic!("{child:?} did not exit within {timeout:?}; wchan {wchan}; kernel stack:\n{stack}");
     }
     status.expect("exited")
 }

@@ -216,8 +216,9 @@ fn run_probed(target: &Path, hits_file: &Path) -> Result<Run> {
 /// The target with bpftrace on the same probe, its output going to `out_file`.
 fn run_bpftrace(mode: Mode, target: &Path, probe_offset: u64, out_file: &Path) -> Result<Run> {
     let mut t = LoopTarget::start(target)?;
+    // BEGIN runs once every probe is attached ("Attaching" is printed before).
     let program = format!(
-        "uprobe:{}:{SYMBOL} {}",
+        r#"BEGIN {{ printf("ready\n"); }} uprobe:{}:{SYMBOL} {}"#,
         target.display(),
         mode.bpftrace_action()
     );
@@ -229,17 +230,15 @@ fn run_bpftrace(mode: Mode, target: &Path, probe_offset: u64, out_file: &Path) -
         .stderr(Stdio::null())
         .spawn()
         .context("start bpftrace")?;
-    // bpftrace prints "Attaching" before it attaches; the breakpoint in the target says the
-    // uprobe is in place.
+    // Ready, and the breakpoint in the target says the uprobe is in place.
     let deadline = Instant::now() + TOOL_TIMEOUT;
-    while text_byte(t.pid, target, probe_offset)? != BREAKPOINT_BYTE {
+    while !std::fs::read_to_string(out_file)?.contains("ready\n")
+        || text_byte(t.pid, target, probe_offset)? != BREAKPOINT_BYTE
+    {
         if let Some(status) = bpftrace.try_wait()? {
             bail!("bpftrace exited before attaching: {status}");
         }
-        ensure!(
-            Instant::now() < deadline,
-            "bpftrace's uprobe never appeared"
-        );
+        ensure!(Instant::now() < deadline, "bpftrace did not attach");
         thread::sleep(Duration::from_millis(10));
     }
     let (calls, rate) = t.go()?;
