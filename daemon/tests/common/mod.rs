@@ -727,3 +727,101 @@ pub fn line_channel(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiv
     });
     rx
 }
+
+/// A private directory under the temp dir, removed on drop. Tests that attach without `--pid`
+/// copy their fixtures into one, so the inodes their uprobes are keyed on are theirs alone.
+pub struct PrivateDir {
+    /// The directory (canonical).
+    pub path: PathBuf,
+}
+
+impl PrivateDir {
+    /// A new, empty directory whose name starts with `name`.
+    pub fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "probed-tests/{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create private dir");
+        let path = path.canonicalize().expect("canonical private dir");
+        Self { path }
+    }
+
+    /// Copies `src` into the directory as `name` (executable); returns the copy's path.
+    pub fn copy(&self, src: &Path, name: &str) -> PathBuf {
+        let dst = self.path.join(name);
+        std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        dst
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// How many hits each resolver path (`via`) answered, and how many hits were unresolved,
+/// by reason.
+pub fn via_counts(
+    hits: &[serde_json::Value],
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, u64>,
+) {
+    let mut via = std::collections::BTreeMap::new();
+    let mut unresolved = std::collections::BTreeMap::new();
+    for h in hits {
+        let path = h["via"].as_str().unwrap_or("(none)").to_owned();
+        *via.entry(path).or_insert(0) += 1;
+        if let Some(why) = h["unresolved"].as_str() {
+            *unresolved.entry(why.to_owned()).or_insert(0) += 1;
+        }
+    }
+    (via, unresolved)
+}
+
+/// Checks the summary's resolver counters against the hit lines: every hit is counted once,
+/// as a fast-path answer or as one fallback; `fast_path`, `from_mirror`, `retained` and
+/// `replayed` equal the hits answered by that path, and the remaining fallbacks are the hits
+/// marked `rescan` (answered by a rescan, or not at all). Returns the resolver counters.
+pub fn assert_resolver_counters(
+    hits: &[serde_json::Value],
+    summary: &serde_json::Value,
+) -> serde_json::Value {
+    let r = summary["resolver"].clone();
+    let (via, _) = via_counts(hits);
+    let by = |path: &str| via.get(path).copied().unwrap_or(0);
+    let fallbacks: u64 = r
+        .as_object()
+        .expect("resolver counters")
+        .iter()
+        .filter(|(k, _)| k.starts_with("fallback_"))
+        .map(|(k, v)| v.as_u64().unwrap_or_else(|| panic!("{k} not a number")))
+        .sum();
+    let n = hits.len() as u64;
+    assert_eq!(
+        num(&r, "fast_path") + fallbacks,
+        n,
+        "fast_path + fallbacks != hits: {r}"
+    );
+    assert_eq!(num(&r, "fast_path"), by("fast"), "fast: {r} vs {via:?}");
+    assert_eq!(num(&r, "from_mirror"), by("mirror"), "mirror: {r} vs {via:?}");
+    assert_eq!(num(&r, "retained"), by("retained"), "retained: {r} vs {via:?}");
+    assert_eq!(num(&r, "replayed"), by("replayed"), "replayed: {r} vs {via:?}");
+    assert_eq!(
+        fallbacks - num(&r, "from_mirror") - num(&r, "retained") - num(&r, "replayed"),
+        by("rescan"),
+        "other fallbacks vs rescan hits: {r} vs {via:?}"
+    );
+    assert_eq!(
+        by("fast") + by("mirror") + by("retained") + by("replayed") + by("rescan"),
+        n,
+        "a hit with an unknown via: {via:?}"
+    );
+    r
+}
