@@ -1,0 +1,208 @@
+//! dlopen churn: a target alternately dlopens two libraries that land at the same address and
+//! calls the probed `churn_fn` in each; its argument says which library was really called.
+//! Every hit must be counted, resolved, and resolved to that library: the resolver answers
+//! from pictures replayed from the kernel's change reports, as of each hit's sequence.
+
+mod common;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use common::{PrivateDir, Probed, Target, num, parse_json, probe_summary};
+use serde_json::Value;
+
+/// The churn target and its two libraries, copied into a private directory.
+struct Churn {
+    dir: PrivateDir,
+    target: PathBuf,
+    /// Library 1 (`churn_fn(1)`) and library 2 (`churn_fn(2)`).
+    libs: [PathBuf; 2],
+}
+
+impl Churn {
+    fn new(name: &str) -> Self {
+        let dir = PrivateDir::new(name);
+        let target = dir.copy(
+            &build("churn_target.c", "churn_target", &["-O2", "-ldl"]),
+            "churn",
+        );
+        let libs = [1, 2].map(|which| {
+            let define = format!("-DWHICH={which}");
+            let flags = ["-O2", "-shared", "-fPIC", &define];
+            let built = build("churn_lib.c", &format!("churn_lib_{which}"), &flags);
+            dir.copy(&built, &format!("libchurn{which}.so"))
+        });
+        Self { dir, target, libs }
+    }
+
+    fn specs(&self) -> Vec<String> {
+        self.libs
+            .iter()
+            .map(|l| format!("uprobe:{}:churn_fn", l.display()))
+            .collect()
+    }
+
+    fn start_target(&self, rounds: u64) -> Target {
+        let libs = self
+            .libs
+            .each_ref()
+            .map(|l| l.to_str().expect("UTF-8 path"));
+        Target::start(&self.target, &[libs[0], libs[1], &rounds.to_string()])
+    }
+}
+
+/// Builds a fixture (cached) or panics with the compiler's message.
+fn build(source: &str, out: &str, flags: &[&str]) -> PathBuf {
+    probed::fixtures::build(source, out, flags).unwrap_or_else(|e| panic!("build {out}: {e}"))
+}
+
+/// Argument `i` of a hit.
+fn arg(hit: &Value, i: usize) -> u64 {
+    hit["args"][i]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no argument {i}: {hit}"))
+}
+
+/// What one churn run gave.
+struct Outcome {
+    hits: Vec<Value>,
+    resolver: Value,
+}
+
+/// Runs `rounds` churn rounds under probed (the target started after probed, or started
+/// before it and named with `--pid`), checks exact counts, no unresolved and no wrong hit,
+/// and reports the paths taken.
+fn run_churn(name: &str, rounds: u64, running_before: bool) -> Outcome {
+    let churn = Churn::new(name);
+    let specs = churn.specs();
+    let mut args: Vec<String> = vec!["trace".into()];
+    args.extend(specs.iter().cloned());
+    args.extend(["--format".into(), "json".into()]);
+    let (mut target, probed) = if running_before {
+        let target = churn.start_target(rounds);
+        args.extend(["--pid".into(), target.pid.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (target, Probed::start(&args))
+    } else {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let probed = Probed::start(&args);
+        (churn.start_target(rounds), probed)
+    };
+    let round = target.go();
+    let done: Vec<u64> = round
+        .iter()
+        .find_map(|l| l.strip_prefix("done "))
+        .expect("a done line")
+        .split_whitespace()
+        .map(|n| n.parse().expect("numeric"))
+        .collect();
+    let (calls, same_address) = (done[0], done[1]);
+    assert_eq!(calls, 2 * rounds, "{round:?}");
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{:?}", end.stderr);
+    let (hits, summary) = parse_json(&end.stdout);
+    let summary = summary.expect("a summary line");
+    common::assert_summary_adds_up(&summary);
+
+    // Exact counts: BPF counted every call, nothing was lost, every hit was printed.
+    for spec in &specs {
+        let p = probe_summary(&summary, spec);
+        assert_eq!(num(p, "hits"), rounds, "{p}");
+        assert_eq!(num(p, "lost"), 0, "{p}");
+        assert_eq!(num(p, "printed"), rounds, "{p}");
+    }
+    assert_eq!(hits.len() as u64, calls);
+
+    // Which library each hit resolved to, against the truth in its argument.
+    let mut wrong = Vec::new();
+    let mut addrs = BTreeMap::<String, u64>::new();
+    for h in &hits {
+        assert_eq!(num(h, "pid"), u64::from(target.pid), "{h}");
+        *addrs
+            .entry(h["addr"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+        if h.get("unresolved").is_some() {
+            continue;
+        }
+        let which = arg(h, 0);
+        let lib = &churn.libs[usize::try_from(which - 1).expect("which is 1 or 2")];
+        if h["module"] != lib.to_str().expect("UTF-8") || h["symbol"] != "churn_fn" {
+            wrong.push(h.clone());
+        }
+    }
+    let (via, unresolved) = common::via_counts(&hits);
+    let resolver = common::assert_resolver_counters(&hits, &summary);
+    eprintln!(
+        "{name}: {calls} calls, {same_address}/{rounds} rounds with both libraries at one \
+         address, {} distinct hit addresses; via {via:?}; unresolved {unresolved:?}; \
+         wrong {}; resolver {resolver}",
+        addrs.len(),
+        wrong.len()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} hits resolved to the wrong library, e.g. {}",
+        wrong.len(),
+        wrong[0]
+    );
+    assert!(
+        unresolved.is_empty(),
+        "unresolved hits {unresolved:?}; first: {}",
+        hits.iter()
+            .find(|h| h.get("unresolved").is_some())
+            .expect("one")
+    );
+    // The churn only means something if the libraries really took each other's place.
+    assert!(
+        same_address * 10 >= rounds * 9,
+        "only {same_address} of {rounds} rounds mapped both libraries at one address"
+    );
+    target.finish();
+    drop(churn.dir);
+    Outcome { hits, resolver }
+}
+
+/// Checks the design property of the counters in a churn run: hits are answered from pictures
+/// replayed from change reports (through the published mirror or the chain), almost never
+/// by a rescan of /proc.
+fn assert_replayed_not_rescanned(out: &Outcome) {
+    let n = out.hits.len() as u64;
+    let r = &out.resolver;
+    let replayed = num(r, "from_mirror") + num(r, "replayed") + num(r, "fast_path");
+    assert!(
+        replayed * 100 >= n * 99,
+        "only {replayed} of {n} hits answered without a rescan: {r}"
+    );
+    assert!(
+        num(r, "changes_replayed") >= n * 2,
+        "each round's dlopen/dlclose changes should have been replayed: {r}"
+    );
+    // Rescans also count the eager snapshot of every process exec'd on the host meanwhile
+    // (other tests run in parallel), so the bound is loose; the churn alone needs ~1.
+    assert!(num(r, "rescans") * 100 <= n, "too many rescans: {r}");
+}
+
+/// A target started after probed (so probed saw its exec) makes 50,000 dlopen rounds, 100,000
+/// probed calls alternating between two libraries at one address: every call is counted,
+/// every hit resolves, each to the library its argument names, and almost all through
+/// replayed pictures rather than rescans.
+#[test]
+fn churn_of_a_process_started_under_probed() {
+    if !common::require_bpf("churn_of_a_process_started_under_probed") {
+        return;
+    }
+    let out = run_churn("tc_churn_new", 50_000, false);
+    assert!(out.hits.len() >= 100_000);
+    assert_replayed_not_rescanned(&out);
+}
+
+/// The same with a target already running when probed starts and named with `--pid` (it maps
+/// neither library yet, and once it starts it never stops changing its mappings): 10,000
+/// rounds, every hit resolved to the right library.
+#[test]
+fn churn_of_a_process_running_before_probed() {
+    if !common::require_bpf("churn_of_a_process_running_before_probed") {
+        return;
+    }
+    let out = run_churn("tc_churn_old", 10_000, true);
+    assert_replayed_not_rescanned(&out);
+}
