@@ -68,16 +68,27 @@ struct Outcome {
     resolver: Value,
 }
 
-/// Runs `rounds` churn rounds under probed (the target started after probed, or started
-/// before it and named with `--pid`), checks exact counts, no unresolved and no wrong hit,
-/// and reports the paths taken.
-fn run_churn(name: &str, rounds: u64, running_before: bool) -> Outcome {
+/// How the target meets probed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Started after probed (probed sees its exec).
+    UnderProbed,
+    /// Started before probed, which is given `--pid`.
+    RunningBefore,
+    /// Started after probed, which is then stopped (SIGSTOP) until the target has made all
+    /// its calls and exited: every hit is resolved after its process is gone.
+    Held,
+}
+
+/// Runs `rounds` churn rounds under probed (see [`Mode`]), checks exact counts, no unresolved
+/// and no wrong hit, and reports the paths taken.
+fn run_churn(name: &str, rounds: u64, mode: Mode) -> Outcome {
     let churn = Churn::new(name);
     let specs = churn.specs();
     let mut args: Vec<String> = vec!["trace".into()];
     args.extend(specs.iter().cloned());
     args.extend(["--format".into(), "json".into()]);
-    let (mut target, probed) = if running_before {
+    let (mut target, probed) = if mode == Mode::RunningBefore {
         let target = churn.start_target(rounds);
         args.extend(["--pid".into(), target.pid.to_string()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -87,7 +98,19 @@ fn run_churn(name: &str, rounds: u64, running_before: bool) -> Outcome {
         let probed = Probed::start(&args);
         (churn.start_target(rounds), probed)
     };
+    let probed_pid = i32::try_from(probed.pid()).expect("pid fits i32");
+    if mode == Mode::Held {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        assert_eq!(unsafe { libc::kill(probed_pid, libc::SIGSTOP) }, 0);
+    }
     let round = target.go();
+    let target_pid = target.pid;
+    let mut target = Some(target);
+    if mode == Mode::Held {
+        target.take().expect("target").finish();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(probed_pid, libc::SIGCONT) }, 0);
+    }
     let done: Vec<u64> = round
         .iter()
         .find_map(|l| l.strip_prefix("done "))
@@ -116,7 +139,7 @@ fn run_churn(name: &str, rounds: u64, running_before: bool) -> Outcome {
     let mut wrong = Vec::new();
     let mut addrs = BTreeMap::<String, u64>::new();
     for h in &hits {
-        assert_eq!(num(h, "pid"), u64::from(target.pid), "{h}");
+        assert_eq!(num(h, "pid"), u64::from(target_pid), "{h}");
         *addrs
             .entry(h["addr"].as_str().unwrap_or("?").to_owned())
             .or_default() += 1;
@@ -156,7 +179,9 @@ fn run_churn(name: &str, rounds: u64, running_before: bool) -> Outcome {
         same_address * 10 >= rounds * 9,
         "only {same_address} of {rounds} rounds mapped both libraries at one address"
     );
-    target.finish();
+    if let Some(target) = target {
+        target.finish();
+    }
     drop(churn.dir);
     Outcome { hits, resolver }
 }
@@ -190,7 +215,7 @@ fn churn_of_a_process_started_under_probed() {
     if !common::require_bpf("churn_of_a_process_started_under_probed") {
         return;
     }
-    let out = run_churn("tc_churn_new", 50_000, false);
+    let out = run_churn("tc_churn_new", 50_000, Mode::UnderProbed);
     assert!(out.hits.len() >= 100_000);
     assert_replayed_not_rescanned(&out);
 }
@@ -203,6 +228,18 @@ fn churn_of_a_process_running_before_probed() {
     if !common::require_bpf("churn_of_a_process_running_before_probed") {
         return;
     }
-    let out = run_churn("tc_churn_old", 10_000, true);
+    let out = run_churn("tc_churn_old", 10_000, Mode::RunningBefore);
+    assert_replayed_not_rescanned(&out);
+}
+
+/// 500 rounds with probed stopped (SIGSTOP) from before the first call until the target has
+/// exited: every hit, resolved only after its process is gone, still resolves to the library
+/// its argument names, from the pictures replayed out of the queued change reports.
+#[test]
+fn churn_resolved_after_the_process_exited() {
+    if !common::require_bpf("churn_resolved_after_the_process_exited") {
+        return;
+    }
+    let out = run_churn("tc_churn_held", 500, Mode::Held);
     assert_replayed_not_rescanned(&out);
 }

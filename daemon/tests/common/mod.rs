@@ -810,9 +810,21 @@ pub fn assert_resolver_counters(
         "fast_path + fallbacks != hits: {r}"
     );
     assert_eq!(num(&r, "fast_path"), by("fast"), "fast: {r} vs {via:?}");
-    assert_eq!(num(&r, "from_mirror"), by("mirror"), "mirror: {r} vs {via:?}");
-    assert_eq!(num(&r, "retained"), by("retained"), "retained: {r} vs {via:?}");
-    assert_eq!(num(&r, "replayed"), by("replayed"), "replayed: {r} vs {via:?}");
+    assert_eq!(
+        num(&r, "from_mirror"),
+        by("mirror"),
+        "mirror: {r} vs {via:?}"
+    );
+    assert_eq!(
+        num(&r, "retained"),
+        by("retained"),
+        "retained: {r} vs {via:?}"
+    );
+    assert_eq!(
+        num(&r, "replayed"),
+        by("replayed"),
+        "replayed: {r} vs {via:?}"
+    );
     assert_eq!(
         fallbacks - num(&r, "from_mirror") - num(&r, "retained") - num(&r, "replayed"),
         by("rescan"),
