@@ -73,9 +73,19 @@ pub fn demo() -> anyhow::Result<()> {
     ensure(DEMO)
 }
 
-/// Installs what the tests need.
+/// Installs what the tests need, and mounts tracefs (bpftrace, which the tests compare
+/// with, needs it; probed mounts it itself when missing).
 pub fn tests() -> anyhow::Result<()> {
-    ensure(TESTS)
+    ensure(TESTS)?;
+    mount_tracefs()
+}
+
+fn mount_tracefs() -> anyhow::Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: mounting tracefs at /sys/kernel/tracing (bpftrace needs it)");
+    exec(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
 }
 
 fn ensure(needs: &[Need]) -> anyhow::Result<()> {
