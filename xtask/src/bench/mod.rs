@@ -2,6 +2,7 @@
 
 mod e2e;
 mod resolver;
+mod tracker;
 
 /// Which benchmark to run.
 #[derive(clap::Subcommand)]
@@ -10,6 +11,9 @@ pub enum Which {
     Resolver,
     /// probed vs bpftrace vs no probe on a C target's call loop → target/probed-bench/e2e.json.
     E2e,
+    /// mmap/munmap churn with and without probed tracking it, and the fast-path share of a
+    /// process with stable mappings → target/probed-bench/tracker.json.
+    Tracker,
 }
 
 /// Runs the chosen benchmark.
@@ -17,5 +21,6 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Resolver => resolver::run(),
         Which::E2e => e2e::run(),
+        Which::Tracker => tracker::run(),
     }
 }
