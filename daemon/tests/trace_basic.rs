@@ -341,3 +341,41 @@ fn several_probes_told_apart() {
     common::assert_summary_adds_up(&summary);
     target.finish();
 }
+
+/// Hits are written as they come, not held back until the run ends: with probed still
+/// running, the lines of 3 calls arrive on its stdout (a pipe) within 5 s.
+#[test]
+fn hits_are_printed_promptly() {
+    if !common::require_bpf("hits_are_printed_promptly") {
+        return;
+    }
+    const N: usize = 3;
+    let copy = TargetCopy::new("tb_prompt");
+    let mut target = Target::start(&copy.path, &[&N.to_string()]);
+    let spec = copy.spec("uprobe", "probed_add");
+    let probed = Probed::start(&["trace", &spec, "--format", "json"]);
+    target.go();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut early = Vec::new();
+    while early.len() < N {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match probed.lines.recv_timeout(left) {
+            Ok(line) => early.push(line),
+            Err(_) => break,
+        }
+    }
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    let (late_hits, _) = parse_json(&end.stdout);
+    assert_eq!(
+        early.len(),
+        N,
+        "only {} of {N} hit lines arrived while probed ran; {} more came out at exit \
+         (output is flushed only when the buffer fills or at the end)",
+        early.len(),
+        late_hits.len()
+    );
+    let (hits, _) = parse_json(&early);
+    assert!(hits.iter().all(|h| h["symbol"] == "probed_add"));
+    target.finish();
+}
