@@ -52,6 +52,10 @@ pub const CHANGE_OVERLAP: u32 = 1;
 pub const CHANGE_VMA: u32 = 2;
 /// `ChangeEvent::flags`: that mapping is backed by a file (`dev`, `ino`, `name` are set).
 pub const CHANGE_VMA_FILE: u32 = 4;
+/// `ChangeEvent::flags`: the kernel's mapping could not be read (`bpf_find_vma` only
+/// try-locks the address space and fails while another thread changes it), so the mapping
+/// was rebuilt from the mmap arguments and the file behind its descriptor.
+pub const CHANGE_VMA_FROM_ARGS: u32 = 8;
 
 /// Length of the file name carried by a [`ChangeEvent`] (the dentry's last component).
 pub const NAME_LEN: usize = 64;
@@ -117,6 +121,14 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     /// `task_struct.tgid`.
     pub task_tgid: u32,
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
     /// `mm_struct.start_code`.
     pub mm_start_code: u32,
     /// `mm_struct.start_brk`.
@@ -145,8 +157,6 @@ pub struct KernelOffsets {
     pub sb_dev: u32,
     /// `dentry.d_name.name`.
     pub dentry_name: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
 }
 
 /// Settings the daemon writes into the `TRACK_CONFIG` array before attaching.
@@ -329,9 +339,9 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<HitEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 * NAME_LEN + 24);
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 76);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
-const _: () = assert!(core::mem::size_of::<TrackConfig>() == 84);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 16);
 

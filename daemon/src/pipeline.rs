@@ -44,12 +44,15 @@ struct ProbeCounts {
     printed: u64,
     not_printed: u64,
     unresolved: BTreeMap<&'static str, u64>,
+    by_probe: BTreeMap<&'static str, u64>,
 }
 
 /// Resolves, symbolizes and writes hits.
 pub struct Pipeline<W: Write, S: SeqSource> {
     /// The run's probes, indexed by id.
     probes: Vec<Probe>,
+    /// Each probe's file as an absolute, canonical path (for hits answered by the probe).
+    probe_modules: Vec<String>,
     /// Per-probe counts, indexed by id.
     counts: Vec<ProbeCounts>,
     /// The output.
@@ -85,7 +88,17 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     ) -> Self {
         let stop = (limit == Some(0)).then_some(Stop::Count);
         let paths = Paths::from_probes(&probes);
+        let probe_modules = probes
+            .iter()
+            .map(|p| {
+                std::fs::canonicalize(&p.spec.path)
+                    .unwrap_or_else(|_| p.spec.path.clone())
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
         Self {
+            probe_modules,
             counts: vec![ProbeCounts::default(); probes.len()],
             probes,
             writer,
@@ -206,9 +219,15 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return false;
         }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
-        let (resolved, via) = self.resolve(proc, hit);
-        if let Err(reason) = &resolved {
-            *self.counts[id].unresolved.entry(reason).or_default() += 1;
+        let (mut resolved, mut via) = self.resolve(proc, hit);
+        if let Err(reason) = resolved {
+            // The kernel matched this hit to the probe's (inode, offset) when it fired, so the
+            // probe itself is an exact answer the resolver could not give (a hit in the
+            // middle of a mapping change, or of a process gone without a picture). Counted
+            // apart, by the resolver's reason, so the resolver's own record stays visible.
+            *self.counts[id].by_probe.entry(reason).or_default() += 1;
+            resolved = Ok(self.probe_location(id));
+            via = "probe";
         }
         let probe = &self.probes[id];
         let comm = comm_str(&hit.comm);
@@ -244,6 +263,25 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return false;
         }
         true
+    }
+
+    /// Where probe `id` is, from its SPEC and ELF file.
+    fn probe_location(&self, id: usize) -> Resolved {
+        let probe = &self.probes[id];
+        Resolved {
+            module: self.probe_modules[id].clone(),
+            symbol: probe
+                .target
+                .symbol
+                .as_ref()
+                .map(|s| s.demangled().to_owned()),
+            offset: probe
+                .target
+                .symbol
+                .as_ref()
+                .map(|_| probe.target.offset_in_symbol),
+            file_offset: probe.file_offset,
+        }
     }
 
     /// Address → mapping → symbol.
@@ -291,6 +329,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 lost: bpf.lost,
                 not_printed: counts.not_printed,
                 unresolved: counts.unresolved.clone(),
+                resolved_by_probe: counts.by_probe.clone(),
             });
         }
         let c = self.reader.resolver().counters();
@@ -315,6 +354,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         Ok(())
+    }
+
+    /// Flushes buffered hits to the output.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
     }
 
     /// Writes the summary and flushes the output.

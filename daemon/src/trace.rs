@@ -28,6 +28,9 @@ use crate::{
     track::{self, GenCheckedMaps},
 };
 
+/// How often the ring buffer is drained without a wake-up.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
 /// Why a trace run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EndedBy {
@@ -111,6 +114,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(deadline);
+    // Change reports do not wake the consumer (see ebpf maps::wakeup): drain them on a timer
+    // too, so pictures stay current and the ring never fills with them.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended_by = if pipeline.stopped().is_some() {
         EndedBy::Count
     } else {
@@ -118,6 +125,24 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             tokio::select! {
                 batch = stream.next_batch(|event| pipeline.handle_event(&event)) => {
                     batch.context("reading the hit ring buffer")?;
+                    // Hits are printed as they come, not when a buffer fills: someone is
+                    // watching, or a pipe reader is waiting.
+                    if pipeline.flush().is_err() {
+                        break EndedBy::OutputClosed;
+                    }
+                    match pipeline.stopped() {
+                        Some(Stop::Count) => break EndedBy::Count,
+                        Some(Stop::OutputClosed) => break EndedBy::OutputClosed,
+                        None => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    stream.drain(|event| {
+                        pipeline.handle_event(&event);
+                    });
+                    if pipeline.flush().is_err() {
+                        break EndedBy::OutputClosed;
+                    }
                     match pipeline.stopped() {
                         Some(Stop::Count) => break EndedBy::Count,
                         Some(Stop::OutputClosed) => break EndedBy::OutputClosed,

@@ -102,7 +102,9 @@ fn threads_changing_mappings_never_misresolve() {
     let mut wrong = Vec::new();
     for h in &hits {
         assert_eq!(num(h, "pid"), u64::from(target.pid), "{h}");
-        if h.get("unresolved").is_some() {
+        // Only the resolver's own answers are judged here; hits it could not answer are
+        // answered by their probe (`via: probe`) and counted in `via`.
+        if h.get("unresolved").is_some() || h["via"] == "probe" {
             continue;
         }
         let which = h["args"][0].as_u64().expect("argument 0");

@@ -57,6 +57,13 @@ pub fn read_vma(o: &KernelOffsets, vma: u64, out: &mut VmaInfo, name: &mut [u8; 
     out.pgoff = read_u64(vma, o.vma_pgoff);
     out.flags = read_u64(vma, o.vma_flags);
     let file = read_u64(vma, o.vma_file);
+    read_file(o, file, out, name)
+}
+
+/// Fills the file identity of `out` (and `name`) from the `struct file` at `file`; returns
+/// whether there is a file.
+#[inline(always)]
+pub fn read_file(o: &KernelOffsets, file: u64, out: &mut VmaInfo, name: &mut [u8; NAME_LEN]) -> bool {
     if file == 0 {
         out.dev = 0;
         out.ino = 0;
@@ -78,4 +85,20 @@ pub fn read_vma(o: &KernelOffsets, vma: u64, out: &mut VmaInfo, name: &mut [u8; 
         )
     };
     true
+}
+
+/// The `struct file` behind descriptor `fd` of the current task, or 0.
+#[inline(always)]
+pub fn file_of_fd(o: &KernelOffsets, fd: u64) -> u64 {
+    // SAFETY: bpf_get_current_task has no preconditions; the value is only an address read
+    // through bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    let files = read_u64(task, o.task_files);
+    let fdt = read_u64(files, o.files_fdt);
+    let max = read_u32(fdt, o.fdt_max_fds) as u64;
+    if fd >= max {
+        return 0;
+    }
+    let array = read_u64(fdt, o.fdt_fd);
+    read_u64(array, (fd * 8) as u32)
 }

@@ -36,6 +36,11 @@ pub struct InFlight {
     pub _reserved: u32,
     /// The arguments the exit reports (see `OP_*`).
     pub args: [u64; 4],
+    /// mmap only: the `struct file` behind the descriptor (0 if anonymous), and the
+    /// descriptor's offset argument, for rebuilding the mapping if `bpf_find_vma` fails.
+    pub file: u64,
+    /// mmap only: the offset argument, in bytes.
+    pub offset: u64,
 }
 
 /// Threads inside a mapping-changing syscall → what their entry recorded. An exit closes a
@@ -64,3 +69,36 @@ pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 /// first event reserved after it, whichever CPU it comes from.
 #[map(name = "LOST_REPORTS")]
 pub static LOST_REPORTS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Wake-up policy for the consumer of `EVENTS`.
+///
+/// Change and process reports do not wake the daemon (a wake-up per mmap would cost the
+/// traced process more than the report itself) unless the ring is an eighth full; the daemon
+/// also drains on a timer. A hit wakes it when reports are waiting before it, because the
+/// kernel's default (wake only if the consumer has caught up) would then leave it asleep.
+pub mod wakeup {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    use probed_common::RING_BYTES;
+
+    use super::EVENTS;
+
+    /// Flags for submitting a report.
+    #[inline(always)]
+    pub fn report() -> u64 {
+        if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > (RING_BYTES / 8) as u64 {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
+    }
+
+    /// Flags for submitting a hit (the query is made before reserving it).
+    #[inline(always)]
+    pub fn hit(pending: u64) -> u64 {
+        if pending > 0 {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            0
+        }
+    }
+}

@@ -23,14 +23,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probed_common::{
-    CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, ChangeEvent, EVENT_CHANGE, EVENT_PROC,
+    CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, EVENT_CHANGE, EVENT_PROC,
     KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER,
     PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
 };
 
 use crate::{
     kread,
-    maps::{EVENTS, INFLIGHT, InFlight, LOST_REPORTS, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS},
+    maps::{EVENTS, INFLIGHT, wakeup, InFlight, LOST_REPORTS, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS},
 };
 
 /// x86-64 syscall numbers of the tracked syscalls.
@@ -46,6 +46,14 @@ const NR_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
 /// Offset of `ret` in a syscalls:sys_exit_* record.
 const RET_OFFSET: usize = 16;
+
+/// mmap flags and the vm_flags they become.
+const MAP_SHARED: u64 = 0x01;
+const MAP_SHARED_VALIDATE: u64 = 0x03;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_HUGETLB: u64 = 0x4_0000;
+const VM_SHARED: u64 = 0x08;
+const VM_HUGETLB: u64 = 0x40_0000;
 
 /// `TRACK_ERRORS` indices.
 const ERR_INFLIGHT_FULL: u32 = 0;
@@ -162,6 +170,13 @@ pub fn syscall_enter(ctx: &TracePointContext) {
         }
         _ => (OP_OTHER, [0; 4]),
     };
+    // mmap of a file: remember the file now, while the descriptor surely holds it.
+    let (file, offset) = match (op, kread::offsets()) {
+        (OP_MMAP, Some(o)) if args[3] & MAP_ANONYMOUS == 0 => {
+            (kread::file_of_fd(o, arg(ctx, 4)), arg(ctx, 5))
+        }
+        _ => (0, 0),
+    };
     let flight = InFlight {
         slot: index,
         op,
@@ -169,6 +184,8 @@ pub fn syscall_enter(ctx: &TracePointContext) {
         overlap: u32::from(ends != ticket - 1),
         _reserved: 0,
         args,
+        file,
+        offset,
     };
     if INFLIGHT.insert(&tid, &flight, 0).is_err() {
         // Without the marker the exit cannot close the change, so the slot stays odd: the
@@ -251,10 +268,16 @@ pub fn syscall_exit(ctx: &TracePointContext) {
     };
     let mut found = new_vma_ctx();
     let ok = !(-4095..0).contains(&ret);
-    if ok && (flight.op == OP_MMAP || flight.op == OP_MREMAP) && find_vma_at(ret as u64, &mut found) {
-        flags |= CHANGE_VMA;
-        if found.file != 0 {
-            flags |= CHANGE_VMA_FILE;
+    if ok && (flight.op == OP_MMAP || flight.op == OP_MREMAP) {
+        if find_vma_at(ret as u64, &mut found) {
+            flags |= CHANGE_VMA;
+            if found.file != 0 {
+                flags |= CHANGE_VMA_FILE;
+            }
+        } else if flight.op == OP_MMAP
+            && let Some(o) = kread::offsets()
+        {
+            flags |= CHANGE_VMA | CHANGE_VMA_FROM_ARGS | mapping_from_args(o, &flight, ret as u64, &mut found);
         }
     }
     match EVENTS.reserve::<ChangeEvent>(0) {
@@ -277,7 +300,7 @@ pub fn syscall_exit(ctx: &TracePointContext) {
                 (&raw mut (*e).vma).write(found.vma);
                 (&raw mut (*e).name).write(found.name);
             }
-            entry.submit(0);
+            entry.submit(wakeup::report());
         }
         // The daemon sees the counter move and stops trusting replayed pictures.
         None => report_lost(),
@@ -285,6 +308,31 @@ pub fn syscall_exit(ctx: &TracePointContext) {
     // After the report: a hit that sees this change completed is reserved after it.
     // SAFETY: `s` points into a live map value.
     bump(unsafe { &raw mut (*s).ends });
+}
+
+/// Rebuilds an mmap's mapping from its arguments and the file behind its descriptor (when
+/// `bpf_find_vma` could not take the address-space lock); returns `CHANGE_VMA_FILE` if it is
+/// file-backed.
+#[inline(always)]
+fn mapping_from_args(o: &KernelOffsets, flight: &InFlight, addr: u64, out: &mut VmaCtx) -> u32 {
+    let [_, len, prot, mflags] = flight.args;
+    out.vma.start = addr;
+    out.vma.end = addr + ((len + 4095) & !4095);
+    out.vma.pgoff = flight.offset >> 12;
+    // PROT_READ/WRITE/EXEC are VM_READ/WRITE/EXEC; MAP_SHARED(_VALIDATE) is VM_SHARED.
+    let mut vm = prot & 7;
+    if mflags & 3 == MAP_SHARED || mflags & 3 == MAP_SHARED_VALIDATE {
+        vm |= VM_SHARED;
+    }
+    if mflags & MAP_HUGETLB != 0 {
+        vm |= VM_HUGETLB;
+    }
+    out.vma.flags = vm;
+    if kread::read_file(o, flight.file, &mut out.vma, &mut out.name) {
+        CHANGE_VMA_FILE
+    } else {
+        0
+    }
 }
 
 /// A whole-address-space event (exec, exit): one complete change; returns its ticket.
@@ -357,7 +405,7 @@ pub fn exec() {
             unsafe { (&raw mut (*e).flags).write(CHANGE_VMA) };
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup::report());
     finish_instant(s);
 }
 
@@ -443,7 +491,7 @@ pub fn exit(ctx: &TracePointContext) {
             (&raw mut (*e).exe_name).write([0; NAME_LEN]);
             (&raw mut (*e).entry_name).write([0; NAME_LEN]);
         }
-        entry.submit(0);
+        entry.submit(wakeup::report());
     } else {
         report_lost();
     }
@@ -482,7 +530,7 @@ pub fn fork(parent_task: u64, child_task: u64) {
             (&raw mut (*e).parent_gen).write(parent_gen);
             (&raw mut (*e).parent_seq).write(parent_seq);
         }
-        entry.submit(0);
+        entry.submit(wakeup::report());
     } else {
         report_lost();
     }

@@ -21,6 +21,9 @@ pub struct ProbeSummary {
     pub not_printed: u64,
     /// Hits whose address could not be resolved, by reason.
     pub unresolved: BTreeMap<&'static str, u64>,
+    /// Hits the resolver could not answer (by its reason) but the probe's own location did:
+    /// the kernel matched the hit to the probe's (inode, offset).
+    pub resolved_by_probe: BTreeMap<&'static str, u64>,
 }
 
 /// The whole run's summary.

@@ -65,7 +65,7 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
         "ID", "HITS", "PRINTED", "LOST", "NOT SHOWN", "PROBE"
     )?;
     for p in &s.probes {
-        let unresolved = if p.unresolved.is_empty() {
+        let mut unresolved = if p.unresolved.is_empty() {
             "0".to_string()
         } else {
             p.unresolved
@@ -74,6 +74,14 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        if !p.resolved_by_probe.is_empty() {
+            let by: Vec<String> = p
+                .resolved_by_probe
+                .iter()
+                .map(|(why, n)| format!("{why}={n}"))
+                .collect();
+            unresolved.push_str(&format!(" (answered by the probe: {})", by.join(" ")));
+        }
         writeln!(
             out,
             "{:>4} {:>10} {:>10} {:>8} {:>10}  {:<40} {unresolved}",

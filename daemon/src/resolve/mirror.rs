@@ -78,7 +78,17 @@ struct Locked {
     chain: Chain,
     /// Reused maps text buffer (a 7,000-line text is ≈ 600 KiB).
     buf: Vec<u8>,
+    /// Chain updates so far (bases and reports added).
+    updates: u64,
+    /// When the last rescan gave up because the address space kept changing, and the
+    /// number of chain updates then: another rescan is pointless until time passes or
+    /// something new is known, and a storm of them would starve the event consumer.
+    failed_scan: Option<(std::time::Instant, u64)>,
 }
+
+/// How long after a failed rescan the process is not rescanned again (unless the chain
+/// changed meanwhile).
+const RESCAN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub(crate) struct Mirror {
     pub(crate) proc: ProcKey,
@@ -100,6 +110,8 @@ impl Mirror {
             locked: Mutex::new(Locked {
                 chain: Chain::new(history),
                 buf: Vec::new(),
+                updates: 0,
+                failed_scan: None,
             }),
             alive: std::sync::atomic::AtomicBool::new(true),
             exited: std::sync::atomic::AtomicBool::new(false),
@@ -129,6 +141,7 @@ impl Mirror {
     pub(crate) fn add_base(&self, ticket: u64, snap: Snapshot) {
         let mut locked = lock(&self.locked);
         locked.chain.insert_base(ticket, Arc::new(snap));
+        locked.updates += 1;
         self.publish_newest(&locked);
     }
 
@@ -140,6 +153,7 @@ impl Mirror {
             Some(change) => locked.chain.insert_change(ticket, Arc::new(change)),
             None => locked.chain.poison(ticket),
         }
+        locked.updates += 1;
         self.publish_newest(&locked);
     }
 
@@ -234,7 +248,18 @@ impl Mirror {
         } else if self.has_exited() {
             return Err(Reason::ProcessGone);
         }
-        let snap = self.rescan(&mut locked, env, sink)?;
+        if let Some((at, updates)) = locked.failed_scan
+            && updates == locked.updates
+            && at.elapsed() < RESCAN_BACKOFF
+        {
+            return Err(Reason::SeqUnstable);
+        }
+        let scanned = self.rescan(&mut locked, env, sink);
+        locked.failed_scan = match &scanned {
+            Err(Reason::SeqUnstable) => Some((std::time::Instant::now(), locked.updates)),
+            _ => None,
+        };
+        let snap = scanned?;
         match at {
             Some(hit) if hit != snap.seq() => Err(Reason::NoSnapshotAtSeq),
             _ => Ok((snap, Via::Rescan)),

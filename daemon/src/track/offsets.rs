@@ -68,6 +68,10 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
         task_mm: u64_at("task_struct", &["mm"])?,
         task_pid: u32_at("task_struct", &["pid"])?,
         task_tgid: u32_at("task_struct", &["tgid"])?,
+        task_files: u64_at("task_struct", &["files"])?,
+        files_fdt: u64_at("files_struct", &["fdt"])?,
+        fdt_fd: u64_at("fdtable", &["fd"])?,
+        fdt_max_fds: u32_at("fdtable", &["max_fds"])?,
         mm_start_code: u64_at("mm_struct", &["start_code"])?,
         mm_start_brk: u64_at("mm_struct", &["start_brk"])?,
         mm_brk: u64_at("mm_struct", &["brk"])?,
@@ -82,7 +86,6 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
         inode_sb: u64_at("inode", &["i_sb"])?,
         sb_dev: u32_at("super_block", &["s_dev"])?,
         dentry_name: dentry_name + qstr_name,
-        _reserved: 0,
     })
 }
 

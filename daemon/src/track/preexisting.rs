@@ -10,8 +10,9 @@ use crate::{
     track::Generations,
 };
 
-/// Tracks every live process (or just `only`) whose maps show one of `files`; returns how
-/// many were tracked.
+/// Tracks every live process whose maps show one of `files` — or, with `only`, that process
+/// whatever it maps now (it may map a probed library later, and its changes must be
+/// replayed from the start) — and returns how many were tracked.
 pub fn track_mapping_processes<S: SeqSource>(
     files: &HashSet<FileId>,
     only: Option<u32>,
@@ -37,7 +38,7 @@ pub fn track_mapping_processes<S: SeqSource>(
         let maps_probed_file = maps::lines(&text).flatten().any(|line| {
             files.contains(&FileId::from_major_minor(line.major, line.minor, line.ino))
         });
-        if !maps_probed_file {
+        if only.is_none() && !maps_probed_file {
             continue;
         }
         let Some(generation) = generations.get_or_assign(pid) else {
