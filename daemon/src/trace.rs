@@ -28,8 +28,9 @@ use crate::{
     track::{self, GenCheckedMaps},
 };
 
-/// How often the ring buffer is drained without a wake-up.
-const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often the ring buffer is drained without a wake-up (BPF wakes the daemon only once
+/// 32 KiB of events wait: see ebpf maps::wakeup). Bounds how late a hit is printed.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Why a trace run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +68,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 
     let mut tracer = Tracer::load()?;
     for probe in &probes {
-        tracer.attach(&attach_request(probe), args.pid)?;
+        tracer
+            .attach(&attach_request(probe), args.pid)
+            .with_context(|| probe.spec.text.clone())?;
     }
     let (seq, generations) = tracer.take_tracker()?;
     let mut stream = EventStream::new(tracer.take_ring()?)?;
@@ -114,8 +117,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(deadline);
-    // Change reports do not wake the consumer (see ebpf maps::wakeup): drain them on a timer
-    // too, so pictures stay current and the ring never fills with them.
+    // Events do not wake the consumer one by one (see ebpf maps::wakeup): drain on a timer
+    // too.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended_by = if pipeline.stopped().is_some() {

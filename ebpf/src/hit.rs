@@ -52,7 +52,6 @@ fn record(
     // disabled for uprobe programs), so this is the only writer.
     unsafe { (*stats).hits += 1 };
 
-    let pending = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
     let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
         // SAFETY: as above.
         unsafe { (*stats).lost += 1 };
@@ -88,5 +87,5 @@ fn record(
         retval,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    entry.submit(crate::maps::wakeup::hit(pending));
+    entry.submit(crate::maps::wakeup::flags());
 }

@@ -72,33 +72,25 @@ pub static LOST_REPORTS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Wake-up policy for the consumer of `EVENTS`.
 ///
-/// Change and process reports do not wake the daemon (a wake-up per mmap would cost the
-/// traced process more than the report itself) unless the ring is an eighth full; the daemon
-/// also drains on a timer. A hit wakes it when reports are waiting before it, because the
-/// kernel's default (wake only if the consumer has caught up) would then leave it asleep.
+/// Nothing wakes the daemon per event: a wake-up (and the context switch it causes) per hit
+/// or per mmap would cost more than the event itself. Events are submitted without a
+/// wake-up until 32 KiB are waiting, then with a forced one; the daemon also drains the ring
+/// on a short timer, which bounds how late an event of a quiet probe is seen.
 pub mod wakeup {
     use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-    use probed_common::RING_BYTES;
 
     use super::EVENTS;
 
-    /// Flags for submitting a report.
+    /// Bytes waiting in the ring above which a submission wakes the daemon.
+    const WAKE_AT: u64 = 32 * 1024;
+
+    /// Flags for submitting an event.
     #[inline(always)]
-    pub fn report() -> u64 {
-        if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > (RING_BYTES / 8) as u64 {
+    pub fn flags() -> u64 {
+        if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
             BPF_RB_FORCE_WAKEUP as u64
         } else {
             BPF_RB_NO_WAKEUP as u64
-        }
-    }
-
-    /// Flags for submitting a hit (the query is made before reserving it).
-    #[inline(always)]
-    pub fn hit(pending: u64) -> u64 {
-        if pending > 0 {
-            BPF_RB_FORCE_WAKEUP as u64
-        } else {
-            0
         }
     }
 }

@@ -300,7 +300,7 @@ pub fn syscall_exit(ctx: &TracePointContext) {
                 (&raw mut (*e).vma).write(found.vma);
                 (&raw mut (*e).name).write(found.name);
             }
-            entry.submit(wakeup::report());
+            entry.submit(wakeup::flags());
         }
         // The daemon sees the counter move and stops trusting replayed pictures.
         None => report_lost(),
@@ -405,7 +405,7 @@ pub fn exec() {
             unsafe { (&raw mut (*e).flags).write(CHANGE_VMA) };
         }
     }
-    entry.submit(wakeup::report());
+    entry.submit(wakeup::flags());
     finish_instant(s);
 }
 
@@ -491,7 +491,7 @@ pub fn exit(ctx: &TracePointContext) {
             (&raw mut (*e).exe_name).write([0; NAME_LEN]);
             (&raw mut (*e).entry_name).write([0; NAME_LEN]);
         }
-        entry.submit(wakeup::report());
+        entry.submit(wakeup::flags());
     } else {
         report_lost();
     }
@@ -530,7 +530,7 @@ pub fn fork(parent_task: u64, child_task: u64) {
             (&raw mut (*e).parent_gen).write(parent_gen);
             (&raw mut (*e).parent_seq).write(parent_seq);
         }
-        entry.submit(wakeup::report());
+        entry.submit(wakeup::flags());
     } else {
         report_lost();
     }
