@@ -36,7 +36,6 @@ const PROC_GEN_MAP: &str = "PROC_GEN";
 /// Name of the tracker settings array.
 const TRACK_CONFIG_MAP: &str = "TRACK_CONFIG";
 /// Tracker programs: (program, tracepoint category, tracepoint names).
-const MM_ENTER_PROGRAM: &str = "probed_mm_enter";
 const MM_EXIT_PROGRAM: &str = "probed_mm_exit";
 const EXEC_PROGRAM: &str = "probed_exec";
 const EXIT_PROGRAM: &str = "probed_exit";
@@ -181,11 +180,8 @@ impl Tracer {
             .map_err(|e| AttachError::TrackConfig(Box::new(e)))?;
 
         let mut points: Vec<(&'static str, &'static str, String)> = Vec::new();
-        for syscall in tracepoints::SYSCALLS {
-            for (program, prefix) in [
-                (MM_ENTER_PROGRAM, "sys_enter_"),
-                (MM_EXIT_PROGRAM, "sys_exit_"),
-            ] {
+        for (syscall, enter) in tracepoints::SYSCALLS {
+            for (program, prefix) in [(enter, "sys_enter_"), (MM_EXIT_PROGRAM, "sys_exit_")] {
                 let name = format!("{prefix}{syscall}");
                 if tracepoints::exists("syscalls", &name) {
                     points.push((program, "syscalls", name));
@@ -196,12 +192,11 @@ impl Tracer {
         }
         points.push((EXEC_PROGRAM, "sched", "sched_process_exec".into()));
         points.push((EXIT_PROGRAM, "sched", "sched_process_exit".into()));
-        for name in [
-            MM_ENTER_PROGRAM,
+        for name in tracepoints::ENTER_PROGRAMS.into_iter().chain([
             MM_EXIT_PROGRAM,
             EXEC_PROGRAM,
             EXIT_PROGRAM,
-        ] {
+        ]) {
             self.tracepoint(name)?
                 .load()
                 .map_err(|source| AttachError::ProgramLoad {

@@ -17,6 +17,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
+use probed_common::{OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER};
 
 /// Every uprobe probed attaches runs this.
 #[uprobe]
@@ -32,10 +33,46 @@ pub fn probed_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Attached to syscalls:sys_enter_* of every syscall that can change mappings.
+/// Attached to syscalls:sys_enter_mmap.
 #[tracepoint]
-pub fn probed_mm_enter(ctx: TracePointContext) -> u32 {
-    track::syscall_enter(&ctx);
+pub fn probed_mmap_enter(ctx: TracePointContext) -> u32 {
+    track::syscall_enter(&ctx, OP_MMAP);
+    0
+}
+
+/// Attached to syscalls:sys_enter_munmap.
+#[tracepoint]
+pub fn probed_munmap_enter(ctx: TracePointContext) -> u32 {
+    track::syscall_enter(&ctx, OP_MUNMAP);
+    0
+}
+
+/// Attached to syscalls:sys_enter_mprotect and sys_enter_pkey_mprotect.
+#[tracepoint]
+pub fn probed_mprotect_enter(ctx: TracePointContext) -> u32 {
+    track::syscall_enter(&ctx, OP_MPROTECT);
+    0
+}
+
+/// Attached to syscalls:sys_enter_mremap.
+#[tracepoint]
+pub fn probed_mremap_enter(ctx: TracePointContext) -> u32 {
+    track::syscall_enter(&ctx, OP_MREMAP);
+    0
+}
+
+/// Attached to syscalls:sys_enter_brk.
+#[tracepoint]
+pub fn probed_brk_enter(ctx: TracePointContext) -> u32 {
+    track::syscall_enter(&ctx, OP_BRK);
+    0
+}
+
+/// Attached to syscalls:sys_enter_{shmat,shmdt,remap_file_pages}: changes that are not
+/// replayed (the daemon rescans).
+#[tracepoint]
+pub fn probed_other_enter(ctx: TracePointContext) -> u32 {
+    track::syscall_enter(&ctx, OP_OTHER);
     0
 }
 

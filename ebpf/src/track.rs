@@ -15,6 +15,7 @@ use core::{
 };
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
@@ -24,7 +25,7 @@ use aya_ebpf::{
 };
 use probed_common::{
     CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, EVENT_CHANGE, EVENT_PROC,
-    KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER,
+    KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP,
     PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
 };
 
@@ -33,16 +34,8 @@ use crate::{
     maps::{EVENTS, INFLIGHT, wakeup, InFlight, LOST_REPORTS, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS},
 };
 
-/// x86-64 syscall numbers of the tracked syscalls.
-const NR_MMAP: i32 = 9;
-const NR_MPROTECT: i32 = 10;
-const NR_MUNMAP: i32 = 11;
-const NR_BRK: i32 = 12;
-const NR_MREMAP: i32 = 25;
-const NR_PKEY_MPROTECT: i32 = 329;
 
-/// Offsets in a syscalls:sys_enter_* record: the syscall number, then six u64 arguments.
-const NR_OFFSET: usize = 8;
+/// Offset of the first u64 argument in a syscalls:sys_enter_* record.
 const ARGS_OFFSET: usize = 16;
 /// Offset of `ret` in a syscalls:sys_exit_* record.
 const RET_OFFSET: usize = 16;
@@ -51,6 +44,7 @@ const RET_OFFSET: usize = 16;
 const MAP_SHARED: u64 = 0x01;
 const MAP_SHARED_VALIDATE: u64 = 0x03;
 const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_EXEC: u64 = 0x4;
 const MAP_HUGETLB: u64 = 0x4_0000;
 const VM_SHARED: u64 = 0x08;
 const VM_HUGETLB: u64 = 0x40_0000;
@@ -138,17 +132,26 @@ pub fn generation(tgid: u32) -> u64 {
     unsafe { PROC_GEN.get(&tgid) }.copied().unwrap_or(fresh)
 }
 
+/// Reads a field of the tracepoint record directly (a context load the verifier bounds-
+/// checks), not through bpf_probe_read_kernel: a helper call per argument was a large part
+/// of the tracker's cost.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: syscalls:sys_enter_* records hold the syscall's u64 arguments from ARGS_OFFSET
+    // (callers read only as many as the syscall has); sys_exit_* records the return value at RET_OFFSET. The
+    // context stays valid for the whole program run.
+    unsafe { ctx.as_ptr().cast::<u8>().add(offset).cast::<T>().read() }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    // SAFETY: syscalls:sys_enter_* records hold six u64 arguments from ARGS_OFFSET; read_at
-    // copies with bpf_probe_read_kernel.
-    unsafe { ctx.read_at::<u64>(ARGS_OFFSET + 8 * i) }.unwrap_or(0)
+    field::<u64>(ctx, ARGS_OFFSET + 8 * i)
 }
 
 /// A mapping-changing syscall begins: make the slot odd, take a ticket, remember the
 /// arguments for the exit.
 #[inline(always)]
-pub fn syscall_enter(ctx: &TracePointContext) {
+pub fn syscall_enter(ctx: &TracePointContext, op: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let index = seq_slot(tgid);
@@ -157,24 +160,27 @@ pub fn syscall_enter(ctx: &TracePointContext) {
     let ticket = bump(unsafe { &raw mut (*s).begins });
     // SAFETY: as above.
     let ends = load(unsafe { &raw const (*s).ends });
-    // SAFETY: the record starts with the syscall number at NR_OFFSET.
-    let nr = unsafe { ctx.read_at::<i32>(NR_OFFSET) }.unwrap_or(-1);
-    let (op, args) = match nr {
-        NR_MMAP => (OP_MMAP, [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)]),
-        NR_MUNMAP => (OP_MUNMAP, [arg(ctx, 0), arg(ctx, 1), 0, 0]),
-        NR_MPROTECT | NR_PKEY_MPROTECT => (OP_MPROTECT, [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), 0]),
-        NR_MREMAP => (OP_MREMAP, [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)]),
-        NR_BRK => {
+    // Each op reads only the arguments its syscall has: the kernel refuses to attach a
+    // program that reads past the end of a tracepoint's record.
+    let args = match op {
+        OP_MMAP => [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)],
+        OP_MUNMAP => [arg(ctx, 0), arg(ctx, 1), 0, 0],
+        OP_MPROTECT => [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), 0],
+        OP_MREMAP => [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)],
+        OP_BRK => {
             let (old, start) = heap_bounds();
-            (OP_BRK, [arg(ctx, 0), old, start, 0])
+            [arg(ctx, 0), old, start, 0]
         }
-        _ => (OP_OTHER, [0; 4]),
+        _ => [0; 4],
     };
-    // mmap of a file: remember the file now, while the descriptor surely holds it.
+    // An executable mmap of a file: remember the file now, while the descriptor surely holds
+    // it, in case the exit cannot read the new mapping. Other mmaps need no file identity
+    // (the resolver keeps only executable file mappings).
     let (file, offset) = match (op, kread::offsets()) {
-        (OP_MMAP, Some(o)) if args[3] & MAP_ANONYMOUS == 0 => {
+        (OP_MMAP, Some(o)) if args[3] & MAP_ANONYMOUS == 0 && args[2] & PROT_EXEC != 0 => {
             (kread::file_of_fd(o, arg(ctx, 4)), arg(ctx, 5))
         }
+        (OP_MMAP, _) => (0, arg(ctx, 5)),
         _ => (0, 0),
     };
     let flight = InFlight {
@@ -257,8 +263,7 @@ pub fn syscall_exit(ctx: &TracePointContext) {
     let Some(s) = SEQS.get_ptr_mut(flight.slot) else {
         return;
     };
-    // SAFETY: the exit record holds the return value at RET_OFFSET.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    let ret = field::<i64>(ctx, RET_OFFSET);
     // SAFETY: `s` points into a live map value.
     let begins_now = load(unsafe { &raw const (*s).begins });
     let mut flags = if flight.overlap != 0 || begins_now != flight.ticket {
@@ -268,7 +273,16 @@ pub fn syscall_exit(ctx: &TracePointContext) {
     };
     let mut found = new_vma_ctx();
     let ok = !(-4095..0).contains(&ret);
-    if ok && (flight.op == OP_MMAP || flight.op == OP_MREMAP) {
+    // The kernel's own mapping is read (bpf_find_vma) only where its identity matters: an
+    // executable file mmap (exact even on overlayfs, where the descriptor's file is not the
+    // mapped one) and mremap (which has no descriptor). Anonymous and non-executable mmaps
+    // are described from their arguments: cheaper, and exact for what the resolver keeps.
+    let exec_file_mmap = flight.op == OP_MMAP
+        && flight.args[3] & MAP_ANONYMOUS == 0
+        && flight.args[2] & PROT_EXEC != 0;
+    if ok && flight.op == OP_MMAP && !exec_file_mmap {
+        flags |= CHANGE_VMA | CHANGE_VMA_FROM_ARGS | mapping_from_args(None, &flight, ret as u64, &mut found);
+    } else if ok && (flight.op == OP_MMAP || flight.op == OP_MREMAP) {
         if find_vma_at(ret as u64, &mut found) {
             flags |= CHANGE_VMA;
             if found.file != 0 {
@@ -277,7 +291,7 @@ pub fn syscall_exit(ctx: &TracePointContext) {
         } else if flight.op == OP_MMAP
             && let Some(o) = kread::offsets()
         {
-            flags |= CHANGE_VMA | CHANGE_VMA_FROM_ARGS | mapping_from_args(o, &flight, ret as u64, &mut found);
+            flags |= CHANGE_VMA | CHANGE_VMA_FROM_ARGS | mapping_from_args(Some(o), &flight, ret as u64, &mut found);
         }
     }
     match EVENTS.reserve::<ChangeEvent>(0) {
@@ -310,11 +324,11 @@ pub fn syscall_exit(ctx: &TracePointContext) {
     bump(unsafe { &raw mut (*s).ends });
 }
 
-/// Rebuilds an mmap's mapping from its arguments and the file behind its descriptor (when
-/// `bpf_find_vma` could not take the address-space lock); returns `CHANGE_VMA_FILE` if it is
-/// file-backed.
+/// Describes an mmap's mapping from its arguments and, if known, the file behind its
+/// descriptor; returns `CHANGE_VMA_FILE` if it is file-backed. A file mapping whose file was
+/// not read (not executable) is reported file-backed with dev = ino = 0.
 #[inline(always)]
-fn mapping_from_args(o: &KernelOffsets, flight: &InFlight, addr: u64, out: &mut VmaCtx) -> u32 {
+fn mapping_from_args(o: Option<&KernelOffsets>, flight: &InFlight, addr: u64, out: &mut VmaCtx) -> u32 {
     let [_, len, prot, mflags] = flight.args;
     out.vma.start = addr;
     out.vma.end = addr + ((len + 4095) & !4095);
@@ -328,11 +342,13 @@ fn mapping_from_args(o: &KernelOffsets, flight: &InFlight, addr: u64, out: &mut 
         vm |= VM_HUGETLB;
     }
     out.vma.flags = vm;
-    if kread::read_file(o, flight.file, &mut out.vma, &mut out.name) {
-        CHANGE_VMA_FILE
-    } else {
-        0
+    if mflags & MAP_ANONYMOUS != 0 {
+        return 0;
     }
+    if let Some(o) = o {
+        kread::read_file(o, flight.file, &mut out.vma, &mut out.name);
+    }
+    CHANGE_VMA_FILE
 }
 
 /// A whole-address-space event (exec, exit): one complete change; returns its ticket.

@@ -30,6 +30,11 @@ const VM_HUGETLB: u64 = 0x0040_0000;
 const ENOMEM: i64 = 12;
 /// Page size (x86-64).
 const PAGE: u64 = 4096;
+/// The identity given to a file mapping whose file BPF did not read.
+const UNREAD_FILE: FileId = FileId {
+    dev: 0,
+    ino: u64::MAX,
+};
 
 /// Finds a file's path by identity (from earlier scans, the probe table, or the process's
 /// /proc/PID/map_files while it lives).
@@ -84,6 +89,16 @@ fn mapping(
     paths: &dyn PathLookup,
 ) -> NewMapping {
     let file = has_file.then(|| {
+        if vma.ino == 0 {
+            // A non-executable file mapping: BPF does not read its file (the resolver keeps
+            // only executable file mappings; it is excluded as not executable, and made
+            // executable later it cannot be replayed: a rescan follows).
+            return MappedFile {
+                id: UNREAD_FILE,
+                path: Arc::from(Path::new("/(file not read)")),
+                deleted: false,
+            };
+        }
         let id = file_id(vma.dev, vma.ino);
         let path = paths
             .path_of(id, pid, vma.start, vma.end)

@@ -4,17 +4,29 @@ use std::path::Path;
 
 /// Syscalls that can change a process's file-backed executable mappings (or, for brk and
 /// anonymous mmap, the rest of its address space — tracked too, so that every reason the
-/// resolver gives is exact, not only its file answers). Each gets an enter and an exit hook.
-pub const SYSCALLS: [&str; 9] = [
-    "mmap",
-    "munmap",
-    "mremap",
-    "mprotect",
-    "pkey_mprotect",
-    "brk",
-    "shmat",
-    "shmdt",
-    "remap_file_pages",
+/// resolver gives is exact, not only its file answers), each with the BPF program for its
+/// entry (one per argument layout: the kernel refuses a program that reads past the end of
+/// a tracepoint record). Every exit goes to `probed_mm_exit`.
+pub const SYSCALLS: [(&str, &str); 9] = [
+    ("mmap", "probed_mmap_enter"),
+    ("munmap", "probed_munmap_enter"),
+    ("mremap", "probed_mremap_enter"),
+    ("mprotect", "probed_mprotect_enter"),
+    ("pkey_mprotect", "probed_mprotect_enter"),
+    ("brk", "probed_brk_enter"),
+    ("shmat", "probed_other_enter"),
+    ("shmdt", "probed_other_enter"),
+    ("remap_file_pages", "probed_other_enter"),
+];
+
+/// The entry programs named in [`SYSCALLS`], once each.
+pub const ENTER_PROGRAMS: [&str; 6] = [
+    "probed_mmap_enter",
+    "probed_munmap_enter",
+    "probed_mremap_enter",
+    "probed_mprotect_enter",
+    "probed_brk_enter",
+    "probed_other_enter",
 ];
 
 /// Where tracefs is normally mounted.
