@@ -57,6 +57,17 @@ pub const CHANGE_VMA_FILE: u32 = 4;
 /// was rebuilt from the mmap arguments and the file behind its descriptor.
 pub const CHANGE_VMA_FROM_ARGS: u32 = 8;
 
+/// A file as BPF sees it: the superblock's `s_dev` in the kernel's encoding
+/// (`major << 20 | minor`) and the inode number. Key of the `PROBED_FILES` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Kernel-encoded device.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
 /// Length of the file name carried by a [`ChangeEvent`] (the dentry's last component).
 pub const NAME_LEN: usize = 64;
 
@@ -333,6 +344,8 @@ mod pod {
     unsafe impl aya::Pod for super::TrackConfig {}
     // SAFETY: ChangeEvent is #[repr(C)], integers only, no padding (size asserted below).
     unsafe impl aya::Pod for super::ChangeEvent {}
+    // SAFETY: FileKey is #[repr(C)] with two u64 fields.
+    unsafe impl aya::Pod for super::FileKey {}
 }
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.

@@ -15,12 +15,14 @@ use aya::{
         uprobe::{UProbe, UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use probed_common::{MAX_PROBES, ProbeStats, TrackConfig};
+use probed_common::{FileKey, MAX_PROBES, ProbeStats, TrackConfig};
 
 use crate::{
-    bpf_object, privileges,
+    bpf_object,
+    file_id::FileId,
+    privileges,
     spec::ProbeKind,
-    track::{BpfSeq, Generations, tracepoints},
+    track::{BpfSeq, Generations, Tracked, tracepoints},
 };
 
 /// Name of the entry program in the BPF object.
@@ -35,6 +37,10 @@ const SEQS_MAP: &str = "SEQS";
 const PROC_GEN_MAP: &str = "PROC_GEN";
 /// Name of the tracker settings array.
 const TRACK_CONFIG_MAP: &str = "TRACK_CONFIG";
+/// Name of the set of tracked processes.
+const TRACKED_MAP: &str = "TRACKED";
+/// Name of the set of probed files.
+const PROBED_FILES_MAP: &str = "PROBED_FILES";
 /// Tracker programs: (program, tracepoint category, tracepoint names).
 const MM_EXIT_PROGRAM: &str = "probed_mm_exit";
 const EXEC_PROGRAM: &str = "probed_exec";
@@ -240,8 +246,33 @@ impl Tracer {
             .map_err(|_| AttachError::Program(name))
     }
 
-    /// Takes the change tracker's sequence array (mapped into memory) and generation map.
-    pub fn take_tracker(&mut self) -> Result<(BpfSeq, Generations), AttachError> {
+    /// Tells the change tracker which files are probed: a process that execs one, or maps
+    /// one executable, is tracked from then on.
+    pub fn watch_files(
+        &mut self,
+        files: impl IntoIterator<Item = FileId>,
+    ) -> Result<(), AttachError> {
+        let map = self
+            .ebpf
+            .map_mut(PROBED_FILES_MAP)
+            .ok_or(AttachError::Map(PROBED_FILES_MAP))?;
+        let mut set: aya::maps::HashMap<&mut MapData, FileKey, u32> =
+            aya::maps::HashMap::try_from(map).map_err(|_| AttachError::Map(PROBED_FILES_MAP))?;
+        for file in files {
+            // The kernel's dev_t encoding (major << 20 | minor), as BPF reads it from s_dev.
+            let key = FileKey {
+                dev: (u64::from(libc::major(file.dev)) << 20) | u64::from(libc::minor(file.dev)),
+                ino: file.ino,
+            };
+            set.insert(key, 1, 0)
+                .map_err(|e| AttachError::TrackConfig(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the change tracker's sequence array (mapped into memory), generation map and
+    /// set of tracked processes.
+    pub fn take_tracker(&mut self) -> Result<(BpfSeq, Generations, Tracked), AttachError> {
         let seqs = match self.ebpf.take_map(SEQS_MAP) {
             Some(aya::maps::Map::Array(data)) => data,
             _ => return Err(AttachError::Map(SEQS_MAP)),
@@ -250,9 +281,14 @@ impl Tracer {
             .ebpf
             .take_map(PROC_GEN_MAP)
             .ok_or(AttachError::Map(PROC_GEN_MAP))?;
+        let tracked = self
+            .ebpf
+            .take_map(TRACKED_MAP)
+            .ok_or(AttachError::Map(TRACKED_MAP))?;
         Ok((
             BpfSeq::new(seqs)?,
             Generations::new(gens).map_err(|_| AttachError::Map(PROC_GEN_MAP))?,
+            Tracked::new(tracked).map_err(|_| AttachError::Map(TRACKED_MAP))?,
         ))
     }
 

@@ -166,7 +166,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         match event.what {
             PROC_EXEC => {
                 if let Some(base) = changes::exec_base(event, &self.paths) {
-                    resolver.exec(proc, event.ticket, base);
+                    resolver.add_base(proc, event.ticket, base);
                 }
                 if let Err(err) = resolver.track(proc) {
                     tracing::debug!(%proc, error = %err, "eager snapshot after exec failed");
@@ -189,9 +189,21 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return;
         }
         let proc = ProcKey::new(event.pid, event.proc_gen);
-        let resolver = self.reader.resolver();
+        let resolver = self.reader.resolver().clone();
         if !resolver.is_tracked(proc) {
-            // Its first scan will include this change.
+            // BPF reports only processes it tracks: this one just started being tracked (it
+            // mapped a probed file). Start its pictures from what the report says (a partial
+            // base: nothing else is known yet, and the process may exit before a scan), then
+            // scan it for the rest.
+            if let Replay::Change(change) = changes::replay(event, &self.paths) {
+                let empty =
+                    Snapshot::partial(event.ticket.wrapping_mul(2).wrapping_sub(2), Vec::new());
+                resolver.add_base(proc, event.ticket.wrapping_sub(1), empty);
+                resolver.change(proc, event.ticket, Some(change));
+            }
+            if let Err(err) = resolver.track(proc) {
+                tracing::debug!(%proc, error = %err, "scan of a newly tracked process failed");
+            }
             return;
         }
         self.paths.current = resolver.snapshot(proc);

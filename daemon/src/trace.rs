@@ -72,7 +72,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             .attach(&attach_request(probe), args.pid)
             .with_context(|| probe.spec.text.clone())?;
     }
-    let (seq, generations) = tracer.take_tracker()?;
+    if args.pid.is_none() {
+        tracer.watch_files(probes.iter().map(|p| p.target.id))?;
+    }
+    let (seq, generations, tracked) = tracer.take_tracker()?;
     let mut stream = EventStream::new(tracer.take_ring()?)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -94,6 +97,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         &files,
         args.pid.map(NonZeroU32::get),
         &generations,
+        &tracked,
         &resolver,
     );
     tracing::debug!(

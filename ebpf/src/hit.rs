@@ -67,8 +67,11 @@ fn record(
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
     let ip = if ip == 0 { regs.rip } else { ip };
     let tgid = (pid_tgid >> 32) as u32;
-    // The lost-report count is read after the sequence: a hit whose sequence includes a
-    // change whose report was lost then also carries the increased count.
+    // A process is tracked from its first hit on (before its sequence is read, so that any
+    // change after the hit moves the sequence). The lost-report count is read after the
+    // sequence: a hit whose sequence includes a change whose report was lost then also
+    // carries the increased count.
+    track::track(tgid);
     let seq = track::read_seq(tgid);
     let lost_reports = track::lost_reports();
     entry.write(HitEvent {

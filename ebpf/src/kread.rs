@@ -60,6 +60,14 @@ pub fn read_vma(o: &KernelOffsets, vma: u64, out: &mut VmaInfo, name: &mut [u8; 
     read_file(o, file, out, name)
 }
 
+/// The identity (kernel dev, inode) of the `struct file` at `file`.
+#[inline(always)]
+pub fn file_identity(o: &KernelOffsets, file: u64) -> (u64, u64) {
+    let inode = read_u64(file, o.file_inode);
+    let sb = read_u64(inode, o.inode_sb);
+    (read_u32(sb, o.sb_dev) as u64, read_u64(inode, o.inode_ino))
+}
+
 /// Fills the file identity of `out` (and `name`) from the `struct file` at `file`; returns
 /// whether there is a file.
 #[inline(always)]

@@ -33,53 +33,34 @@ pub fn probed_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Attached to syscalls:sys_enter_mmap.
-#[tracepoint]
-pub fn probed_mmap_enter(ctx: TracePointContext) -> u32 {
-    track::syscall_enter(&ctx, OP_MMAP);
-    0
+/// The entry programs of the tracked syscalls, one per argument count: each reads only the
+/// arguments its syscall's tracepoint record holds (the kernel refuses to attach a program
+/// that may read past the end of the record). Syscall tracepoints, not fentry on the syscall
+/// functions: the machines probed runs on here have no BPF trampolines (no kfunc support).
+macro_rules! syscall_enter {
+    ($($name:ident: $op:expr, $nargs:literal, $doc:literal;)*) => {$(
+        #[doc = $doc]
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            track::syscall_enter(&track::tracepoint_args::<$nargs>(&ctx), $op);
+            0
+        }
+    )*};
 }
 
-/// Attached to syscalls:sys_enter_munmap.
-#[tracepoint]
-pub fn probed_munmap_enter(ctx: TracePointContext) -> u32 {
-    track::syscall_enter(&ctx, OP_MUNMAP);
-    0
+syscall_enter! {
+    probed_mmap_enter: OP_MMAP, 6, "Attached to syscalls:sys_enter_mmap.";
+    probed_munmap_enter: OP_MUNMAP, 2, "Attached to syscalls:sys_enter_munmap.";
+    probed_mprotect_enter: OP_MPROTECT, 3, "Attached to syscalls:sys_enter_{mprotect,pkey_mprotect}.";
+    probed_mremap_enter: OP_MREMAP, 4, "Attached to syscalls:sys_enter_mremap.";
+    probed_brk_enter: OP_BRK, 1, "Attached to syscalls:sys_enter_brk.";
+    probed_other_enter: OP_OTHER, 0, "Attached to syscalls:sys_enter_{shmat,shmdt,remap_file_pages}: changes that are not replayed (the daemon rescans).";
 }
 
-/// Attached to syscalls:sys_enter_mprotect and sys_enter_pkey_mprotect.
-#[tracepoint]
-pub fn probed_mprotect_enter(ctx: TracePointContext) -> u32 {
-    track::syscall_enter(&ctx, OP_MPROTECT);
-    0
-}
-
-/// Attached to syscalls:sys_enter_mremap.
-#[tracepoint]
-pub fn probed_mremap_enter(ctx: TracePointContext) -> u32 {
-    track::syscall_enter(&ctx, OP_MREMAP);
-    0
-}
-
-/// Attached to syscalls:sys_enter_brk.
-#[tracepoint]
-pub fn probed_brk_enter(ctx: TracePointContext) -> u32 {
-    track::syscall_enter(&ctx, OP_BRK);
-    0
-}
-
-/// Attached to syscalls:sys_enter_{shmat,shmdt,remap_file_pages}: changes that are not
-/// replayed (the daemon rescans).
-#[tracepoint]
-pub fn probed_other_enter(ctx: TracePointContext) -> u32 {
-    track::syscall_enter(&ctx, OP_OTHER);
-    0
-}
-
-/// Attached to the matching syscalls:sys_exit_*.
+/// Attached to every syscalls:sys_exit_* of the tracked syscalls.
 #[tracepoint]
 pub fn probed_mm_exit(ctx: TracePointContext) -> u32 {
-    track::syscall_exit(&ctx);
+    track::syscall_exit(track::tracepoint_ret(&ctx));
     0
 }
 

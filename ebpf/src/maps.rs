@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use probed_common::{MAX_PROBES, ProbeStats, RING_BYTES, SEQ_SLOTS, SeqSlot, TrackConfig};
+use probed_common::{
+    FileKey, MAX_PROBES, ProbeStats, RING_BYTES, SEQ_SLOTS, SeqSlot, TrackConfig,
+};
 
 /// Hit and process events, consumed by the daemon in one ordered stream.
 #[map(name = "EVENTS")]
@@ -94,3 +96,14 @@ pub mod wakeup {
         }
     }
 }
+
+/// Processes whose address-space changes are tracked (tgid → 1). Only these pay for change
+/// tracking; every other process's mmap costs one lookup here. A process is tracked from its
+/// first hit, from an exec of a probed file, from an executable mmap of a probed file, when
+/// forked by a tracked parent, or when the daemon says so (processes running at start).
+#[map(name = "TRACKED")]
+pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
+/// The files probes are attached to, written by the daemon before attaching.
+#[map(name = "PROBED_FILES")]
+pub static PROBED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(4096, 0);

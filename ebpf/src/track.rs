@@ -24,21 +24,20 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probed_common::{
-    CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, EVENT_CHANGE, EVENT_PROC,
+    CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, FileKey, EVENT_CHANGE, EVENT_PROC,
     KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP,
     PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
 };
 
 use crate::{
     kread,
-    maps::{EVENTS, INFLIGHT, wakeup, InFlight, LOST_REPORTS, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS},
+    maps::{
+        EVENTS, INFLIGHT, InFlight, LOST_REPORTS, PROBED_FILES, PROC_GEN, SEQS, TRACK_CONFIG,
+        TRACK_ERRORS, TRACKED, wakeup,
+    },
 };
 
 
-/// Offset of the first u64 argument in a syscalls:sys_enter_* record.
-const ARGS_OFFSET: usize = 16;
-/// Offset of `ret` in a syscalls:sys_exit_* record.
-const RET_OFFSET: usize = 16;
 
 /// mmap flags and the vm_flags they become.
 const MAP_SHARED: u64 = 0x01;
@@ -52,6 +51,37 @@ const VM_HUGETLB: u64 = 0x40_0000;
 /// `TRACK_ERRORS` indices.
 const ERR_INFLIGHT_FULL: u32 = 0;
 const ERR_CHANGE_LOST: u32 = 1;
+const ERR_TRACKED_FULL: u32 = 2;
+
+/// Whether `tgid`'s changes are tracked.
+#[inline(always)]
+pub fn is_tracked(tgid: u32) -> bool {
+    // SAFETY: only the presence of the key is used.
+    unsafe { TRACKED.get(&tgid) }.is_some()
+}
+
+/// Starts tracking `tgid` (no-op if it is).
+#[inline(always)]
+pub fn track(tgid: u32) {
+    if is_tracked(tgid) {
+        return;
+    }
+    // BPF_NOEXIST: another CPU may have just done it.
+    if TRACKED.insert(&tgid, &1, 1).is_err() && !is_tracked(tgid) {
+        count_error(ERR_TRACKED_FULL);
+    }
+}
+
+/// Whether the file behind `info` is one a probe is attached to.
+#[inline(always)]
+fn is_probed_file(info: &VmaInfo) -> bool {
+    let key = FileKey {
+        dev: info.dev,
+        ino: info.ino,
+    };
+    // SAFETY: only the presence of the key is used.
+    info.ino != 0 && unsafe { PROBED_FILES.get(&key) }.is_some()
+}
 
 /// The number of reports lost so far (see `ChangeEvent::lost_reports`).
 #[inline(always)]
@@ -132,28 +162,44 @@ pub fn generation(tgid: u32) -> u64 {
     unsafe { PROC_GEN.get(&tgid) }.copied().unwrap_or(fresh)
 }
 
-/// Reads a field of the tracepoint record directly (a context load the verifier bounds-
-/// checks), not through bpf_probe_read_kernel: a helper call per argument was a large part
-/// of the tracker's cost.
+/// Offset of the first u64 argument in a syscalls:sys_enter_* record.
+const ARGS_OFFSET: usize = 16;
+/// Offset of `ret` in a syscalls:sys_exit_* record.
+const RET_OFFSET: usize = 16;
+
+/// The first `N` arguments of a syscalls:sys_enter_* record (the rest zero), read directly
+/// from the record (context loads the verifier bounds-checks) rather than through
+/// bpf_probe_read_kernel: a helper call per argument was a large part of the tracker's cost.
 #[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: syscalls:sys_enter_* records hold the syscall's u64 arguments from ARGS_OFFSET
-    // (callers read only as many as the syscall has); sys_exit_* records the return value at RET_OFFSET. The
-    // context stays valid for the whole program run.
-    unsafe { ctx.as_ptr().cast::<u8>().add(offset).cast::<T>().read() }
+pub fn tracepoint_args<const N: usize>(ctx: &TracePointContext) -> [u64; 6] {
+    let mut args = [0u64; 6];
+    let base = ctx.as_ptr().cast::<u8>();
+    let mut i = 0;
+    while i < N && i < 6 {
+        // SAFETY: the record holds the syscall's N u64 arguments from ARGS_OFFSET and the
+        // context stays valid for the whole program run.
+        args[i] = unsafe { base.add(ARGS_OFFSET + 8 * i).cast::<u64>().read() };
+        i += 1;
+    }
+    args
 }
 
+/// The return value of a syscalls:sys_exit_* record.
 #[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    field::<u64>(ctx, ARGS_OFFSET + 8 * i)
+pub fn tracepoint_ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: every sys_exit record holds the return value at RET_OFFSET.
+    unsafe { ctx.as_ptr().cast::<u8>().add(RET_OFFSET).cast::<i64>().read() }
 }
 
 /// A mapping-changing syscall begins: make the slot odd, take a ticket, remember the
 /// arguments for the exit.
 #[inline(always)]
-pub fn syscall_enter(ctx: &TracePointContext, op: u32) {
+pub fn syscall_enter(a: &[u64; 6], op: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !is_tracked(tgid) && !(op == OP_MMAP && maps_probed_file(a)) {
+        return;
+    }
     let index = seq_slot(tgid);
     let Some(s) = slot(tgid) else { return };
     // SAFETY: `s` points into a live map value.
@@ -163,13 +209,12 @@ pub fn syscall_enter(ctx: &TracePointContext, op: u32) {
     // Each op reads only the arguments its syscall has: the kernel refuses to attach a
     // program that reads past the end of a tracepoint's record.
     let args = match op {
-        OP_MMAP => [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)],
-        OP_MUNMAP => [arg(ctx, 0), arg(ctx, 1), 0, 0],
-        OP_MPROTECT => [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), 0],
-        OP_MREMAP => [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)],
+        OP_MMAP | OP_MREMAP => [a[0], a[1], a[2], a[3]],
+        OP_MUNMAP => [a[0], a[1], 0, 0],
+        OP_MPROTECT => [a[0], a[1], a[2], 0],
         OP_BRK => {
             let (old, start) = heap_bounds();
-            [arg(ctx, 0), old, start, 0]
+            [a[0], old, start, 0]
         }
         _ => [0; 4],
     };
@@ -178,9 +223,9 @@ pub fn syscall_enter(ctx: &TracePointContext, op: u32) {
     // (the resolver keeps only executable file mappings).
     let (file, offset) = match (op, kread::offsets()) {
         (OP_MMAP, Some(o)) if args[3] & MAP_ANONYMOUS == 0 && args[2] & PROT_EXEC != 0 => {
-            (kread::file_of_fd(o, arg(ctx, 4)), arg(ctx, 5))
+            (kread::file_of_fd(o, a[4]), a[5])
         }
-        (OP_MMAP, _) => (0, arg(ctx, 5)),
+        (OP_MMAP, _) => (0, a[5]),
         _ => (0, 0),
     };
     let flight = InFlight {
@@ -199,6 +244,28 @@ pub fn syscall_enter(ctx: &TracePointContext, op: u32) {
         // snapshot. Counted so it is visible.
         count_error(ERR_INFLIGHT_FULL);
     }
+}
+
+/// Whether this mmap maps a probed file executable (a process that does so becomes tracked
+/// from this change on; the daemon scans it when it sees the report).
+#[inline(always)]
+fn maps_probed_file(a: &[u64; 6]) -> bool {
+    if a[3] & MAP_ANONYMOUS != 0 || a[2] & PROT_EXEC == 0 {
+        return false;
+    }
+    let Some(o) = kread::offsets() else { return false };
+    let file = kread::file_of_fd(o, a[4]);
+    if file == 0 {
+        return false;
+    }
+    let (dev, ino) = kread::file_identity(o, file);
+    // SAFETY: only the presence of the key is used.
+    if unsafe { PROBED_FILES.get(&FileKey { dev, ino }) }.is_none() {
+        return false;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    track(tgid);
+    true
 }
 
 /// The heap's current end and start (`mm->brk`, `mm->start_brk`), or zeros.
@@ -252,7 +319,7 @@ fn find_vma_at(addr: u64, out: &mut VmaCtx) -> bool {
 
 /// A mapping-changing syscall ends: report what changed, then close the change.
 #[inline(always)]
-pub fn syscall_exit(ctx: &TracePointContext) {
+pub fn syscall_exit(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // SAFETY: a plain struct copied out at once.
@@ -263,7 +330,6 @@ pub fn syscall_exit(ctx: &TracePointContext) {
     let Some(s) = SEQS.get_ptr_mut(flight.slot) else {
         return;
     };
-    let ret = field::<i64>(ctx, RET_OFFSET);
     // SAFETY: `s` points into a live map value.
     let begins_now = load(unsafe { &raw const (*s).begins });
     let mut flags = if flight.overlap != 0 || begins_now != flight.ticket {
@@ -379,50 +445,65 @@ pub fn exec() {
     // SAFETY: no preconditions.
     let fresh = unsafe { bpf_ktime_get_ns() };
     let _ = PROC_GEN.insert(&tgid, &fresh, 0);
+    let Some(o) = kread::offsets() else {
+        if is_tracked(tgid) {
+            let (s, ticket) = instant_change(tgid);
+            emit_exec(tgid, tid, fresh, ticket, None, None);
+            finish_instant(s);
+        }
+        return;
+    };
+    let (start_code, ip) = exec_addresses(o);
+    let mut exe = new_vma_ctx();
+    let have_exe = find_vma_at(start_code, &mut exe);
+    // A new program that is probed is tracked from its first instruction; a tracked process
+    // stays tracked across exec.
+    if have_exe && is_probed_file(&exe.vma) {
+        track(tgid);
+    }
+    if !is_tracked(tgid) {
+        return;
+    }
     let (s, ticket) = instant_change(tgid);
+    emit_exec(tgid, tid, fresh, ticket, have_exe.then_some(&exe), Some(ip));
+    finish_instant(s);
+}
+
+/// Reports an exec: the program's text mapping (`exe`) and the mapping holding `ip`.
+#[inline(always)]
+fn emit_exec(tgid: u32, tid: u32, proc_gen: u64, ticket: u64, exe: Option<&VmaCtx>, ip: Option<u64>) {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         report_lost();
-        finish_instant(s);
         return;
     };
     let e = entry.as_mut_ptr();
     // Fields are written in place: the event is too big for the 512-byte BPF stack.
     // SAFETY: `e` points to a reserved, writable ring buffer record of ProcEvent's size.
     unsafe {
-        write_proc_header(e, PROC_EXEC, tgid, tid, fresh, ticket);
+        write_proc_header(e, PROC_EXEC, tgid, tid, proc_gen, ticket);
         (&raw mut (*e).flags).write(0);
         (&raw mut (*e).exe).write(VmaInfo::default());
         (&raw mut (*e).entry).write(VmaInfo::default());
         (&raw mut (*e).exe_name).write([0; NAME_LEN]);
         (&raw mut (*e).entry_name).write([0; NAME_LEN]);
     }
-    if let Some(o) = kread::offsets() {
-        let (start_code, ip) = exec_addresses(o);
+    if let (Some(exe), Some(ip)) = (exe, ip) {
+        // SAFETY: as above.
+        unsafe {
+            (&raw mut (*e).exe).write(exe.vma);
+            (&raw mut (*e).exe_name).write(exe.name);
+        }
         let mut found = new_vma_ctx();
-        let mut both = false;
-        if find_vma_at(start_code, &mut found) {
+        if find_vma_at(ip, &mut found) {
             // SAFETY: as above.
             unsafe {
-                (&raw mut (*e).exe).write(found.vma);
-                (&raw mut (*e).exe_name).write(found.name);
+                (&raw mut (*e).entry).write(found.vma);
+                (&raw mut (*e).entry_name).write(found.name);
+                (&raw mut (*e).flags).write(CHANGE_VMA);
             }
-            found = new_vma_ctx();
-            if find_vma_at(ip, &mut found) {
-                // SAFETY: as above.
-                unsafe {
-                    (&raw mut (*e).entry).write(found.vma);
-                    (&raw mut (*e).entry_name).write(found.name);
-                }
-                both = true;
-            }
-        }
-        if both {
-            // SAFETY: as above.
-            unsafe { (&raw mut (*e).flags).write(CHANGE_VMA) };
         }
     }
     entry.submit(wakeup::flags());
-    finish_instant(s);
 }
 
 #[inline(always)]
@@ -492,9 +573,14 @@ pub fn exit(ctx: &TracePointContext) {
     }
     // SAFETY: a plain u64 copied out at once.
     let Some(gen_) = (unsafe { PROC_GEN.get(&tgid) }).copied() else {
+        let _ = TRACKED.remove(&tgid);
         return;
     };
     let _ = PROC_GEN.remove(&tgid);
+    if !is_tracked(tgid) {
+        return;
+    }
+    let _ = TRACKED.remove(&tgid);
     let (s, ticket) = instant_change(tgid);
     if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
         let e = entry.as_mut_ptr();
@@ -526,6 +612,10 @@ pub fn fork(parent_task: u64, child_task: u64) {
         return;
     }
     let parent_tgid = kread::read_u32(parent_task, o.task_tgid);
+    if !is_tracked(parent_tgid) {
+        return;
+    }
+    track(child_tgid);
     let parent_gen = generation(parent_tgid);
     let parent_seq = read_seq(parent_tgid);
     // SAFETY: no preconditions.

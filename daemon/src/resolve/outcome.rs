@@ -29,11 +29,14 @@ pub enum Reason {
     NoSnapshotAtSeq,
     /// /proc/PID/maps could not be read or parsed (details are logged).
     ScanFailed,
+    /// The process's tracking started late (at exec, or at its first mmap of a probed file)
+    /// and it exited before a scan: only the mappings seen since are known, not this one.
+    Unseen,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Unmapped,
         Reason::NotFileBacked,
         Reason::NotExecutable,
@@ -44,6 +47,7 @@ impl Reason {
         Reason::HitDuringChange,
         Reason::NoSnapshotAtSeq,
         Reason::ScanFailed,
+        Reason::Unseen,
     ];
 
     /// A stable snake_case name for output and metrics.
@@ -59,6 +63,7 @@ impl Reason {
             Reason::HitDuringChange => "hit_during_change",
             Reason::NoSnapshotAtSeq => "no_snapshot_at_seq",
             Reason::ScanFailed => "scan_failed",
+            Reason::Unseen => "unseen",
         }
     }
 

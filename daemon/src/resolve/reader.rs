@@ -292,6 +292,7 @@ fn answer<'s>(
                 Miss::Excluded(Excluded::NotFileBacked) => Reason::NotFileBacked,
                 Miss::Excluded(Excluded::NotExecutable) => Reason::NotExecutable,
                 Miss::Excluded(Excluded::Unsupported) => Reason::UnsupportedMapping,
+                Miss::Unseen => Reason::Unseen,
             };
             counters.bump_reason(reason);
             Err(reason)

@@ -206,7 +206,12 @@ pub fn apply(snap: &Snapshot, change: &Change, seq: u64) -> Result<Snapshot, Unk
             }
         }
     }
-    Ok(Snapshot::from_parts(seq, space.vmas, space.excluded))
+    Ok(Snapshot::from_parts(
+        seq,
+        space.vmas,
+        space.excluded,
+        snap.is_partial(),
+    ))
 }
 
 /// `Ok` if `[start, end)` is a range (possibly empty).

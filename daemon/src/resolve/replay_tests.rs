@@ -200,7 +200,7 @@ fn map_classifies() {
         let got = match seen(&after(&base(), map(0x40000, 0x41000, m)), 0x40000) {
             Ok(_) => Ok(()),
             Err(Miss::Excluded(why)) => Err(why),
-            Err(Miss::Unmapped) => panic!("{p} left nothing mapped"),
+            Err(Miss::Unmapped | Miss::Unseen) => panic!("{p} left nothing mapped"),
         };
         assert_eq!(got, expected, "{p} file={file:?} hugetlb={hugetlb}");
     }

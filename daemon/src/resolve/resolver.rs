@@ -132,9 +132,9 @@ impl<S: SeqSource> Resolver<S> {
         removed.is_some()
     }
 
-    /// Starts a process's pictures from the kernel's report at exec (a new address space):
-    /// `snap` is valid from change `ticket` until the process's next change.
-    pub fn exec(&self, proc: ProcKey, ticket: u64, snap: Snapshot) {
+    /// Adds a base picture of `proc` valid from change `ticket` (the kernel's report at exec,
+    /// or the partial picture of a process whose tracking starts now), tracking it if needed.
+    pub fn add_base(&self, proc: ProcKey, ticket: u64, snap: Snapshot) {
         let mirror = self.mirror(proc, true).expect("created when absent");
         mirror.add_base(ticket, snap);
     }

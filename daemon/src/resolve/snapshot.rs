@@ -21,6 +21,10 @@ pub struct Snapshot {
     /// Mappings that were left out, sorted, with the reason: consulted only when an address
     /// misses `vmas`, to say why it cannot be resolved.
     excluded: Box<[(u64, u64, Excluded)]>,
+    /// Only part of the address space is known (a process whose tracking started late: from
+    /// the kernel's report at exec, or at its first mmap of a probed file). Kept mappings are
+    /// exact; an address outside them may be mapped after all.
+    partial: bool,
 }
 
 /// Why an address has no kept mapping in a snapshot.
@@ -30,6 +34,8 @@ pub enum Miss {
     Unmapped,
     /// Something is mapped there, but not something the snapshot keeps.
     Excluded(Excluded),
+    /// The snapshot is partial and does not know what is there.
+    Unseen,
 }
 
 impl Snapshot {
@@ -42,7 +48,22 @@ impl Snapshot {
             seq,
             vmas: vmas.into_boxed_slice(),
             excluded: Box::new([]),
+            partial: false,
         }
+    }
+
+    /// A partial snapshot: exactly these mappings are known (see [`Snapshot::is_partial`]).
+    pub fn partial(seq: u64, vmas: Vec<Vma>) -> Self {
+        Self {
+            partial: true,
+            ..Self::from_vmas(seq, vmas)
+        }
+    }
+
+    /// Whether only part of the address space is known: a miss is then [`Miss::Unseen`]
+    /// rather than [`Miss::Unmapped`].
+    pub fn is_partial(&self) -> bool {
+        self.partial
     }
 
     /// A snapshot from lists already sorted and non-overlapping (what replaying a change
@@ -51,6 +72,7 @@ impl Snapshot {
         seq: u64,
         vmas: Vec<Vma>,
         excluded: Vec<(u64, u64, Excluded)>,
+        partial: bool,
     ) -> Self {
         debug_assert!(vmas.windows(2).all(|w| w[0].end <= w[1].start));
         debug_assert!(excluded.windows(2).all(|w| w[0].1 <= w[1].0));
@@ -58,6 +80,7 @@ impl Snapshot {
             seq,
             vmas: vmas.into_boxed_slice(),
             excluded: excluded.into_boxed_slice(),
+            partial,
         }
     }
 
@@ -101,6 +124,7 @@ impl Snapshot {
             seq,
             vmas: vmas.into_boxed_slice(),
             excluded: excluded.into_boxed_slice(),
+            partial: false,
         })
     }
 
@@ -111,6 +135,7 @@ impl Snapshot {
             seq,
             vmas: self.vmas.clone(),
             excluded: self.excluded.clone(),
+            partial: self.partial,
         }
     }
 
@@ -142,6 +167,7 @@ impl Snapshot {
         let i = self.excluded.partition_point(|e| e.1 <= addr);
         match self.excluded.get(i) {
             Some(&(start, _, why)) if start <= addr => Miss::Excluded(why),
+            _ if self.partial => Miss::Unseen,
             _ => Miss::Unmapped,
         }
     }
@@ -237,5 +263,21 @@ mod tests {
             assert_eq!(snap.lookup(a + 5).unwrap().file.ino, a);
         }
         assert!(snap.lookup(0x2000).is_none());
+    }
+
+    /// A partial snapshot answers for the mappings it knows and calls everything else unseen,
+    /// never unmapped; replayed changes keep it partial.
+    #[test]
+    fn partial_snapshot_misses_are_unseen() {
+        let full = Snapshot::parse(4, TEXT).unwrap();
+        let partial = Snapshot::partial(4, full.vmas().to_vec());
+        assert!(partial.is_partial() && !full.is_partial());
+        assert_eq!(
+            partial.lookup(0x55d0_c0a0_1000),
+            full.lookup(0x55d0_c0a0_1000)
+        );
+        assert_eq!(partial.miss(0x1000), Miss::Unseen);
+        assert_eq!(full.miss(0x1000), Miss::Unmapped);
+        assert!(partial.with_seq(6).is_partial());
     }
 }

@@ -180,8 +180,9 @@ pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup) -> Replay {
 /// The base picture the kernel reported at exec: the program's text and the mapping of its
 /// first instruction (the dynamic loader, or the program itself if static). Everything else
 /// of a fresh address space is anonymous or pseudo-files (stack, vdso, vvar), which the
-/// resolver does not keep; every later file mapping arrives as an mmap report. `None` if the
-/// report has no mappings (no BTF offsets).
+/// resolver does not keep; every later file mapping arrives as an mmap report. Partial: the
+/// rest (stack, vdso, the program's data) is not described, so a miss there is `unseen`.
+/// `None` if the report has no mappings (no BTF offsets).
 pub fn exec_base(ev: &ProcEvent, paths: &dyn PathLookup) -> Option<Snapshot> {
     if ev.flags & CHANGE_VMA == 0 {
         return None;
@@ -206,7 +207,7 @@ pub fn exec_base(ev: &ProcEvent, paths: &dyn PathLookup) -> Option<Snapshot> {
             path: file.path,
         });
     }
-    Some(Snapshot::from_vmas(ev.ticket.wrapping_mul(2), vmas))
+    Some(Snapshot::partial(ev.ticket.wrapping_mul(2), vmas))
 }
 
 #[cfg(test)]

@@ -56,3 +56,25 @@ impl Generations {
         self.get(pid)
     }
 }
+
+/// The BPF set of tracked processes (`TRACKED`): only their address-space changes are
+/// reported and sequenced.
+pub struct Tracked {
+    /// The map; behind a mutex because aya's insert takes `&mut`.
+    map: Mutex<HashMap<MapData, u32, u32>>,
+}
+
+impl Tracked {
+    /// Wraps the `TRACKED` map.
+    pub fn new(map: aya::maps::Map) -> Result<Self, GenMapError> {
+        Ok(Self {
+            map: Mutex::new(HashMap::try_from(map).map_err(|_| GenMapError)?),
+        })
+    }
+
+    /// Starts tracking `pid`'s changes; returns whether it is tracked now.
+    pub fn insert(&self, pid: u32) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(pid, 1, 0).is_ok() || map.get(&pid, 0).is_ok()
+    }
+}

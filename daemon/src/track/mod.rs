@@ -16,6 +16,6 @@ pub mod preexisting;
 mod seq;
 pub mod tracepoints;
 
-pub use generations::Generations;
+pub use generations::{Generations, Tracked};
 pub use maps_source::GenCheckedMaps;
 pub use seq::{BpfSeq, MapSeqError};

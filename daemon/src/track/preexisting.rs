@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use crate::{
     file_id::FileId,
     resolve::{ProcKey, Resolver, SeqSource, maps},
-    track::Generations,
+    track::{Generations, Tracked},
 };
 
 /// Tracks every live process whose maps show one of `files` — or, with `only`, that process
@@ -17,6 +17,7 @@ pub fn track_mapping_processes<S: SeqSource>(
     files: &HashSet<FileId>,
     only: Option<u32>,
     generations: &Generations,
+    tracked_set: &Tracked,
     resolver: &Resolver<S>,
 ) -> usize {
     let pids: Vec<u32> = match only {
@@ -44,6 +45,12 @@ pub fn track_mapping_processes<S: SeqSource>(
         let Some(generation) = generations.get_or_assign(pid) else {
             continue;
         };
+        // Tracked in BPF first, so that every change from here on moves its sequence and the
+        // scan below is validated against them.
+        if !tracked_set.insert(pid) {
+            tracing::warn!(pid, "cannot track a running process: the BPF set is full");
+            continue;
+        }
         match resolver.track(ProcKey::new(pid, generation)) {
             Ok(_) => tracked += 1,
             Err(err) => tracing::debug!(pid, error = %err, "could not track a running process"),
