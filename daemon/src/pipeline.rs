@@ -23,7 +23,7 @@ use crate::{
     file_id::FileId,
     output::{HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str},
     probes::Probe,
-    resolve::{ProcKey, Reader, Resolver, SeqSource, Snapshot},
+    resolve::{ProcKey, Reader, Resolver, SeqSource, SharedSnapshot, Snapshot},
     spec::ProbeKind,
     symbolize::Symbolizer,
     track::changes::{self, PathLookup, Replay},
@@ -384,7 +384,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 struct Paths {
     known: RefCell<HashMap<FileId, Arc<Path>>>,
     /// The newest picture of the process whose report is being replayed.
-    current: Option<Arc<Snapshot>>,
+    current: Option<SharedSnapshot>,
 }
 
 impl Paths {

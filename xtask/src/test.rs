@@ -9,7 +9,8 @@ use std::process::Command;
 use crate::{build_ebpf, exec::exec, paths, setup};
 
 /// Builds the BPF object, then runs every test of the workspace against a probed that
-/// embeds it.
+/// embeds it, then (for a full run, without a filter) the loom models of the resolver's
+/// sequence and snapshot publication.
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     setup::tests()?;
     build_ebpf::run()?;
@@ -19,5 +20,29 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .env("PROBED_REQUIRE_BPF", "1")
             .args(["test", "--workspace", "--release"])
             .args(extra),
+    )?;
+    if extra.is_empty() {
+        loom()?;
+    }
+    Ok(())
+}
+
+/// The loom models (daemon/src/resolve/loom_tests.rs): the same resolver code with loom's
+/// atomics and locks, every interleaving checked. A separate build (cfg probed_loom) in its
+/// own target directory.
+fn loom() -> anyhow::Result<()> {
+    exec(
+        Command::new(env!("CARGO"))
+            .current_dir(paths::root())
+            .env("RUSTFLAGS", "--cfg probed_loom")
+            .env("CARGO_TARGET_DIR", paths::root().join("target/loom"))
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "probed",
+                "--lib",
+                "resolve::loom",
+            ]),
     )
 }

@@ -64,5 +64,9 @@ pub use replay::{Change, MappedFile, NewMapping, Unknowable};
 pub use resolver::{Resolver, TrackError};
 pub use seq::{ChangeGuard, SeqError, SeqSource, UserSeq};
 pub use snapshot::{Miss, Snapshot};
+
+/// A shared snapshot as the resolver hands it out (`std::sync::Arc`, or loom's under the
+/// loom models).
+pub type SharedSnapshot = sync::Arc<Snapshot>;
 pub use source::{MapsSource, ProcMaps, ScanError};
 pub use vma::{Excluded, Perms, Vma};
