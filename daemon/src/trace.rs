@@ -23,7 +23,7 @@ use crate::{
     output::{Summary, Writer},
     pipeline::{Pipeline, Stop},
     probes::{self, Probe},
-    resolve::{Config, ProbeId, Resolver},
+    resolve::{Config, ProbeId, Resolver, SeqSource},
     symbolize::Symbolizer,
     track::{self, GenCheckedMaps},
 };
@@ -132,28 +132,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             tokio::select! {
                 batch = stream.next_batch(|event| pipeline.handle_event(&event)) => {
                     batch.context("reading the hit ring buffer")?;
-                    // Hits are printed as they come, not when a buffer fills: someone is
-                    // watching, or a pipe reader is waiting.
-                    if pipeline.flush().is_err() {
-                        break EndedBy::OutputClosed;
-                    }
-                    match pipeline.stopped() {
-                        Some(Stop::Count) => break EndedBy::Count,
-                        Some(Stop::OutputClosed) => break EndedBy::OutputClosed,
-                        None => {}
+                    if let Some(ended) = after_batch(&mut pipeline) {
+                        break ended;
                     }
                 }
                 _ = tick.tick() => {
                     stream.drain(|event| {
                         pipeline.handle_event(&event);
                     });
-                    if pipeline.flush().is_err() {
-                        break EndedBy::OutputClosed;
-                    }
-                    match pipeline.stopped() {
-                        Some(Stop::Count) => break EndedBy::Count,
-                        Some(Stop::OutputClosed) => break EndedBy::OutputClosed,
-                        None => {}
+                    if let Some(ended) = after_batch(&mut pipeline) {
+                        break ended;
                     }
                 }
                 _ = sigint.recv() => break EndedBy::Signal,
@@ -183,6 +171,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     pipeline.finish(&summary)?;
     drop(tracer);
     Ok(())
+}
+
+/// After a batch of events: flushes the hits (they are printed as they come, not when a
+/// buffer fills: someone is watching, or a pipe reader is waiting) and says whether the run
+/// is over.
+fn after_batch<W: Write, S: SeqSource>(pipeline: &mut Pipeline<W, S>) -> Option<EndedBy> {
+    if pipeline.flush().is_err() {
+        return Some(EndedBy::OutputClosed);
+    }
+    match pipeline.stopped()? {
+        Stop::Count => Some(EndedBy::Count),
+        Stop::OutputClosed => Some(EndedBy::OutputClosed),
+    }
 }
 
 fn attach_request(probe: &Probe) -> AttachRequest {

@@ -13,10 +13,11 @@
 //! attached (total from wait4's rusage minus the per-thread schedstat sum read just before
 //! the target starts), divided by the hits it printed; its start-up CPU is reported apart.
 
+use super::harness::{self, TOOL_TIMEOUT};
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     thread,
@@ -33,7 +34,6 @@ const ROUNDS: usize = 5;
 /// Seconds the target loops per run.
 const LOOP_SECS: f64 = 3.0;
 /// How long a tool may take to attach or to exit.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The traced function.
 const SYMBOL: &str = "probed_add";
 
@@ -112,7 +112,7 @@ pub fn run() -> Result<()> {
     exec::output(Command::new("bpftrace").arg("--version"))
         .context("bpftrace is needed as the peer (apt-get install bpftrace)")?;
     let probe_offset = symbol_file_offset(&target, SYMBOL)?;
-    let hits_file = hits_file();
+    let hits_file = harness::hits_file("e2e");
 
     let mut runs: Vec<(Mode, Run)> = Vec::new();
     for round in 0..ROUNDS {
@@ -146,17 +146,6 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Where probed writes its JSON lines: tmpfs when there is one, so the disk is not measured.
-fn hits_file() -> PathBuf {
-    let name = format!("probed-e2e-{}.jsonl", std::process::id());
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.join(name)
-    } else {
-        paths::bench_dir().join(name)
-    }
-}
-
 /// The target alone.
 fn run_none(target: &Path) -> Result<Run> {
     let mut t = LoopTarget::start(target)?;
@@ -180,12 +169,12 @@ fn run_probed(target: &Path, hits_file: &Path) -> Result<Run> {
         .stderr(Stdio::piped())
         .spawn()
         .context("start probed")?;
-    let stderr = lines(probed.stderr.take().context("probed stderr")?);
+    let stderr = harness::lines(probed.stderr.take().context("probed stderr")?);
     wait_for_line(&stderr, "probed: tracing", "probed")?;
-    let startup_cpu_ns = cpu_ns_so_far(probed.id())?;
+    let startup_cpu_ns = harness::cpu_ns_so_far(probed.id());
     let (calls, rate) = t.go()?;
     signal(probed.id(), libc::SIGINT)?;
-    let (status, total_cpu_ns) = wait_with_rusage(&mut probed)?;
+    let (status, total_cpu_ns) = harness::wait_with_rusage(&mut probed)?;
     ensure!(status == 0, "probed exited with wait status {status}");
 
     let file = File::open(hits_file).with_context(|| format!("open {}", hits_file.display()))?;
@@ -243,7 +232,7 @@ fn run_bpftrace(mode: Mode, target: &Path, probe_offset: u64, out_file: &Path) -
     }
     let (calls, rate) = t.go()?;
     signal(bpftrace.id(), libc::SIGINT)?;
-    let (status, _) = wait_with_rusage(&mut bpftrace)?;
+    let (status, _) = harness::wait_with_rusage(&mut bpftrace)?;
     ensure!(status == 0, "bpftrace exited with wait status {status}");
     let text = std::fs::read_to_string(out_file)?;
     let _ = std::fs::remove_file(out_file);
@@ -282,7 +271,7 @@ impl LoopTarget {
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let stdin = child.stdin.take();
-        let stdout = lines(child.stdout.take().context("target stdout")?);
+        let stdout = harness::lines(child.stdout.take().context("target stdout")?);
         let ready = stdout
             .recv_timeout(TOOL_TIMEOUT)
             .context("target says ready")?;
@@ -328,18 +317,6 @@ impl Drop for LoopTarget {
     }
 }
 
-fn lines(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str, who: &str) -> Result<()> {
     let deadline = Instant::now() + TOOL_TIMEOUT;
     loop {
@@ -361,50 +338,6 @@ fn signal(pid: u32, sig: i32) -> Result<()> {
         bail!("kill {pid}: {}", std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Waits for `child` (bounded) and returns its raw wait status and user+sys CPU in ns.
-fn wait_with_rusage(child: &mut Child) -> Result<(i32, u64)> {
-    let pid = i32::try_from(child.id())?;
-    let deadline = Instant::now() + TOOL_TIMEOUT;
-    let mut status = 0;
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: status and usage are valid, writable, and live for the call; the pid is
-        // our child, which std has not reaped (we never call its wait).
-        let got = unsafe { libc::wait4(pid, &raw mut status, libc::WNOHANG, &raw mut usage) };
-        if got == pid {
-            break;
-        }
-        ensure!(got == 0, "wait4: {}", std::io::Error::last_os_error());
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("pid {pid} did not exit within {TOOL_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    let ns = |t: libc::timeval| {
-        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(t.tv_usec).unwrap_or(0) * 1_000
-    };
-    Ok((status, ns(usage.ru_utime) + ns(usage.ru_stime)))
-}
-
-/// CPU time the live process `pid` has used so far, in ns: the sum of its threads'
-/// /proc/PID/task/TID/schedstat run times.
-fn cpu_ns_so_far(pid: u32) -> Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = task?.path().join("schedstat");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        total += text
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(total)
 }
 
 /// The first byte of the software breakpoint instruction (x86-64 int3; aarch64 brk #5).
@@ -461,21 +394,9 @@ fn text_byte(pid: u32, bin: &Path, file_offset: u64) -> Result<u8> {
     Ok(b[0])
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
-    }
-}
-
 fn report(runs: &[(Mode, Run)]) -> Value {
     let of = |mode: Mode| runs.iter().filter(move |(m, _)| *m == mode).map(|(_, r)| r);
-    let rate = |mode: Mode| median(of(mode).map(|r| r.rate).collect());
+    let rate = |mode: Mode| harness::median(of(mode).map(|r| r.rate).collect());
     let sum = |mode: Mode, f: fn(&Run) -> u64| of(mode).map(f).sum::<u64>();
     let (rate_none, rate_probed, rate_bpftrace) =
         (rate(Mode::None), rate(Mode::Probed), rate(Mode::Bpftrace));
@@ -488,12 +409,12 @@ fn report(runs: &[(Mode, Run)]) -> Value {
     let hits_bpftrace = sum(Mode::Bpftrace, |r| r.hits.unwrap_or(0));
     let calls_printf = sum(Mode::BpftracePrintf, |r| r.calls);
     let hits_printf = sum(Mode::BpftracePrintf, |r| r.hits.unwrap_or(0));
-    let cpu_per_event = median(
+    let cpu_per_event = harness::median(
         of(Mode::Probed)
             .filter_map(|r| Some(r.cpu_ns? as f64 / r.hits.filter(|h| *h > 0)? as f64))
             .collect(),
     );
-    let startup_ms = median(
+    let startup_ms = harness::median(
         of(Mode::Probed)
             .filter_map(|r| Some(r.startup_cpu_ns? as f64 / 1e6))
             .collect(),

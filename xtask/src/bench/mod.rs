@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: benchmark harnesses writing target/probed-bench/*.json.
 
 mod e2e;
+mod harness;
 mod resolver;
 mod tracker;
 

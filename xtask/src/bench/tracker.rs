@@ -21,13 +21,13 @@
 //! probed instances) running on the host attach the same system-wide syscall tracepoints and
 //! slow every mode down: their number is recorded in the report.
 
+use super::harness::{self, TOOL_TIMEOUT};
 use std::{
     fs::File,
-    io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
+    io::{BufRead, BufReader, Write},
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
-    thread,
     time::{Duration, Instant},
 };
 
@@ -44,7 +44,6 @@ const RUN_SECS: f64 = 3.0;
 const FAST_RUNS: usize = 2;
 const LOOP_SECS: f64 = 3.0;
 /// How long a tool may take to attach or to exit.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Goals (issue 4).
 const GOAL_RATIO: f64 = 1.10;
 const GOAL_FAST_SHARE: f64 = 0.99;
@@ -95,7 +94,7 @@ pub fn run() -> Result<()> {
             "tracker: warning: {others} other probed/bpftrace process(es) running; they slow every mode"
         );
     }
-    let hits_file = hits_file();
+    let hits_file = harness::hits_file("tracker");
 
     let mut runs = Vec::new();
     for round in 0..ROUNDS {
@@ -130,17 +129,6 @@ pub fn run() -> Result<()> {
     print_table(&report);
     println!("\nwrote {}", out.display());
     Ok(())
-}
-
-/// Where probed writes its JSON lines: tmpfs when there is one, so the disk is not measured.
-fn hits_file() -> PathBuf {
-    let name = format!("probed-tracker-{}.jsonl", std::process::id());
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.join(name)
-    } else {
-        paths::bench_dir().join(name)
-    }
 }
 
 /// Running probed or bpftrace processes other than ours (they attach tracepoints too).
@@ -242,7 +230,7 @@ impl Waiting {
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let stdin = child.stdin.take();
-        let stdout = lines(child.stdout.take().context("stdout")?);
+        let stdout = harness::lines(child.stdout.take().context("stdout")?);
         let ready = stdout.recv_timeout(TOOL_TIMEOUT).context("ready line")?;
         ensure!(ready.starts_with("ready "), "unexpected line: {ready}");
         Ok(Self {
@@ -292,7 +280,7 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .context("start probed")?;
-        let stderr = lines(child.stderr.take().context("probed stderr")?);
+        let stderr = harness::lines(child.stderr.take().context("probed stderr")?);
         let deadline = Instant::now() + TOOL_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -304,7 +292,7 @@ impl Tracer {
             }
             eprintln!("probed: {line}");
         }
-        let startup_cpu_ns = cpu_ns_so_far(child.id());
+        let startup_cpu_ns = harness::cpu_ns_so_far(child.id());
         Ok(Self {
             child,
             startup_cpu_ns,
@@ -317,7 +305,7 @@ impl Tracer {
         // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
         let rc = unsafe { libc::kill(pid, libc::SIGINT) };
         ensure!(rc == 0, "kill probed: {}", std::io::Error::last_os_error());
-        let (status, cpu_ns) = wait_with_rusage(&mut self.child)?;
+        let (status, cpu_ns) = harness::wait_with_rusage(&mut self.child)?;
         ensure!(status == 0, "probed exited with wait status {status}");
         let file =
             File::open(hits_file).with_context(|| format!("open {}", hits_file.display()))?;
@@ -345,73 +333,9 @@ impl Drop for Tracer {
     }
 }
 
-fn lines(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for `child` (bounded) and returns its raw wait status and user+sys CPU in ns.
-fn wait_with_rusage(child: &mut Child) -> Result<(i32, u64)> {
-    let pid = i32::try_from(child.id())?;
-    let deadline = Instant::now() + TOOL_TIMEOUT;
-    let mut status = 0;
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: status and usage are valid, writable, and live for the call; the pid is
-        // our child, which std has not reaped (we never call its wait).
-        let got = unsafe { libc::wait4(pid, &raw mut status, libc::WNOHANG, &raw mut usage) };
-        if got == pid {
-            break;
-        }
-        ensure!(got == 0, "wait4: {}", std::io::Error::last_os_error());
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("pid {pid} did not exit within {TOOL_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    let ns = |t: libc::timeval| {
-        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(t.tv_usec).unwrap_or(0) * 1_000
-    };
-    Ok((status, ns(usage.ru_utime) + ns(usage.ru_stime)))
-}
-
-/// CPU time the live process `pid` has used so far, in ns (sum of its threads' schedstat).
-fn cpu_ns_so_far(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
-    }
-}
-
 fn report(runs: &[Run], fast_runs: &[Value], others: usize) -> Result<Value> {
     let rate = |tracked: bool| {
-        median(
+        harness::median(
             runs.iter()
                 .filter(|r| r.tracked == tracked)
                 .map(|r| r.rate)
@@ -448,7 +372,7 @@ fn report(runs: &[Run], fast_runs: &[Value], others: usize) -> Result<Value> {
         })
         .flat_map(|m| m.into_iter().filter_map(|(_, v)| v.as_u64()))
         .sum();
-    let daemon_cpu_share = median(
+    let daemon_cpu_share = harness::median(
         tracked
             .iter()
             .filter_map(|r| Some(r.daemon_cpu_ns? as f64 / (RUN_SECS * 1e9)))
