@@ -263,6 +263,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             retval: is_return.then_some(hit.retval),
             ret_addr: is_return.then_some(hit.ret_addr),
             seq: hit.seq,
+            stack: None,
         };
         if self.writer.hit(&record).is_err() {
             self.stop = Some(Stop::OutputClosed);

@@ -31,6 +31,8 @@ struct HitLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     ret_addr: Option<String>,
     seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a [super::record::Frame]>,
 }
 
 /// Writes one hit as a JSON line.
@@ -56,6 +58,7 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
         retval: hit.retval,
         ret_addr: hit.ret_addr.map(|a| format!("{a:#x}")),
         seq: hit.seq,
+        stack: hit.stack.as_deref(),
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -101,6 +104,7 @@ mod tests {
             retval: None,
             ret_addr: None,
             seq: 0,
+            stack: None,
         }
     }
 

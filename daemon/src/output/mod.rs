@@ -7,7 +7,7 @@ pub mod text;
 
 use std::io::{self, Write};
 
-pub use record::{HitRecord, Resolved};
+pub use record::{Frame, HitRecord, Resolved};
 pub use summary::{ProbeSummary, Summary};
 
 /// The output formats of `probed trace`.

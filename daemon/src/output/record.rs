@@ -17,6 +17,28 @@ pub struct Resolved {
     pub file_offset: u64,
 }
 
+/// One frame of a user stack, innermost first, resolved as far as it could be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// The frame's address (the probed instruction for the innermost frame of an entry
+    /// probe, a return address for the others).
+    #[serde(serialize_with = "hex")]
+    pub addr: u64,
+    /// Absolute path of the mapped file, if resolved.
+    pub module: Option<String>,
+    /// The symbol containing the frame (demangled), if one does.
+    pub symbol: Option<String>,
+    /// Bytes from the symbol's start to the frame's address.
+    pub offset: Option<u64>,
+    /// Why the frame could not be resolved (resolver or symbolizer reason), if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<&'static str>,
+}
+
+fn hex<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{addr:#x}"))
+}
+
 /// A hit ready for output. Borrowed parts come from the probe table and the event.
 #[derive(Clone, Debug)]
 pub struct HitRecord<'a> {
@@ -48,6 +70,8 @@ pub struct HitRecord<'a> {
     pub ret_addr: Option<u64>,
     /// The process's address-space change sequence at hit time.
     pub seq: u64,
+    /// The user stack, innermost first, if the probe captures stacks.
+    pub stack: Option<Vec<Frame>>,
 }
 
 /// The `comm` bytes of a hit as text (up to the first NUL, lossy UTF-8).

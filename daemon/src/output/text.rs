@@ -123,6 +123,7 @@ mod tests {
             retval: None,
             ret_addr: None,
             seq: 0,
+            stack: None,
         };
         let mut buf = Vec::new();
         write_hit(&mut buf, &hit).unwrap();
