@@ -30,6 +30,14 @@ pub const EVENT_PROC: u32 = 2;
 
 /// First field of every ring buffer item: a [`ChangeEvent`].
 pub const EVENT_CHANGE: u32 = 3;
+/// First field of every ring buffer item: a [`StackHitEvent`] (a hit with its user stack).
+pub const EVENT_STACK_HIT: u32 = 4;
+
+/// Most user stack frames captured per hit (what `bpf_get_stack` can return).
+pub const MAX_FRAMES: usize = 127;
+
+/// `PROBE_FLAGS` bit: capture the user stack with each hit of this probe.
+pub const PROBE_FLAG_STACK: u32 = 1;
 
 /// `ChangeEvent::op`: mmap; `args` = [addr, len, prot, flags].
 pub const OP_MMAP: u32 = 1;
@@ -274,6 +282,21 @@ pub struct HitEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A hit with the user stack at the hit, innermost frame first (frame-pointer walk).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackHitEvent {
+    /// The hit; its `event` is [`EVENT_STACK_HIT`].
+    pub hit: HitEvent,
+    /// Valid entries of `frames`.
+    pub nframes: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Frame addresses: the probed instruction (entry probes) or the return address
+    /// (return probes), then each caller's return address.
+    pub frames: [u64; MAX_FRAMES],
+}
+
 /// A process lifecycle event: exec or exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,6 +369,8 @@ mod pod {
     unsafe impl aya::Pod for super::ChangeEvent {}
     // SAFETY: FileKey is #[repr(C)] with two u64 fields.
     unsafe impl aya::Pod for super::FileKey {}
+    // SAFETY: StackHitEvent is #[repr(C)], integers only, no padding (size asserted below).
+    unsafe impl aya::Pod for super::StackHitEvent {}
 }
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.
@@ -354,6 +379,7 @@ const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 *
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 136 + 8 + 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 16);

@@ -41,6 +41,8 @@ const TRACK_CONFIG_MAP: &str = "TRACK_CONFIG";
 const TRACKED_MAP: &str = "TRACKED";
 /// Name of the set of probed files.
 const PROBED_FILES_MAP: &str = "PROBED_FILES";
+/// Name of the per-probe flags array.
+const PROBE_FLAGS_MAP: &str = "PROBE_FLAGS";
 /// Tracker programs: (program, tracepoint category, tracepoint names).
 const MM_EXIT_PROGRAM: &str = "probed_mm_exit";
 const EXEC_PROGRAM: &str = "probed_exec";
@@ -327,6 +329,22 @@ impl Tracer {
                 })?;
         self.links.insert(req.id, (req.kind, link));
         Ok(())
+    }
+
+    /// Sets a probe's flags (`PROBE_FLAG_*`) before it is attached.
+    pub fn set_probe_flags(&mut self, id: u32, flags: u32) -> Result<(), AttachError> {
+        if id >= MAX_PROBES {
+            return Err(AttachError::TooManyProbes(id));
+        }
+        let map = self
+            .ebpf
+            .map_mut(PROBE_FLAGS_MAP)
+            .ok_or(AttachError::Map(PROBE_FLAGS_MAP))?;
+        let mut array: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|_| AttachError::Map(PROBE_FLAGS_MAP))?;
+        array
+            .set(id, flags, 0)
+            .map_err(|e| AttachError::TrackConfig(Box::new(e)))
     }
 
     /// Detaches one probe; returns whether it was attached.

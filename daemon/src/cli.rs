@@ -25,6 +25,10 @@ pub struct TraceArgs {
     /// Stop after this many hits have been printed.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Capture the user stack with every hit (frame-pointer walk, up to 127 frames), each
+    /// frame resolved to module, symbol and offset.
+    #[arg(long)]
+    pub stack: bool,
     /// Write output to this file instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -8,11 +8,14 @@
 use std::{io, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
-use probed_common::{ChangeEvent, EVENT_CHANGE, EVENT_HIT, EVENT_PROC, HitEvent, ProcEvent};
+use probed_common::{
+    ChangeEvent, EVENT_CHANGE, EVENT_HIT, EVENT_PROC, EVENT_STACK_HIT, HitEvent, ProcEvent,
+    StackHitEvent,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// One item of the event ring buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A probe fired.
     Hit(HitEvent),
@@ -20,6 +23,8 @@ pub enum Event {
     Proc(ProcEvent),
     /// A mapping-changing syscall finished.
     Change(ChangeEvent),
+    /// A probe that captures stacks fired (boxed: a kilobyte of frames).
+    Stack(Box<StackHitEvent>),
 }
 
 /// Decodes one ring buffer item by its leading type word. Unknown types and items shorter
@@ -30,6 +35,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_HIT => read::<HitEvent>(bytes).map(Event::Hit),
         EVENT_PROC => read::<ProcEvent>(bytes).map(Event::Proc),
         EVENT_CHANGE => read::<ChangeEvent>(bytes).map(Event::Change),
+        EVENT_STACK_HIT => read::<StackHitEvent>(bytes).map(|e| Event::Stack(Box::new(e))),
         _ => None,
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     elf::FileSource,
     events::Event,
     file_id::FileId,
-    output::{HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str},
+    output::{Frame, HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str},
     probes::Probe,
     resolve::{ProcKey, Reader, Resolver, SeqSource, SharedSnapshot, Snapshot},
     spec::ProbeKind,
@@ -124,6 +124,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     pub fn handle_event(&mut self, event: &Event) -> bool {
         let lost = match event {
             Event::Hit(e) => e.lost_reports,
+            Event::Stack(e) => e.hit.lost_reports,
             Event::Proc(e) => e.lost_reports,
             Event::Change(e) => e.lost_reports,
         };
@@ -138,7 +139,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             self.reader.resolver().distrust_all();
         }
         match event {
-            Event::Hit(hit) => self.handle(hit),
+            Event::Hit(hit) => self.handle(hit, None),
+            Event::Stack(e) => {
+                let n = (e.nframes as usize).min(e.frames.len());
+                self.handle(&e.hit, Some(&e.frames[..n]))
+            }
             Event::Proc(proc) => {
                 self.handle_proc(proc);
                 self.stop.is_none()
@@ -220,7 +225,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     }
 
     /// Handles one hit; returns false once the run should stop taking hits.
-    pub fn handle(&mut self, hit: &HitEvent) -> bool {
+    /// Handles one hit (with its user stack, innermost first, if captured); returns false
+    /// once the run should stop taking hits.
+    pub fn handle(&mut self, hit: &HitEvent, frames: Option<&[u64]>) -> bool {
         let id = hit.probe_id as usize;
         if id >= self.probes.len() {
             self.unknown_probe += 1;
@@ -231,7 +238,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return false;
         }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
-        let (mut resolved, mut via) = self.resolve(proc, hit);
+        let (mut resolved, mut via) = self.resolve(proc, hit.pid, hit.seq, hit.ip, 0);
         if let Err(reason) = resolved {
             // The kernel matched this hit to the probe's (inode, offset) when it fired, so the
             // probe itself is an exact answer the resolver could not give (a hit in the
@@ -241,6 +248,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             resolved = Ok(self.probe_location(id));
             via = "probe";
         }
+        let stack = frames.map(|frames| self.resolve_stack(proc, hit, frames));
         let probe = &self.probes[id];
         let comm = comm_str(&hit.comm);
         let is_return = hit.kind == KIND_RETURN;
@@ -261,9 +269,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             via,
             args: (!is_return).then_some(hit.args),
             retval: is_return.then_some(hit.retval),
-            ret_addr: is_return.then_some(hit.ret_addr),
+            ret_addr: (is_return || hit.ret_addr != 0).then_some(hit.ret_addr),
             seq: hit.seq,
-            stack: None,
+            stack,
         };
         if self.writer.hit(&record).is_err() {
             self.stop = Some(Stop::OutputClosed);
@@ -297,33 +305,106 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         }
     }
 
-    /// Address → mapping → symbol.
+    /// Address → mapping → symbol, as of the hit's sequence. `back` bytes are subtracted for
+    /// the lookup (1 for return addresses, so that a call at the very end of a function is
+    /// not attributed to the next one) and added back to the reported offset.
     fn resolve(
         &mut self,
         proc: ProcKey,
-        hit: &HitEvent,
+        pid: u32,
+        seq: u64,
+        addr: u64,
+        back: u64,
     ) -> (Result<Resolved, &'static str>, &'static str) {
         let symbolizer = &self.symbolizer;
-        self.reader.resolve_with(proc, hit.ip, Some(hit.seq), |r| {
+        let lookup = addr.wrapping_sub(back);
+        self.reader.resolve_with(proc, lookup, Some(seq), |r| {
             let via = r.via.as_str();
             let found = match r.outcome {
                 Ok(found) => found,
                 Err(reason) => return (Err(reason.as_str()), via),
             };
             let vma = found.vma;
-            let source = FileSource::mapped(vma.file, &vma.path, hit.pid, vma.start, vma.end);
+            let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
             let module = vma.path.to_string_lossy().into_owned();
             let resolved = symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
                 Ok(sym) => Ok(Resolved {
                     module,
                     symbol: Some(sym.symbol.demangled().to_owned()),
-                    offset: Some(sym.offset),
-                    file_offset: found.file_offset,
+                    offset: Some(sym.offset + back),
+                    file_offset: found.file_offset + back,
                 }),
                 Err(why) => Err(why.as_str()),
             });
             (resolved, via)
         })
+    }
+
+    /// Resolves every frame of a hit's user stack through the resolver, as of the hit's
+    /// sequence: frames in libraries since unloaded, or of a process since gone, resolve
+    /// against the picture of the hit's time.
+    fn resolve_stack(&mut self, proc: ProcKey, hit: &HitEvent, frames: &[u64]) -> Vec<Frame> {
+        let mut out = Vec::with_capacity(frames.len() + 1);
+        let probe = &self.probes[hit.probe_id as usize];
+        let at_entry = hit.kind != KIND_RETURN
+            && probe.target.symbol.is_some()
+            && probe.target.offset_in_symbol == 0;
+        for (i, &addr) in frames.iter().enumerate() {
+            // The innermost frame of an entry probe is the probed instruction itself; every
+            // other frame is a return address, looked up one byte back so that a call at the
+            // very end of a function is not attributed to the next one.
+            let back = u64::from(i > 0 || hit.kind == KIND_RETURN);
+            out.push(self.resolve_frame(proc, hit, addr, back));
+            if i == 0 && at_entry && hit.ret_addr != 0 {
+                // At a function's first instruction the caller has not been given a frame
+                // yet (no push rbp): the frame-pointer walk skips it, so BPF read its return
+                // address from the top of the stack.
+                out.push(self.resolve_frame(proc, hit, hit.ret_addr, 1));
+            }
+        }
+        out
+    }
+
+    /// One stack frame: its mapping (as of the hit's sequence) and symbol.
+    fn resolve_frame(&mut self, proc: ProcKey, hit: &HitEvent, addr: u64, back: u64) -> Frame {
+        let symbolizer = &self.symbolizer;
+        let pid = hit.pid;
+        self.reader
+            .resolve_with(proc, addr.wrapping_sub(back), Some(hit.seq), |r| {
+                let found = match r.outcome {
+                    Ok(found) => found,
+                    Err(reason) => {
+                        return Frame {
+                            addr,
+                            module: None,
+                            symbol: None,
+                            offset: None,
+                            unresolved: Some(reason.as_str()),
+                        };
+                    }
+                };
+                let vma = found.vma;
+                let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+                let module = Some(vma.path.to_string_lossy().into_owned());
+                symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
+                    Ok(sym) => Frame {
+                        addr,
+                        module,
+                        symbol: Some(sym.symbol.demangled().to_owned()),
+                        offset: Some(sym.offset + back),
+                        unresolved: None,
+                    },
+                    // The module is known even when no symbol covers the address (a
+                    // stripped library's internal function).
+                    Err(why) => Frame {
+                        addr,
+                        module,
+                        symbol: None,
+                        offset: None,
+                        unresolved: Some(why.as_str()),
+                    },
+                })
+            })
     }
 
     /// Fills the per-probe and resolver parts of `summary`; `stats` reads BPF's counters.

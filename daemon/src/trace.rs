@@ -68,6 +68,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 
     let mut tracer = Tracer::load()?;
     for probe in &probes {
+        if args.stack {
+            tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_STACK)?;
+        }
         tracer
             .attach(&attach_request(probe), args.pid)
             .with_context(|| probe.spec.text.clone())?;

@@ -2,14 +2,20 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::pt_regs,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{BPF_F_USER_STACK, pt_regs},
+    helpers::generated::bpf_get_stack,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     programs::{ProbeContext, RetProbeContext},
 };
-use probed_common::{ARG_REGS, EVENT_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_PROBES};
+use probed_common::{
+    ARG_REGS, EVENT_HIT, EVENT_STACK_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_FRAMES,
+    MAX_PROBES, PROBE_FLAG_STACK, StackHitEvent,
+};
 
 use crate::{
-    maps::{EVENTS, PROBE_STATS},
+    maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
     track,
 };
 
@@ -52,11 +58,6 @@ fn record(
     // disabled for uprobe programs), so this is the only writer.
     unsafe { (*stats).hits += 1 };
 
-    let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
-        // SAFETY: as above.
-        unsafe { (*stats).lost += 1 };
-        return;
-    };
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: bpf_ktime_get_ns has no preconditions; aya-ebpf marks every raw helper unsafe.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -74,8 +75,21 @@ fn record(
     track::track(tgid);
     let seq = track::read_seq(tgid);
     let lost_reports = track::lost_reports();
-    entry.write(HitEvent {
-        event: EVENT_HIT,
+    let with_stack = PROBE_FLAGS
+        .get(probe_id)
+        .is_some_and(|f| f & PROBE_FLAG_STACK != 0);
+    // With a stack, an entry probe also records the word at the top of the user stack: at a
+    // function's first instruction that is the caller's return address, which the
+    // frame-pointer walk misses (the callee has not pushed its frame yet).
+    let ret_addr = if with_stack && kind == KIND_ENTRY {
+        // SAFETY: bpf_probe_read_user copies 8 bytes from the user stack pointer into a
+        // valid local and fails cleanly (returning an error, value 0) if unreadable.
+        unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.unwrap_or(0)
+    } else {
+        ret_addr
+    };
+    let hit = HitEvent {
+        event: if with_stack { EVENT_STACK_HIT } else { EVENT_HIT },
         probe_id,
         kind,
         pid: tgid,
@@ -89,6 +103,38 @@ fn record(
         args,
         retval,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
-    entry.submit(crate::maps::wakeup::flags());
+    };
+    if with_stack {
+        let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {
+            // SAFETY: as above.
+            unsafe { (*stats).lost += 1 };
+            return;
+        };
+        let e = entry.as_mut_ptr();
+        // Written in place: the event (1 KiB of frames) does not fit the BPF stack. The
+        // frames are written by bpf_get_stack straight into the ring buffer record.
+        // SAFETY: `e` points to a reserved, writable record of StackHitEvent's size.
+        unsafe {
+            (&raw mut (*e).hit).write(hit);
+            (&raw mut (*e)._reserved).write(0);
+            let frames = (&raw mut (*e).frames).cast::<core::ffi::c_void>();
+            let got = bpf_get_stack(
+                ctx,
+                frames,
+                (MAX_FRAMES * 8) as u32,
+                BPF_F_USER_STACK as u64,
+            );
+            let n = if got > 0 { (got as u64 / 8) as u32 } else { 0 };
+            (&raw mut (*e).nframes).write(n);
+        }
+        entry.submit(crate::maps::wakeup::flags());
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
+            // SAFETY: as above.
+            unsafe { (*stats).lost += 1 };
+            return;
+        };
+        entry.write(hit);
+        entry.submit(crate::maps::wakeup::flags());
+    }
 }

@@ -17,6 +17,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map(name = "PROBE_STATS")]
 pub static PROBE_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
 
+/// Per-probe flags (index = probe id): `PROBE_FLAG_STACK`.
+#[map(name = "PROBE_FLAGS")]
+pub static PROBE_FLAGS: Array<u32> = Array::with_max_entries(MAX_PROBES, 0);
+
 /// Change sequences, one slot per hash of the pid; mapped read-only by the daemon so its
 /// fast path reads a sequence with two loads, no syscall.
 #[map(name = "SEQS")]

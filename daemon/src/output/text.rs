@@ -48,7 +48,26 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     if let Some(ret) = hit.retval {
         write!(out, " = {ret} ({ret:#x})")?;
     }
-    writeln!(out)
+    writeln!(out)?;
+    for (i, frame) in hit.stack.iter().flatten().enumerate() {
+        write!(
+            out,
+            "{:>22}#{i:<3} {:<18} ",
+            "",
+            format!("{:#x}", frame.addr)
+        )?;
+        match (&frame.symbol, &frame.module, frame.unresolved) {
+            (Some(sym), Some(module), _) => writeln!(
+                out,
+                "{sym}+{:#x} [{module}]",
+                frame.offset.unwrap_or_default()
+            )?,
+            (None, Some(module), _) => writeln!(out, "[{module}]")?,
+            (_, _, Some(why)) => writeln!(out, "?? ({why})")?,
+            _ => writeln!(out, "??")?,
+        }
+    }
+    Ok(())
 }
 
 /// Writes the per-probe summary table.
