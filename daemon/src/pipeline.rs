@@ -200,7 +200,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             // mapped a probed file). Start its pictures from what the report says (a partial
             // base: nothing else is known yet, and the process may exit before a scan), then
             // scan it for the rest.
-            if let Replay::Change(change) = changes::replay(event, &self.paths) {
+            if let Replay::Change(change) = changes::replay(event, &self.paths, None) {
                 let empty =
                     Snapshot::partial(event.ticket.wrapping_mul(2).wrapping_sub(2), Vec::new());
                 resolver.add_base(proc, event.ticket.wrapping_sub(1), empty);
@@ -212,10 +212,19 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return;
         }
         self.paths.current = resolver.snapshot(proc);
-        match changes::replay(event, &self.paths) {
+        match changes::replay(event, &self.paths, self.paths.current.as_deref()) {
             Replay::Nothing => {}
             Replay::Change(change) => resolver.change(proc, event.ticket, Some(change)),
-            Replay::Unknown => resolver.change(proc, event.ticket, None),
+            Replay::Unknown => {
+                tracing::debug!(
+                    op = event.op,
+                    ret = event.ret,
+                    flags = event.flags,
+                    args = ?event.args,
+                    "change report cannot be replayed"
+                );
+                resolver.change(proc, event.ticket, None);
+            }
         }
     }
 

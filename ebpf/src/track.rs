@@ -359,6 +359,15 @@ pub fn syscall_exit(ret: i64) {
         {
             flags |= CHANGE_VMA | CHANGE_VMA_FROM_ARGS | mapping_from_args(Some(o), &flight, ret as u64, &mut found);
         }
+    } else if ret == 0 && flight.op == OP_MPROTECT && flight.args[2] & PROT_EXEC != 0 {
+        // A mapping made executable may become one the resolver keeps, whose file the
+        // picture does not know: report the mapping now at the range's start.
+        if find_vma_at(flight.args[0], &mut found) {
+            flags |= CHANGE_VMA;
+            if found.file != 0 {
+                flags |= CHANGE_VMA_FILE;
+            }
+        }
     }
     match EVENTS.reserve::<ChangeEvent>(0) {
         Some(mut entry) => {

@@ -208,9 +208,18 @@ impl Mirror {
         env: &Env<'_, S>,
         sink: Sink<'_>,
     ) -> Result<(Arc<Snapshot>, Via), Reason> {
-        if at.is_some_and(|hit| hit & 1 == 1) {
-            return Err(Reason::HitDuringChange);
-        }
+        // A hit stamped while a change was in flight (odd sequence 2b - 1). With reported
+        // changes, every change that had completed by then was reported before the hit, and
+        // none still in flight was: so the newest picture labelled ≤ b *now* holds exactly
+        // the completed ones. An in-flight change cannot have touched the hit's own address
+        // or any return address on its stack — code being executed or returned to cannot be
+        // unmapped or remapped without crashing the thread — so that picture answers for
+        // them. Without reported changes nothing tells which picture that is.
+        let at = match at {
+            Some(hit) if hit & 1 == 1 && env.config.reported_changes => Some(hit + 1),
+            Some(hit) if hit & 1 == 1 => return Err(Reason::HitDuringChange),
+            other => other,
+        };
         // Another thread may already have published what we need: no lock.
         if let Some(snap) = self.current()
             && self.answers(&snap, at, env)

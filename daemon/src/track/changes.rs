@@ -15,7 +15,7 @@ use crate::{
     file_id::FileId,
     output::record::comm_str,
     resolve::{
-        Perms, Snapshot, Vma,
+        Excluded, Miss, Perms, Snapshot, Vma,
         replay::{Change, MappedFile, NewMapping},
     },
 };
@@ -126,8 +126,10 @@ fn unknown_dir(name: &[u8]) -> Arc<Path> {
     Arc::from(PathBuf::from(format!("/(unknown)/{name}")))
 }
 
-/// What a change report means.
-pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup) -> Replay {
+/// What a change report means. `current` is the process's newest picture, used when the
+/// kernel's mapping could not be read for an mremap (`bpf_find_vma` only try-locks the
+/// address space): the moved mapping is then the one the picture had at the old address.
+pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup, current: Option<&Snapshot>) -> Replay {
     let ok = !(-4095..0).contains(&ev.ret);
     let [a0, a1, a2, a3] = ev.args;
     let has_vma = ev.flags & CHANGE_VMA != 0;
@@ -148,6 +150,21 @@ pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup) -> Replay {
             end: a0.saturating_add(page_align(a1)),
         }),
         OP_MUNMAP => Replay::Nothing,
+        // Made executable, with the kernel's mapping at the start covering the whole range:
+        // replayed as that mapping (with its file), since the picture may not know the file
+        // of a mapping it had excluded as not executable.
+        OP_MPROTECT
+            if ev.ret == 0
+                && has_vma
+                && ev.vma.start <= a0
+                && ev.vma.end >= a0.saturating_add(page_align(a1)) =>
+        {
+            Replay::Change(Change::Map {
+                start: a0,
+                end: a0.saturating_add(page_align(a1)),
+                mapping: mapping(&ev.vma, has_file, &ev.name, ev.pid, paths),
+            })
+        }
         OP_MPROTECT if ev.ret == 0 => Replay::Change(Change::Protect {
             start: a0,
             end: a0.saturating_add(page_align(a1)),
@@ -165,6 +182,20 @@ pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup) -> Replay {
                 mapping: mapping(&ev.vma, has_file, &ev.name, ev.pid, paths),
             })
         }
+        OP_MREMAP if ok && !has_vma && a3 & MREMAP_DONTUNMAP == 0 => {
+            let new_start = ev.ret as u64;
+            let new_end = new_start.saturating_add(page_align(a2));
+            match current.and_then(|snap| moved_mapping(snap, a0, new_start, new_end)) {
+                Some(mapping) => Replay::Change(Change::Remap {
+                    old_start: a0,
+                    old_end: a0.saturating_add(page_align(a1)),
+                    new_start,
+                    new_end,
+                    mapping,
+                }),
+                None => Replay::Unknown,
+            }
+        }
         OP_MREMAP if !ok => Replay::Nothing,
         // brk returns the new break (the old one on failure); start_brk 0 = offsets unknown.
         // The heap mapping ends at the page-aligned break.
@@ -174,6 +205,38 @@ pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup) -> Replay {
             new_brk: page_align(ev.ret as u64),
         }),
         _ => Replay::Unknown,
+    }
+}
+
+/// The mapping that an mremap moved from `old` to `[new_start, new_end)`, from the picture
+/// before the move: a kept mapping keeps its file, permissions and offset; anonymous memory
+/// stays anonymous. `None` when the picture cannot say (a non-executable file mapping, whose
+/// file it does not know, or an unsupported one).
+fn moved_mapping(snap: &Snapshot, old: u64, new_start: u64, new_end: u64) -> Option<NewMapping> {
+    if let Some(vma) = snap.lookup(old) {
+        return Some(NewMapping {
+            start: new_start,
+            end: new_end,
+            pgoff: vma.pgoff + (old - vma.start),
+            perms: vma.perms,
+            hugetlb: false,
+            file: Some(MappedFile {
+                id: vma.file,
+                path: vma.path.clone(),
+                deleted: vma.deleted,
+            }),
+        });
+    }
+    match snap.miss(old) {
+        Miss::Excluded(Excluded::NotFileBacked) => Some(NewMapping {
+            start: new_start,
+            end: new_end,
+            pgoff: 0,
+            perms: Perms::READ.union(Perms::WRITE),
+            hugetlb: false,
+            file: None,
+        }),
+        _ => None,
     }
 }
 
@@ -214,6 +277,10 @@ pub fn exec_base(ev: &ProcEvent, paths: &dyn PathLookup) -> Option<Snapshot> {
 mod tests {
     use super::*;
 
+    fn replay_t(ev: &ChangeEvent, paths: &dyn PathLookup) -> Replay {
+        replay(ev, paths, None)
+    }
+
     struct NoPaths;
     impl PathLookup for NoPaths {
         fn path_of(&self, _: FileId, _: u32, _: u64, _: u64) -> Option<Arc<Path>> {
@@ -243,34 +310,34 @@ mod tests {
     /// ones that may have changed part of the range.
     #[test]
     fn ranges_and_failures() {
-        match replay(&event(OP_MUNMAP, 0, [0x1000, 1, 0, 0]), &NoPaths) {
+        match replay_t(&event(OP_MUNMAP, 0, [0x1000, 1, 0, 0]), &NoPaths) {
             Replay::Change(Change::Unmap { start, end }) => {
                 assert_eq!((start, end), (0x1000, 0x2000))
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            replay(&event(OP_MUNMAP, -22, [0, 0, 0, 0]), &NoPaths),
+            replay_t(&event(OP_MUNMAP, -22, [0, 0, 0, 0]), &NoPaths),
             Replay::Nothing
         ));
         assert!(matches!(
-            replay(&event(OP_MPROTECT, -12, [0, 0, 0, 0]), &NoPaths),
+            replay_t(&event(OP_MPROTECT, -12, [0, 0, 0, 0]), &NoPaths),
             Replay::Unknown
         ));
         assert!(matches!(
-            replay(&event(OP_MPROTECT, -13, [0, 0, 0, 0]), &NoPaths),
+            replay_t(&event(OP_MPROTECT, -13, [0, 0, 0, 0]), &NoPaths),
             Replay::Nothing
         ));
         assert!(matches!(
-            replay(&event(OP_MMAP, -12, [0, 0, 0, MAP_FIXED]), &NoPaths),
+            replay_t(&event(OP_MMAP, -12, [0, 0, 0, MAP_FIXED]), &NoPaths),
             Replay::Unknown
         ));
         assert!(matches!(
-            replay(&event(OP_MMAP, -12, [0, 0, 0, 0]), &NoPaths),
+            replay_t(&event(OP_MMAP, -12, [0, 0, 0, 0]), &NoPaths),
             Replay::Nothing
         ));
         assert!(matches!(
-            replay(&event(probed_common::OP_OTHER, 0, [0; 4]), &NoPaths),
+            replay_t(&event(probed_common::OP_OTHER, 0, [0; 4]), &NoPaths),
             Replay::Unknown
         ));
     }
@@ -294,7 +361,7 @@ mod tests {
             start,
             end,
             mapping,
-        }) = replay(&ev, &NoPaths)
+        }) = replay_t(&ev, &NoPaths)
         else {
             panic!("not a map");
         };
