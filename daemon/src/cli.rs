@@ -8,6 +8,11 @@ use crate::output::Format;
 
 /// `probed trace SPEC... [--pid PID] [--format text|json] [--duration SECS] [--count N]`.
 #[derive(Args, Clone, Debug)]
+#[command(group(
+    clap::ArgGroup::new("aggregating")
+        .multiple(true)
+        .args(["aggregate", "latency"])
+))]
 pub struct TraceArgs {
     /// Probes: uprobe:/path:symbol, uretprobe:/path:symbol, uprobe:/path:symbol+16,
     /// uprobe:/path:0x1a2b (file offset).
@@ -22,7 +27,8 @@ pub struct TraceArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Stop after this many hits have been printed.
+    /// Stop after this many hits have been printed (or, when hits are not printed, taken
+    /// into the aggregations).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Capture the user stack with every hit (frame-pointer walk, up to 127 frames), each
@@ -32,6 +38,54 @@ pub struct TraceArgs {
     /// Write output to this file instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Count hits per distinct user stack and print them as folded stacks
+    /// (`outer;…;inner count`) at the end; implies --stack. Hits are then not printed one
+    /// by one (see --print-hits).
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub aggregate: Option<Aggregate>,
+    /// Draw the hits' user stacks as a flame graph SVG into this file at the end; implies
+    /// --stack.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+    /// Pair each function's entry and return hits per thread and print a latency histogram
+    /// (count, min, p50, p99, max) at the end. Hits are then not printed one by one (see
+    /// --print-hits).
+    #[arg(long)]
+    pub latency: bool,
+    /// Also print the aggregations (--aggregate, --latency) every SECS seconds.
+    #[arg(long, value_name = "SECS", requires = "aggregating", value_parser = positive_secs)]
+    pub interval: Option<f64>,
+    /// Print every hit even with --aggregate or --latency.
+    #[arg(long)]
+    pub print_hits: bool,
+}
+
+/// What `--aggregate` counts hits by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Aggregate {
+    /// The user stack (folded stacks).
+    Stack,
+}
+
+impl TraceArgs {
+    /// Whether probes capture stacks: `--stack`, or an aggregation that needs them.
+    pub fn captures_stacks(&self) -> bool {
+        self.stack || self.aggregate == Some(Aggregate::Stack) || self.flamegraph.is_some()
+    }
+
+    /// Whether every hit is printed: unless aggregations take the output (--aggregate,
+    /// --latency; a flame graph goes to its own file), and then only with --print-hits.
+    pub fn prints_hits(&self) -> bool {
+        self.print_hits || (self.aggregate.is_none() && !self.latency)
+    }
+}
+
+/// A strictly positive, finite number of seconds.
+fn positive_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(secs),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 /// An error and its causes on one line: `outer: cause: root cause`.
@@ -49,7 +103,45 @@ pub fn one_line(err: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: TraceArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TraceArgs, clap::Error> {
+        Cmd::try_parse_from(["trace", "u:/bin/x:f"].iter().chain(args)).map(|c| c.args)
+    }
+
+    /// Stack aggregations imply stack capture; aggregations that take the output silence
+    /// per-hit lines unless --print-hits; a flame graph alone does not.
+    #[test]
+    fn aggregation_flags() {
+        let a = parse(&["--aggregate", "stack"]).unwrap();
+        assert!(a.captures_stacks() && !a.prints_hits());
+        let a = parse(&["--flamegraph", "/tmp/x.svg"]).unwrap();
+        assert!(a.captures_stacks() && a.prints_hits());
+        let a = parse(&["--latency"]).unwrap();
+        assert!(!a.captures_stacks() && !a.prints_hits());
+        let a = parse(&["--latency", "--print-hits", "--interval", "0.5"]).unwrap();
+        assert!(a.prints_hits());
+        assert_eq!(a.interval, Some(0.5));
+        assert!(!parse(&[]).unwrap().captures_stacks());
+    }
+
+    /// --interval needs an aggregation to print and a positive number of seconds.
+    #[test]
+    fn interval_checks() {
+        assert!(parse(&["--interval", "1"]).is_err());
+        assert!(parse(&["--flamegraph", "x.svg", "--interval", "1"]).is_err());
+        assert!(parse(&["--latency", "--interval", "0"]).is_err());
+        assert!(parse(&["--latency", "--interval", "-1"]).is_err());
+        assert!(parse(&["--aggregate", "stack", "--interval", "2"]).is_ok());
+    }
 
     /// Causes are joined on one line, and a cause already contained in its wrapper is not
     /// repeated.

@@ -21,7 +21,9 @@ use crate::{
     elf::FileSource,
     events::Event,
     file_id::FileId,
-    output::{Frame, HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str},
+    output::{
+        Aggregations, Frame, HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str,
+    },
     probes::Probe,
     resolve::{ProcKey, Reader, Resolver, SeqSource, SharedSnapshot, Snapshot},
     spec::ProbeKind,
@@ -75,6 +77,10 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     symbolizer: Arc<Symbolizer>,
     /// Hits naming a probe id this run does not have (an ABI or cookie mismatch).
     pub unknown_probe: u64,
+    /// What the run aggregates; every handled hit is fed to it.
+    aggregations: Aggregations,
+    /// Whether hits are written one by one (off when aggregations take the output).
+    print_hits: bool,
 }
 
 impl<W: Write, S: SeqSource> Pipeline<W, S> {
@@ -111,7 +117,32 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             pid_filter: None,
             symbolizer,
             unknown_probe: 0,
+            aggregations: Aggregations::default(),
+            print_hits: true,
         }
+    }
+
+    /// Feeds every handled hit to `aggregations`; writes hits one by one only if
+    /// `print_hits` (a hit taken into the aggregations counts as printed for `--count` and
+    /// the summary).
+    pub fn with_aggregations(mut self, aggregations: Aggregations, print_hits: bool) -> Self {
+        self.aggregations = aggregations;
+        self.print_hits = print_hits;
+        self
+    }
+
+    /// The run's aggregations (e.g. for the flame graph at the end).
+    pub fn aggregations(&self) -> &Aggregations {
+        &self.aggregations
+    }
+
+    /// Writes the aggregations as they stand, if any (`last` at the end of the run).
+    pub fn write_aggregations(&mut self, last: bool, elapsed_s: f64) -> std::io::Result<()> {
+        if self.aggregations.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .aggregations(&self.aggregations, last, elapsed_s)
     }
 
     /// Restricts eager process tracking to one pid.
@@ -282,7 +313,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             seq: hit.seq,
             stack,
         };
-        if self.writer.hit(&record).is_err() {
+        self.aggregations.add(&record);
+        if self.print_hits && self.writer.hit(&record).is_err() {
             self.stop = Some(Stop::OutputClosed);
             return false;
         }

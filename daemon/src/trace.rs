@@ -18,9 +18,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     attach::{AttachRequest, Tracer},
-    cli::TraceArgs,
+    cli::{Aggregate, TraceArgs},
     events::EventStream,
-    output::{Summary, Writer},
+    output::{Aggregations, Latency, StackCounts, Summary, Writer, folded::FlamegraphError},
     pipeline::{Pipeline, Stop},
     probes::{self, Probe},
     resolve::{Config, ProbeId, Resolver, SeqSource},
@@ -65,10 +65,18 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         None => Box::new(io::stdout().lock()),
     };
     let writer = Writer::new(BufWriter::new(out), args.format);
+    // Created now, so that a bad path fails before anything is attached; drawn at the end.
+    let flamegraph = match &args.flamegraph {
+        Some(path) => Some((
+            path,
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
 
     let mut tracer = Tracer::load()?;
     for probe in &probes {
-        if args.stack {
+        if args.captures_stacks() {
             tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_STACK)?;
         }
         tracer
@@ -109,7 +117,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     );
     let symbolizer = Arc::new(Symbolizer::new());
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
-        .with_pid_filter(args.pid.map(NonZeroU32::get));
+        .with_pid_filter(args.pid.map(NonZeroU32::get))
+        .with_aggregations(aggregations(&args), args.prints_hits());
     let started = Instant::now();
     eprintln!(
         "probed: tracing {} probe(s){}; Ctrl-C to stop",
@@ -128,6 +137,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // too.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report = args.interval.map(|secs| {
+        let every = Duration::from_secs_f64(secs);
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    });
     let ended_by = if pipeline.stopped().is_some() {
         EndedBy::Count
     } else {
@@ -145,6 +158,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                     });
                     if let Some(ended) = after_batch(&mut pipeline) {
                         break ended;
+                    }
+                }
+                () = next_report(&mut report) => {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    if pipeline.write_aggregations(false, elapsed).is_err() {
+                        break EndedBy::OutputClosed;
                     }
                 }
                 _ = sigint.recv() => break EndedBy::Signal,
@@ -171,6 +190,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     pipeline.summarize(&mut summary, |id| tracer.stats(id))?;
+    // Aggregations before the summary, which stays the last line.
+    pipeline.write_aggregations(true, summary.duration_s)?;
+    if let Some((path, file)) = flamegraph {
+        draw_flamegraph(pipeline.aggregations(), &args.specs, path, file)?;
+    }
     pipeline.finish(&summary)?;
     drop(tracer);
     Ok(())
@@ -187,6 +211,52 @@ fn after_batch<W: Write, S: SeqSource>(pipeline: &mut Pipeline<W, S>) -> Option<
         Stop::Count => Some(EndedBy::Count),
         Stop::OutputClosed => Some(EndedBy::OutputClosed),
     }
+}
+
+/// The aggregations `args` ask for.
+fn aggregations(args: &TraceArgs) -> Aggregations {
+    let stacks = args.aggregate == Some(Aggregate::Stack);
+    Aggregations {
+        stacks: (stacks || args.flamegraph.is_some()).then(StackCounts::new),
+        print_stacks: stacks,
+        latency: args.latency.then(Latency::new),
+    }
+}
+
+/// Completes at the next `--interval` report, never without one.
+async fn next_report(report: &mut Option<tokio::time::Interval>) {
+    match report {
+        Some(every) => {
+            every.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the flame graph of the counted stacks into `file` (at `path`); a run that counted
+/// nothing gets a picture saying so, and a warning.
+fn draw_flamegraph(
+    aggregations: &Aggregations,
+    specs: &[String],
+    path: &std::path::Path,
+    file: File,
+) -> anyhow::Result<()> {
+    let Some(stacks) = &aggregations.stacks else {
+        return Ok(());
+    };
+    let mut out = BufWriter::new(file);
+    let title = format!("probed: {}", specs.join(" "));
+    match stacks.write_flamegraph(&title, &mut out) {
+        Ok(()) => {}
+        Err(err @ FlamegraphError::Empty) => {
+            eprintln!("probed: warning: {}: {err}", path.display());
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot write {}", path.display()));
+        }
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn attach_request(probe: &Probe) -> AttachRequest {

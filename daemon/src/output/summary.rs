@@ -13,7 +13,8 @@ pub struct ProbeSummary {
     pub probe_id: u32,
     /// Times the probe fired (counted in BPF).
     pub hits: u64,
-    /// Hits written to the output.
+    /// Hits written to the output (or, when aggregations take the output and hits are not
+    /// printed one by one, taken into the aggregations).
     pub printed: u64,
     /// Hits the kernel could not deliver because the ring buffer was full (counted in BPF).
     pub lost: u64,
