@@ -38,7 +38,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            history: 64,
+            history: 16,
             retain_exited: 1024,
             reported_changes: false,
             rescan_tries: 8,
