@@ -396,10 +396,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             // very end of a function is not attributed to the next one.
             let back = u64::from(i > 0 || hit.kind == KIND_RETURN);
             out.push(self.resolve_frame(proc, hit, addr, back));
-            if i == 0 && at_entry && hit.ret_addr != 0 {
+            if i == 0 && at_entry && hit.ret_addr != 0 && frames.get(1) != Some(&hit.ret_addr) {
                 // At a function's first instruction the caller has not been given a frame
                 // yet (no push rbp): the frame-pointer walk skips it, so BPF read its return
-                // address from the top of the stack.
+                // address from the top of the stack. Kernels since 6.11 add it themselves
+                // when that instruction is `push %rbp` (perf_callchain_user's fix-up for
+                // uprobes at function entry): then it is already the next frame.
                 out.push(self.resolve_frame(proc, hit, hit.ret_addr, 1));
             }
         }
