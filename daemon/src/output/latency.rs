@@ -16,11 +16,13 @@
 //! exact value, in 59 KiB per function whatever the run's length. Count, min and max are
 //! exact. Printed as a log2 histogram in bpftrace's `hist()` style, and as JSON lines.
 //!
-//! Done in userspace from resolved hits: pairing costs ~50 ns per call (`aggregation_cost`
-//! in output/mod.rs), against ~10 µs for the two uprobe hits themselves on the CI-class VM.
-//! A BPF version (entry time in a per-thread map, histogram in an array map) would also save
-//! delivering and resolving two events per call, but could only key functions by probe, not
-//! by the resolved symbol, and gives no exact percentiles.
+//! Done in userspace from resolved hits: pairing costs ~35 ns per hit
+//! (`output::tests::aggregation_cost`), against ~10 µs for each uprobe hit in the traced
+//! program and ~0.9 µs of daemon CPU to deliver and resolve it (CI-class VM, `cargo xtask
+//! bench stacks` / `e2e`). A BPF version (entry time in a per-thread map, histogram in an
+//! array map) would save the daemon that delivery, but not the uprobes' cost to the program,
+//! could only tell functions apart by probe rather than by resolved symbol, and gives no
+//! exact min and max.
 
 use std::{
     collections::HashMap,

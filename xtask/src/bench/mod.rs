@@ -3,6 +3,7 @@
 mod e2e;
 mod harness;
 mod resolver;
+mod stacks;
 mod tracker;
 
 /// Which benchmark to run.
@@ -15,6 +16,9 @@ pub enum Which {
     /// mmap/munmap churn with and without probed tracking it, and the fast-path share of a
     /// process with stable mappings → target/probed-bench/tracker.json.
     Tracker,
+    /// Resolved frames per second with ~20-frame user stacks, the resolver's share of daemon
+    /// CPU, the fast-path share, no loss → target/probed-bench/stacks.json.
+    Stacks,
 }
 
 /// Runs the chosen benchmark.
@@ -23,5 +27,6 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Resolver => resolver::run(),
         Which::E2e => e2e::run(),
         Which::Tracker => tracker::run(),
+        Which::Stacks => stacks::run(),
     }
 }
