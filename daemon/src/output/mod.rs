@@ -193,6 +193,54 @@ mod tests {
             .collect()
     }
 
+    /// The aggregations print before the summary: in text, a folded-stacks section and a
+    /// latency section (folded stacks only when asked, not for a flame graph alone); in JSON,
+    /// one `folded` line and one `latency` line per function, marked final.
+    #[test]
+    fn aggregations_output() {
+        let mut agg = Aggregations {
+            stacks: Some(StackCounts::new()),
+            print_stacks: true,
+            latency: Some(Latency::new()),
+        };
+        for hit in &hits(2) {
+            agg.add(hit);
+        }
+        let mut text = Writer::new(Vec::new(), Format::Text);
+        text.aggregations(&agg, true, 1.0).unwrap();
+        let text = String::from_utf8(text.out).unwrap();
+        assert!(
+            text.starts_with("--- folded stacks at the end: 2 hits, 1 distinct"),
+            "{text}"
+        );
+        assert!(
+            text.contains("app::module_0::function_number_0 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("--- latency at the end ---\nlatency of app::server::handle_request [/usr/bin/app]: 1 calls"), "{text}");
+
+        let mut json = Writer::new(Vec::new(), Format::Json);
+        json.aggregations(&agg, false, 2.5).unwrap();
+        let lines: Vec<serde_json::Value> = json
+            .out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["type"], "folded");
+        assert_eq!(lines[0]["final"], false);
+        assert_eq!(lines[0]["elapsed_s"], 2.5);
+        assert_eq!(lines[1]["type"], "latency");
+        assert_eq!(lines[1]["count"], 1);
+
+        agg.print_stacks = false;
+        let mut text = Writer::new(Vec::new(), Format::Text);
+        text.aggregations(&agg, true, 1.0).unwrap();
+        let text = String::from_utf8(text.out).unwrap();
+        assert!(!text.contains("folded"), "{text}");
+    }
+
     /// The userspace cost of aggregating: ns per hit for stack counting (20-frame stacks, 32
     /// distinct) and for latency pairing (alternating entry/return). Timing: run in release
     /// (`cargo xtask bench stacks` does); fails only if a hit costs over 5 µs, which would
