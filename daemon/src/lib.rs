@@ -9,6 +9,7 @@ pub mod attach;
 pub mod bpf_object;
 pub mod btf;
 pub mod cli;
+pub mod config;
 pub mod elf;
 pub mod events;
 pub mod file_id;

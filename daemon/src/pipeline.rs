@@ -42,23 +42,56 @@ pub enum Stop {
 
 /// Counts of one probe kept by the pipeline (BPF keeps hits and losses).
 #[derive(Clone, Debug, Default)]
-struct ProbeCounts {
-    printed: u64,
-    not_printed: u64,
-    unresolved: BTreeMap<&'static str, u64>,
-    by_probe: BTreeMap<&'static str, u64>,
+pub struct ProbeCounts {
+    /// Hits written (or taken into the aggregations).
+    pub printed: u64,
+    /// Hits that arrived after the run stopped taking hits.
+    pub not_printed: u64,
+    /// Hits whose address could not be resolved, by reason.
+    pub unresolved: BTreeMap<&'static str, u64>,
+    /// Hits answered by the probe's own location, by the resolver's reason.
+    pub by_probe: BTreeMap<&'static str, u64>,
+    /// Hits whose write failed (daemon mode: the output stays, the error is counted).
+    pub write_errors: u64,
+}
+
+/// One probe of the pipeline's table.
+struct Slot {
+    probe: Probe,
+    /// The probe's file as an absolute, canonical path (for hits answered by the probe).
+    module: String,
+    counts: ProbeCounts,
+    /// Index of the writer its hits go to.
+    sink: usize,
+}
+
+impl Slot {
+    fn new(probe: Probe, sink: usize) -> Self {
+        let module = canonical(&probe.spec.path).to_string_lossy().into_owned();
+        Self {
+            probe,
+            module,
+            counts: ProbeCounts::default(),
+            sink,
+        }
+    }
+}
+
+/// `path` made absolute and free of links, or as given if that fails.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Resolves, symbolizes and writes hits.
 pub struct Pipeline<W: Write, S: SeqSource> {
-    /// The run's probes, indexed by id.
-    probes: Vec<Probe>,
-    /// Each probe's file as an absolute, canonical path (for hits answered by the probe).
-    probe_modules: Vec<String>,
-    /// Per-probe counts, indexed by id.
-    counts: Vec<ProbeCounts>,
-    /// The output.
-    writer: Writer<W>,
+    /// The probes, indexed by id (a removed probe leaves a hole until its id is reused).
+    probes: Vec<Option<Slot>>,
+    /// The outputs, indexed by sink number; `probed trace` has one (0), which also takes
+    /// the aggregations and the summary.
+    writers: Vec<Option<Writer<W>>>,
+    /// Whether a failed write ends the run (`probed trace`: a closed pipe) or is counted
+    /// and the run goes on (the daemon: one bad output must not stop the others).
+    stop_on_write_error: bool,
     /// Stop after this many printed hits.
     limit: Option<u64>,
     /// Hits printed so far.
@@ -94,20 +127,18 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     ) -> Self {
         let stop = (limit == Some(0)).then_some(Stop::Count);
         let paths = Paths::from_probes(&probes);
-        let probe_modules = probes
-            .iter()
-            .map(|p| {
-                std::fs::canonicalize(&p.spec.path)
-                    .unwrap_or_else(|_| p.spec.path.clone())
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
+        let mut table: Vec<Option<Slot>> = Vec::new();
+        for probe in probes {
+            let id = probe.id as usize;
+            if table.len() <= id {
+                table.resize_with(id + 1, || None);
+            }
+            table[id] = Some(Slot::new(probe, 0));
+        }
         Self {
-            probe_modules,
-            counts: vec![ProbeCounts::default(); probes.len()],
-            probes,
-            writer,
+            probes: table,
+            writers: vec![Some(writer)],
+            stop_on_write_error: true,
             limit,
             printed: 0,
             stop,
@@ -136,13 +167,77 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         &self.aggregations
     }
 
-    /// Writes the aggregations as they stand, if any (`last` at the end of the run).
+    /// Writes the aggregations as they stand, if any (`last` at the end of the run), to the
+    /// first output.
     pub fn write_aggregations(&mut self, last: bool, elapsed_s: f64) -> std::io::Result<()> {
         if self.aggregations.is_empty() {
             return Ok(());
         }
-        self.writer
-            .aggregations(&self.aggregations, last, elapsed_s)
+        match self.writers.first_mut() {
+            Some(Some(writer)) => writer.aggregations(&self.aggregations, last, elapsed_s),
+            _ => Ok(()),
+        }
+    }
+
+    /// A pipeline that keeps going when a write fails, counting the failure per probe (the
+    /// daemon: a full disk under one output must not stop the others or the run).
+    pub fn keep_going_on_write_errors(mut self) -> Self {
+        self.stop_on_write_error = false;
+        self
+    }
+
+    /// Installs (or, with `None`, closes) output number `sink`; returns the one it replaces.
+    pub fn set_writer(&mut self, sink: usize, writer: Option<Writer<W>>) -> Option<Writer<W>> {
+        if self.writers.len() <= sink {
+            self.writers.resize_with(sink + 1, || None);
+        }
+        std::mem::replace(&mut self.writers[sink], writer)
+    }
+
+    /// Adds a probe whose hits go to output `sink`. Its id must be free: the caller detached
+    /// any earlier probe with that id and drained the ring buffer before reusing it, so no
+    /// hit of the old probe can be taken for the new one.
+    pub fn add_probe(&mut self, probe: Probe, sink: usize) {
+        self.paths.add(&probe);
+        let id = probe.id as usize;
+        if self.probes.len() <= id {
+            self.probes.resize_with(id + 1, || None);
+        }
+        debug_assert!(self.probes[id].is_none(), "probe id {id} reused while in use");
+        self.probes[id] = Some(Slot::new(probe, sink));
+    }
+
+    /// Removes probe `id` from the table (after it was detached and the ring buffer
+    /// drained), returning its counts.
+    pub fn remove_probe(&mut self, id: u32) -> Option<(Probe, ProbeCounts)> {
+        let slot = self.probes.get_mut(id as usize)?.take()?;
+        Some((slot.probe, slot.counts))
+    }
+
+    /// Probe `id` and its counts, if it is in the table.
+    pub fn probe(&self, id: u32) -> Option<(&Probe, &ProbeCounts)> {
+        let slot = self.probes.get(id as usize)?.as_ref()?;
+        Some((&slot.probe, &slot.counts))
+    }
+
+    /// Every probe in the table with its counts, by id.
+    pub fn probes(&self) -> impl Iterator<Item = (&Probe, &ProbeCounts)> {
+        self.probes
+            .iter()
+            .flatten()
+            .map(|slot| (&slot.probe, &slot.counts))
+    }
+
+    /// Moves probe `id`'s hits to output `sink`.
+    pub fn set_probe_sink(&mut self, id: u32, sink: usize) {
+        if let Some(Some(slot)) = self.probes.get_mut(id as usize) {
+            slot.sink = sink;
+        }
+    }
+
+    /// The resolver this pipeline reads through.
+    pub fn resolver(&self) -> &Arc<Resolver<S>> {
+        self.reader.resolver()
     }
 
     /// Restricts eager process tracking to one pid.
@@ -269,12 +364,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// once the run should stop taking hits.
     pub fn handle(&mut self, hit: &HitEvent, frames: Option<&[u64]>) -> bool {
         let id = hit.probe_id as usize;
-        if id >= self.probes.len() {
+        let Some(slot) = self.probes.get_mut(id).and_then(Option::as_mut) else {
             self.unknown_probe += 1;
             return self.stop.is_none();
-        }
+        };
         if self.stop.is_some() {
-            self.counts[id].not_printed += 1;
+            slot.counts.not_printed += 1;
             return false;
         }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
@@ -284,12 +379,17 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             // probe itself is an exact answer the resolver could not give (a hit in the
             // middle of a mapping change, or of a process gone without a picture). Counted
             // apart, by the resolver's reason, so the resolver's own record stays visible.
-            *self.counts[id].by_probe.entry(reason).or_default() += 1;
+            if let Some(slot) = self.probes[id].as_mut() {
+                *slot.counts.by_probe.entry(reason).or_default() += 1;
+            }
             resolved = Ok(self.probe_location(id));
             via = "probe";
         }
         let stack = frames.map(|frames| self.resolve_stack(proc, hit, frames));
-        let probe = &self.probes[id];
+        let Some(slot) = self.probes[id].as_mut() else {
+            return self.stop.is_none();
+        };
+        let probe = &slot.probe;
         let comm = comm_str(&hit.comm);
         let is_return = hit.kind == KIND_RETURN;
         let record = HitRecord {
@@ -314,11 +414,24 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             stack,
         };
         self.aggregations.add(&record);
-        if self.print_hits && self.writer.hit(&record).is_err() {
-            self.stop = Some(Stop::OutputClosed);
-            return false;
+        if self.print_hits {
+            let written = match self.writers.get_mut(slot.sink) {
+                Some(Some(writer)) => writer.hit(&record),
+                _ => Err(std::io::Error::other("the probe's output is closed")),
+            };
+            if let Err(err) = written {
+                if self.stop_on_write_error {
+                    self.stop = Some(Stop::OutputClosed);
+                    return false;
+                }
+                if slot.counts.write_errors == 0 {
+                    tracing::error!(probe = %probe.spec.text, error = %err, "cannot write hits");
+                }
+                slot.counts.write_errors += 1;
+                return true;
+            }
         }
-        self.counts[id].printed += 1;
+        slot.counts.printed += 1;
         self.printed += 1;
         if self.limit.is_some_and(|n| self.printed >= n) {
             self.stop = Some(Stop::Count);
@@ -329,9 +442,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     /// Where probe `id` is, from its SPEC and ELF file.
     fn probe_location(&self, id: usize) -> Resolved {
-        let probe = &self.probes[id];
+        let Some(slot) = self.probes.get(id).and_then(Option::as_ref) else {
+            return Resolved::default();
+        };
+        let probe = &slot.probe;
         Resolved {
-            module: self.probe_modules[id].clone(),
+            module: slot.module.clone(),
             symbol: probe
                 .target
                 .symbol
@@ -386,10 +502,14 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// against the picture of the hit's time.
     fn resolve_stack(&mut self, proc: ProcKey, hit: &HitEvent, frames: &[u64]) -> Vec<Frame> {
         let mut out = Vec::with_capacity(frames.len() + 1);
-        let probe = &self.probes[hit.probe_id as usize];
         let at_entry = hit.kind != KIND_RETURN
-            && probe.target.symbol.is_some()
-            && probe.target.offset_in_symbol == 0;
+            && self
+                .probes
+                .get(hit.probe_id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|slot| {
+                    slot.probe.target.symbol.is_some() && slot.probe.target.offset_in_symbol == 0
+                });
         for (i, &addr) in frames.iter().enumerate() {
             // The innermost frame of an entry probe is the probed instruction itself; every
             // other frame is a return address, looked up one byte back so that a call at the
@@ -456,7 +576,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         summary: &mut Summary,
         stats: impl Fn(u32) -> Result<probed_common::ProbeStats, AttachError>,
     ) -> Result<(), AttachError> {
-        for (probe, counts) in self.probes.iter().zip(&self.counts) {
+        for (probe, counts) in self.probes() {
             let bpf = stats(probe.id)?;
             summary.probes.push(ProbeSummary {
                 probe: probe.spec.text.clone(),
@@ -495,12 +615,21 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     /// Flushes buffered hits to the output.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.flush()
+        let mut result = Ok(());
+        for writer in self.writers.iter_mut().flatten() {
+            if let Err(err) = writer.flush() {
+                result = Err(err);
+            }
+        }
+        result
     }
 
-    /// Writes the summary and flushes the output.
+    /// Writes the summary to the first output and flushes every output.
     pub fn finish(&mut self, summary: &Summary) -> std::io::Result<()> {
-        self.writer.summary(summary)
+        if let Some(Some(writer)) = self.writers.first_mut() {
+            writer.summary(summary)?;
+        }
+        self.flush()
     }
 }
 
@@ -514,18 +643,21 @@ struct Paths {
 
 impl Paths {
     fn from_probes(probes: &[Probe]) -> Self {
-        let known = probes
-            .iter()
-            .map(|p| {
-                let path =
-                    std::fs::canonicalize(&p.spec.path).unwrap_or_else(|_| p.spec.path.clone());
-                (p.target.id, Arc::from(path))
-            })
-            .collect();
-        Self {
-            known: RefCell::new(known),
+        let paths = Self {
+            known: RefCell::new(HashMap::new()),
             current: None,
+        };
+        for probe in probes {
+            paths.add(probe);
         }
+        paths
+    }
+
+    /// Remembers a probe's file.
+    fn add(&self, probe: &Probe) {
+        self.known
+            .borrow_mut()
+            .insert(probe.target.id, Arc::from(canonical(&probe.spec.path)));
     }
 }
 

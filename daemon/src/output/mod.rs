@@ -4,6 +4,7 @@ pub mod folded;
 pub mod json;
 pub mod latency;
 pub mod record;
+pub mod sink;
 pub mod summary;
 pub mod text;
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::spec::ProbeKind;
 
 /// Where a hit address resolved to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Resolved {
     /// Absolute path of the mapped file.
     pub module: String,
