@@ -127,6 +127,9 @@ pub enum AttachError {
     /// Writing the tracker settings failed.
     #[error("cannot configure the change tracker")]
     TrackConfig(#[source] Box<aya::maps::MapError>),
+    /// The possible CPUs (for per-CPU values) cannot be read.
+    #[error("cannot read the possible CPUs")]
+    Cpus(#[source] io::Error),
     /// Reading the statistics map failed.
     #[error("cannot read per-probe counters")]
     Stats(#[source] Box<aya::maps::MapError>),
@@ -345,6 +348,27 @@ impl Tracer {
         array
             .set(id, flags, 0)
             .map_err(|e| AttachError::TrackConfig(Box::new(e)))
+    }
+
+    /// Zeroes probe `id`'s BPF state (per-CPU counters, flags) so that a reused id starts
+    /// from nothing.
+    pub fn reset_probe(&mut self, id: u32) -> Result<(), AttachError> {
+        if id >= MAX_PROBES {
+            return Err(AttachError::TooManyProbes(id));
+        }
+        self.set_probe_flags(id, 0)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| AttachError::Cpus(e))?;
+        let map = self
+            .ebpf
+            .map_mut(STATS_MAP)
+            .ok_or(AttachError::Map(STATS_MAP))?;
+        let mut array: PerCpuArray<&mut MapData, ProbeStats> =
+            PerCpuArray::try_from(map).map_err(|_| AttachError::Map(STATS_MAP))?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![ProbeStats::default(); cpus])
+            .map_err(AttachError::Cpus)?;
+        array
+            .set(id, zero, 0)
+            .map_err(|e| AttachError::Stats(Box::new(e)))
     }
 
     /// Detaches one probe; returns whether it was attached.

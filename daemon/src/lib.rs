@@ -21,6 +21,7 @@ pub mod privileges;
 pub mod probes;
 pub mod resolve;
 pub mod self_check;
+pub mod service;
 pub mod spec;
 pub mod symbolize;
 pub mod trace;

@@ -6,7 +6,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use probed::{cli::TraceArgs, trace};
+use probed::{
+    cli::TraceArgs,
+    service::{ctl::CtlArgs, run::DaemonArgs},
+    trace,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -27,6 +31,11 @@ struct Cli {
 enum Command {
     /// Attach probes and print every hit until stopped.
     Trace(TraceArgs),
+    /// Run as a service: probes and outputs from a TOML config, SIGHUP reloads it, a control
+    /// socket changes probes live (see `probed ctl`).
+    Daemon(DaemonArgs),
+    /// Talk to a running daemon: list, add, remove probes; read counters.
+    Ctl(CtlArgs),
     /// Check that this probed can trace here: BPF object present, privileges, kernel support.
     SelfCheck,
 }
@@ -36,6 +45,8 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Trace(args) => run_async(trace::run(args)),
+        Command::Daemon(args) => run_async(probed::service::run::run(args)),
+        Command::Ctl(args) => probed::service::ctl::run(args),
         Command::SelfCheck => probed::self_check::run(),
     };
     match result {

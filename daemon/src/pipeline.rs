@@ -589,8 +589,18 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 resolved_by_probe: counts.by_probe.clone(),
             });
         }
+        summary.resolver = self
+            .resolver_counters()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(())
+    }
+
+    /// The resolver's counters by name (summary, `ctl stats`, metrics).
+    pub fn resolver_counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.reader.resolver().counters();
-        summary.resolver = [
+        vec![
             ("fast_path", c.fast),
             ("fallback_no_snapshot", c.fallback_no_snapshot),
             ("fallback_in_flight", c.fallback_in_flight),
@@ -607,10 +617,6 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("rescan_retries", c.rescan_retries),
             ("rescan_failures", c.rescan_failures),
         ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        Ok(())
     }
 
     /// Flushes buffered hits to the output.

@@ -269,7 +269,7 @@ fn attach_request(probe: &Probe) -> AttachRequest {
 }
 
 /// A `--pid` that names no live process is an error before anything is attached.
-fn check_alive(pid: NonZeroU32) -> anyhow::Result<()> {
+pub(crate) fn check_alive(pid: NonZeroU32) -> anyhow::Result<()> {
     let Ok(raw) = i32::try_from(pid.get()) else {
         anyhow::bail!("no process with pid {pid}");
     };

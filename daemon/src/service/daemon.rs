@@ -1,0 +1,432 @@
+//! The daemon's state and every operation on it: attach and detach probes, reload, answer
+//! control requests, detach runaways, drain the ring buffer. Owned by one task (run.rs).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use probed_common::{MAX_PROBES, PROBE_FLAG_STACK};
+use serde_json::{Value, json};
+
+use crate::{
+    attach::{AttachRequest, Tracer},
+    config::{self, Config, ConfigError, ProbeConfig, ProbeDef, Source, STDOUT_OUTPUT},
+    events::EventStream,
+    output::sink::Sink,
+    pipeline::Pipeline,
+    probes::{self, Probe},
+    resolve::ProbeId,
+    service::{
+        control::{AddRequest, Request, error_reply},
+        outputs::Outputs,
+        probe_set::{Entry, Origin, ProbeSet},
+        reload,
+        runaway::RateMeter,
+    },
+    spec::ProbeSpec,
+    track::{BpfSeq, Generations, Tracked},
+};
+
+/// A probe checked against its file and given an id, not attached yet.
+pub struct Planned {
+    /// What was asked for.
+    pub def: ProbeDef,
+    /// The checked probe.
+    pub probe: Probe,
+    /// Whether the id was used before (its BPF counters need zeroing).
+    pub reused: bool,
+}
+
+/// The daemon.
+pub struct Daemon {
+    pub(super) tracer: Tracer,
+    pub(super) pipeline: Pipeline<Sink, BpfSeq>,
+    pub(super) stream: EventStream,
+    generations: Arc<Generations>,
+    tracked: Tracked,
+    pub(super) probes: ProbeSet,
+    outputs: Outputs,
+    /// The config file (reloaded from this path).
+    pub config_path: PathBuf,
+    meter: RateMeter,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Successful reloads.
+    pub reloads: u64,
+    /// Rejected reloads.
+    pub reload_failures: u64,
+}
+
+impl Daemon {
+    /// The daemon around a loaded tracer, with no probes yet.
+    pub fn new(
+        tracer: Tracer,
+        pipeline: Pipeline<Sink, BpfSeq>,
+        stream: EventStream,
+        generations: Arc<Generations>,
+        tracked: Tracked,
+        config_path: PathBuf,
+    ) -> Self {
+        Self {
+            tracer,
+            pipeline,
+            stream,
+            generations,
+            tracked,
+            probes: ProbeSet::new(MAX_PROBES),
+            outputs: Outputs::new(),
+            config_path,
+            meter: RateMeter::default(),
+            started: Instant::now(),
+            reloads: 0,
+            reload_failures: 0,
+        }
+    }
+
+    /// Checks every probe of `config` and opens its outputs, then attaches everything —
+    /// nothing is attached unless all of it checks out. Used at start and on reload.
+    pub fn apply_config(&mut self, source: &Source, config: &Config) -> Result<String, ApplyError> {
+        let wanted: Vec<ProbeDef> = config.probes.iter().map(ProbeConfig::def).collect();
+        let diff = reload::diff(&self.probes, &wanted);
+        let opened = self.outputs.open(config).map_err(|e| ApplyError::Check(e.to_string()))?;
+        let mut planned: Vec<Planned> = Vec::new();
+        for def in &diff.add {
+            let at = config
+                .probes
+                .iter()
+                .find(|p| p.def() == *def)
+                .map(|p| p.spec.span());
+            let result = self.plan(def).map_err(|message| match at {
+                Some(span) => source.error_at(span, message).to_string(),
+                None => message,
+            });
+            match result {
+                Ok(p) => planned.push(p),
+                Err(message) => {
+                    for p in &planned {
+                        self.probes.release(p.probe.id);
+                    }
+                    return Err(ApplyError::Check(message));
+                }
+            }
+        }
+        // Checked: now change things. Outputs first (new probes may write to them), then
+        // detach what goes, then attach what comes.
+        let pipeline = &mut self.pipeline;
+        let names = opened.names().to_vec();
+        self.outputs
+            .install(opened, |sink, writer| drop(pipeline.set_writer(sink, writer)));
+        for &id in &diff.remove {
+            self.remove(id);
+        }
+        let mut failed = Vec::new();
+        let added = planned.len();
+        for p in planned {
+            let spec = p.def.spec.clone();
+            if let Err(err) = self.attach(p, Origin::Config) {
+                failed.push(format!("{spec}: {err}"));
+            }
+        }
+        let in_use: Vec<String> = self.probes.iter().map(|(_, e)| e.def.output.clone()).collect();
+        let pipeline = &mut self.pipeline;
+        self.outputs.close_unused(
+            &names,
+            in_use.iter().map(String::as_str),
+            |sink, writer| drop(pipeline.set_writer(sink, writer)),
+        );
+        if !failed.is_empty() {
+            return Err(ApplyError::Attach(failed.join("; ")));
+        }
+        Ok(format!(
+            "{added} probe(s) attached, {} detached, {} unchanged",
+            diff.remove.len(),
+            diff.unchanged
+        ))
+    }
+
+    /// Rereads the config file and applies it (SIGHUP). A config that does not load or check
+    /// changes nothing.
+    pub fn reload(&mut self) -> Result<String, ApplyError> {
+        let (source, config) = config::load(&self.config_path).map_err(ApplyError::Config)?;
+        self.apply_config(&source, &config)
+    }
+
+    /// Checks a probe against its file and reserves its id.
+    pub fn plan(&mut self, def: &ProbeDef) -> Result<Planned, String> {
+        let spec: ProbeSpec = def.spec.parse().map_err(|e| format!("{e}"))?;
+        if def.output != STDOUT_OUTPUT && self.outputs.sink(&def.output).is_none() {
+            return Err(format!(
+                "no output named `{}` (expected one of: {})",
+                def.output,
+                self.outputs.names().join(", ")
+            ));
+        }
+        if let Some(pid) = def.pid {
+            crate::trace::check_alive(pid).map_err(|e| format!("{e:#}"))?;
+        }
+        if def.container.is_some() || def.rate_limit.is_some() {
+            return Err(
+                "`container` and `rate_limit` are not supported by this build yet".to_owned(),
+            );
+        }
+        let (id, reused) = self
+            .probes
+            .reserve()
+            .ok_or_else(|| format!("too many probes: at most {MAX_PROBES}"))?;
+        match probes::prepare_one(id, spec) {
+            Ok(probe) => Ok(Planned {
+                def: def.clone(),
+                probe,
+                reused,
+            }),
+            Err(err) => {
+                self.probes.release(id);
+                Err(err.to_string())
+            }
+        }
+    }
+
+    /// Attaches a planned probe and starts taking its hits.
+    pub fn attach(&mut self, planned: Planned, origin: Origin) -> Result<u32, String> {
+        let Planned {
+            def,
+            probe,
+            reused,
+        } = planned;
+        let id = probe.id;
+        let result = (|| -> Result<(), crate::attach::AttachError> {
+            if reused {
+                self.tracer.reset_probe(id)?;
+            }
+            let flags = if def.stack { PROBE_FLAG_STACK } else { 0 };
+            self.tracer.set_probe_flags(id, flags)?;
+            self.tracer.attach(
+                &AttachRequest {
+                    id,
+                    kind: probe.spec.kind,
+                    path: probe.spec.path.clone(),
+                    file_offset: probe.file_offset,
+                },
+                def.pid,
+            )?;
+            if def.pid.is_none() {
+                self.tracer.watch_files([probe.target.id])?;
+            }
+            Ok(())
+        })();
+        if let Err(err) = result {
+            self.probes.release(id);
+            return Err(crate::cli::one_line(&anyhow::Error::new(err)));
+        }
+        let resolver = self.pipeline.resolver().clone();
+        resolver
+            .registry()
+            .insert(probe.target.id, probe.file_offset, ProbeId(id));
+        let files: HashSet<_> = [probe.target.id].into_iter().collect();
+        let running = crate::track::preexisting::track_mapping_processes(
+            &files,
+            def.pid.map(NonZeroU32::get),
+            &self.generations,
+            &self.tracked,
+            &resolver,
+        );
+        let sink = self.outputs.sink(&def.output).unwrap_or(0);
+        tracing::info!(probe = id, spec = %def.spec, output = %def.output, running, "probe attached");
+        self.pipeline.add_probe(probe, sink);
+        self.probes.insert(
+            id,
+            Entry {
+                def,
+                origin,
+                disabled: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Detaches probe `id`, takes the hits it left in the ring buffer, frees its id.
+    pub fn remove(&mut self, id: u32) -> Option<Entry> {
+        self.probes.get(id)?;
+        self.tracer.detach(id);
+        self.drain();
+        let entry = self.probes.remove(id)?;
+        self.meter.forget(id);
+        if let Some((probe, _)) = self.pipeline.remove_probe(id) {
+            let registry = self.pipeline.resolver().registry();
+            if registry.get(probe.target.id, probe.file_offset) == Some(ProbeId(id)) {
+                registry.remove(probe.target.id, probe.file_offset);
+                // Another probe at the same place (e.g. with another pid filter) takes over.
+                if let Some((other, _)) = self.pipeline.probes().find(|(p, _)| {
+                    p.target.id == probe.target.id && p.file_offset == probe.file_offset
+                }) {
+                    registry.insert(other.target.id, other.file_offset, ProbeId(other.id));
+                }
+            }
+        }
+        tracing::info!(probe = id, spec = %entry.def.spec, "probe removed");
+        Some(entry)
+    }
+
+    /// Detaches every probe and takes what they left in the ring buffer (shutdown).
+    pub fn detach_all(&mut self) {
+        self.tracer.detach_all();
+        self.drain();
+    }
+
+    /// Takes every event waiting in the ring buffer.
+    pub fn drain(&mut self) {
+        let pipeline = &mut self.pipeline;
+        self.stream.drain(|event| {
+            pipeline.handle_event(&event);
+        });
+    }
+
+    /// Detaches probes firing faster than their `disable_above`; returns how many.
+    pub fn check_runaways(&mut self, now: Instant) -> usize {
+        let mut runaway = Vec::new();
+        for (id, entry) in self.probes.iter() {
+            let Some(limit) = entry.def.disable_above else {
+                continue;
+            };
+            if entry.disabled.is_some() {
+                continue;
+            }
+            let Ok(stats) = self.tracer.stats(id) else {
+                continue;
+            };
+            if let Some(rate) = self.meter.rate(id, stats.hits, now)
+                && rate > limit.get() as f64
+            {
+                runaway.push((id, rate, limit));
+            }
+        }
+        for (id, rate, limit) in &runaway {
+            self.tracer.detach(*id);
+            let reason = format!("fired {rate:.0} times/s, above disable_above = {limit}");
+            if let Some(entry) = self.probes.get_mut(*id) {
+                tracing::warn!(probe = id, spec = %entry.def.spec, %reason, "runaway probe disabled");
+                entry.disabled = Some(reason);
+            }
+        }
+        runaway.len()
+    }
+
+    /// Answers a control request.
+    pub fn answer(&mut self, request: Request) -> Value {
+        match request {
+            Request::List => json!({"ok": true, "probes": self.list()}),
+            Request::Stats => self.stats(),
+            Request::Add(add) => {
+                let def = def_of(add);
+                if self
+                    .probes
+                    .iter()
+                    .any(|(_, e)| e.def == def && e.origin == Origin::Ctl)
+                {
+                    return error_reply(format!("the same probe is already attached: {}", def.spec));
+                }
+                match self.plan(&def).and_then(|p| self.attach(p, Origin::Ctl)) {
+                    Ok(id) => json!({"ok": true, "id": id}),
+                    Err(message) => error_reply(message),
+                }
+            }
+            Request::Remove { id } => match self.remove(id) {
+                Some(entry) => json!({"ok": true, "id": id, "spec": entry.def.spec}),
+                None => error_reply(format!("no probe with id {id}")),
+            },
+        }
+    }
+
+    /// Every probe, for `ctl list`.
+    fn list(&self) -> Vec<Value> {
+        self.probes
+            .iter()
+            .map(|(id, e)| {
+                json!({
+                    "id": id,
+                    "spec": e.def.spec,
+                    "origin": e.origin,
+                    "state": if e.disabled.is_some() { "disabled" } else { "attached" },
+                    "disabled_reason": e.disabled,
+                    "output": e.def.output,
+                    "pid": e.def.pid,
+                    "container": e.def.container,
+                    "rate_limit": e.def.rate_limit,
+                    "burst": e.def.burst,
+                    "disable_above": e.def.disable_above,
+                    "stack": e.def.stack,
+                })
+            })
+            .collect()
+    }
+
+    /// Counters, for `ctl stats`.
+    fn stats(&self) -> Value {
+        let mut probes = Vec::new();
+        for (id, entry) in self.probes.iter() {
+            let bpf = self.tracer.stats(id).unwrap_or_default();
+            let counts = self.pipeline.probe(id).map(|(_, c)| c.clone()).unwrap_or_default();
+            probes.push(json!({
+                "id": id,
+                "spec": entry.def.spec,
+                "state": if entry.disabled.is_some() { "disabled" } else { "attached" },
+                "hits": bpf.hits,
+                "lost": bpf.lost,
+                "written": counts.printed,
+                "write_errors": counts.write_errors,
+                "unresolved": counts.unresolved,
+                "resolved_by_probe": counts.by_probe,
+            }));
+        }
+        let resolver: BTreeMap<&str, u64> =
+            self.pipeline.resolver_counters().into_iter().collect();
+        json!({
+            "ok": true,
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "probes": probes,
+            "attached": self.probes.attached(),
+            "processes_tracked": self.pipeline.resolver().tracked().len(),
+            "resolver": resolver,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
+            "malformed_events": self.stream.malformed,
+        })
+    }
+
+    /// The control socket path of the running config.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+}
+
+/// A `ctl add` request as a probe definition.
+fn def_of(add: AddRequest) -> ProbeDef {
+    ProbeDef {
+        spec: add.spec,
+        output: add.output.unwrap_or_else(|| STDOUT_OUTPUT.to_owned()),
+        pid: add.pid,
+        container: add.container,
+        rate_limit: add.rate_limit,
+        burst: add.burst,
+        disable_above: add.disable_above,
+        stack: add.stack,
+    }
+}
+
+/// Why a config could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The file does not load.
+    #[error(transparent)]
+    Config(ConfigError),
+    /// A probe or output does not check out; nothing was changed.
+    #[error("{0}")]
+    Check(String),
+    /// The kernel refused some attachments; the rest was applied.
+    #[error("some probes could not be attached: {0}")]
+    Attach(String),
+}

@@ -1,0 +1,161 @@
+//! `probed daemon --config FILE`: start, serve, stop.
+//!
+//! Start-up order is chosen so that a bad config or a busy socket leaves nothing behind:
+//! load and check the config (file:line:column errors), bind the control socket, load the BPF
+//! object, check every probe against its file and open every output, and only then attach.
+//! READY=1 goes to systemd once all of that is done.
+//!
+//! Stop (SIGTERM, SIGINT): detach every probe, take the hits already in the ring buffer,
+//! flush the outputs, remove the socket, exit 0 — bounded by the drain, which reads what is
+//! there and does not wait. SIGKILL leaves nothing attached either: links are file
+//! descriptors and die with the process (tested in daemon/tests/service_daemon.rs).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    attach::Tracer,
+    config,
+    events::EventStream,
+    pipeline::Pipeline,
+    resolve::{Config as ResolverConfig, Resolver},
+    service::{
+        control::{Call, ControlSocket},
+        daemon::Daemon,
+        outputs::Outputs,
+    },
+    symbolize::Symbolizer,
+    track::GenCheckedMaps,
+};
+
+/// How often the ring buffer is drained without a wake-up (see trace.rs).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often probes with `disable_above` are measured.
+const RUNAWAY_EVERY: Duration = Duration::from_secs(1);
+
+/// `probed daemon` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct DaemonArgs {
+    /// The configuration file.
+    #[arg(long, short, value_name = "FILE", default_value = "/etc/probed/probed.toml")]
+    pub config: PathBuf,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let (source, config) = config::load(&args.config)?;
+    // Signals are taken over before anything is attached: a SIGHUP during start-up must not
+    // kill the daemon (its default action), and SIGTERM must still stop it cleanly.
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let control = ControlSocket::bind(&config.control_socket)?;
+
+    let mut tracer = Tracer::load()?;
+    let (seq, generations, tracked) = tracer.take_tracker()?;
+    let stream = EventStream::new(tracer.take_ring()?)?;
+    let generations = Arc::new(generations);
+    let maps = GenCheckedMaps::new(generations.clone());
+    let resolver_config = ResolverConfig {
+        reported_changes: true,
+        ..ResolverConfig::default()
+    };
+    let resolver = Arc::new(Resolver::with_config(seq, maps, resolver_config));
+    let pipeline = Pipeline::new(
+        Vec::new(),
+        Outputs::stdout_writer(),
+        None,
+        &resolver,
+        Arc::new(Symbolizer::new()),
+    )
+    .keep_going_on_write_errors();
+    let mut daemon = Daemon::new(
+        tracer,
+        pipeline,
+        stream,
+        generations,
+        tracked,
+        args.config.clone(),
+    );
+    // Nothing is attached unless every probe checks out; if the kernel refuses one, what
+    // was attached is detached again (dropping the tracer) and the start fails.
+    let applied = daemon
+        .apply_config(&source, &config)
+        .with_context(|| format!("cannot start with {}", args.config.display()))?;
+    tracing::info!(config = %args.config.display(), socket = %control.path().display(), "{applied}");
+    eprintln!(
+        "probed: daemon running with {} probe(s); control socket {}",
+        daemon.probes.attached(),
+        control.path().display()
+    );
+
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+    let serve_control = control.serve(calls_tx);
+    tokio::pin!(serve_control);
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut runaway_tick = tokio::time::interval(RUNAWAY_EVERY);
+    runaway_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            batch = daemon.stream.next_batch(|event| daemon.pipeline.handle_event(&event)) => {
+                batch.context("reading the hit ring buffer")?;
+                flush(&mut daemon);
+            }
+            _ = drain_tick.tick() => {
+                daemon.drain();
+                flush(&mut daemon);
+            }
+            _ = runaway_tick.tick() => {
+                daemon.check_runaways(std::time::Instant::now());
+            }
+            Some(call) = calls.recv() => {
+                let reply = daemon.answer(call.request);
+                flush(&mut daemon);
+                let _ = call.reply.send(reply);
+            }
+            () = &mut serve_control => {}
+            _ = sighup.recv() => {
+                match daemon.reload() {
+                    Ok(applied) => {
+                        daemon.reloads += 1;
+                        tracing::info!(config = %args.config.display(), "reloaded: {applied}");
+                    }
+                    Err(err) => {
+                        daemon.reload_failures += 1;
+                        tracing::error!(
+                            config = %args.config.display(),
+                            "reload rejected, the running configuration stays: {}",
+                            crate::cli::one_line(&anyhow::Error::new(err))
+                        );
+                    }
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    tracing::info!("stopping: detaching probes");
+    daemon.detach_all();
+    if let Err(err) = daemon.pipeline.flush() {
+        tracing::error!(error = %err, "flushing outputs at exit failed");
+    }
+    // The control socket's file is removed as `control` drops, on this and every error path.
+    Ok(())
+}
+
+/// Flushes the outputs after a batch: hits are written as they come, not when a buffer
+/// fills. A failing output is counted per probe by the pipeline; the daemon goes on.
+fn flush(daemon: &mut Daemon) {
+    if let Err(err) = daemon.pipeline.flush() {
+        tracing::debug!(error = %err, "flushing an output failed");
+    }
+}
