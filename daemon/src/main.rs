@@ -42,7 +42,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A service logs its lifecycle (attach, reload, stop) by default; a command line tool
+    // only warnings.
+    let quiet = if matches!(cli.command, Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.verbose, quiet);
     let result = match cli.command {
         Command::Trace(args) => run_async(trace::run(args)),
         Command::Daemon(args) => run_async(probed::service::run::run(args)),
@@ -65,9 +72,9 @@ fn run_async(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()
         .block_on(job)
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: &str) {
     let default = match verbose {
-        0 => "warn",
+        0 => quiet,
         1 => "probed=debug,info",
         _ => "trace",
     };

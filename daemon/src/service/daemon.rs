@@ -2,26 +2,28 @@
 //! control requests, detach runaways, drain the ring buffer. Owned by one task (run.rs).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
 };
 
+use aya::programs::uprobe::UProbeLink;
 use probed_common::{MAX_PROBES, PROBE_FLAG_STACK};
 use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     attach::{AttachRequest, Tracer},
-    config::{self, Config, ConfigError, ProbeConfig, ProbeDef, Source, STDOUT_OUTPUT},
+    config::{self, Config, ConfigError, ProbeConfig, ProbeDef, STDOUT_OUTPUT, Source},
     events::EventStream,
     output::sink::Sink,
     pipeline::Pipeline,
     probes::{self, Probe},
     resolve::ProbeId,
     service::{
-        control::{AddRequest, Request, error_reply},
+        control::{AddRequest, Call, Request, error_reply},
         outputs::Outputs,
         probe_set::{Entry, Origin, ProbeSet},
         reload,
@@ -39,6 +41,13 @@ pub struct Planned {
     pub probe: Probe,
     /// Whether the id was used before (its BPF counters need zeroing).
     pub reused: bool,
+}
+
+/// A probe's link finished closing (off the event loop).
+#[derive(Debug)]
+pub struct Closed {
+    /// The probe.
+    pub id: u32,
 }
 
 /// The daemon.
@@ -59,10 +68,17 @@ pub struct Daemon {
     pub reloads: u64,
     /// Rejected reloads.
     pub reload_failures: u64,
+    /// Probes whose links are closing.
+    closing: HashSet<u32>,
+    /// Where closers report.
+    closed_tx: mpsc::UnboundedSender<Closed>,
+    /// `ctl remove` replies waiting for a close, by probe.
+    waiting: HashMap<u32, Vec<oneshot::Sender<Value>>>,
 }
 
 impl Daemon {
-    /// The daemon around a loaded tracer, with no probes yet.
+    /// The daemon around a loaded tracer, with no probes yet, and the channel on which its
+    /// link closers report (the loop passes each report to [`Daemon::on_closed`]).
     pub fn new(
         tracer: Tracer,
         pipeline: Pipeline<Sink, BpfSeq>,
@@ -70,8 +86,9 @@ impl Daemon {
         generations: Arc<Generations>,
         tracked: Tracked,
         config_path: PathBuf,
-    ) -> Self {
-        Self {
+    ) -> (Self, mpsc::UnboundedReceiver<Closed>) {
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let daemon = Self {
             tracer,
             pipeline,
             stream,
@@ -84,7 +101,11 @@ impl Daemon {
             started: Instant::now(),
             reloads: 0,
             reload_failures: 0,
-        }
+            closing: HashSet::new(),
+            closed_tx,
+            waiting: HashMap::new(),
+        };
+        (daemon, closed_rx)
     }
 
     /// Checks every probe of `config` and opens its outputs, then attaches everything —
@@ -92,7 +113,10 @@ impl Daemon {
     pub fn apply_config(&mut self, source: &Source, config: &Config) -> Result<String, ApplyError> {
         let wanted: Vec<ProbeDef> = config.probes.iter().map(ProbeConfig::def).collect();
         let diff = reload::diff(&self.probes, &wanted);
-        let opened = self.outputs.open(config).map_err(|e| ApplyError::Check(e.to_string()))?;
+        let opened = self
+            .outputs
+            .open(config)
+            .map_err(|e| ApplyError::Check(e.to_string()))?;
         let mut planned: Vec<Planned> = Vec::new();
         for def in &diff.add {
             let at = config
@@ -118,10 +142,11 @@ impl Daemon {
         // detach what goes, then attach what comes.
         let pipeline = &mut self.pipeline;
         let names = opened.names().to_vec();
-        self.outputs
-            .install(opened, |sink, writer| drop(pipeline.set_writer(sink, writer)));
+        self.outputs.install(opened, |sink, writer| {
+            drop(pipeline.set_writer(sink, writer))
+        });
         for &id in &diff.remove {
-            self.remove(id);
+            self.start_remove(id);
         }
         let mut failed = Vec::new();
         let added = planned.len();
@@ -131,13 +156,17 @@ impl Daemon {
                 failed.push(format!("{spec}: {err}"));
             }
         }
-        let in_use: Vec<String> = self.probes.iter().map(|(_, e)| e.def.output.clone()).collect();
+        let in_use: Vec<String> = self
+            .probes
+            .iter()
+            .filter(|(_, e)| !e.removing)
+            .map(|(_, e)| e.def.output.clone())
+            .collect();
         let pipeline = &mut self.pipeline;
-        self.outputs.close_unused(
-            &names,
-            in_use.iter().map(String::as_str),
-            |sink, writer| drop(pipeline.set_writer(sink, writer)),
-        );
+        self.outputs
+            .close_unused(&names, in_use.iter().map(String::as_str), |sink, writer| {
+                drop(pipeline.set_writer(sink, writer))
+            });
         if !failed.is_empty() {
             return Err(ApplyError::Attach(failed.join("; ")));
         }
@@ -155,16 +184,10 @@ impl Daemon {
         self.apply_config(&source, &config)
     }
 
-    /// Checks a probe against its file and reserves its id.
+    /// Checks a probe against its file and reserves its id. (Its output was checked by the
+    /// config's load, or by [`Daemon::answer`] for `ctl add`.)
     pub fn plan(&mut self, def: &ProbeDef) -> Result<Planned, String> {
         let spec: ProbeSpec = def.spec.parse().map_err(|e| format!("{e}"))?;
-        if def.output != STDOUT_OUTPUT && self.outputs.sink(&def.output).is_none() {
-            return Err(format!(
-                "no output named `{}` (expected one of: {})",
-                def.output,
-                self.outputs.names().join(", ")
-            ));
-        }
         if let Some(pid) = def.pid {
             crate::trace::check_alive(pid).map_err(|e| format!("{e:#}"))?;
         }
@@ -192,11 +215,7 @@ impl Daemon {
 
     /// Attaches a planned probe and starts taking its hits.
     pub fn attach(&mut self, planned: Planned, origin: Origin) -> Result<u32, String> {
-        let Planned {
-            def,
-            probe,
-            reused,
-        } = planned;
+        let Planned { def, probe, reused } = planned;
         let id = probe.id;
         let result = (|| -> Result<(), crate::attach::AttachError> {
             if reused {
@@ -243,17 +262,63 @@ impl Daemon {
                 def,
                 origin,
                 disabled: None,
+                removing: false,
             },
         );
         Ok(id)
     }
 
-    /// Detaches probe `id`, takes the hits it left in the ring buffer, frees its id.
-    pub fn remove(&mut self, id: u32) -> Option<Entry> {
-        self.probes.get(id)?;
-        self.tracer.detach(id);
+    /// Starts removing probe `id`: its link is closed off the event loop (closing waits for
+    /// the kernel, ~0.1 s) and [`Daemon::on_closed`] finishes the removal. Returns false if
+    /// there is no such probe; true if the removal is under way or done.
+    pub fn start_remove(&mut self, id: u32) -> bool {
+        let Some(entry) = self.probes.get_mut(id) else {
+            return false;
+        };
+        if entry.removing {
+            return true;
+        }
+        entry.removing = true;
+        match self.tracer.take_link(id) {
+            Some(link) => self.close_async(id, link),
+            // Already detached (a runaway): done once its close, if any, is.
+            None if !self.closing.contains(&id) => self.finish_remove(id),
+            None => {}
+        }
+        true
+    }
+
+    /// Drops `link` on the blocking pool and reports [`Closed`] when done.
+    fn close_async(&mut self, id: u32, link: UProbeLink) {
+        self.closing.insert(id);
+        let tx = self.closed_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            drop(link);
+            let _ = tx.send(Closed { id });
+        });
+    }
+
+    /// A link finished closing: if its probe is being removed, finish that.
+    pub fn on_closed(&mut self, closed: Closed) {
+        self.closing.remove(&closed.id);
+        if self.probes.get(closed.id).is_some_and(|e| e.removing) {
+            self.finish_remove(closed.id);
+        }
+    }
+
+    /// Whether links are still closing.
+    pub fn closing(&self) -> bool {
+        !self.closing.is_empty()
+    }
+
+    /// Completes a removal once the probe can no longer fire: takes the hits it left in the
+    /// ring buffer, then frees its id (so a reused id never gets the old probe's hits) and
+    /// answers the `ctl remove` calls waiting for it.
+    fn finish_remove(&mut self, id: u32) {
         self.drain();
-        let entry = self.probes.remove(id)?;
+        let Some(entry) = self.probes.remove(id) else {
+            return;
+        };
         self.meter.forget(id);
         if let Some((probe, _)) = self.pipeline.remove_probe(id) {
             let registry = self.pipeline.resolver().registry();
@@ -268,7 +333,9 @@ impl Daemon {
             }
         }
         tracing::info!(probe = id, spec = %entry.def.spec, "probe removed");
-        Some(entry)
+        for reply in self.waiting.remove(&id).unwrap_or_default() {
+            let _ = reply.send(json!({"ok": true, "id": id, "spec": entry.def.spec}));
+        }
     }
 
     /// Detaches every probe and takes what they left in the ring buffer (shutdown).
@@ -305,7 +372,9 @@ impl Daemon {
             }
         }
         for (id, rate, limit) in &runaway {
-            self.tracer.detach(*id);
+            if let Some(link) = self.tracer.take_link(*id) {
+                self.close_async(*id, link);
+            }
             let reason = format!("fired {rate:.0} times/s, above disable_above = {limit}");
             if let Some(entry) = self.probes.get_mut(*id) {
                 tracing::warn!(probe = id, spec = %entry.def.spec, %reason, "runaway probe disabled");
@@ -315,8 +384,29 @@ impl Daemon {
         runaway.len()
     }
 
-    /// Answers a control request.
-    pub fn answer(&mut self, request: Request) -> Value {
+    /// Answers a control call: at once, or — for `remove` — once the probe is detached.
+    pub fn answer(&mut self, call: Call) {
+        if let Request::Remove { id } = call.request {
+            if self.start_remove(id) {
+                if self.probes.get(id).is_some() {
+                    self.waiting.entry(id).or_default().push(call.reply);
+                    return;
+                }
+                // Finished at once (it was already detached).
+                let _ = call.reply.send(json!({"ok": true, "id": id}));
+            } else {
+                let _ = call
+                    .reply
+                    .send(error_reply(format!("no probe with id {id}")));
+            }
+            return;
+        }
+        let reply = self.reply(call.request);
+        let _ = call.reply.send(reply);
+    }
+
+    /// The reply to a request answered at once.
+    fn reply(&mut self, request: Request) -> Value {
         match request {
             Request::List => json!({"ok": true, "probes": self.list()}),
             Request::Stats => self.stats(),
@@ -325,19 +415,26 @@ impl Daemon {
                 if self
                     .probes
                     .iter()
-                    .any(|(_, e)| e.def == def && e.origin == Origin::Ctl)
+                    .any(|(_, e)| e.def == def && e.origin == Origin::Ctl && !e.removing)
                 {
-                    return error_reply(format!("the same probe is already attached: {}", def.spec));
+                    return error_reply(format!(
+                        "the same probe is already attached: {}",
+                        def.spec
+                    ));
+                }
+                if self.outputs.sink(&def.output).is_none() {
+                    return error_reply(format!(
+                        "no output named `{}` (expected one of: {})",
+                        def.output,
+                        self.outputs.names().join(", ")
+                    ));
                 }
                 match self.plan(&def).and_then(|p| self.attach(p, Origin::Ctl)) {
                     Ok(id) => json!({"ok": true, "id": id}),
                     Err(message) => error_reply(message),
                 }
             }
-            Request::Remove { id } => match self.remove(id) {
-                Some(entry) => json!({"ok": true, "id": id, "spec": entry.def.spec}),
-                None => error_reply(format!("no probe with id {id}")),
-            },
+            Request::Remove { id } => error_reply(format!("probe {id}: removal is asynchronous")),
         }
     }
 
@@ -350,7 +447,7 @@ impl Daemon {
                     "id": id,
                     "spec": e.def.spec,
                     "origin": e.origin,
-                    "state": if e.disabled.is_some() { "disabled" } else { "attached" },
+                    "state": state(e),
                     "disabled_reason": e.disabled,
                     "output": e.def.output,
                     "pid": e.def.pid,
@@ -369,11 +466,15 @@ impl Daemon {
         let mut probes = Vec::new();
         for (id, entry) in self.probes.iter() {
             let bpf = self.tracer.stats(id).unwrap_or_default();
-            let counts = self.pipeline.probe(id).map(|(_, c)| c.clone()).unwrap_or_default();
+            let counts = self
+                .pipeline
+                .probe(id)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
             probes.push(json!({
                 "id": id,
                 "spec": entry.def.spec,
-                "state": if entry.disabled.is_some() { "disabled" } else { "attached" },
+                "state": state(entry),
                 "hits": bpf.hits,
                 "lost": bpf.lost,
                 "written": counts.printed,
@@ -382,8 +483,7 @@ impl Daemon {
                 "resolved_by_probe": counts.by_probe,
             }));
         }
-        let resolver: BTreeMap<&str, u64> =
-            self.pipeline.resolver_counters().into_iter().collect();
+        let resolver: BTreeMap<&str, u64> = self.pipeline.resolver_counters().into_iter().collect();
         json!({
             "ok": true,
             "uptime_s": self.started.elapsed().as_secs_f64(),
@@ -400,6 +500,17 @@ impl Daemon {
     /// The control socket path of the running config.
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+}
+
+/// A probe's state as listed.
+fn state(entry: &Entry) -> &'static str {
+    if entry.removing {
+        "detaching"
+    } else if entry.disabled.is_some() {
+        "disabled"
+    } else {
+        "attached"
     }
 }
 

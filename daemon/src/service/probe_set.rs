@@ -30,6 +30,8 @@ pub struct Entry {
     pub origin: Origin,
     /// Set when the probe was detached for firing too fast (the reason); it stays listed.
     pub disabled: Option<String>,
+    /// Set while the probe is being removed (its link closing).
+    pub removing: bool,
 }
 
 /// The table.
@@ -112,7 +114,10 @@ impl ProbeSet {
 
     /// Number of probes attached (not disabled).
     pub fn attached(&self) -> usize {
-        self.entries.values().filter(|e| e.disabled.is_none()).count()
+        self.entries
+            .values()
+            .filter(|e| e.disabled.is_none())
+            .count()
     }
 }
 
@@ -134,6 +139,7 @@ mod tests {
             },
             origin: Origin::Ctl,
             disabled: None,
+            removing: false,
         }
     }
 

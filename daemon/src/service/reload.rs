@@ -73,6 +73,7 @@ mod tests {
                     def: d,
                     origin,
                     disabled: None,
+                    removing: false,
                 },
             );
             id

@@ -36,6 +36,8 @@ use crate::{
 
 /// How often the ring buffer is drained without a wake-up (see trace.rs).
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How long a stop waits for links that were already closing.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How often probes with `disable_above` are measured.
 const RUNAWAY_EVERY: Duration = Duration::from_secs(1);
 
@@ -43,7 +45,12 @@ const RUNAWAY_EVERY: Duration = Duration::from_secs(1);
 #[derive(Args, Clone, Debug)]
 pub struct DaemonArgs {
     /// The configuration file.
-    #[arg(long, short, value_name = "FILE", default_value = "/etc/probed/probed.toml")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/probed/probed.toml"
+    )]
     pub config: PathBuf,
 }
 
@@ -75,7 +82,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         Arc::new(Symbolizer::new()),
     )
     .keep_going_on_write_errors();
-    let mut daemon = Daemon::new(
+    let (mut daemon, mut closed) = Daemon::new(
         tracer,
         pipeline,
         stream,
@@ -117,9 +124,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 daemon.check_runaways(std::time::Instant::now());
             }
             Some(call) = calls.recv() => {
-                let reply = daemon.answer(call.request);
+                daemon.answer(call);
                 flush(&mut daemon);
-                let _ = call.reply.send(reply);
+            }
+            Some(done) = closed.recv() => {
+                daemon.on_closed(done);
+                flush(&mut daemon);
             }
             () = &mut serve_control => {}
             _ = sighup.recv() => {
@@ -145,6 +155,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
     tracing::info!("stopping: detaching probes");
     daemon.detach_all();
+    // Links already closing (removals, runaways) finish on their own; wait for them, briefly,
+    // so that their last hits are written too.
+    let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+    while daemon.closing() {
+        match tokio::time::timeout_at(deadline, closed.recv()).await {
+            Ok(Some(done)) => daemon.on_closed(done),
+            _ => break,
+        }
+    }
+    daemon.drain();
     if let Err(err) = daemon.pipeline.flush() {
         tracing::error!(error = %err, "flushing outputs at exit failed");
     }

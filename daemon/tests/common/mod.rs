@@ -14,6 +14,8 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod daemon;
+
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
