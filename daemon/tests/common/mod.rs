@@ -461,13 +461,18 @@ pub fn num(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
 }
 
-/// Checks the summary's bookkeeping: for every probe, hits == printed + not_printed + lost.
+/// Checks the summary's bookkeeping: for every probe,
+/// hits == printed + not_printed + lost + rate_limited + filtered.
 pub fn assert_summary_adds_up(summary: &serde_json::Value) {
     for p in summary["probes"].as_array().expect("probes array") {
         assert_eq!(
             num(p, "hits"),
-            num(p, "printed") + num(p, "not_printed") + num(p, "lost"),
-            "hits != printed + not_printed + lost in {p}"
+            num(p, "printed")
+                + num(p, "not_printed")
+                + num(p, "lost")
+                + num(p, "rate_limited")
+                + num(p, "filtered"),
+            "hits != printed + not_printed + lost + rate_limited + filtered in {p}"
         );
     }
 }
