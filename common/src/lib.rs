@@ -403,17 +403,15 @@ pub const fn gcra(tat: u64, now: u64, interval_ns: u64, tolerance_ns: u64) -> Op
 }
 
 /// The [`ProbeLimit`] interval and tolerance of `per_sec` hits per second with bursts of
-/// `burst` (at least 1); `per_sec` = 0 means unlimited (interval 0).
+/// `burst` (at least 1); `per_sec` = 0 means unlimited (interval 0). Rates above 1e9/s get
+/// the smallest interval, 1 ns.
 pub const fn gcra_params(per_sec: u64, burst: u64) -> (u64, u64) {
     if per_sec == 0 {
         return (0, 0);
     }
-    // At least 1 ns: a rate above 1e9/s is as good as unlimited, but 0 would mean "off".
-    let interval = if per_sec >= 1_000_000_000 {
-        1
-    } else {
-        1_000_000_000 / per_sec
-    };
+    // Rounded up, so the enforced rate never exceeds `per_sec` (1e9 / 3 would otherwise
+    // allow 3.000000003/s); at least 1 ns, since 0 means "off".
+    let interval = 1_000_000_000_u64.div_ceil(per_sec);
     let burst = if burst == 0 { 1 } else { burst };
     (interval, (burst - 1).saturating_mul(interval))
 }
@@ -560,5 +558,7 @@ mod tests {
         assert_eq!(gcra_params(0, 10), (0, 0));
         assert_eq!(gcra_params(1, 0), (1_000_000_000, 0));
         assert_eq!(gcra_params(u64::MAX, u64::MAX).0, 1);
+        // Never faster than asked: 3/s is one hit per 333,333,334 ns.
+        assert_eq!(gcra_params(3, 1).0, 333_333_334);
     }
 }
