@@ -515,7 +515,11 @@ mod tests {
         let mut arrivals = [0u64; 40];
         for (i, a) in arrivals.iter_mut().enumerate() {
             // 20 hits at t = 1 s, then 20 hits 100 s later.
-            *a = if i < 20 { 1_000_000_000 } else { 101_000_000_000 };
+            *a = if i < 20 {
+                1_000_000_000
+            } else {
+                101_000_000_000
+            };
         }
         let (_, n) = admitted(&arrivals, interval, tolerance);
         assert_eq!(n, 3 + 3);

@@ -152,7 +152,9 @@ pub enum AttachError {
     #[error("cannot read per-probe counters")]
     Stats(#[source] Box<aya::maps::MapError>),
     /// A rate limit of 0 hits/s or with a burst of 0.
-    #[error("invalid rate limit for probe {id}: {per_sec} hits/s, burst {burst} (both must be at least 1)")]
+    #[error(
+        "invalid rate limit for probe {id}: {per_sec} hits/s, burst {burst} (both must be at least 1)"
+    )]
     InvalidRateLimit {
         /// The probe.
         id: u32,
@@ -388,7 +390,10 @@ impl Tracer {
     /// [`Self::set_pidns_filter`].
     pub fn set_probe_flags(&mut self, id: u32, flags: u32) -> Result<(), AttachError> {
         let old = self.probe_flags(id)?;
-        self.write_probe_flags(id, (old & PROBE_FLAGS_LIMITS) | (flags & !PROBE_FLAGS_LIMITS))
+        self.write_probe_flags(
+            id,
+            (old & PROBE_FLAGS_LIMITS) | (flags & !PROBE_FLAGS_LIMITS),
+        )
     }
 
     /// Limits probe `id` to `limit` recorded hits (None: unlimited). Hits over the limit are
@@ -500,10 +505,12 @@ impl Tracer {
             .ok_or(AttachError::Map(PROBE_FLAGS_MAP))?;
         let mut array: Array<&mut MapData, u32> =
             Array::try_from(map).map_err(|_| AttachError::Map(PROBE_FLAGS_MAP))?;
-        array.set(id, flags, 0).map_err(|e| AttachError::ProbeConfig {
-            id,
-            source: Box::new(e),
-        })
+        array
+            .set(id, flags, 0)
+            .map_err(|e| AttachError::ProbeConfig {
+                id,
+                source: Box::new(e),
+            })
     }
 
     /// Read-modify-write of a probe's `PROBE_LIMITS` entry (only the daemon writes it).

@@ -183,7 +183,10 @@ mod tests {
         assert!(parse(&["--rate-limit", "10", "--burst", "0"]).is_err());
         assert!(parse(&["--container", "0"]).is_err());
         assert_eq!(
-            parse(&["--container", "42"]).unwrap().container.map(|p| p.get()),
+            parse(&["--container", "42"])
+                .unwrap()
+                .container
+                .map(|p| p.get()),
             Some(42)
         );
     }

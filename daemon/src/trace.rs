@@ -86,8 +86,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         if args.captures_stacks() {
             tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_STACK)?;
         }
-        tracer.set_rate_limit(probe.id, args.rate_limit())?;
-        tracer.set_pidns_filter(probe.id, container)?;
+        if let Some(limit) = args.rate_limit() {
+            tracer.set_rate_limit(probe.id, Some(limit))?;
+        }
+        if let Some(ns) = container {
+            tracer.set_pidns_filter(probe.id, Some(ns))?;
+        }
         tracer
             .attach(&attach_request(probe), args.pid)
             .with_context(|| probe.spec.text.clone())?;

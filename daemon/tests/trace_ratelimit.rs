@@ -82,9 +82,16 @@ fn rate_limit_bounds_printed_hits() {
     // the bucket must have refilled at least once.
     assert!(printed > B, "only the burst was printed: {p}");
     // Printed hits are in call order: argument 0 grows.
-    let args: Vec<u64> = hits.iter().map(|h| h["args"][0].as_u64().unwrap()).collect();
+    let args: Vec<u64> = hits
+        .iter()
+        .map(|h| h["args"][0].as_u64().unwrap())
+        .collect();
     assert!(args.windows(2).all(|w| w[0] < w[1]), "{args:?}");
-    assert_eq!(args[..B as usize], (0..B).collect::<Vec<_>>()[..], "the burst");
+    assert_eq!(
+        args[..B as usize],
+        (0..B).collect::<Vec<_>>()[..],
+        "the burst"
+    );
     target.finish();
 }
 
@@ -119,7 +126,9 @@ fn limited_and_unlimited_probes_in_one_object() {
             }),
         )
         .expect("set rate limit");
-    tracer.attach(&request(0, "probed_add"), pid).expect("attach 0");
+    tracer
+        .attach(&request(0, "probed_add"), pid)
+        .expect("attach 0");
     tracer
         .attach(&request(1, "probed_other"), pid)
         .expect("attach 1");
@@ -160,7 +169,11 @@ fn limited_and_unlimited_probes_in_one_object() {
     );
     assert_eq!(s1.hits, M, "{s1:?}");
     assert_eq!((s1.rate_limited, s1.filtered, s1.lost), (0, 0, 0), "{s1:?}");
-    assert_eq!(unlimited.len() as u64, M, "the unlimited probe is unaffected");
+    assert_eq!(
+        unlimited.len() as u64,
+        M,
+        "the unlimited probe is unaffected"
+    );
     assert_eq!(s0.hits, M, "{s0:?}");
     assert_eq!(s0.lost, 0, "{s0:?}");
     assert_eq!(limited.len() as u64 + s0.rate_limited, M, "{s0:?}");
@@ -204,7 +217,9 @@ fn limited_and_unlimited_probes_in_one_object() {
     // Reuse: reset zeroes counters, flags and limit; the id then counts from 0 unlimited.
     tracer.reset_probe(0).expect("reset");
     assert_eq!(tracer.stats(0).unwrap(), ProbeStats::default());
-    tracer.attach(&request(0, "probed_add"), pid).expect("reattach");
+    tracer
+        .attach(&request(0, "probed_add"), pid)
+        .expect("reattach");
     target.go();
     tracer.detach_all();
     let s0 = tracer.stats(0).unwrap();
@@ -251,8 +266,14 @@ fn container_keeps_only_its_namespace() {
         let i = inside.go();
         (i, o.join().expect("host twin"))
     });
-    assert_eq!(common::reported_sum(&in_round), common::expected_sum(N as i64));
-    assert_eq!(common::reported_sum(&out_round), common::expected_sum(N as i64));
+    assert_eq!(
+        common::reported_sum(&in_round),
+        common::expected_sum(N as i64)
+    );
+    assert_eq!(
+        common::reported_sum(&out_round),
+        common::expected_sum(N as i64)
+    );
     let end = probed.stop(libc::SIGINT);
     assert!(end.status.success(), "{end:?}");
     let (hits, summary) = parse_json(&end.stdout);
@@ -282,7 +303,9 @@ fn container_of_a_dead_pid_is_an_error() {
         return;
     }
     let copy = TargetCopy::new("trl_dead");
-    let mut gone = std::process::Command::new("true").spawn().expect("run true");
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("run true");
     let pid = gone.id();
     gone.wait().expect("reap true");
     let spec = copy.spec("uprobe", "probed_add");

@@ -36,7 +36,14 @@ pub fn record_entry(ctx: &ProbeContext) {
 pub fn record_return(ctx: &RetProbeContext) {
     // SAFETY: as above, for a uretprobe.
     let regs = unsafe { &*ctx.regs };
-    record(ctx.as_ptr(), KIND_RETURN, regs, [0; ARG_REGS], regs.rax, regs.rip);
+    record(
+        ctx.as_ptr(),
+        KIND_RETURN,
+        regs,
+        [0; ARG_REGS],
+        regs.rax,
+        regs.rip,
+    );
 }
 
 #[inline(always)]
@@ -96,7 +103,11 @@ fn record(
         ret_addr
     };
     let hit = HitEvent {
-        event: if with_stack { EVENT_STACK_HIT } else { EVENT_HIT },
+        event: if with_stack {
+            EVENT_STACK_HIT
+        } else {
+            EVENT_HIT
+        },
         probe_id,
         kind,
         pid: tgid,

@@ -174,7 +174,10 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("uprobe:/bin/x:f"), "{text}");
         assert!(text.contains("ended by count"), "{text}");
-        assert!(text.contains("LIMITED") && text.contains("FILTERED"), "{text}");
+        assert!(
+            text.contains("LIMITED") && text.contains("FILTERED"),
+            "{text}"
+        );
         let row = text
             .lines()
             .find(|l| l.contains("uprobe:/bin/x:f"))

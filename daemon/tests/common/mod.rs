@@ -198,7 +198,10 @@ impl Target {
         let ready = lines
             .recv_timeout(Duration::from_secs(10))
             .expect("namespaced target says ready");
-        assert_eq!(ready, "ready 1", "the target is its namespace's first process");
+        assert_eq!(
+            ready, "ready 1",
+            "the target is its namespace's first process"
+        );
         let pid = child_of(child.id()).expect("unshare's child in /proc");
         Self {
             child,
@@ -248,13 +251,22 @@ impl Drop for Target {
 
 /// The pid (in our namespace) of a child of process `parent`, from /proc/*/stat.
 pub fn child_of(parent: u32) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        // pid (comm) state ppid …; comm may hold spaces and parentheses.
-        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        (ppid == parent).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid …; comm may hold spaces and parentheses.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
 }
 
 /// The thread ids a target reported (`tid TID` lines) in one round.
