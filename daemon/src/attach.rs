@@ -172,15 +172,6 @@ pub enum AttachError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
-    /// The per-CPU zeros for a probe's counters could not be built.
-    #[error("cannot reset the counters of probe {id}")]
-    ResetStats {
-        /// The probe.
-        id: u32,
-        /// Why (a CPU count mismatch).
-        #[source]
-        source: io::Error,
-    },
     /// `reset_probe` on a probe that is still attached.
     #[error("probe {0} is still attached; detach it before resetting it")]
     StillAttached(u32),
@@ -478,7 +469,7 @@ impl Tracer {
         // As many values as the map has CPUs (possible CPUs), whatever is online now.
         let cpus = array.get(&id, 0).map_err(config)?.len();
         let zeros = aya::maps::PerCpuValues::try_from(vec![ProbeStats::default(); cpus])
-            .map_err(|source| AttachError::ResetStats { id, source })?;
+            .map_err(AttachError::Cpus)?;
         array.set(id, zeros, 0).map_err(config)
     }
 
@@ -545,27 +536,6 @@ impl Tracer {
             id,
             source: Box::new(e),
         })
-    }
-
-    /// Zeroes probe `id`'s BPF state (per-CPU counters, flags) so that a reused id starts
-    /// from nothing.
-    pub fn reset_probe(&mut self, id: u32) -> Result<(), AttachError> {
-        if id >= MAX_PROBES {
-            return Err(AttachError::TooManyProbes(id));
-        }
-        self.set_probe_flags(id, 0)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| AttachError::Cpus(e))?;
-        let map = self
-            .ebpf
-            .map_mut(STATS_MAP)
-            .ok_or(AttachError::Map(STATS_MAP))?;
-        let mut array: PerCpuArray<&mut MapData, ProbeStats> =
-            PerCpuArray::try_from(map).map_err(|_| AttachError::Map(STATS_MAP))?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![ProbeStats::default(); cpus])
-            .map_err(AttachError::Cpus)?;
-        array
-            .set(id, zero, 0)
-            .map_err(|e| AttachError::Stats(Box::new(e)))
     }
 
     /// Detaches one probe; returns whether it was attached.

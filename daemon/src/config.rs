@@ -278,10 +278,9 @@ impl Source {
             let span = output.kind.span();
             match (output.kind.get_ref(), &output.path) {
                 (OutputKind::File, None) => {
-                    return Err(self.error_at(
-                        span,
-                        format!("output `{name}` is a file but has no `path`"),
-                    ));
+                    return Err(
+                        self.error_at(span, format!("output `{name}` is a file but has no `path`"))
+                    );
                 }
                 (OutputKind::Stdout, Some(_)) => {
                     return Err(self.error_at(
@@ -370,9 +369,7 @@ fn is_log_filter(text: &str) -> bool {
             Some((target, level)) => {
                 !target.trim().is_empty()
                     && is_level(level)
-                    && tracing_subscriber::EnvFilter::builder()
-                        .parse(part)
-                        .is_ok()
+                    && tracing_subscriber::EnvFilter::builder().parse(part).is_ok()
             }
         })
 }
@@ -511,10 +508,7 @@ stack = true
                 "[[probes]]\nspec = \"uprobe:/bin/x:f\"\n[[probes]]\nspec = \"uprobe:/bin/x:f\"\n",
                 "/etc/probed/probed.toml:4:8: the same probe is already defined at line 2",
             ),
-            (
-                "[[probes]\nspec = 1\n",
-                "/etc/probed/probed.toml:1:",
-            ),
+            ("[[probes]\nspec = 1\n", "/etc/probed/probed.toml:1:"),
             (
                 "[outputs.a]\nkind = \"file\"\npath = \"/x\"\n[outputs.b]\nkind = \"file\"\npath = \"/x\"\n",
                 "write to the same file /x",
@@ -522,7 +516,10 @@ stack = true
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text);
-            assert!(err.contains(want), "config {text:?}\n got: {err}\nwant: {want}");
+            assert!(
+                err.contains(want),
+                "config {text:?}\n got: {err}\nwant: {want}"
+            );
             assert!(!err.contains('\n'), "one line: {err}");
         }
     }
@@ -530,7 +527,12 @@ stack = true
     /// Levels and `target=level` directives are log filters; other words are not.
     #[test]
     fn log_filters() {
-        for good in ["info", "DEBUG", "probed=debug,info", "warn,probed::service=trace"] {
+        for good in [
+            "info",
+            "DEBUG",
+            "probed=debug,info",
+            "warn,probed::service=trace",
+        ] {
             assert!(is_log_filter(good), "{good}");
         }
         for bad in ["", "loud", "probed=loud", "=info", "info,,"] {

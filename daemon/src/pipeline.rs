@@ -203,7 +203,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         if self.probes.len() <= id {
             self.probes.resize_with(id + 1, || None);
         }
-        debug_assert!(self.probes[id].is_none(), "probe id {id} reused while in use");
+        debug_assert!(
+            self.probes[id].is_none(),
+            "probe id {id} reused while in use"
+        );
         self.probes[id] = Some(Slot::new(probe, sink));
     }
 
@@ -595,7 +598,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             .resolver_counters()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
-        .collect();
+            .collect();
         Ok(())
     }
 

@@ -159,12 +159,8 @@ mod tests {
     fn rotates_at_line_boundaries() {
         let dir = temp_dir("rotate");
         let path = dir.join("hits.jsonl");
-        let mut file = RotatingFile::open(
-            &path,
-            NonZeroU64::new(100),
-            NonZeroU32::new(3).unwrap(),
-        )
-        .unwrap();
+        let mut file =
+            RotatingFile::open(&path, NonZeroU64::new(100), NonZeroU32::new(3).unwrap()).unwrap();
         let lines: Vec<String> = (0..50).map(|i| format!("{{\"n\":{i:04}}}\n")).collect();
         for line in &lines {
             // Written in two pieces, as serializers do: rotation must not split the line.
@@ -187,7 +183,10 @@ mod tests {
         assert!(current.len() <= 100 + 11);
         kept.push_str(&current);
         let all = lines.concat();
-        assert!(all.ends_with(&kept), "the kept files are the newest lines, in order");
+        assert!(
+            all.ends_with(&kept),
+            "the kept files are the newest lines, in order"
+        );
         assert_eq!(kept.len() % 11, 0);
     }
 

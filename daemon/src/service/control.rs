@@ -195,12 +195,10 @@ pub fn error_reply(message: impl std::fmt::Display) -> Value {
 /// Parses one request line; the error is the reply's message.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let text = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8".to_owned())?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| format!("the request is not a JSON object: {e}"))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("the request is not a JSON object: {e}"))?;
     let Some(cmd) = value.get("cmd").and_then(Value::as_str).map(str::to_owned) else {
-        return Err(
-            "the request has no \"cmd\" (expected list, stats, add or remove)".to_owned(),
-        );
+        return Err("the request has no \"cmd\" (expected list, stats, add or remove)".to_owned());
     };
     if !["list", "stats", "add", "remove"].contains(&cmd.as_str()) {
         return Err(format!(
@@ -235,8 +233,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result
         line.clear();
         let limit = u64::try_from(MAX_REQUEST).unwrap_or(u64::MAX) + 1;
         let mut limited = tokio::io::AsyncReadExt::take(&mut read, limit);
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line))
-            .await
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)).await
         {
             Ok(n) => n?,
             Err(_) => return Ok(()),
@@ -298,9 +295,15 @@ mod tests {
             (b"hello", "not a JSON object"),
             (b"[1,2]", "no \"cmd\""),
             (br#"{"cmd":"reboot"}"#, "unknown command `reboot`"),
-            (br#"{"cmd":"remove"}"#, "bad `remove` request: missing field `id`"),
+            (
+                br#"{"cmd":"remove"}"#,
+                "bad `remove` request: missing field `id`",
+            ),
             (br#"{"cmd":"remove","id":-1}"#, "bad `remove` request"),
-            (br#"{"cmd":"add","spec":"x","bogus":1}"#, "unknown field `bogus`"),
+            (
+                br#"{"cmd":"add","spec":"x","bogus":1}"#,
+                "unknown field `bogus`",
+            ),
             (br#"{"cmd":"add","spec":"x","pid":0}"#, "bad `add` request"),
         ] {
             let err = parse_request(bad).expect_err(&String::from_utf8_lossy(bad));
@@ -337,7 +340,9 @@ mod tests {
         let server = async move { socket.serve(tx).await };
         let answer = async move {
             while let Some(call) = rx.recv().await {
-                let _ = call.reply.send(json!({"ok": true, "echo": format!("{:?}", call.request)}));
+                let _ = call
+                    .reply
+                    .send(json!({"ok": true, "echo": format!("{:?}", call.request)}));
             }
         };
         let client = async {
@@ -366,7 +371,9 @@ mod tests {
             // A new connection works after that one was dropped.
             let stream = UnixStream::connect(&path).await.unwrap();
             let (r, mut w) = stream.into_split();
-            w.write_all(b"{\"cmd\":\"remove\",\"id\":3}\n").await.unwrap();
+            w.write_all(b"{\"cmd\":\"remove\",\"id\":3}\n")
+                .await
+                .unwrap();
             let mut line = String::new();
             BufReader::new(r).read_line(&mut line).await.unwrap();
             assert!(line.contains("Remove { id: 3 }"), "{line}");

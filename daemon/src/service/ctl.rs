@@ -150,7 +150,11 @@ fn print_reply(out: &mut impl Write, request: &Request, reply: &Value) -> std::i
         Request::Add(add) => writeln!(out, "added probe {}: {}", s(&reply["id"]), add.spec),
         Request::Remove { id } => writeln!(out, "removed probe {id}: {}", s(&reply["spec"])),
         Request::List => {
-            writeln!(out, "{:>4}  {:<8}  {:<6}  {:<10}  SPEC", "ID", "STATE", "ORIGIN", "OUTPUT")?;
+            writeln!(
+                out,
+                "{:>4}  {:<8}  {:<6}  {:<10}  SPEC",
+                "ID", "STATE", "ORIGIN", "OUTPUT"
+            )?;
             for p in reply["probes"].as_array().into_iter().flatten() {
                 let mut extra = Vec::new();
                 for key in ["pid", "container", "rate_limit", "burst", "disable_above"] {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     attach::{AttachRequest, Tracer},
-    config::{self, Config, ConfigError, ProbeConfig, ProbeDef, Source, STDOUT_OUTPUT},
+    config::{self, Config, ConfigError, ProbeConfig, ProbeDef, STDOUT_OUTPUT, Source},
     events::EventStream,
     output::sink::Sink,
     pipeline::Pipeline,
@@ -92,7 +92,10 @@ impl Daemon {
     pub fn apply_config(&mut self, source: &Source, config: &Config) -> Result<String, ApplyError> {
         let wanted: Vec<ProbeDef> = config.probes.iter().map(ProbeConfig::def).collect();
         let diff = reload::diff(&self.probes, &wanted);
-        let opened = self.outputs.open(config).map_err(|e| ApplyError::Check(e.to_string()))?;
+        let opened = self
+            .outputs
+            .open(config)
+            .map_err(|e| ApplyError::Check(e.to_string()))?;
         let mut planned: Vec<Planned> = Vec::new();
         for def in &diff.add {
             let at = config
@@ -118,8 +121,9 @@ impl Daemon {
         // detach what goes, then attach what comes.
         let pipeline = &mut self.pipeline;
         let names = opened.names().to_vec();
-        self.outputs
-            .install(opened, |sink, writer| drop(pipeline.set_writer(sink, writer)));
+        self.outputs.install(opened, |sink, writer| {
+            drop(pipeline.set_writer(sink, writer))
+        });
         for &id in &diff.remove {
             self.remove(id);
         }
@@ -131,13 +135,16 @@ impl Daemon {
                 failed.push(format!("{spec}: {err}"));
             }
         }
-        let in_use: Vec<String> = self.probes.iter().map(|(_, e)| e.def.output.clone()).collect();
+        let in_use: Vec<String> = self
+            .probes
+            .iter()
+            .map(|(_, e)| e.def.output.clone())
+            .collect();
         let pipeline = &mut self.pipeline;
-        self.outputs.close_unused(
-            &names,
-            in_use.iter().map(String::as_str),
-            |sink, writer| drop(pipeline.set_writer(sink, writer)),
-        );
+        self.outputs
+            .close_unused(&names, in_use.iter().map(String::as_str), |sink, writer| {
+                drop(pipeline.set_writer(sink, writer))
+            });
         if !failed.is_empty() {
             return Err(ApplyError::Attach(failed.join("; ")));
         }
@@ -192,11 +199,7 @@ impl Daemon {
 
     /// Attaches a planned probe and starts taking its hits.
     pub fn attach(&mut self, planned: Planned, origin: Origin) -> Result<u32, String> {
-        let Planned {
-            def,
-            probe,
-            reused,
-        } = planned;
+        let Planned { def, probe, reused } = planned;
         let id = probe.id;
         let result = (|| -> Result<(), crate::attach::AttachError> {
             if reused {
@@ -327,7 +330,10 @@ impl Daemon {
                     .iter()
                     .any(|(_, e)| e.def == def && e.origin == Origin::Ctl)
                 {
-                    return error_reply(format!("the same probe is already attached: {}", def.spec));
+                    return error_reply(format!(
+                        "the same probe is already attached: {}",
+                        def.spec
+                    ));
                 }
                 match self.plan(&def).and_then(|p| self.attach(p, Origin::Ctl)) {
                     Ok(id) => json!({"ok": true, "id": id}),
@@ -369,7 +375,11 @@ impl Daemon {
         let mut probes = Vec::new();
         for (id, entry) in self.probes.iter() {
             let bpf = self.tracer.stats(id).unwrap_or_default();
-            let counts = self.pipeline.probe(id).map(|(_, c)| c.clone()).unwrap_or_default();
+            let counts = self
+                .pipeline
+                .probe(id)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
             probes.push(json!({
                 "id": id,
                 "spec": entry.def.spec,
@@ -382,8 +392,7 @@ impl Daemon {
                 "resolved_by_probe": counts.by_probe,
             }));
         }
-        let resolver: BTreeMap<&str, u64> =
-            self.pipeline.resolver_counters().into_iter().collect();
+        let resolver: BTreeMap<&str, u64> = self.pipeline.resolver_counters().into_iter().collect();
         json!({
             "ok": true,
             "uptime_s": self.started.elapsed().as_secs_f64(),

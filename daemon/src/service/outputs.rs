@@ -218,7 +218,10 @@ mod tests {
         let a = dir.join("a.jsonl");
         let b = dir.join("b.jsonl");
         let text = |pa: &std::path::Path, with_b: bool| {
-            let mut t = format!("[outputs.a]\nkind = \"file\"\npath = \"{}\"\n", pa.display());
+            let mut t = format!(
+                "[outputs.a]\nkind = \"file\"\npath = \"{}\"\n",
+                pa.display()
+            );
             if with_b {
                 t += &format!("[outputs.b]\nkind = \"file\"\npath = \"{}\"\n", b.display());
             }
@@ -259,6 +262,9 @@ mod tests {
         // An output that cannot be opened is an error naming it and its path.
         let bad = config("[outputs.x]\nkind = \"file\"\npath = \"/proc/version/x\"\n");
         let err = outputs.open(&bad).err().unwrap();
-        assert!(err.to_string().contains("output `x`: cannot open /proc/version/x"));
+        assert!(
+            err.to_string()
+                .contains("output `x`: cannot open /proc/version/x")
+        );
     }
 }

@@ -112,7 +112,10 @@ impl ProbeSet {
 
     /// Number of probes attached (not disabled).
     pub fn attached(&self) -> usize {
-        self.entries.values().filter(|e| e.disabled.is_none()).count()
+        self.entries
+            .values()
+            .filter(|e| e.disabled.is_none())
+            .count()
     }
 }
 

@@ -43,7 +43,12 @@ const RUNAWAY_EVERY: Duration = Duration::from_secs(1);
 #[derive(Args, Clone, Debug)]
 pub struct DaemonArgs {
     /// The configuration file.
-    #[arg(long, short, value_name = "FILE", default_value = "/etc/probed/probed.toml")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/probed/probed.toml"
+    )]
     pub config: PathBuf,
 }
 
