@@ -38,6 +38,14 @@ pub const MAX_FRAMES: usize = 127;
 
 /// `PROBE_FLAGS` bit: capture the user stack with each hit of this probe.
 pub const PROBE_FLAG_STACK: u32 = 1;
+/// `PROBE_FLAGS` bit: the probe has a rate limit (`ProbeLimit::interval_ns`, token state in
+/// `PROBE_TAT`). A flag, so that probes without one pay no extra map lookup.
+pub const PROBE_FLAG_RATE_LIMIT: u32 = 2;
+/// `PROBE_FLAGS` bit: the probe only records hits from one pid namespace
+/// (`ProbeLimit::pidns_dev`, `pidns_ino`).
+pub const PROBE_FLAG_PIDNS: u32 = 4;
+/// The `PROBE_FLAGS` bits that say a `PROBE_LIMITS` entry must be read.
+pub const PROBE_FLAGS_LIMITS: u32 = PROBE_FLAG_RATE_LIMIT | PROBE_FLAG_PIDNS;
 
 /// `ChangeEvent::op`: mmap; `args` = [addr, len, prot, flags].
 pub const OP_MMAP: u32 = 1;
@@ -343,6 +351,9 @@ pub struct ProcEvent {
 }
 
 /// Per-probe counters, kept per CPU in BPF and summed by the daemon.
+///
+/// `hits` counts every firing, before the namespace filter and the rate limit, so for every
+/// probe `hits = filtered + rate_limited + (hits written to the ring buffer) + lost`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeStats {
@@ -350,6 +361,59 @@ pub struct ProbeStats {
     pub hits: u64,
     /// Hits that could not be delivered because the ring buffer was full.
     pub lost: u64,
+    /// Hits over the probe's rate limit, not written to the ring buffer.
+    pub rate_limited: u64,
+    /// Hits from processes outside the probe's pid namespace, not written.
+    pub filtered: u64,
+}
+
+/// A probe's rate limit and pid-namespace filter (the `PROBE_LIMITS` array), read by BPF only
+/// for probes whose `PROBE_FLAGS` say so.
+///
+/// The rate limit is a GCRA (generic cell rate algorithm: the token bucket's equivalent with
+/// one number of state, the "theoretical arrival time", kept in `PROBE_TAT`; see [`gcra`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeLimit {
+    /// Nanoseconds between two hits at the sustained rate (1e9 / rate); 0 = unlimited.
+    pub interval_ns: u64,
+    /// How far ahead of now the theoretical arrival time may run: (burst - 1) × interval.
+    pub tolerance_ns: u64,
+    /// The pid namespace's nsfs device, kernel encoding (`major << 20 | minor`).
+    pub pidns_dev: u64,
+    /// The pid namespace's inode number (of `/proc/PID/ns/pid`).
+    pub pidns_ino: u64,
+}
+
+/// One GCRA decision: a hit at `now` (ns) against the theoretical arrival time `tat`;
+/// `Some(new tat)` if the hit conforms, `None` if it is over the limit.
+///
+/// A hit conforms when `max(tat, now) - now <= tolerance`; it then moves the TAT one
+/// interval further. From an idle start this admits `burst` hits at once, then one per
+/// interval; over any window of length T at most `burst + T / interval` hits conform. Idle
+/// time refills the bucket up to `burst` only (`max(tat, now)` forgets older credit).
+#[inline(always)]
+pub const fn gcra(tat: u64, now: u64, interval_ns: u64, tolerance_ns: u64) -> Option<u64> {
+    let start = if tat > now { tat } else { now };
+    if start - now > tolerance_ns {
+        None
+    } else {
+        Some(start.saturating_add(interval_ns))
+    }
+}
+
+/// The [`ProbeLimit`] interval and tolerance of `per_sec` hits per second with bursts of
+/// `burst` (at least 1); `per_sec` = 0 means unlimited (interval 0). Rates above 1e9/s get
+/// the smallest interval, 1 ns.
+pub const fn gcra_params(per_sec: u64, burst: u64) -> (u64, u64) {
+    if per_sec == 0 {
+        return (0, 0);
+    }
+    // Rounded up, so the enforced rate never exceeds `per_sec` (1e9 / 3 would otherwise
+    // allow 3.000000003/s); at least 1 ns, since 0 means "off".
+    let interval = 1_000_000_000_u64.div_ceil(per_sec);
+    let burst = if burst == 0 { 1 } else { burst };
+    (interval, (burst - 1).saturating_mul(interval))
 }
 
 #[cfg(feature = "user")]
@@ -357,8 +421,10 @@ mod pod {
     // SAFETY: HitEvent is #[repr(C)], made only of integers and integer arrays, and has no
     // padding (checked by the size assertion below), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::HitEvent {}
-    // SAFETY: ProbeStats is #[repr(C)] with two u64 fields and no padding.
+    // SAFETY: ProbeStats is #[repr(C)] with four u64 fields and no padding.
     unsafe impl aya::Pod for super::ProbeStats {}
+    // SAFETY: ProbeLimit is #[repr(C)] with four u64 fields and no padding.
+    unsafe impl aya::Pod for super::ProbeLimit {}
     // SAFETY: as above, for SeqSlot.
     unsafe impl aya::Pod for super::SeqSlot {}
     // SAFETY: ProcEvent is #[repr(C)], integers only, no padding (size asserted below).
@@ -382,7 +448,8 @@ const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 136 + 8 + 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
-const _: () = assert!(core::mem::size_of::<ProbeStats>() == 16);
+const _: () = assert!(core::mem::size_of::<ProbeStats>() == 32);
+const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 32);
 
 #[cfg(test)]
 mod tests {
@@ -405,5 +472,97 @@ mod tests {
         let b = seq_slot(1001);
         assert!(a < SEQ_SLOTS && b < SEQ_SLOTS);
         assert_ne!(a, b);
+    }
+
+    /// Runs `gcra` over arrival times; returns the conforming ones.
+    fn admitted(arrivals: &[u64], interval: u64, tolerance: u64) -> ([u64; 512], usize) {
+        let (mut out, mut n, mut tat) = ([0; 512], 0, 0);
+        for &t in arrivals {
+            if let Some(next) = gcra(tat, t, interval, tolerance) {
+                tat = next;
+                out[n] = t;
+                n += 1;
+            }
+        }
+        (out, n)
+    }
+
+    /// From idle, exactly `burst` simultaneous hits conform; then one per interval.
+    #[test]
+    fn gcra_burst_then_rate() {
+        let (interval, tolerance) = gcra_params(1000, 5);
+        assert_eq!((interval, tolerance), (1_000_000, 4_000_000));
+        let now = 10_000_000_000;
+        let (_, n) = admitted(&[now; 20], interval, tolerance);
+        assert_eq!(n, 5);
+        // Dense arrivals every 10 µs for 100 ms: 5 + 100 conform (one per ms after the burst).
+        let dense: [u64; 10_001] = core::array::from_fn(|i| now + i as u64 * 10_000);
+        let mut tat = 0;
+        let mut count = 0;
+        for t in dense {
+            if let Some(next) = gcra(tat, t, interval, tolerance) {
+                tat = next;
+                count += 1;
+            }
+        }
+        assert_eq!(count, 5 + 100);
+    }
+
+    /// Idle time refills the bucket to `burst` hits, never more.
+    #[test]
+    fn gcra_idle_refills_up_to_burst() {
+        let (interval, tolerance) = gcra_params(10, 3);
+        let mut arrivals = [0u64; 40];
+        for (i, a) in arrivals.iter_mut().enumerate() {
+            // 20 hits at t = 1 s, then 20 hits 100 s later.
+            *a = if i < 20 {
+                1_000_000_000
+            } else {
+                101_000_000_000
+            };
+        }
+        let (_, n) = admitted(&arrivals, interval, tolerance);
+        assert_eq!(n, 3 + 3);
+    }
+
+    /// Over any window of length T, at most burst + T/interval hits conform, whatever the
+    /// arrival pattern (pseudo-random gaps, bursts and pauses).
+    #[test]
+    fn gcra_window_bound() {
+        let (interval, tolerance) = gcra_params(1000, 4);
+        let burst = 4;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut arrivals = [0u64; 512];
+        let mut t = 5_000_000_000;
+        for a in arrivals.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            t += match state % 4 {
+                0 => 0,
+                1 => state % 100_000,
+                2 => state % 2_000_000,
+                _ => state % 20_000_000,
+            };
+            *a = t;
+        }
+        let (got, n) = admitted(&arrivals, interval, tolerance);
+        assert!(n > burst && n < arrivals.len(), "{n}");
+        for i in 0..n {
+            for j in i..n {
+                let window = got[j] - got[i];
+                assert!((j - i + 1) as u64 <= burst as u64 + window / interval);
+            }
+        }
+    }
+
+    /// Rate 0 is unlimited; a burst of 0 means 1; absurd rates keep a non-zero interval.
+    #[test]
+    fn gcra_params_edges() {
+        assert_eq!(gcra_params(0, 10), (0, 0));
+        assert_eq!(gcra_params(1, 0), (1_000_000_000, 0));
+        assert_eq!(gcra_params(u64::MAX, u64::MAX).0, 1);
+        // Never faster than asked: 3/s is one hit per 333,333,334 ns.
+        assert_eq!(gcra_params(3, 1).0, 333_333_334);
     }
 }

@@ -4,9 +4,10 @@ use std::{num::NonZeroU32, path::PathBuf};
 
 use clap::Args;
 
-use crate::output::Format;
+use crate::{attach::RateLimit, output::Format};
 
-/// `probed trace SPEC... [--pid PID] [--format text|json] [--duration SECS] [--count N]`.
+/// `probed trace SPEC... [--pid PID] [--container PID] [--rate-limit N [--burst N]]
+/// [--format text|json] [--duration SECS] [--count N]`.
 #[derive(Args, Clone, Debug)]
 #[command(group(
     clap::ArgGroup::new("aggregating")
@@ -21,6 +22,18 @@ pub struct TraceArgs {
     /// Trace only this process (its threads included).
     #[arg(long, value_name = "PID")]
     pub pid: Option<NonZeroU32>,
+    /// Trace only processes in the pid namespace (container) of process PID. Hits from
+    /// other processes are dropped in BPF and counted as `filtered` in the summary.
+    #[arg(long, value_name = "PID")]
+    pub container: Option<NonZeroU32>,
+    /// Record at most N hits per second per probe (a token bucket enforced in BPF, shared by
+    /// all CPUs). Hits over the limit are dropped and counted as `rate_limited`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate_limit: Option<u64>,
+    /// With --rate-limit: hits a probe may record at once after a quiet period (the bucket
+    /// size). Default: the rate, i.e. one second's worth.
+    #[arg(long, value_name = "N", requires = "rate_limit", value_parser = clap::value_parser!(u64).range(1..))]
+    pub burst: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -71,6 +84,14 @@ impl TraceArgs {
     /// Whether probes capture stacks: `--stack`, or an aggregation that needs them.
     pub fn captures_stacks(&self) -> bool {
         self.stack || self.aggregate == Some(Aggregate::Stack) || self.flamegraph.is_some()
+    }
+
+    /// The per-probe rate limit asked for (`--rate-limit`, `--burst`).
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit.map(|per_sec| RateLimit {
+            per_sec,
+            burst: self.burst.unwrap_or(per_sec),
+        })
     }
 
     /// Whether every hit is printed: unless aggregations take the output (--aggregate,
@@ -141,6 +162,33 @@ mod tests {
         assert!(parse(&["--latency", "--interval", "0"]).is_err());
         assert!(parse(&["--latency", "--interval", "-1"]).is_err());
         assert!(parse(&["--aggregate", "stack", "--interval", "2"]).is_ok());
+    }
+
+    /// --burst needs --rate-limit and defaults to the rate; both must be at least 1.
+    #[test]
+    fn rate_limit_flags() {
+        assert_eq!(parse(&[]).unwrap().rate_limit(), None);
+        let a = parse(&["--rate-limit", "100"]).unwrap();
+        assert_eq!(
+            a.rate_limit(),
+            Some(RateLimit {
+                per_sec: 100,
+                burst: 100
+            })
+        );
+        let a = parse(&["--rate-limit", "100", "--burst", "7"]).unwrap();
+        assert_eq!(a.rate_limit().map(|l| l.burst), Some(7));
+        assert!(parse(&["--burst", "7"]).is_err());
+        assert!(parse(&["--rate-limit", "0"]).is_err());
+        assert!(parse(&["--rate-limit", "10", "--burst", "0"]).is_err());
+        assert!(parse(&["--container", "0"]).is_err());
+        assert_eq!(
+            parse(&["--container", "42"])
+                .unwrap()
+                .container
+                .map(|p| p.get()),
+            Some(42)
+        );
     }
 
     /// Causes are joined on one line, and a cause already contained in its wrapper is not

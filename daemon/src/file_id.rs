@@ -32,6 +32,14 @@ impl FileId {
             ino,
         }
     }
+
+    /// The device in the kernel's internal encoding (`major << 20 | minor`, a superblock's
+    /// `s_dev`), which is what BPF reads and what BPF helpers compare with; `st_dev` uses
+    /// the userspace encoding, which differs once major or minor exceed 255 (kernel
+    /// `new_encode_dev`).
+    pub fn kernel_dev(&self) -> u64 {
+        (u64::from(libc::major(self.dev)) << 20) | u64::from(libc::minor(self.dev))
+    }
 }
 
 impl fmt::Display for FileId {
@@ -57,5 +65,15 @@ mod tests {
         let id = FileId::of_path(&exe).unwrap();
         let rebuilt = FileId::from_major_minor(libc::major(id.dev), libc::minor(id.dev), id.ino);
         assert_eq!(id, rebuilt);
+    }
+
+    /// Userspace and kernel encodings agree for small numbers and differ above 255.
+    #[test]
+    fn kernel_dev_encoding() {
+        let small = FileId::from_major_minor(0, 4, 1);
+        assert_eq!(small.kernel_dev(), 4);
+        let big = FileId::from_major_minor(259, 300, 1);
+        assert_eq!(big.kernel_dev(), (259 << 20) | 300);
+        assert_ne!(big.kernel_dev(), big.dev);
     }
 }

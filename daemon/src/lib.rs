@@ -16,6 +16,7 @@ pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod output;
+pub mod pidns;
 pub mod pipeline;
 pub mod privileges;
 pub mod probes;

@@ -588,6 +588,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 printed: counts.printed,
                 lost: bpf.lost,
                 not_printed: counts.not_printed,
+                rate_limited: bpf.rate_limited,
+                filtered: bpf.filtered,
                 unresolved: counts.unresolved.clone(),
                 resolved_by_probe: counts.by_probe.clone(),
             });

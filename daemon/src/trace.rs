@@ -21,6 +21,7 @@ use crate::{
     cli::{Aggregate, TraceArgs},
     events::EventStream,
     output::{Aggregations, Latency, StackCounts, Summary, Writer, folded::FlamegraphError},
+    pidns::PidNamespace,
     pipeline::{Pipeline, Stop},
     probes::{self, Probe},
     resolve::{Config, ProbeId, Resolver, SeqSource},
@@ -58,6 +59,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     if let Some(pid) = args.pid {
         check_alive(pid)?;
     }
+    // Before anything is attached: a dead or unreadable --container pid is one clear error.
+    let container = args
+        .container
+        .map(PidNamespace::of_pid)
+        .transpose()
+        .context("--container")?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -78,6 +85,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     for probe in &probes {
         if args.captures_stacks() {
             tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_STACK)?;
+        }
+        if let Some(limit) = args.rate_limit() {
+            tracer.set_rate_limit(probe.id, Some(limit))?;
+        }
+        if let Some(ns) = container {
+            tracer.set_pidns_filter(probe.id, Some(ns))?;
         }
         tracer
             .attach(&attach_request(probe), args.pid)
@@ -121,9 +134,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         .with_aggregations(aggregations(&args), args.prints_hits());
     let started = Instant::now();
     eprintln!(
-        "probed: tracing {} probe(s){}; Ctrl-C to stop",
+        "probed: tracing {} probe(s){}{}; Ctrl-C to stop",
         tracer.attached(),
-        args.pid.map(|p| format!(" in pid {p}")).unwrap_or_default()
+        args.pid.map(|p| format!(" in pid {p}")).unwrap_or_default(),
+        args.container
+            .map(|p| format!(" in the pid namespace of pid {p}"))
+            .unwrap_or_default()
     );
 
     let deadline = async {

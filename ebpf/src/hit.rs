@@ -1,4 +1,6 @@
 //! Hit recording: one event per probe hit, or one counted loss when the ring buffer is full.
+//! Every firing counts in `hits`; a probe with a pid-namespace filter or a rate limit first
+//! asks limit.rs, and a hit refused there is counted (filtered, rate_limited), not written.
 
 use aya_ebpf::{
     EbpfContext,
@@ -11,10 +13,11 @@ use aya_ebpf::{
 };
 use probed_common::{
     ARG_REGS, EVENT_HIT, EVENT_STACK_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_FRAMES,
-    MAX_PROBES, PROBE_FLAG_STACK, StackHitEvent,
+    MAX_PROBES, PROBE_FLAG_STACK, PROBE_FLAGS_LIMITS, StackHitEvent,
 };
 
 use crate::{
+    limit,
     maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
     track,
 };
@@ -33,7 +36,14 @@ pub fn record_entry(ctx: &ProbeContext) {
 pub fn record_return(ctx: &RetProbeContext) {
     // SAFETY: as above, for a uretprobe.
     let regs = unsafe { &*ctx.regs };
-    record(ctx.as_ptr(), KIND_RETURN, regs, [0; ARG_REGS], regs.rax, regs.rip);
+    record(
+        ctx.as_ptr(),
+        KIND_RETURN,
+        regs,
+        [0; ARG_REGS],
+        regs.rax,
+        regs.rip,
+    );
 }
 
 #[inline(always)]
@@ -58,9 +68,15 @@ fn record(
     // disabled for uprobe programs), so this is the only writer.
     unsafe { (*stats).hits += 1 };
 
-    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: bpf_ktime_get_ns has no preconditions; aya-ebpf marks every raw helper unsafe.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let flags = PROBE_FLAGS.get(probe_id).copied().unwrap_or(0);
+    // Before anything else is done for the hit (tracking the process included): a refused
+    // hit costs nothing more.
+    if flags & PROBE_FLAGS_LIMITS != 0 && !limit::admit(probe_id, flags, ts_ns, stats) {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
     // For a uprobe the kernel sets ip to the breakpoint address before running the program;
     // for a uretprobe ip is the return address, so take the function's address from
     // bpf_get_func_ip (which reports the probed address for both kinds, kernel >= 6.4).
@@ -75,9 +91,7 @@ fn record(
     track::track(tgid);
     let seq = track::read_seq(tgid);
     let lost_reports = track::lost_reports();
-    let with_stack = PROBE_FLAGS
-        .get(probe_id)
-        .is_some_and(|f| f & PROBE_FLAG_STACK != 0);
+    let with_stack = flags & PROBE_FLAG_STACK != 0;
     // With a stack, an entry probe also records the word at the top of the user stack: at a
     // function's first instruction that is the caller's return address, which the
     // frame-pointer walk misses (the callee has not pushed its frame yet).
@@ -89,7 +103,11 @@ fn record(
         ret_addr
     };
     let hit = HitEvent {
-        event: if with_stack { EVENT_STACK_HIT } else { EVENT_HIT },
+        event: if with_stack {
+            EVENT_STACK_HIT
+        } else {
+            EVENT_HIT
+        },
         probe_id,
         kind,
         pid: tgid,

@@ -71,7 +71,12 @@ pub fn file_identity(o: &KernelOffsets, file: u64) -> (u64, u64) {
 /// Fills the file identity of `out` (and `name`) from the `struct file` at `file`; returns
 /// whether there is a file.
 #[inline(always)]
-pub fn read_file(o: &KernelOffsets, file: u64, out: &mut VmaInfo, name: &mut [u8; NAME_LEN]) -> bool {
+pub fn read_file(
+    o: &KernelOffsets,
+    file: u64,
+    out: &mut VmaInfo,
+    name: &mut [u8; NAME_LEN],
+) -> bool {
     if file == 0 {
         out.dev = 0;
         out.ino = 0;

@@ -4,12 +4,14 @@
 //! (`probed_return`) by every uretprobe; the attach cookie tells them which probe fired.
 #![no_std]
 #![no_main]
-// Atomic adds on map values (track.rs): core's atomics lack fetch_add on the BPF target.
+// Atomic add and compare-and-swap on map values (track.rs, limit.rs): core's atomics lack
+// fetch_add and compare_exchange on the BPF target.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
 mod hit;
 mod kread;
+mod limit;
 mod maps;
 mod track;
 

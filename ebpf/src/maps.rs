@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use probed_common::{
-    FileKey, MAX_PROBES, ProbeStats, RING_BYTES, SEQ_SLOTS, SeqSlot, TrackConfig,
+    FileKey, MAX_PROBES, ProbeLimit, ProbeStats, RING_BYTES, SEQ_SLOTS, SeqSlot, TrackConfig,
 };
 
 /// Hit and process events, consumed by the daemon in one ordered stream.
@@ -17,9 +17,20 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map(name = "PROBE_STATS")]
 pub static PROBE_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
 
-/// Per-probe flags (index = probe id): `PROBE_FLAG_STACK`.
+/// Per-probe flags (index = probe id): `PROBE_FLAG_STACK`, `PROBE_FLAG_RATE_LIMIT`,
+/// `PROBE_FLAG_PIDNS`.
 #[map(name = "PROBE_FLAGS")]
 pub static PROBE_FLAGS: Array<u32> = Array::with_max_entries(MAX_PROBES, 0);
+
+/// Per-probe rate limit and pid-namespace filter (index = probe id), read only for probes
+/// whose flags ask for them.
+#[map(name = "PROBE_LIMITS")]
+pub static PROBE_LIMITS: Array<ProbeLimit> = Array::with_max_entries(MAX_PROBES, 0);
+
+/// Per-probe GCRA theoretical arrival time in ns (index = probe id). Shared by all CPUs (not
+/// per CPU: one bucket per probe), updated with compare-and-swap (limit.rs).
+#[map(name = "PROBE_TAT")]
+pub static PROBE_TAT: Array<u64> = Array::with_max_entries(MAX_PROBES, 0);
 
 /// Change sequences, one slot per hash of the pid; mapped read-only by the daemon so its
 /// fast path reads a sequence with two loads, no syscall.

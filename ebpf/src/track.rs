@@ -19,14 +19,16 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{
+            bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs,
+        },
     },
     programs::TracePointContext,
 };
 use probed_common::{
-    CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, FileKey, EVENT_CHANGE, EVENT_PROC,
-    KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP,
-    PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
+    CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, EVENT_CHANGE,
+    EVENT_PROC, FileKey, KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP,
+    OP_MUNMAP, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
 };
 
 use crate::{
@@ -36,8 +38,6 @@ use crate::{
         TRACK_ERRORS, TRACKED, wakeup,
     },
 };
-
-
 
 /// mmap flags and the vm_flags they become.
 const MAP_SHARED: u64 = 0x01;
@@ -86,9 +86,7 @@ fn is_probed_file(info: &VmaInfo) -> bool {
 /// The number of reports lost so far (see `ChangeEvent::lost_reports`).
 #[inline(always)]
 pub fn lost_reports() -> u32 {
-    LOST_REPORTS
-        .get_ptr(0)
-        .map_or(0, |p| load(p) as u32)
+    LOST_REPORTS.get_ptr(0).map_or(0, |p| load(p) as u32)
 }
 
 /// Counts a report that could not be delivered. Called before the change's `ends`
@@ -188,7 +186,13 @@ pub fn tracepoint_args<const N: usize>(ctx: &TracePointContext) -> [u64; 6] {
 #[inline(always)]
 pub fn tracepoint_ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: every sys_exit record holds the return value at RET_OFFSET.
-    unsafe { ctx.as_ptr().cast::<u8>().add(RET_OFFSET).cast::<i64>().read() }
+    unsafe {
+        ctx.as_ptr()
+            .cast::<u8>()
+            .add(RET_OFFSET)
+            .cast::<i64>()
+            .read()
+    }
 }
 
 /// A mapping-changing syscall begins: make the slot odd, take a ticket, remember the
@@ -253,7 +257,9 @@ fn maps_probed_file(a: &[u64; 6]) -> bool {
     if a[3] & MAP_ANONYMOUS != 0 || a[2] & PROT_EXEC == 0 {
         return false;
     }
-    let Some(o) = kread::offsets() else { return false };
+    let Some(o) = kread::offsets() else {
+        return false;
+    };
     let file = kread::file_of_fd(o, a[4]);
     if file == 0 {
         return false;
@@ -271,12 +277,17 @@ fn maps_probed_file(a: &[u64; 6]) -> bool {
 /// The heap's current end and start (`mm->brk`, `mm->start_brk`), or zeros.
 #[inline(always)]
 fn heap_bounds() -> (u64, u64) {
-    let Some(o) = kread::offsets() else { return (0, 0) };
+    let Some(o) = kread::offsets() else {
+        return (0, 0);
+    };
     // SAFETY: bpf_get_current_task has no preconditions; the result is only used as an
     // address for bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
     let mm = kread::read_u64(task, o.task_mm);
-    (kread::read_u64(mm, o.mm_brk), kread::read_u64(mm, o.mm_start_brk))
+    (
+        kread::read_u64(mm, o.mm_brk),
+        kread::read_u64(mm, o.mm_start_brk),
+    )
 }
 
 /// What the find_vma callback fills in (on the BPF stack, as the helper requires).
@@ -347,7 +358,9 @@ pub fn syscall_exit(ret: i64) {
         && flight.args[3] & MAP_ANONYMOUS == 0
         && flight.args[2] & PROT_EXEC != 0;
     if ok && flight.op == OP_MMAP && !exec_file_mmap {
-        flags |= CHANGE_VMA | CHANGE_VMA_FROM_ARGS | mapping_from_args(None, &flight, ret as u64, &mut found);
+        flags |= CHANGE_VMA
+            | CHANGE_VMA_FROM_ARGS
+            | mapping_from_args(None, &flight, ret as u64, &mut found);
     } else if ok && (flight.op == OP_MMAP || flight.op == OP_MREMAP) {
         if find_vma_at(ret as u64, &mut found) {
             flags |= CHANGE_VMA;
@@ -357,7 +370,9 @@ pub fn syscall_exit(ret: i64) {
         } else if flight.op == OP_MMAP
             && let Some(o) = kread::offsets()
         {
-            flags |= CHANGE_VMA | CHANGE_VMA_FROM_ARGS | mapping_from_args(Some(o), &flight, ret as u64, &mut found);
+            flags |= CHANGE_VMA
+                | CHANGE_VMA_FROM_ARGS
+                | mapping_from_args(Some(o), &flight, ret as u64, &mut found);
         }
     } else if ret == 0 && flight.op == OP_MPROTECT && flight.args[2] & PROT_EXEC != 0 {
         // A mapping made executable may become one the resolver keeps, whose file the
@@ -403,7 +418,12 @@ pub fn syscall_exit(ret: i64) {
 /// descriptor; returns `CHANGE_VMA_FILE` if it is file-backed. A file mapping whose file was
 /// not read (not executable) is reported file-backed with dev = ino = 0.
 #[inline(always)]
-fn mapping_from_args(o: Option<&KernelOffsets>, flight: &InFlight, addr: u64, out: &mut VmaCtx) -> u32 {
+fn mapping_from_args(
+    o: Option<&KernelOffsets>,
+    flight: &InFlight,
+    addr: u64,
+    out: &mut VmaCtx,
+) -> u32 {
     let [_, len, prot, mflags] = flight.args;
     out.vma.start = addr;
     out.vma.end = addr + ((len + 4095) & !4095);
@@ -480,7 +500,14 @@ pub fn exec() {
 
 /// Reports an exec: the program's text mapping (`exe`) and the mapping holding `ip`.
 #[inline(always)]
-fn emit_exec(tgid: u32, tid: u32, proc_gen: u64, ticket: u64, exe: Option<&VmaCtx>, ip: Option<u64>) {
+fn emit_exec(
+    tgid: u32,
+    tid: u32,
+    proc_gen: u64,
+    ticket: u64,
+    exe: Option<&VmaCtx>,
+    ip: Option<u64>,
+) {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         report_lost();
         return;
@@ -530,7 +557,14 @@ fn new_vma_ctx() -> VmaCtx {
 /// # Safety
 /// `e` must point to writable memory of ProcEvent's size.
 #[inline(always)]
-unsafe fn write_proc_header(e: *mut ProcEvent, what: u32, tgid: u32, tid: u32, proc_gen: u64, ticket: u64) {
+unsafe fn write_proc_header(
+    e: *mut ProcEvent,
+    what: u32,
+    tgid: u32,
+    tid: u32,
+    proc_gen: u64,
+    ticket: u64,
+) {
     // SAFETY: the caller guarantees `e` is writable; every write stays inside it.
     unsafe {
         (&raw mut (*e).event).write(EVENT_PROC);

@@ -145,4 +145,31 @@ mod tests {
         assert!(v["module"].is_null());
         assert!(v["symbol"].is_null());
     }
+
+    /// The summary line carries each probe's rate_limited and filtered counts.
+    #[test]
+    fn summary_line_limits() {
+        let summary = crate::output::Summary {
+            ended_by: "signal",
+            probes: vec![crate::output::ProbeSummary {
+                probe: "uprobe:/bin/x:f".into(),
+                hits: 10,
+                printed: 3,
+                rate_limited: 5,
+                filtered: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut buf = Vec::new();
+        write_summary(&mut buf, &summary).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["type"], "summary");
+        let p = &v["probes"][0];
+        assert_eq!(
+            (&p["rate_limited"], &p["filtered"]),
+            (&5.into(), &2.into()),
+            "{v}"
+        );
+    }
 }

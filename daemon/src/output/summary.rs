@@ -11,7 +11,8 @@ pub struct ProbeSummary {
     pub probe: String,
     /// The probe id.
     pub probe_id: u32,
-    /// Times the probe fired (counted in BPF).
+    /// Times the probe fired (counted in BPF, before the namespace filter and the rate
+    /// limit): `hits = printed + not_printed + lost + rate_limited + filtered`.
     pub hits: u64,
     /// Hits written to the output (or, when aggregations take the output and hits are not
     /// printed one by one, taken into the aggregations).
@@ -20,6 +21,10 @@ pub struct ProbeSummary {
     pub lost: u64,
     /// Hits delivered after the run's end condition (--count) was met, so not printed.
     pub not_printed: u64,
+    /// Hits over the probe's rate limit (--rate-limit), dropped in BPF.
+    pub rate_limited: u64,
+    /// Hits from processes outside the probe's pid namespace (--container), dropped in BPF.
+    pub filtered: u64,
     /// Hits whose address could not be resolved, by reason.
     pub unresolved: BTreeMap<&'static str, u64>,
     /// Hits the resolver could not answer (by its reason) but the probe's own location did:

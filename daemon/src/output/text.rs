@@ -80,8 +80,8 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:>4} {:>10} {:>10} {:>8} {:>10}  {:<40} UNRESOLVED",
-        "ID", "HITS", "PRINTED", "LOST", "NOT SHOWN", "PROBE"
+        "{:>4} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10}  {:<40} UNRESOLVED",
+        "ID", "HITS", "PRINTED", "LOST", "NOT SHOWN", "LIMITED", "FILTERED", "PROBE"
     )?;
     for p in &s.probes {
         let mut unresolved = if p.unresolved.is_empty() {
@@ -103,8 +103,15 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
         }
         writeln!(
             out,
-            "{:>4} {:>10} {:>10} {:>8} {:>10}  {:<40} {unresolved}",
-            p.probe_id, p.hits, p.printed, p.lost, p.not_printed, p.probe
+            "{:>4} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10}  {:<40} {unresolved}",
+            p.probe_id,
+            p.hits,
+            p.printed,
+            p.lost,
+            p.not_printed,
+            p.rate_limited,
+            p.filtered,
+            p.probe
         )?;
     }
     if !s.resolver.is_empty() {
@@ -155,6 +162,9 @@ mod tests {
             probes: vec![ProbeSummary {
                 probe: "uprobe:/bin/x:f".into(),
                 hits: 7,
+                printed: 2,
+                rate_limited: 4,
+                filtered: 1,
                 ..Default::default()
             }],
             resolver: Default::default(),
@@ -164,5 +174,15 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("uprobe:/bin/x:f"), "{text}");
         assert!(text.contains("ended by count"), "{text}");
+        assert!(
+            text.contains("LIMITED") && text.contains("FILTERED"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("uprobe:/bin/x:f"))
+            .unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[..7], ["0", "7", "2", "0", "0", "4", "1"], "{row}");
     }
 }

@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    attach::{AttachRequest, Tracer},
+    attach::{AttachRequest, RateLimit, Tracer},
     config::{self, Config, ConfigError, ProbeConfig, ProbeDef, STDOUT_OUTPUT, Source},
     events::EventStream,
     output::sink::Sink,
+    pidns::PidNamespace,
     pipeline::Pipeline,
     probes::{self, Probe},
     resolve::ProbeId,
@@ -41,6 +42,8 @@ pub struct Planned {
     pub probe: Probe,
     /// Whether the id was used before (its BPF counters need zeroing).
     pub reused: bool,
+    /// The pid namespace hits must come from (`container`).
+    pub pidns: Option<PidNamespace>,
 }
 
 /// A probe's link finished closing (off the event loop).
@@ -191,11 +194,11 @@ impl Daemon {
         if let Some(pid) = def.pid {
             crate::trace::check_alive(pid).map_err(|e| format!("{e:#}"))?;
         }
-        if def.container.is_some() || def.rate_limit.is_some() {
-            return Err(
-                "`container` and `rate_limit` are not supported by this build yet".to_owned(),
-            );
-        }
+        let pidns = def
+            .container
+            .map(PidNamespace::of_pid)
+            .transpose()
+            .map_err(|e| format!("container: {e}"))?;
         let (id, reused) = self
             .probes
             .reserve()
@@ -205,6 +208,7 @@ impl Daemon {
                 def: def.clone(),
                 probe,
                 reused,
+                pidns,
             }),
             Err(err) => {
                 self.probes.release(id);
@@ -215,7 +219,12 @@ impl Daemon {
 
     /// Attaches a planned probe and starts taking its hits.
     pub fn attach(&mut self, planned: Planned, origin: Origin) -> Result<u32, String> {
-        let Planned { def, probe, reused } = planned;
+        let Planned {
+            def,
+            probe,
+            reused,
+            pidns,
+        } = planned;
         let id = probe.id;
         let result = (|| -> Result<(), crate::attach::AttachError> {
             if reused {
@@ -223,6 +232,12 @@ impl Daemon {
             }
             let flags = if def.stack { PROBE_FLAG_STACK } else { 0 };
             self.tracer.set_probe_flags(id, flags)?;
+            let limit = def.rate_limit.map(|rate| RateLimit {
+                per_sec: rate.get(),
+                burst: def.burst.unwrap_or(rate).get(),
+            });
+            self.tracer.set_rate_limit(id, limit)?;
+            self.tracer.set_pidns_filter(id, pidns)?;
             self.tracer.attach(
                 &AttachRequest {
                     id,
@@ -477,6 +492,8 @@ impl Daemon {
                 "state": state(entry),
                 "hits": bpf.hits,
                 "lost": bpf.lost,
+                "rate_limited": bpf.rate_limited,
+                "filtered": bpf.filtered,
                 "written": counts.printed,
                 "write_errors": counts.write_errors,
                 "unresolved": counts.unresolved,

@@ -183,6 +183,36 @@ impl Target {
         }
     }
 
+    /// Starts `bin` with `args` as the first process of a new pid namespace (`unshare --pid
+    /// --fork`, util-linux), like a container's init, and waits for its `ready` line (which
+    /// says pid 1). `pid` is its pid in *our* namespace; `child` is the unshare process.
+    pub fn start_in_new_pidns(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start unshare (util-linux)");
+        let stdin = child.stdin.take();
+        let lines = line_channel(child.stdout.take().expect("piped stdout"));
+        let ready = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("namespaced target says ready");
+        assert_eq!(
+            ready, "ready 1",
+            "the target is its namespace's first process"
+        );
+        let pid = child_of(child.id()).expect("unshare's child in /proc");
+        Self {
+            child,
+            stdin,
+            lines,
+            pid,
+        }
+    }
+
     /// Lets the target make one round of calls; returns the lines it printed up to and
     /// including `done …` (or `calls …` in `--loop` mode).
     pub fn go(&mut self) -> Vec<String> {
@@ -219,6 +249,26 @@ impl Drop for Target {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The pid (in our namespace) of a child of process `parent`, from /proc/*/stat.
+pub fn child_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid …; comm may hold spaces and parentheses.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
 }
 
 /// The thread ids a target reported (`tid TID` lines) in one round.
@@ -463,13 +513,18 @@ pub fn num(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
 }
 
-/// Checks the summary's bookkeeping: for every probe, hits == printed + not_printed + lost.
+/// Checks the summary's bookkeeping: for every probe,
+/// hits == printed + not_printed + lost + rate_limited + filtered.
 pub fn assert_summary_adds_up(summary: &serde_json::Value) {
     for p in summary["probes"].as_array().expect("probes array") {
         assert_eq!(
             num(p, "hits"),
-            num(p, "printed") + num(p, "not_printed") + num(p, "lost"),
-            "hits != printed + not_printed + lost in {p}"
+            num(p, "printed")
+                + num(p, "not_printed")
+                + num(p, "lost")
+                + num(p, "rate_limited")
+                + num(p, "filtered"),
+            "hits != printed + not_printed + lost + rate_limited + filtered in {p}"
         );
     }
 }

@@ -12,6 +12,11 @@
 //! must equal calls exactly. Daemon CPU per event is probed's user+sys time after it
 //! attached (total from wait4's rusage minus the per-thread schedstat sum read just before
 //! the target starts), divided by the hits it printed; its start-up CPU is reported apart.
+//!
+//! A fifth mode runs probed with a rate limit that never limits (`--rate-limit 1e9 --burst
+//! 1e9`): every hit then takes the limiter's path in BPF (two more array lookups and a
+//! compare-and-swap on the shared bucket), so `rate_probed_limited_over_probed` is the
+//! limiter's cost on the traced program.
 
 use super::harness::{self, TOOL_TIMEOUT};
 use std::{
@@ -44,6 +49,8 @@ enum Mode {
     None,
     /// probed printing every hit as JSON.
     Probed,
+    /// The same with a rate limit that admits every hit (the limiter's cost).
+    ProbedLimited,
     /// bpftrace counting hits in the kernel (the peer).
     Bpftrace,
     /// bpftrace printing every hit (reference: the same work as probed).
@@ -51,9 +58,10 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::None,
         Self::Probed,
+        Self::ProbedLimited,
         Self::Bpftrace,
         Self::BpftracePrintf,
     ];
@@ -62,6 +70,7 @@ impl Mode {
         match self {
             Self::None => "none",
             Self::Probed => "probed",
+            Self::ProbedLimited => "probed_limited",
             Self::Bpftrace => "bpftrace",
             Self::BpftracePrintf => "bpftrace_printf",
         }
@@ -120,7 +129,12 @@ pub fn run() -> Result<()> {
             let mode = Mode::ALL[(round + i) % Mode::ALL.len()];
             let run = match mode {
                 Mode::None => run_none(&target)?,
-                Mode::Probed => run_probed(&target, &hits_file)?,
+                Mode::Probed => run_probed(&target, &hits_file, &[])?,
+                Mode::ProbedLimited => run_probed(
+                    &target,
+                    &hits_file,
+                    &["--rate-limit", "1000000000", "--burst", "1000000000"],
+                )?,
                 Mode::Bpftrace | Mode::BpftracePrintf => {
                     run_bpftrace(mode, &target, probe_offset, &hits_file)?
                 }
@@ -157,13 +171,14 @@ fn run_none(target: &Path) -> Result<Run> {
     })
 }
 
-/// The target traced by probed, writing JSON lines to `hits_file`.
-fn run_probed(target: &Path, hits_file: &Path) -> Result<Run> {
+/// The target traced by probed (with `extra` arguments), writing JSON lines to `hits_file`.
+fn run_probed(target: &Path, hits_file: &Path, extra: &[&str]) -> Result<Run> {
     let mut t = LoopTarget::start(target)?;
     let spec = format!("uprobe:{}:{SYMBOL}", target.display());
     let mut probed = Command::new(paths::probed_bin())
         .args(["trace", &spec, "--format", "json", "--output"])
         .arg(hits_file)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -401,6 +416,7 @@ fn report(runs: &[(Mode, Run)]) -> Value {
     let (rate_none, rate_probed, rate_bpftrace) =
         (rate(Mode::None), rate(Mode::Probed), rate(Mode::Bpftrace));
     let rate_printf = rate(Mode::BpftracePrintf);
+    let rate_limited = rate(Mode::ProbedLimited);
     let calls_probed = sum(Mode::Probed, |r| r.calls);
     let hits_probed = sum(Mode::Probed, |r| r.hits.unwrap_or(0));
     let counted_probed = sum(Mode::Probed, |r| r.counted.unwrap_or(0));
@@ -421,7 +437,7 @@ fn report(runs: &[(Mode, Run)]) -> Value {
     );
     let every_count_exact = runs
         .iter()
-        .filter(|(m, _)| matches!(m, Mode::Probed | Mode::Bpftrace))
+        .filter(|(m, _)| matches!(m, Mode::Probed | Mode::ProbedLimited | Mode::Bpftrace))
         .all(|(_, r)| r.hits == Some(r.calls) && r.counted.is_none_or(|c| c == r.calls));
     let ratio = rate_probed / rate_bpftrace;
     let run_list: Vec<Value> = runs
@@ -446,6 +462,10 @@ fn report(runs: &[(Mode, Run)]) -> Value {
         "calls_probed": calls_probed,
         "hits_bpftrace": hits_bpftrace,
         "calls_bpftrace": calls_bpftrace,
+        "rate_probed_limited": rate_limited,
+        "rate_probed_limited_over_probed": rate_limited / rate_probed,
+        "hits_probed_limited": sum(Mode::ProbedLimited, |r| r.hits.unwrap_or(0)),
+        "calls_probed_limited": sum(Mode::ProbedLimited, |r| r.calls),
         "rate_bpftrace_printf": rate_printf,
         "rate_probed_over_bpftrace_printf": rate_probed / rate_printf,
         "rate_bpftrace_printf_over_none": rate_printf / rate_none,
@@ -496,6 +516,7 @@ fn print_table(r: &Value) {
         f("daemon_cpu_ns_per_event")
     );
     for (name, key) in [
+        ("probed limited", "probed_limited"),
         ("bpftrace", "bpftrace"),
         ("bpftrace printf", "bpftrace_printf"),
     ] {
