@@ -14,6 +14,8 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod prometheus;
+
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
