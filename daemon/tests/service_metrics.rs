@@ -290,15 +290,14 @@ fn daemon_metrics_match_hits() {
     let metrics: SocketAddr = format!("127.0.0.1:{}", prometheus::free_port())
         .parse()
         .expect("addr");
-    let hits_file = dir.path.join("hits.jsonl");
+    // Hits go to the daemon's stdout (a file here): the output's name only labels the
+    // series; which output gets which hits is service_daemon.rs's business.
     let config = format!(
         "control_socket = \"{dir}/control.sock\"\n\
          [metrics]\nlisten = \"{metrics}\"\n\
-         [outputs.hits]\nkind = \"file\"\npath = \"{hits}\"\nformat = \"json\"\n\
-         [[probes]]\nspec = \"{s0}\"\noutput = \"hits\"\n\
-         [[probes]]\nspec = \"{s1}\"\noutput = \"hits\"\n",
+         [[probes]]\nspec = \"{s0}\"\n\
+         [[probes]]\nspec = \"{s1}\"\n",
         dir = dir.path.display(),
-        hits = hits_file.display(),
         s0 = specs[0],
         s1 = specs[1],
     );
@@ -341,7 +340,7 @@ fn daemon_metrics_match_hits() {
     let lost = by_label(&prom.query("probed_probe_lost_total"), "spec");
     for spec in &specs {
         assert_eq!(hits[spec.as_str()].0, N as f64, "{spec} hits: {hits:?}");
-        assert_eq!(hits[spec.as_str()].1["output"], "hits", "{hits:?}");
+        assert_eq!(hits[spec.as_str()].1["output"], "stdout", "{hits:?}");
         assert_eq!(lost[spec.as_str()].0, 0.0, "{spec} lost: {lost:?}");
     }
     let fast = single(&prom, "probed_resolver_fast_path_total");
@@ -352,6 +351,12 @@ fn daemon_metrics_match_hits() {
         fast + fallbacks,
         2.0 * N as f64,
         "fast {fast} + fallbacks {fallbacks}"
+    );
+    eprintln!(
+        "daemon_metrics_match_hits: {N} calls → hits {:?}, lost {:?}, fast path {fast}, \
+         fallbacks {fallbacks}",
+        hits.values().map(|v| v.0).collect::<Vec<_>>(),
+        lost.values().map(|v| v.0).collect::<Vec<_>>(),
     );
     // The target process is tracked (it hit a probe and still lives).
     let tracked = single(&prom, "probed_processes_tracked");
@@ -373,4 +378,35 @@ fn daemon_metrics_match_hits() {
     }
     daemon.stop();
     target.finish();
+}
+
+/// A metrics address already in use stops the daemon at start with an error naming the
+/// address, before anything is loaded or attached. (Bound before the BPF object is loaded,
+/// so this needs neither root nor BPF.)
+#[test]
+fn busy_metrics_address_is_a_startup_error() {
+    let dir = PrivateDir::new("service-metrics-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let config = format!(
+        "control_socket = \"{dir}/control.sock\"\n[metrics]\nlisten = \"{addr}\"\n\
+         [[probes]]\nspec = \"uprobe:/bin/true:main\"\n",
+        dir = dir.path.display(),
+    );
+    let config_path = dir.path.join("probed.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let end = common::run_to_end(
+        Command::new(common::probed_bin())
+            .args(["daemon", "--config"])
+            .arg(&config_path),
+    );
+    assert!(!end.status.success(), "{end:?}");
+    let stderr = end.stderr.join("\n");
+    assert!(
+        stderr.contains(&format!("cannot listen for metrics on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+    // The control socket it had bound is gone again.
+    assert!(!dir.path.join("control.sock").exists());
 }

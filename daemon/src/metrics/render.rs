@@ -40,9 +40,17 @@ const RATE_LIMITED: Family = Family::counter(
     "probed_probe_rate_limited_total",
     "Hits dropped in BPF by the probe's token bucket.",
 );
+const FILTERED: Family = Family::counter(
+    "probed_probe_filtered_total",
+    "Hits from processes outside the probe's container (pid namespace), dropped in BPF.",
+);
 const WRITTEN: Family = Family::counter(
     "probed_probe_written_total",
     "Hits written to the probe's output.",
+);
+const WRITE_ERRORS: Family = Family::counter(
+    "probed_probe_write_errors_total",
+    "Hits whose write to the probe's output failed.",
 );
 const UNRESOLVED: Family = Family::counter(
     "probed_unresolved_addresses_total",
@@ -78,15 +86,15 @@ const EXITED_DROPPED: Family = Family::counter(
 );
 const PROCESSES: Family = Family::gauge(
     "probed_processes_tracked",
-    "Processes the resolver holds pictures of.",
+    "Live processes the resolver tracks.",
 );
 const MIRRORS: Family = Family::gauge(
     "probed_mirrors",
-    "Per-process mirrors of /proc/PID/maps the resolver holds.",
+    "Per-process address-space mirrors the resolver holds, live and exited.",
 );
 const EXITED_RETAINED: Family = Family::gauge(
     "probed_exited_retained",
-    "Exited processes whose pictures are kept for hits still queued.",
+    "Mirrors of exited processes, kept for hits still queued.",
 );
 const MALFORMED: Family = Family::counter(
     "probed_malformed_events_total",
@@ -146,7 +154,9 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
     w.per_probe(&HITS, probes, |p| p.hits);
     w.per_probe(&LOST, probes, |p| p.lost);
     w.per_probe(&RATE_LIMITED, probes, |p| p.rate_limited);
+    w.per_probe(&FILTERED, probes, |p| p.filtered);
     w.per_probe(&WRITTEN, probes, |p| p.written);
+    w.per_probe(&WRITE_ERRORS, probes, |p| p.write_errors);
     w.per_probe_reason(&UNRESOLVED, probes, |p| &p.unresolved);
     w.per_probe_reason(&BY_PROBE, probes, |p| &p.resolved_by_probe);
 

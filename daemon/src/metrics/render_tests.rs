@@ -225,9 +225,15 @@ probed_probe_lost_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 1
 # HELP probed_probe_rate_limited_total Hits dropped in BPF by the probe's token bucket.
 # TYPE probed_probe_rate_limited_total counter
 probed_probe_rate_limited_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
+# HELP probed_probe_filtered_total Hits from processes outside the probe's container (pid namespace), dropped in BPF.
+# TYPE probed_probe_filtered_total counter
+probed_probe_filtered_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
 # HELP probed_probe_written_total Hits written to the probe's output.
 # TYPE probed_probe_written_total counter
 probed_probe_written_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 2
+# HELP probed_probe_write_errors_total Hits whose write to the probe's output failed.
+# TYPE probed_probe_write_errors_total counter
+probed_probe_write_errors_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
 # HELP probed_unresolved_addresses_total Hits whose address could not be resolved, by reason.
 # TYPE probed_unresolved_addresses_total counter
 probed_unresolved_addresses_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout",reason="unmapped"} 1
@@ -260,13 +266,13 @@ probed_resolver_rescans_total{result="failed"} 0
 # HELP probed_resolver_exited_dropped_total Exited processes whose pictures were dropped to stay within the retention bound.
 # TYPE probed_resolver_exited_dropped_total counter
 probed_resolver_exited_dropped_total 0
-# HELP probed_processes_tracked Processes the resolver holds pictures of.
+# HELP probed_processes_tracked Live processes the resolver tracks.
 # TYPE probed_processes_tracked gauge
 probed_processes_tracked 1
-# HELP probed_mirrors Per-process mirrors of /proc/PID/maps the resolver holds.
+# HELP probed_mirrors Per-process address-space mirrors the resolver holds, live and exited.
 # TYPE probed_mirrors gauge
 probed_mirrors 1
-# HELP probed_exited_retained Exited processes whose pictures are kept for hits still queued.
+# HELP probed_exited_retained Mirrors of exited processes, kept for hits still queued.
 # TYPE probed_exited_retained gauge
 probed_exited_retained 0
 # HELP probed_malformed_events_total Ring-buffer records that could not be decoded.
@@ -346,6 +352,8 @@ fn output_parses_and_reads_back() {
         p.lost = u64::from(id);
         p.rate_limited = 10 * u64::from(id);
         p.written = 900 + u64::from(id);
+        p.filtered = 20 + u64::from(id);
+        p.write_errors = 30 + u64::from(id);
         p.disabled = id == 2;
         p.unresolved.insert("unmapped".into(), 3);
         p.unresolved.insert("not_file_backed".into(), 4);
@@ -406,6 +414,14 @@ fn output_parses_and_reads_back() {
         assert_eq!(
             value(&samples, "probed_probe_written_total", &l),
             900.0 + f64::from(id)
+        );
+        assert_eq!(
+            value(&samples, "probed_probe_filtered_total", &l),
+            20.0 + f64::from(id)
+        );
+        assert_eq!(
+            value(&samples, "probed_probe_write_errors_total", &l),
+            30.0 + f64::from(id)
         );
         assert_eq!(
             value(&samples, "probed_probe_disabled", &l),

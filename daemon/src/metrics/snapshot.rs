@@ -12,11 +12,11 @@ pub struct MetricsSnapshot {
     /// The resolver's counters (fast path, fallbacks by reason, rescans…), summed over
     /// its readers. The same struct the run summary is built from, so the two cannot drift.
     pub resolver: Counters,
-    /// Processes the resolver holds pictures of (live and exited-but-retained).
+    /// Live processes the resolver tracks (mirrors of processes not known to have exited).
     pub processes_tracked: u64,
-    /// Per-process mirrors (published /proc snapshots) the resolver holds.
+    /// Per-process mirrors (address-space pictures) the resolver holds, live and exited.
     pub mirrors: u64,
-    /// Exited processes whose pictures are kept for hits still queued.
+    /// Mirrors of exited processes, kept for hits still queued.
     pub exited_retained: u64,
     /// Ring-buffer records that could not be decoded.
     pub malformed_events: u64,
@@ -43,8 +43,12 @@ pub struct ProbeMetrics {
     pub lost: u64,
     /// Hits dropped by the probe's token bucket (counted in BPF).
     pub rate_limited: u64,
+    /// Hits from processes outside the probe's container (pid namespace), dropped in BPF.
+    pub filtered: u64,
     /// Hits written to the probe's output.
     pub written: u64,
+    /// Hits whose write to the output failed (the output stays; the daemon goes on).
+    pub write_errors: u64,
     /// Hits whose address could not be resolved, by reason.
     pub unresolved: BTreeMap<String, u64>,
     /// Hits the resolver could not answer (by its reason) but the probe's own location did.
