@@ -380,6 +380,128 @@ fn daemon_metrics_match_hits() {
     target.finish();
 }
 
+/// The value of the sample of `family` whose labels include every `labels` pair, read from
+/// the exposition text itself (`None` if there is no such sample).
+fn endpoint_value(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Scrapes `addr` until `cond` holds for the text (≤ 30 s); returns that text.
+fn scrape_until(
+    daemon: &mut Daemon,
+    addr: SocketAddr,
+    what: &str,
+    cond: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        daemon.assert_running();
+        if let Ok((200, body)) = http_get(addr, "/metrics")
+            && cond(&body)
+        {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never seen on the endpoint; stderr:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A probe detached for exceeding its `disable_above` shows as disabled (and no longer
+/// attached) while the other stays; SIGHUP reloads count as applied, a broken config as
+/// rejected, and the daemon keeps serving.
+#[test]
+fn runaway_and_reloads_show_in_metrics() {
+    if !common::require_bpf("runaway_and_reloads_show_in_metrics") {
+        return;
+    }
+    let dir = PrivateDir::new("service-metrics-runaway");
+    let copy = TargetCopy::new("sm_runaway");
+    let (add, other) = (
+        copy.spec("uprobe", "probed_add"),
+        copy.spec("uprobe", "probed_other"),
+    );
+    let mut target = Target::start(&copy.path, &["--loop", "3", "--wait"]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", prometheus::free_port())
+        .parse()
+        .expect("addr");
+    let config = format!(
+        "control_socket = \"{dir}/control.sock\"\n[metrics]\nlisten = \"{metrics}\"\n\
+         [[probes]]\nspec = \"{add}\"\ndisable_above = 1000\n\
+         [[probes]]\nspec = \"{other}\"\n",
+        dir = dir.path.display(),
+    );
+    let config_path = dir.path.join("probed.toml");
+    std::fs::write(&config_path, &config).expect("write config");
+    let mut daemon = Daemon::start(&config_path, &dir.path);
+    scrape_until(&mut daemon, metrics, "2 probes attached", |t| {
+        endpoint_value(t, "probed_probes_attached", &[]) == Some(2.0)
+    });
+
+    // probed_add in a tight loop for 3 s: far above 1,000/s (the runaway check runs every s).
+    let round = target.go();
+    let calls = common::reported_calls(&round);
+    let text = scrape_until(&mut daemon, metrics, "the runaway disabled", |t| {
+        endpoint_value(t, "probed_probe_disabled", &[("spec", &add)]) == Some(1.0)
+    });
+    assert_eq!(
+        endpoint_value(&text, "probed_probe_disabled", &[("spec", &other)]),
+        Some(0.0)
+    );
+    assert_eq!(
+        endpoint_value(&text, "probed_probes_attached", &[]),
+        Some(1.0)
+    );
+    let hits = endpoint_value(&text, "probed_probe_hits_total", &[("spec", &add)]).expect("hits");
+    eprintln!("runaway: {calls} calls in 3 s, {hits} hits counted before the probe was detached");
+    assert!(
+        hits > 1000.0 && hits < calls as f64,
+        "hits {hits}, calls {calls}"
+    );
+
+    // An unchanged config reloads (applied); a broken one is rejected; still serving.
+    let pid = i32::try_from(daemon.child.id()).expect("pid");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    scrape_until(&mut daemon, metrics, "one applied reload", |t| {
+        endpoint_value(t, "probed_config_reloads_total", &[("result", "applied")]) == Some(1.0)
+    });
+    std::fs::write(&config_path, "[[probes]]\nspec = 42\n").expect("break config");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let text = scrape_until(&mut daemon, metrics, "one rejected reload", |t| {
+        endpoint_value(t, "probed_config_reloads_total", &[("result", "rejected")]) == Some(1.0)
+    });
+    assert_eq!(
+        endpoint_value(
+            &text,
+            "probed_config_reloads_total",
+            &[("result", "applied")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        endpoint_value(&text, "probed_probes_attached", &[]),
+        Some(1.0)
+    );
+    daemon.stop();
+    target.finish();
+}
+
 /// A metrics address already in use stops the daemon at start with an error naming the
 /// address, before anything is loaded or attached. (Bound before the BPF object is loaded,
 /// so this needs neither root nor BPF.)
