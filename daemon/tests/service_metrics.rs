@@ -322,6 +322,22 @@ fn daemon_metrics_match_hits() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A scrape's round trip (connect, loop answers, render, close), 20 times.
+    let mut rtt: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let (status, _) = http_get(metrics, "/metrics").expect("scrape");
+            assert_eq!(status, 200);
+            t.elapsed()
+        })
+        .collect();
+    rtt.sort();
+    eprintln!(
+        "daemon_metrics_match_hits: scrape round trip median {:?}, max {:?}",
+        rtt[10], rtt[19]
+    );
+    assert!(rtt[10] < Duration::from_millis(100), "{rtt:?}");
+
     let prom = Prometheus::start(&[metrics]);
     prom.wait_scraped_after(SystemTime::now(), SCRAPE_WAIT);
     let before = by_label(&prom.query("probed_probe_hits_total"), "spec");
