@@ -66,6 +66,11 @@ const TESTS: &[Need] = &[
         file: "/usr/bin/setpriv",
         why: "the missing-privileges test drops root",
     },
+    Need {
+        package: "prometheus",
+        file: "/usr/bin/prometheus",
+        why: "the metrics endpoint is scraped by a real Prometheus server",
+    },
 ];
 
 /// Installs what the demo needs.

@@ -218,6 +218,14 @@ impl<S: SeqSource> Resolver<S> {
         lock(&self.procs).keys().copied().collect()
     }
 
+    /// How many processes the resolver holds pictures of, and how many of those have exited
+    /// (kept for hits still queued). For the metrics endpoint: one lock, no allocation.
+    pub fn population(&self) -> (usize, usize) {
+        let procs = lock(&self.procs);
+        let exited = procs.values().filter(|m| m.has_exited()).count();
+        (procs.len(), exited)
+    }
+
     /// The newest published snapshot of `proc` (not necessarily current: check its `seq`).
     pub fn snapshot(&self, proc: ProcKey) -> Option<Arc<Snapshot>> {
         lock(&self.procs).get(&proc)?.current()

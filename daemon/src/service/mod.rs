@@ -14,3 +14,4 @@ pub mod probe_set;
 pub mod reload;
 pub mod run;
 pub mod runaway;
+pub mod scrape;

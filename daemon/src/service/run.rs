@@ -23,6 +23,7 @@ use crate::{
     attach::Tracer,
     config,
     events::EventStream,
+    metrics,
     pipeline::Pipeline,
     resolve::{Config as ResolverConfig, Resolver},
     service::{
@@ -63,6 +64,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let control = ControlSocket::bind(&config.control_socket)?;
+    // The metrics address is bound before anything is attached, like the control socket: a
+    // busy or bad address is a start-up error, not a silently missing endpoint. It is read at
+    // start only (a reload does not move it).
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(metrics::bind(m.listen).await?),
+        None => None,
+    };
 
     let mut tracer = Tracer::load()?;
     let (seq, generations, tracked) = tracer.take_tracker()?;
@@ -103,6 +111,15 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     );
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+    // Scrapes come to the loop like control calls; without `[metrics]` the sender is dropped
+    // at once and the loop's scrape branch never fires.
+    let (scrape_tx, mut scrapes) = mpsc::channel::<metrics::ScrapeRequest>(16);
+    if let Some(listener) = metrics_listener {
+        tracing::info!(listen = %listener.local_addr()?, "metrics endpoint at /metrics");
+        tokio::spawn(metrics::serve(listener, scrape_tx));
+    } else {
+        drop(scrape_tx);
+    }
     let serve_control = control.serve(calls_tx);
     tokio::pin!(serve_control);
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
@@ -130,6 +147,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             Some(done) = closed.recv() => {
                 daemon.on_closed(done);
                 flush(&mut daemon);
+            }
+            Some(reply) = scrapes.recv() => {
+                let _ = reply.send(daemon.metrics_snapshot());
             }
             () = &mut serve_control => {}
             _ = sighup.recv() => {

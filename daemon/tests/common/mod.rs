@@ -15,6 +15,7 @@
 )]
 
 pub mod daemon;
+pub mod prometheus;
 
 use std::{
     collections::BTreeSet,

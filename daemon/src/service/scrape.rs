@@ -1,0 +1,54 @@
+//! The daemon's answer to a metrics scrape: its counters copied into a [`MetricsSnapshot`]
+//! (rendered by the HTTP task, not here, so the loop only copies numbers).
+
+use crate::{
+    metrics::{MetricsSnapshot, ProbeMetrics},
+    service::daemon::Daemon,
+};
+
+impl Daemon {
+    /// Every counter the metrics endpoint reports, as of now. Per probe: BPF's counters
+    /// (read from the per-probe map) and the pipeline's; daemon-wide: the resolver's.
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let probes = self
+            .probes
+            .iter()
+            .map(|(id, entry)| {
+                // A probe whose counters cannot be read reports zeros rather than failing the
+                // whole scrape (the same choice as `ctl stats`).
+                let bpf = self.tracer.stats(id).unwrap_or_default();
+                let counts = self.pipeline.probe(id).map(|(_, c)| c);
+                let by_reason = |m: &std::collections::BTreeMap<&'static str, u64>| {
+                    m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+                };
+                ProbeMetrics {
+                    id,
+                    spec: entry.def.spec.clone(),
+                    output: entry.def.output.clone(),
+                    hits: bpf.hits,
+                    lost: bpf.lost,
+                    rate_limited: bpf.rate_limited,
+                    filtered: bpf.filtered,
+                    written: counts.map_or(0, |c| c.printed),
+                    write_errors: counts.map_or(0, |c| c.write_errors),
+                    unresolved: counts.map(|c| by_reason(&c.unresolved)).unwrap_or_default(),
+                    resolved_by_probe: counts.map(|c| by_reason(&c.by_probe)).unwrap_or_default(),
+                    disabled: entry.disabled.is_some(),
+                }
+            })
+            .collect();
+        let resolver = self.pipeline.resolver();
+        let (mirrors, exited) = resolver.population();
+        MetricsSnapshot {
+            probes,
+            resolver: resolver.counters(),
+            processes_tracked: (mirrors - exited) as u64,
+            mirrors: mirrors as u64,
+            exited_retained: exited as u64,
+            malformed_events: self.stream.malformed,
+            reloads: self.reloads,
+            reload_failures: self.reload_failures,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
