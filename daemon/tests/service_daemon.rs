@@ -539,6 +539,18 @@ fn thousand_probes_churn_without_leaks() {
         rounds * 5000,
         "steady probe exact"
     );
+    // Attaching blocks the event loop for a kernel grace period (~0.1 s): the 4 MiB ring
+    // buffer must absorb the hits meanwhile — nothing lost, every hit written.
+    let steady_stats = daemon.ctl_ok(&["stats"])["probes"][0].clone();
+    assert_eq!(steady_stats["lost"], 0, "{steady_stats}");
+    let mut written = 0;
+    common::wait_until(Duration::from_secs(10), || {
+        written = daemon.ctl_ok(&["stats"])["probes"][0]["written"]
+            .as_u64()
+            .unwrap();
+        written == rounds * 5000
+    });
+    assert_eq!(written, rounds * 5000, "every steady hit written");
     let (fds1, links1, rss1) = (
         daemon.fds(),
         common::held_by(daemon.pid()).links.len(),
