@@ -190,9 +190,17 @@ pub struct Tracer {
 impl Tracer {
     /// Checks privileges, loads the embedded BPF object and its two programs.
     pub fn load() -> Result<Self, AttachError> {
+        Self::load_with_ring(probed_common::RING_BYTES)
+    }
+
+    /// As [`Tracer::load`], with a hit ring buffer of `ring_bytes` (a power of two, a
+    /// multiple of the page size). The daemon uses a larger one: attaching a probe holds its
+    /// event loop for a kernel uprobe registration, and the ring absorbs the hits meanwhile.
+    pub fn load_with_ring(ring_bytes: u32) -> Result<Self, AttachError> {
         let object = bpf_object::bytes()?;
         privileges::check()?;
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(object)
             .map_err(|e| AttachError::Load(Box::new(e)))?;
         for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {

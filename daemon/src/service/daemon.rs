@@ -158,6 +158,9 @@ impl Daemon {
             if let Err(err) = self.attach(p, Origin::Config) {
                 failed.push(format!("{spec}: {err}"));
             }
+            // Each attach holds the loop for a uprobe registration: take the hits that
+            // arrived meanwhile before the next one, so a long reload never fills the ring.
+            self.drain();
         }
         let in_use: Vec<String> = self
             .probes
