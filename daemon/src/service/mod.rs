@@ -9,6 +9,7 @@
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod notify;
 pub mod outputs;
 pub mod probe_set;
 pub mod reload;
