@@ -15,6 +15,7 @@ pub mod events;
 pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod logging;
 pub mod metrics;
 pub mod output;
 pub mod pidns;

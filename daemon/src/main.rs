@@ -11,7 +11,6 @@ use probed::{
     service::{ctl::CtlArgs, run::DaemonArgs},
     trace,
 };
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -43,13 +42,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A service logs its lifecycle (attach, reload, stop) by default; a command line tool
-    // only warnings.
+    // only warnings. The config's log_level applies later (logging::apply_config_level).
     let quiet = if matches!(cli.command, Command::Daemon(_)) {
         "info"
     } else {
-        "warn"
+        probed::logging::DEFAULT_LEVEL
     };
-    init_logging(cli.verbose, quiet);
+    let _log = probed::logging::init(cli.verbose, quiet);
     let result = match cli.command {
         Command::Trace(args) => run_async(trace::run(args)),
         Command::Daemon(args) => run_async(probed::service::run::run(args)),
@@ -70,17 +69,4 @@ fn run_async(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()
         .enable_all()
         .build()?
         .block_on(job)
-}
-
-fn init_logging(verbose: u8, quiet: &str) {
-    let default = match verbose {
-        0 => quiet,
-        1 => "probed=debug,info",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
