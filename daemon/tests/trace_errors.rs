@@ -111,9 +111,7 @@ fn not_enough_privileges() {
         &end,
         &[
             "not enough privileges",
-            "CAP_BPF",
-            "CAP_PERFMON",
-            "CAP_SYS_PTRACE",
+            "missing CAP_SYS_ADMIN, CAP_SYS_PTRACE",
         ],
     );
 }
