@@ -62,7 +62,11 @@ pub enum LevelSource {
 /// `info` (a service logs its lifecycle: attach, reload, stop).
 pub const DEFAULT_LEVEL: &str = "warn";
 
+/// The handle [`init`] installed, for [`apply_config_level`].
+static INSTALLED: std::sync::OnceLock<LogHandle> = std::sync::OnceLock::new();
+
 /// The live logging set-up: lets the config change the level later.
+#[derive(Clone)]
 pub struct LogHandle {
     /// Where logs go.
     sink: Sink,
@@ -115,6 +119,18 @@ fn parse_level(level: &str) -> Result<EnvFilter, LogError> {
             .map_err(|e| bad(e.to_string()))?;
     }
     EnvFilter::try_new(trimmed).map_err(|e| bad(e.to_string()))
+}
+
+/// Applies a (re)loaded config's `log_level` — `None` restores the default — to the logging
+/// [`init`] installed. The config loader has already checked the level; a failure here is
+/// logged, not fatal.
+pub fn apply_config_level(level: Option<&str>) {
+    let Some(handle) = INSTALLED.get() else {
+        return;
+    };
+    if let Err(err) = handle.set_level(level.unwrap_or(DEFAULT_LEVEL)) {
+        tracing::error!("{err}");
+    }
 }
 
 /// Whether the config's level may replace the start-up one.
@@ -204,12 +220,16 @@ pub fn init(verbose: u8, default: &'static str) -> LogHandle {
     if let Some(e) = bad_env {
         tracing::warn!("RUST_LOG={directive:?} ignored: {e}; using {default:?}");
     }
-    LogHandle {
+    let handle = LogHandle {
         sink,
         source,
         default,
         reload: installed.then_some(reload),
+    };
+    if installed {
+        let _ = INSTALLED.set(handle.clone());
     }
+    handle
 }
 
 #[cfg(test)]

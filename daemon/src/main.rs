@@ -51,7 +51,14 @@ fn main() -> ExitCode {
     let _log = probed::logging::init(cli.verbose, quiet);
     let result = match cli.command {
         Command::Trace(args) => run_async(trace::run(args)),
-        Command::Daemon(args) => run_async(probed::service::run::run(args)),
+        Command::Daemon(args) => {
+            // Read (and removed from the environment) here, before any other thread exists.
+            let notifier = probed::service::notify::Notifier::from_env().unwrap_or_else(|err| {
+                tracing::warn!("not notifying systemd: {err}");
+                probed::service::notify::Notifier::disabled()
+            });
+            run_async(probed::service::run::run(args, notifier))
+        }
         Command::Ctl(args) => probed::service::ctl::run(args),
         Command::SelfCheck => probed::self_check::run(),
     };

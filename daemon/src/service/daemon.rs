@@ -187,7 +187,9 @@ impl Daemon {
     /// changes nothing.
     pub fn reload(&mut self) -> Result<String, ApplyError> {
         let (source, config) = config::load(&self.config_path).map_err(ApplyError::Config)?;
-        self.apply_config(&source, &config)
+        let applied = self.apply_config(&source, &config)?;
+        crate::logging::apply_config_level(config.log_level.as_ref().map(|l| l.get_ref().as_str()));
+        Ok(applied)
     }
 
     /// Checks a probe against its file and reserves its id. (Its output was checked by the

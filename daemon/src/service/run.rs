@@ -29,6 +29,7 @@ use crate::{
     service::{
         control::{Call, ControlSocket},
         daemon::Daemon,
+        notify::{Notifier, NotifyError},
         outputs::Outputs,
     },
     symbolize::Symbolizer,
@@ -61,8 +62,9 @@ pub struct DaemonArgs {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     let (source, config) = config::load(&args.config)?;
+    crate::logging::apply_config_level(config.log_level.as_ref().map(|l| l.get_ref().as_str()));
     // Signals are taken over before anything is attached: a SIGHUP during start-up must not
     // kill the daemon (its default action), and SIGTERM must still stop it cleanly.
     let mut sighup = signal(SignalKind::hangup())?;
@@ -114,6 +116,15 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         daemon.probes.attached(),
         control.path().display()
     );
+    // Only now, with every probe attached: `systemctl start` returns, and units ordered
+    // after probed start, once tracing really runs.
+    notify(notifier.ready());
+    notify(notifier.status(&format!("{} probe(s) attached", daemon.probes.attached())));
+    let mut watchdog_tick = notifier.watchdog_interval().map(|every| {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
     // Scrapes come to the loop like control calls; without `[metrics]` the sender is dropped
@@ -157,8 +168,19 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 let _ = reply.send(daemon.metrics_snapshot());
             }
             () = &mut serve_control => {}
+            // Pinged from this loop, so a loop stuck in any branch stops the pings.
+            _ = async {
+                match &mut watchdog_tick {
+                    Some(tick) => tick.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => notify(notifier.watchdog()),
             _ = sighup.recv() => {
-                match daemon.reload() {
+                notify(notifier.reloading());
+                let result = daemon.reload();
+                // READY=1 ends the reload whether the new config was taken or rejected.
+                notify(notifier.ready());
+                match result {
                     Ok(applied) => {
                         daemon.reloads += 1;
                         tracing::info!(config = %args.config.display(), "reloaded: {applied}");
@@ -178,6 +200,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     }
 
+    notify(notifier.stopping());
     tracing::info!("stopping: detaching probes");
     daemon.detach_all();
     // Links already closing (removals, runaways) finish on their own; wait for them, briefly,
@@ -195,6 +218,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     // The control socket's file is removed as `control` drops, on this and every error path.
     Ok(())
+}
+
+/// A failed notification is logged, never fatal: systemd may have gone away (its own stop),
+/// and the daemon's work does not depend on it.
+fn notify(result: Result<(), NotifyError>) {
+    if let Err(err) = result {
+        tracing::warn!("{}", crate::cli::one_line(&anyhow::Error::new(err)));
+    }
 }
 
 /// Flushes the outputs after a batch: hits are written as they come, not when a buffer
