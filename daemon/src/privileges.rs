@@ -14,6 +14,8 @@
 //!   override, and the `/proc/PID/map_files` directory of other users' processes; without it
 //!   those files are not found and a warning says so.
 
+/// CAP_DAC_OVERRIDE: read, write and execute any file.
+const CAP_DAC_OVERRIDE: u32 = 1;
 /// CAP_DAC_READ_SEARCH: read any file, search any directory.
 const CAP_DAC_READ_SEARCH: u32 = 2;
 /// CAP_SYS_PTRACE: /proc/PID/root and map_files of other users' processes.
@@ -51,6 +53,13 @@ pub fn check() -> Result<(), PrivilegeError> {
         );
     }
     check_caps(eff, uprobes_need_sys_admin)
+}
+
+/// Whether this process may read every file whatever its mode (CAP_DAC_READ_SEARCH or
+/// CAP_DAC_OVERRIDE effective), for naming the capability when an open is refused.
+pub fn can_read_any_file() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    effective(&status) & (1 << CAP_DAC_READ_SEARCH | 1 << CAP_DAC_OVERRIDE) != 0
 }
 
 /// The CapEff mask of a /proc/PID/status text (0 when absent).

@@ -84,9 +84,10 @@ impl SymReason {
 
     fn of_load_error(err: &ElfError) -> Self {
         match err {
-            ElfError::NotFound { .. } | ElfError::Open { .. } | ElfError::Io { .. } => {
-                Self::FileUnavailable
-            }
+            ElfError::NotFound { .. }
+            | ElfError::Open { .. }
+            | ElfError::NoReadCapability { .. }
+            | ElfError::Io { .. } => Self::FileUnavailable,
             ElfError::Changed { .. } => Self::FileChanged,
             ElfError::NotRegularFile { .. } | ElfError::NotElf { .. } => Self::NotElf,
             ElfError::Unsupported { .. } => Self::UnsupportedElf,

@@ -71,6 +71,16 @@ const TESTS: &[Need] = &[
         file: "/usr/bin/prometheus",
         why: "the metrics endpoint is scraped by a real Prometheus server",
     },
+    Need {
+        package: "systemd",
+        file: "/usr/bin/systemd-analyze",
+        why: "the systemd unit is verified and scored with systemd-analyze",
+    },
+    Need {
+        package: "strace",
+        file: "/usr/bin/strace",
+        why: "the unit's system call filter is checked against probed's real calls",
+    },
 ];
 
 /// Installs what the demo needs.

@@ -26,6 +26,16 @@ pub enum ElfError {
         #[source]
         source: io::Error,
     },
+    /// Permission denied to a process without CAP_DAC_READ_SEARCH (or CAP_DAC_OVERRIDE):
+    /// named, since for root that capability is what is missing (systemd unit, setpriv).
+    #[error("{path}: cannot open without CAP_DAC_READ_SEARCH (or read permission)")]
+    NoReadCapability {
+        /// The path that was opened.
+        path: PathBuf,
+        /// The error `open(2)` returned.
+        #[source]
+        source: io::Error,
+    },
     /// The path names a directory, a FIFO, a device or a socket.
     #[error("{path}: not a regular file")]
     NotRegularFile {
@@ -78,9 +88,11 @@ impl ElfError {
     /// later), false when it is a property of the file's content.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::NotFound { .. } | Self::Open { .. } | Self::Io { .. } | Self::Changed { .. } => {
-                true
-            }
+            Self::NotFound { .. }
+            | Self::Open { .. }
+            | Self::NoReadCapability { .. }
+            | Self::Io { .. }
+            | Self::Changed { .. } => true,
             Self::NotRegularFile { .. }
             | Self::NotElf { .. }
             | Self::Unsupported { .. }

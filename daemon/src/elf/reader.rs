@@ -146,6 +146,12 @@ pub(crate) fn open(path: &Path) -> Result<(File, Metadata), ElfError> {
                 path: path.to_owned(),
                 source,
             },
+            io::ErrorKind::PermissionDenied if !crate::privileges::can_read_any_file() => {
+                ElfError::NoReadCapability {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
             _ => ElfError::Open {
                 path: path.to_owned(),
                 source,
