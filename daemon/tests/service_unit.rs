@@ -601,3 +601,59 @@ fn example_config_fits_the_unit() {
     );
     let _ = std::io::stdout().flush();
 }
+
+/// Runs `probed trace` on a missing file with stderr going to a fresh file and
+/// JOURNAL_STREAM set to `journal_stream(dev, ino of that file)`; returns stderr's lines.
+fn stderr_with_journal_stream(
+    dir: &PrivateDir,
+    name: &str,
+    journal_stream: impl Fn(u64, u64) -> String,
+) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = dir.path.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let status = Command::new(common::probed_bin())
+        .args(["trace", "uprobe:/nonexistent/probed-test:main"])
+        .env("JOURNAL_STREAM", journal_stream(meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .status()
+        .expect("run probed");
+    assert_eq!(status.code(), Some(1));
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// JOURNAL_STREAM naming probed's stderr means "under systemd": logs go to journald — or,
+/// where journald cannot be reached, to stderr after one line saying so. A JOURNAL_STREAM
+/// naming another file (inherited, stderr redirected) is ignored.
+#[test]
+fn journal_stream_selects_journald() {
+    let dir = PrivateDir::new("journal-stream");
+    let journald = Path::new("/run/systemd/journal/socket").exists();
+    let matching = stderr_with_journal_stream(&dir, "match", |dev, ino| format!("{dev}:{ino}"));
+    let fallback: Vec<&String> = matching
+        .iter()
+        .filter(|l| l.contains("journald cannot be reached"))
+        .collect();
+    if journald {
+        assert!(fallback.is_empty(), "{matching:?}");
+    } else {
+        assert_eq!(fallback.len(), 1, "{matching:?}");
+        assert!(fallback[0].contains("WARN"), "{matching:?}");
+    }
+    assert!(
+        matching.last().unwrap().starts_with("probed: error:"),
+        "{matching:?}"
+    );
+    let other = stderr_with_journal_stream(&dir, "other", |dev, ino| format!("{dev}:{}", ino + 1));
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert!(other[0].starts_with("probed: error:"), "{other:?}");
+    println!("journald present: {journald}; with a matching JOURNAL_STREAM: {matching:?}");
+}
