@@ -46,13 +46,15 @@ pub struct PrivilegeError {
 pub fn check() -> Result<(), PrivilegeError> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = effective(&status);
-    if eff & (1 << CAP_DAC_READ_SEARCH) == 0 {
+    check_caps(eff, uprobes_need_sys_admin)?;
+    // Only said when tracing goes ahead: a refusal is one line, naming what is missing.
+    if eff & (1 << CAP_DAC_READ_SEARCH | 1 << CAP_DAC_OVERRIDE) == 0 {
         tracing::warn!(
             "no CAP_DAC_READ_SEARCH: binaries root cannot read without it, and \
              /proc/PID/map_files of other users' processes, cannot be opened"
         );
     }
-    check_caps(eff, uprobes_need_sys_admin)
+    Ok(())
 }
 
 /// Whether this process may read every file whatever its mode (CAP_DAC_READ_SEARCH or
