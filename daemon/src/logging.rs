@@ -128,7 +128,7 @@ pub fn apply_config_level(level: Option<&str>) {
     let Some(handle) = INSTALLED.get() else {
         return;
     };
-    if let Err(err) = handle.set_level(level.unwrap_or(DEFAULT_LEVEL)) {
+    if let Err(err) = handle.set_level(level.unwrap_or(handle.default)) {
         tracing::error!("{err}");
     }
 }
@@ -270,7 +270,7 @@ mod tests {
     /// RUST_LOG beats -v, -v beats the config, and only the default yields to the config.
     #[test]
     fn level_precedence() {
-        let (d, s) = start_level(Some("probed=trace"), 2);
+        let (d, s) = start_level(Some("probed=trace"), 2, DEFAULT_LEVEL);
         assert_eq!(d, "probed=trace");
         assert!(!config_applies(&s));
         let (d, s) = start_level(None, 1, DEFAULT_LEVEL);
@@ -280,8 +280,14 @@ mod tests {
         let (d, s) = start_level(None, 0, DEFAULT_LEVEL);
         assert_eq!(d, "warn");
         assert!(config_applies(&s));
+        // The daemon's own default (info) when nothing else says.
+        assert_eq!(start_level(None, 0, "info").0, "info");
+        assert_eq!(start_level(None, 1, "info").0, "probed=debug,info");
         // An empty RUST_LOG is treated as unset, as EnvFilter's own from_env does.
-        assert_eq!(start_level(Some(" "), 0).1, LevelSource::Default);
+        assert_eq!(
+            start_level(Some(" "), 0, DEFAULT_LEVEL).1,
+            LevelSource::Default
+        );
     }
 
     /// set_level: a bad level is refused whatever decides; a good one reloads the filter
