@@ -6,7 +6,9 @@
 //!   ProtectKernelTunables=yes), counts every hit of a process of another user running a
 //!   binary root cannot read without DAC override; with any one of them removed, probed
 //!   fails with one line naming it;
-//! - every system call probed makes is allowed by the unit's SystemCallFilter=;
+//! - every system call probed makes (`probed trace`, and `probed daemon` notifying, serving
+//!   the control socket and metrics, rotating, reloading, stopping) is allowed by the unit's
+//!   SystemCallFilter=;
 //! - dist/probed.toml, the example config, loads, and writes only where the unit allows.
 //!
 //! Needs systemd-analyze (package `systemd`), setpriv and unshare (`util-linux`), strace.
@@ -565,6 +567,132 @@ fn system_calls_pass_the_unit_filter() {
         "calls outside SystemCallFilter=: {outside:?}"
     );
     target.finish();
+}
+
+/// The same for `probed daemon` doing everything a service does: sd_notify with a watchdog,
+/// the control socket (`probed ctl list`), a Prometheus scrape over TCP, a file output that
+/// rotates, a SIGHUP reload and a SIGTERM stop.
+#[test]
+fn daemon_system_calls_pass_the_unit_filter() {
+    use std::io::{Read as _, Write as _};
+    if !common::require_bpf("daemon_system_calls_pass_the_unit_filter")
+        || !require_tool("daemon_system_calls_pass_the_unit_filter", "strace")
+        || !require_tool(
+            "daemon_system_calls_pass_the_unit_filter",
+            "systemd-analyze",
+        )
+    {
+        return;
+    }
+    let allowed = allowed_syscalls(&unit_values("SystemCallFilter").concat());
+    let dir = PrivateDir::new("unit-daemon-syscalls");
+    let copy = TargetCopy::new("su_dsyscalls");
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.path.join("notify")).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let control = dir.path.join("control.sock");
+    let hits = dir.path.join("hits.jsonl");
+    let config = dir.path.join("probed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [outputs.hits]\nkind = \"file\"\npath = \"{}\"\nrotate_bytes = 4096\n\
+             rotate_keep = 2\n[[probes]]\nspec = \"{}\"\noutput = \"hits\"\n",
+            control.display(),
+            hits.display(),
+            copy.spec("uprobe", "probed_add"),
+        ),
+    )
+    .unwrap();
+    let trace_out = dir.path.join("strace.txt");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace_out)
+        .arg("--")
+        .arg(common::probed_bin())
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", dir.path.join("notify"))
+        .env("WATCHDOG_USEC", "200000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace probed daemon");
+    let stderr = common::line_channel(strace.stderr.take().unwrap());
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
+    assert_eq!(&buf[..n], b"READY=1");
+    let pid: i32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id()))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("probed under strace");
+
+    let mut target = Target::start(&copy.path, &[&CALLS.to_string()]);
+    target.go();
+    target.finish();
+    let ctl = Command::new(common::probed_bin())
+        .args(["ctl", "--socket"])
+        .arg(&control)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(ctl.status.success(), "{ctl:?}");
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut scrape = String::new();
+    tcp.read_to_string(&mut scrape).unwrap();
+    assert!(scrape.starts_with("HTTP/1."), "{scrape}");
+    // SAFETY: kill has no memory-safety preconditions; pid is probed, strace's child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    wait_reloaded(&notify);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = strace.wait().unwrap();
+    let err = common::drain(&stderr);
+    assert!(status.success(), "{status}: {err:?}");
+    assert!(
+        dir.path.join("hits.jsonl.1").exists(),
+        "the output never rotated (4 KiB)"
+    );
+
+    let used = syscalls_of(&trace_out);
+    assert!(
+        ["bpf", "perf_event_open", "accept4", "sendto", "rename"]
+            .iter()
+            .all(|c| used.contains(*c)),
+        "the run did not exercise what it should: {used:?}"
+    );
+    let outside: Vec<&String> = used.difference(&allowed).collect();
+    println!("daemon: {} system calls used", used.len());
+    assert!(
+        outside.is_empty(),
+        "calls outside SystemCallFilter=: {outside:?}"
+    );
+}
+
+/// Waits for RELOADING=1 then READY=1 (skipping watchdog pings).
+fn wait_reloaded(notify: &std::os::unix::net::UnixDatagram) {
+    let mut buf = [0u8; 256];
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m == "READY=1") {
+        let n = notify.recv(&mut buf).expect("notification after SIGHUP");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg != "WATCHDOG=1" && !msg.starts_with("STATUS=") {
+            seen.push(msg);
+        }
+    }
+    assert!(seen[0].starts_with("RELOADING=1"), "{seen:?}");
 }
 
 /// dist/probed.toml loads, its control socket is in the unit's RuntimeDirectory and its file

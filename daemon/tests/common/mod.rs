@@ -45,7 +45,7 @@ pub fn require_bpf(test: &str) -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     let stub = probed_is_stub();
     let why = if !root {
-        Some("needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)")
+        Some("needs root (CAP_SYS_ADMIN and CAP_SYS_PTRACE; see privileges.rs)")
     } else if stub {
         Some("probed was built without its BPF object (run `cargo xtask test`)")
     } else {
