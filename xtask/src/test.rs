@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the whole suite — unit tests and the root/BPF integration tests.
 //!
-//! Integration tests attach real uprobes, so they need root (or CAP_BPF + CAP_PERFMON +
-//! CAP_SYS_PTRACE) and the real BPF object embedded in probed. Without root they print why
+//! Integration tests attach real uprobes, so they need root (or CAP_SYS_ADMIN +
+//! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed. Without root they print why
 //! they skip; with `CI=true` they fail instead (see daemon/tests/common/mod.rs).
 
 use std::process::Command;
