@@ -79,6 +79,32 @@ fn count(log: &[(Instant, String)], msg: &str) -> usize {
     log.iter().filter(|(_, m)| m == msg).count()
 }
 
+/// The daemon, killed if the test fails before it exits (a failed assertion must not leave
+/// it running with its probes attached).
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn signal(pid: u32, sig: i32) {
     let pid = i32::try_from(pid).expect("pid fits i32");
     // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
@@ -105,17 +131,19 @@ fn ready_watchdog_reload_stopping_in_order() {
     )
     .expect("write config");
 
-    let mut child = Command::new(common::probed_bin())
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string())
-        .env_remove("WATCHDOG_PID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start probed daemon");
+    let mut child = KillOnDrop(
+        Command::new(common::probed_bin())
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string())
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start probed daemon"),
+    );
     let stdout = common::line_channel(child.stdout.take().expect("stdout"));
     let stderr = common::line_channel(child.stderr.take().expect("stderr"));
     let mut log = Vec::new();

@@ -297,6 +297,31 @@ impl Wrapped {
     }
 }
 
+impl Drop for Wrapped {
+    /// A failed test must not leave probed running (with strace, its traced child too:
+    /// killing strace alone would detach probed and let it run on).
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            kill_children(self.child.id());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// SIGKILLs the children of `pid` (probed under strace).
+fn kill_children(pid: u32) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's child.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+}
+
 /// setpriv with the unit's bounding set (or it without one capability), root uid, nothing
 /// inheritable — as systemd starts the service.
 fn setpriv(without: Option<&str>) -> Vec<String> {
@@ -627,15 +652,21 @@ fn daemon_system_calls_pass_the_unit_filter() {
         .spawn()
         .expect("strace probed daemon");
     let stderr = common::line_channel(strace.stderr.take().unwrap());
+    let mut strace = Wrapped {
+        child: strace,
+        lines: common::line_channel(std::io::empty()),
+        errors: common::line_channel(std::io::empty()),
+    };
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
     assert_eq!(&buf[..n], b"READY=1");
-    let pid: i32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id()))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("probed under strace");
+    let pid: i32 =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.child.id()))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("probed under strace");
 
     let mut target = Target::start(&copy.path, &[&CALLS.to_string()]);
     target.go();
@@ -658,7 +689,7 @@ fn daemon_system_calls_pass_the_unit_filter() {
     wait_reloaded(&notify);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = strace.wait().unwrap();
+    let status = strace.child.wait().unwrap();
     let err = common::drain(&stderr);
     assert!(status.success(), "{status}: {err:?}");
     assert!(
