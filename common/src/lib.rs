@@ -186,6 +186,29 @@ pub struct KernelOffsets {
     pub dentry_name: u32,
 }
 
+/// Byte offsets for reading a task's pid and tid in its own pid namespace (for
+/// [`HitEvent::ns_pid`]): `task->thread_pid` is the thread's `struct pid`, whose
+/// `numbers[level].nr` is its number in the innermost namespace (`level` = that namespace's
+/// depth); the process id is the same read from `task->group_leader`. Separate from
+/// [`KernelOffsets`] so that a kernel lacking one of these members loses only the namespace
+/// pids, not change tracking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidOffsets {
+    /// 1 when every offset below is known.
+    pub valid: u32,
+    /// `task_struct.thread_pid` (a `struct pid *`).
+    pub task_thread_pid: u32,
+    /// `task_struct.group_leader` (a `struct task_struct *`).
+    pub task_group_leader: u32,
+    /// `pid.level` (unsigned int).
+    pub pid_level: u32,
+    /// `pid.numbers` (a flexible array of `struct upid`).
+    pub pid_numbers: u32,
+    /// Bytes per `struct upid` (its `nr`, an int, is at offset 0).
+    pub upid_size: u32,
+}
+
 /// Settings the daemon writes into the `TRACK_CONFIG` array before attaching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,6 +220,8 @@ pub struct TrackConfig {
     pub _reserved: u32,
     /// Kernel structure offsets.
     pub offsets: KernelOffsets,
+    /// Offsets for the namespace pids of hits.
+    pub pid_offsets: PidOffsets,
 }
 
 /// A mapping the kernel had at some address, as the tracker read it from a `vm_area_struct`.
@@ -288,6 +313,12 @@ pub struct HitEvent {
     pub retval: u64,
     /// The thread's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// The process id in the task's own (innermost) pid namespace — what `getpid()` returns
+    /// inside its container; equal to `pid` for a process of the initial namespace. 0 when
+    /// unknown (the kernel's BTF lacked a member [`PidOffsets`] names).
+    pub ns_pid: u32,
+    /// The thread id in the task's own pid namespace (`gettid()` there); 0 when unknown.
+    pub ns_tid: u32,
 }
 
 /// A hit with the user stack at the hit, innermost frame first (frame-pointer walk).
@@ -440,13 +471,14 @@ mod pod {
 }
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.
-const _: () = assert!(core::mem::size_of::<HitEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<HitEvent>() == 144);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 * NAME_LEN + 24);
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
-const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 136 + 8 + 8 * MAX_FRAMES);
-const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96);
+const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 144 + 8 + 8 * MAX_FRAMES);
+const _: () = assert!(core::mem::size_of::<PidOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 24);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 32);
 const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 32);

@@ -231,6 +231,7 @@ impl Tracer {
             exit_group_dead_offset: tracepoints::exit_group_dead_offset(),
             _reserved: 0,
             offsets: crate::track::offsets::kernel_offsets(),
+            pid_offsets: crate::track::offsets::pid_offsets(),
         };
         let map = self
             .ebpf

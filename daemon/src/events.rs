@@ -135,6 +135,8 @@ mod tests {
             args: [1, 2, 3, 4, 5, 6],
             retval: 42,
             comm: *b"loop\0\0\0\0\0\0\0\0\0\0\0\0",
+            ns_pid: 1,
+            ns_tid: 2,
         };
         // SAFETY: HitEvent is plain integers without padding; viewing it as bytes is sound.
         let bytes = unsafe {

@@ -10,6 +10,7 @@ pub mod bpf_object;
 pub mod btf;
 pub mod cli;
 pub mod config;
+pub mod container;
 pub mod elf;
 pub mod events;
 pub mod file_id;

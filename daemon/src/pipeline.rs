@@ -58,7 +58,7 @@ pub struct ProbeCounts {
 /// One probe of the pipeline's table.
 struct Slot {
     probe: Probe,
-    /// The probe's file as an absolute, canonical path (for hits answered by the probe).
+    /// The probe's file as its processes name it (for hits answered by the probe).
     module: String,
     counts: ProbeCounts,
     /// Index of the writer its hits go to.
@@ -67,7 +67,7 @@ struct Slot {
 
 impl Slot {
     fn new(probe: Probe, sink: usize) -> Self {
-        let module = canonical(&probe.spec.path).to_string_lossy().into_owned();
+        let module = probe.module_path().to_string_lossy().into_owned();
         Self {
             probe,
             module,
@@ -75,11 +75,6 @@ impl Slot {
             sink,
         }
     }
-}
-
-/// `path` made absolute and free of links, or as given if that fails.
-fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Resolves, symbolizes and writes hits.
@@ -129,6 +124,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let paths = Paths::from_probes(&probes);
         let mut table: Vec<Option<Slot>> = Vec::new();
         for probe in probes {
+            preload(&symbolizer, &probe);
             let id = probe.id as usize;
             if table.len() <= id {
                 table.resize_with(id + 1, || None);
@@ -199,6 +195,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// hit of the old probe can be taken for the new one.
     pub fn add_probe(&mut self, probe: Probe, sink: usize) {
         self.paths.add(&probe);
+        preload(&self.symbolizer, &probe);
         let id = probe.id as usize;
         if self.probes.len() <= id {
             self.probes.resize_with(id + 1, || None);
@@ -405,6 +402,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             },
             pid: hit.pid,
             tid: hit.tid,
+            // 0: BPF could not read them (see probed_common::PidOffsets).
+            ns_pid: (hit.ns_pid != 0).then_some(hit.ns_pid),
+            ns_tid: (hit.ns_tid != 0).then_some(hit.ns_tid),
             comm: &comm,
             ts_ns: hit.ts_ns,
             addr: hit.ip,
@@ -599,6 +599,20 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+        // Gauges at the end of the run: processes still live (a traced container that
+        // stopped is no longer among them), pictures of exited ones kept for queued hits
+        // (bounded), and how often an ELF file was loaded (once per (device, inode) unless
+        // evicted or transiently unavailable).
+        let (mirrors, exited) = self.reader.resolver().population();
+        let elf = self.symbolizer.stats();
+        for (name, value) in [
+            ("processes_tracked", (mirrors - exited) as u64),
+            ("exited_retained", exited as u64),
+            ("elf_loads", elf.loads),
+            ("elf_load_failures", elf.load_failures),
+        ] {
+            summary.resolver.insert(name.to_string(), value);
+        }
         Ok(())
     }
 
@@ -644,6 +658,14 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     }
 }
 
+/// Gives the symbolizer a container probe's file as its SPEC was checked: the container may
+/// stop before any hit is symbolized, and its file is not reachable from the host then.
+fn preload(symbolizer: &Symbolizer, probe: &Probe) {
+    if let Some(c) = &probe.in_container {
+        symbolizer.preload(probe.target.id, c.image.clone());
+    }
+}
+
 /// Paths of mapped files by identity: from the probe table, the process's newest picture, or
 /// its /proc/PID/map_files while it lives; remembered once found.
 struct Paths {
@@ -668,7 +690,7 @@ impl Paths {
     fn add(&self, probe: &Probe) {
         self.known
             .borrow_mut()
-            .insert(probe.target.id, Arc::from(canonical(&probe.spec.path)));
+            .insert(probe.target.id, Arc::from(probe.module_path()));
     }
 }
 

@@ -311,6 +311,15 @@ impl Symbolizer {
         Err(last)
     }
 
+    /// Installs an image already parsed (a container probe's file, read when its SPEC was
+    /// checked) for `id`, unless the cache has one: hits of a container that stopped before
+    /// its file was first opened from the host — its root gone, its path not on the host —
+    /// still find their symbols. Not counted in `loads`.
+    pub fn preload(&self, id: FileId, image: Arc<ElfImage>) {
+        let slot = self.cache.slot(id);
+        let _ = slot.state.set(Loaded::Ready(image));
+    }
+
     /// Forgets `id`, e.g. when the resolver learns the file was rewritten in place (same
     /// inode, new content). Readers holding the old image keep it until they drop it.
     pub fn invalidate(&self, id: FileId) {

@@ -19,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attach::{AttachRequest, Tracer},
     cli::{Aggregate, TraceArgs},
+    container::ContainerRoot,
     events::EventStream,
     output::{Aggregations, Latency, StackCounts, Summary, Writer, folded::FlamegraphError},
     pidns::PidNamespace,
@@ -55,16 +56,23 @@ impl EndedBy {
 
 /// Runs `probed trace` until a signal, `--duration` or `--count`.
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let probes = probes::prepare(&args.specs)?;
-    if let Some(pid) = args.pid {
-        check_alive(pid)?;
-    }
-    // Before anything is attached: a dead or unreadable --container pid is one clear error.
+    // Before anything is attached: a dead or unreadable --container pid is one clear error;
+    // with one, SPEC paths name files inside that container's root.
+    let root = args
+        .container
+        .map(ContainerRoot::of_pid)
+        .transpose()
+        .context("--container")?;
     let container = args
         .container
         .map(PidNamespace::of_pid)
         .transpose()
         .context("--container")?;
+    let mut probes = probes::prepare(&args.specs, root.as_ref())?;
+    drop(root);
+    if let Some(pid) = args.pid {
+        check_alive(pid)?;
+    }
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -95,6 +103,18 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         tracer
             .attach(&attach_request(probe), args.pid)
             .with_context(|| probe.spec.text.clone())?;
+    }
+    for probe in &mut probes {
+        if let Some(c) = &probe.in_container {
+            eprintln!(
+                "probed: {} is {} (file {})",
+                probe.spec.text,
+                c.host_path.display(),
+                probe.target.id
+            );
+        }
+        // Attached: the container's file need not stay open.
+        probe.release_file();
     }
     if args.pid.is_none() {
         tracer.watch_files(probes.iter().map(|p| p.target.id))?;
@@ -279,7 +299,7 @@ fn attach_request(probe: &Probe) -> AttachRequest {
     AttachRequest {
         id: probe.id,
         kind: probe.spec.kind,
-        path: probe.spec.path.clone(),
+        path: probe.attach_path(),
         file_offset: probe.file_offset,
     }
 }

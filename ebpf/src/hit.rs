@@ -84,6 +84,9 @@ fn record(
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
     let ip = if ip == 0 { regs.rip } else { ip };
     let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    // The pids the process sees itself by, inside its container (see kread::ns_pids).
+    let (ns_pid, ns_tid) = crate::kread::ns_pids(tgid, tid);
     // A process is tracked from its first hit on (before its sequence is read, so that any
     // change after the hit moves the sequence). The lost-report count is read after the
     // sequence: a hit whose sequence includes a change whose report was lost then also
@@ -111,7 +114,7 @@ fn record(
         probe_id,
         kind,
         pid: tgid,
-        tid: pid_tgid as u32,
+        tid,
         lost_reports,
         ts_ns,
         ip,
@@ -121,6 +124,8 @@ fn record(
         args,
         retval,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ns_pid,
+        ns_tid,
     };
     if with_stack {
         let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {

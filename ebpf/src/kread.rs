@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
-use probed_common::{KernelOffsets, NAME_LEN, VmaInfo};
+use probed_common::{KernelOffsets, NAME_LEN, PidOffsets, VmaInfo};
 
 use crate::maps::TRACK_CONFIG;
 
@@ -114,4 +114,41 @@ pub fn file_of_fd(o: &KernelOffsets, fd: u64) -> u64 {
     }
     let array = read_u64(fdt, o.fdt_fd);
     read_u64(array, (fd * 8) as u32)
+}
+
+/// The namespace pid offsets, if the daemon found them all.
+#[inline(always)]
+pub fn pid_offsets() -> Option<&'static PidOffsets> {
+    TRACK_CONFIG
+        .get(0)
+        .map(|c| &c.pid_offsets)
+        .filter(|o| o.valid == 1)
+}
+
+/// The current task's (process id, thread id) in its own — innermost — pid namespace, as
+/// `getpid()`/`gettid()` return them there: `numbers[level].nr` of the `struct pid` of the
+/// group leader and of the thread. `(tgid, tid)` unchanged at level 0 (the initial
+/// namespace); (0, 0) when the offsets are unknown.
+#[inline(always)]
+pub fn ns_pids(tgid: u32, tid: u32) -> (u32, u32) {
+    let Some(o) = pid_offsets() else {
+        return (0, 0);
+    };
+    // SAFETY: bpf_get_current_task has no preconditions; the value is only an address read
+    // through bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    let thread_pid = read_u64(task, o.task_thread_pid);
+    let level = read_u32(thread_pid, o.pid_level);
+    if level == 0 {
+        return (tgid, tid);
+    }
+    // Pid namespaces nest at most 32 deep (MAX_PID_NS_LEVEL); a larger value is a bad read.
+    if level > 32 {
+        return (0, 0);
+    }
+    let at = o.pid_numbers + level * o.upid_size;
+    let ns_tid = read_u32(thread_pid, at);
+    let leader = read_u64(task, o.task_group_leader);
+    let leader_pid = read_u64(leader, o.task_thread_pid);
+    (read_u32(leader_pid, at), ns_tid)
 }

@@ -336,6 +336,8 @@ mod tests {
             kind: ProbeKind::Entry,
             pid: 1,
             tid: 1,
+            ns_pid: None,
+            ns_tid: None,
             comm: "app",
             ts_ns: 1,
             addr: 0x1000,

@@ -14,6 +14,8 @@ struct HitLine<'a> {
     kind: &'static str,
     pid: u32,
     tid: u32,
+    ns_pid: Option<u32>,
+    ns_tid: Option<u32>,
     comm: &'a str,
     ts_ns: u64,
     addr: String,
@@ -45,6 +47,8 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
         kind: hit.kind.as_str(),
         pid: hit.pid,
         tid: hit.tid,
+        ns_pid: hit.ns_pid,
+        ns_tid: hit.ns_tid,
         comm: hit.comm,
         ts_ns: hit.ts_ns,
         addr: format!("{:#x}", hit.addr),
@@ -95,6 +99,8 @@ mod tests {
             kind: ProbeKind::Entry,
             pid: 1,
             tid: 2,
+            ns_pid: Some(1),
+            ns_tid: None,
             comm: "x",
             ts_ns: 3,
             addr: 0x1139,
@@ -130,6 +136,10 @@ mod tests {
         assert_eq!(v["symbol"], "f");
         assert_eq!(v["offset"], 0);
         assert_eq!(v["args"][5], 6);
+        assert_eq!(
+            (&v["ns_pid"], &v["ns_tid"]),
+            (&1.into(), &serde_json::Value::Null)
+        );
         assert!(v.get("retval").is_none());
         assert!(v.get("unresolved").is_none());
         assert!(buf.ends_with(b"\n"));

@@ -515,6 +515,8 @@ mod tests {
             kind,
             pid: 7,
             tid,
+            ns_pid: None,
+            ns_tid: None,
             comm: "x",
             ts_ns,
             addr: 0x1000,

@@ -165,6 +165,8 @@ mod tests {
                 },
                 pid: 1,
                 tid: 1,
+                ns_pid: None,
+                ns_tid: None,
                 comm: "app",
                 ts_ns: s as u64 * 1_000,
                 addr: 0x1000,

@@ -52,6 +52,10 @@ pub struct HitRecord<'a> {
     pub pid: u32,
     /// Thread id (initial pid namespace).
     pub tid: u32,
+    /// Process id in the process's own pid namespace (inside its container), if known.
+    pub ns_pid: Option<u32>,
+    /// Thread id in the process's own pid namespace, if known.
+    pub ns_tid: Option<u32>,
     /// The thread's comm.
     pub comm: &'a str,
     /// CLOCK_MONOTONIC nanoseconds at the hit.

@@ -14,6 +14,15 @@ pub fn write_header(out: &mut impl Write) -> io::Result<()> {
     )
 }
 
+/// A host id, followed by `/` and the id inside the process's own pid namespace when that
+/// is known and differs (a process in a container): `3650/1`.
+fn ids(host: u32, ns: Option<u32>) -> String {
+    match ns {
+        Some(ns) if ns != host => format!("{host}/{ns}"),
+        _ => host.to_string(),
+    }
+}
+
 /// Writes one hit: time, ids, comm, entry/return arrow, address, symbol+offset [module],
 /// then the arguments or the return value.
 pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
@@ -25,8 +34,8 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     write!(
         out,
         "{secs:>17.6} {:>7} {:>7} {:<16} {arrow:<3} {:<18} ",
-        hit.pid,
-        hit.tid,
+        ids(hit.pid, hit.ns_pid),
+        ids(hit.tid, hit.ns_tid),
         hit.comm,
         format!("{:#x}", hit.addr)
     )?;
@@ -135,6 +144,8 @@ mod tests {
             kind: ProbeKind::Entry,
             pid: 10,
             tid: 11,
+            ns_pid: Some(1),
+            ns_tid: Some(11),
             comm: "x",
             ts_ns: 1_500_000_000,
             addr: 0x1139,
@@ -155,6 +166,9 @@ mod tests {
         write_hit(&mut buf, &hit).unwrap();
         let line = String::from_utf8(buf).unwrap();
         assert!(line.contains("f+0x4 [/bin/x]"), "{line}");
+        // The namespace pid differs from the host's, the namespace tid does not.
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1..3], ["10/1", "11"], "{line}");
         assert!(line.contains("(0x1, 0x2, 0x3, 0x4, 0x5, 0x6)"), "{line}");
         let summary = Summary {
             ended_by: "count",

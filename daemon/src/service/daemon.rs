@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     attach::{AttachRequest, RateLimit, Tracer},
     config::{self, Config, ConfigError, ProbeConfig, ProbeDef, STDOUT_OUTPUT, Source},
+    container::ContainerRoot,
     events::EventStream,
     output::sink::Sink,
     pidns::PidNamespace,
@@ -199,6 +200,11 @@ impl Daemon {
         if let Some(pid) = def.pid {
             crate::trace::check_alive(pid).map_err(|e| format!("{e:#}"))?;
         }
+        let root = def
+            .container
+            .map(ContainerRoot::of_pid)
+            .transpose()
+            .map_err(|e| format!("container: {e}"))?;
         let pidns = def
             .container
             .map(PidNamespace::of_pid)
@@ -208,7 +214,7 @@ impl Daemon {
             .probes
             .reserve()
             .ok_or_else(|| format!("too many probes: at most {MAX_PROBES}"))?;
-        match probes::prepare_one(id, spec) {
+        match probes::prepare_one(id, spec, root.as_ref()) {
             Ok(probe) => Ok(Planned {
                 def: def.clone(),
                 probe,
@@ -226,7 +232,7 @@ impl Daemon {
     pub fn attach(&mut self, planned: Planned, origin: Origin) -> Result<u32, String> {
         let Planned {
             def,
-            probe,
+            mut probe,
             reused,
             pidns,
         } = planned;
@@ -247,7 +253,7 @@ impl Daemon {
                 &AttachRequest {
                     id,
                     kind: probe.spec.kind,
-                    path: probe.spec.path.clone(),
+                    path: probe.attach_path(),
                     file_offset: probe.file_offset,
                 },
                 def.pid,
@@ -257,6 +263,8 @@ impl Daemon {
             }
             Ok(())
         })();
+        // Attached (or not): a container's file need not stay open.
+        probe.release_file();
         if let Err(err) = result {
             self.probes.release(id);
             return Err(crate::cli::one_line(&anyhow::Error::new(err)));
@@ -274,7 +282,11 @@ impl Daemon {
             &resolver,
         );
         let sink = self.outputs.sink(&def.output).unwrap_or(0);
-        tracing::info!(probe = id, spec = %def.spec, output = %def.output, running, "probe attached");
+        let host_path = probe
+            .in_container
+            .as_ref()
+            .map(|c| c.host_path.display().to_string());
+        tracing::info!(probe = id, spec = %def.spec, output = %def.output, running, host_path, file = %probe.target.id, "probe attached");
         self.pipeline.add_probe(probe, sink);
         self.probes.insert(
             id,

@@ -1,7 +1,7 @@
 //! Kernel structure offsets for the tracker's `bpf_probe_read_kernel` reads, from the
 //! running kernel's BTF (aya-ebpf has no CO-RE relocations).
 
-use probed_common::KernelOffsets;
+use probed_common::{KernelOffsets, PidOffsets};
 
 use crate::btf::{Btf, OffsetError};
 
@@ -89,6 +89,50 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
     })
 }
 
+/// The offsets for the namespace pids of hits, or all-unknown (`valid == 0`) with a warning:
+/// hits then carry no `ns_pid`/`ns_tid`, and nothing else changes.
+pub fn pid_offsets() -> PidOffsets {
+    let result = Btf::from_sys_fs()
+        .map_err(|e| e.to_string())
+        .and_then(|btf| pid_offsets_from_btf(&btf).map_err(|e| e.to_string()));
+    result.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "cannot read namespace pids: hits will carry no ns_pid/ns_tid");
+        PidOffsets::default()
+    })
+}
+
+/// `task_struct.thread_pid`, `task_struct.group_leader`, `pid.level`, `pid.numbers` and the
+/// size of a `struct upid`, with the widths BPF reads checked.
+pub fn pid_offsets_from_btf(btf: &Btf) -> Result<PidOffsets, KernelOffsetsError> {
+    let sized = |ty: &str, path: &[&str], want: u32| -> Result<u32, KernelOffsetsError> {
+        let m = btf.member(ty, path)?;
+        check_width(ty, path, m.size, want)?;
+        Ok(m.offset)
+    };
+    // `numbers` is a flexible array (`numbers[]`, size 0 in BTF): only its offset matters.
+    let numbers = btf.member_offset("pid", &["numbers"])?;
+    // BPF reads `nr` at the start of each `struct upid`; its stride is the struct's size,
+    // which with `ns` (a pointer) as the last, widest member is where `ns` ends.
+    let nr = sized("upid", &["nr"], 4)?;
+    if nr != 0 {
+        return Err(KernelOffsetsError::Width {
+            ty: "upid".into(),
+            member: format!("nr (at offset {nr}, expected 0)"),
+            size: 4,
+            want: 4,
+        });
+    }
+    let ns = btf.member("upid", &["ns"])?;
+    Ok(PidOffsets {
+        valid: 1,
+        task_thread_pid: sized("task_struct", &["thread_pid"], 8)?,
+        task_group_leader: sized("task_struct", &["group_leader"], 8)?,
+        pid_level: sized("pid", &["level"], 4)?,
+        pid_numbers: numbers,
+        upid_size: ns.offset + ns.size,
+    })
+}
+
 fn check_width(ty: &str, path: &[&str], size: u32, want: u32) -> Result<(), KernelOffsetsError> {
     if size == want {
         Ok(())
@@ -126,6 +170,14 @@ mod tests {
             "vm_start opens vm_area_struct on every kernel we know"
         );
         assert_eq!(o.vma_end, 8);
+        let p = pid_offsets_from_btf(&btf).unwrap();
+        assert_eq!(p.valid, 1);
+        assert_eq!(
+            p.upid_size, 16,
+            "struct upid {{ int nr; struct pid_namespace *ns; }}"
+        );
+        assert!(p.pid_numbers > p.pid_level, "{p:?}");
+        assert_ne!(p.task_thread_pid, p.task_group_leader);
         assert_eq!(
             o.file_dentry,
             btf.member_offset("file", &["f_path"]).unwrap()

@@ -14,6 +14,7 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod container;
 pub mod daemon;
 pub mod prometheus;
 
