@@ -81,6 +81,7 @@ fn container_path_symbols_and_both_pids() {
     let summary = summary.expect("a summary line");
     let p = probe_summary(&summary, &spec);
     assert_eq!((num(p, "hits"), num(p, "filtered")), (N, 0), "{p}");
+    assert_eq!(p["resolved_by_probe"], serde_json::json!({}), "{p}");
     common::assert_summary_adds_up(&summary);
     c.finish();
 }
@@ -172,6 +173,7 @@ fn two_containers_one_image_one_probe() {
     assert_eq!(hits.len() as u64, 2 * N);
     let p = probe_summary(&summary, &spec);
     assert_eq!(num(p, "hits"), 2 * N, "one probe counted both: {p}");
+    assert_eq!(p["resolved_by_probe"], serde_json::json!({}), "{p}");
     let identities = BTreeSet::from([sa, sb]).len() as u64;
     let loads = gauge(&summary, "elf_loads");
     eprintln!(
@@ -238,6 +240,9 @@ fn container_stopping_while_traced() {
         assert_eq!(hit["symbol"], "probed_add", "{hit}");
         assert_eq!(hit["module"], APP, "{hit}");
         assert_eq!(num(hit, "pid"), u64::from(pid), "{hit}");
+        // Resolved and symbolized by the resolver and the symbolizer themselves, not by the
+        // probe's own location (the fallback for hits they cannot answer).
+        assert_ne!(hit["via"], "probe", "{hit}");
         *via.entry(hit["via"].as_str().unwrap_or("?").to_string())
             .or_default() += 1;
     }
@@ -249,7 +254,62 @@ fn container_stopping_while_traced() {
     let p = probe_summary(&summary, &spec);
     assert_eq!(num(p, "hits"), N, "{p}");
     assert_eq!(p["unresolved"], serde_json::json!({}), "{p}");
+    assert_eq!(p["resolved_by_probe"], serde_json::json!({}), "{p}");
     common::assert_summary_adds_up(&summary);
     assert_eq!(gauge(&summary, "processes_tracked"), 0, "{summary}");
     assert!(gauge(&summary, "exited_retained") >= 1, "{summary}");
+}
+
+/// The daemon: `probed ctl add SPEC --container PID` resolves the SPEC's path in the
+/// container too; the probe counts exactly the container's calls, its hits carry both pids,
+/// and once the container has stopped the daemon runs on, tracking no live process of it.
+#[test]
+fn daemon_ctl_add_in_a_container() {
+    if !ready("daemon_ctl_add_in_a_container") {
+        return;
+    }
+    const N: u64 = 120;
+    let daemon = common::daemon::Daemon::start(common::PrivateDir::new("ct-daemon"), "");
+    let live = |d: &common::daemon::Daemon| num(&d.ctl_ok(&["stats"]), "processes_tracked");
+    let before = live(&daemon);
+    let mut c = Container::start("probed-ct-d", "d", &[&N.to_string()]);
+    let spec = format!("uprobe:{APP}:probed_add");
+    let pid = c.host_pid.to_string();
+    let id = daemon.ctl_ok(&["add", &spec, "--container", &pid])["id"]
+        .as_u64()
+        .expect("an id");
+    c.go();
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || daemon.hits(id) == N),
+        "hits {} of {N}",
+        daemon.hits(id)
+    );
+    assert!(
+        live(&daemon) > before,
+        "the container's process is tracked while it runs"
+    );
+    let mut seen = 0;
+    while seen < N {
+        let line = daemon
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a hit line on the daemon's stdout");
+        let hit: serde_json::Value = serde_json::from_str(&line).expect("JSON hit");
+        assert_eq!(hit["probe"], spec, "{hit}");
+        assert_eq!(hit["symbol"], "probed_add", "{hit}");
+        assert_eq!(num(&hit, "pid"), u64::from(c.host_pid), "{hit}");
+        assert_eq!(num(&hit, "ns_pid"), u64::from(c.ns_pid), "{hit}");
+        seen += 1;
+    }
+    let host_pid = c.host_pid;
+    c.finish();
+    assert!(!Path::new(&format!("/proc/{host_pid}")).exists());
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || live(&daemon)
+            <= before),
+        "live tracked processes back to {before}: {}",
+        daemon.ctl_ok(&["stats"])
+    );
+    let (end, _dir) = daemon.stop(libc::SIGTERM, std::time::Duration::from_secs(20));
+    assert!(end.status.success(), "{end:?}");
 }

@@ -81,6 +81,18 @@ const TESTS: &[Need] = &[
         file: "/usr/bin/strace",
         why: "the unit's system call filter is checked against probed's real calls",
     },
+    // Container tests (daemon/tests/containers.rs) trace targets in real, unprivileged
+    // containers. runc, not crun: crun refuses this machine kind's hybrid cgroups.
+    Need {
+        package: "podman",
+        file: "/usr/bin/podman",
+        why: "the container tests run targets in real containers",
+    },
+    Need {
+        package: "runc",
+        file: "/usr/sbin/runc",
+        why: "podman's runtime for the container tests (crun refuses hybrid cgroups)",
+    },
 ];
 
 /// Installs what the demo needs.

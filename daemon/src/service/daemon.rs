@@ -518,12 +518,16 @@ impl Daemon {
             }));
         }
         let resolver: BTreeMap<&str, u64> = self.pipeline.resolver_counters().into_iter().collect();
+        // Live processes, as the metrics count them; pictures of exited ones kept for queued
+        // hits apart.
+        let (mirrors, exited) = self.pipeline.resolver().population();
         json!({
             "ok": true,
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "probes": probes,
             "attached": self.probes.attached(),
-            "processes_tracked": self.pipeline.resolver().tracked().len(),
+            "processes_tracked": mirrors - exited,
+            "exited_retained": exited,
             "resolver": resolver,
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
