@@ -313,3 +313,32 @@ fn daemon_ctl_add_in_a_container() {
     let (end, _dir) = daemon.stop(libc::SIGTERM, std::time::Duration::from_secs(20));
     assert!(end.status.success(), "{end:?}");
 }
+
+/// A process of the host's pid namespace: `ns_pid`/`ns_tid` are its host pid and tids (level
+/// 0), for every thread.
+#[test]
+fn host_process_ns_pids_are_host_pids() {
+    if !common::require_bpf("host_process_ns_pids_are_host_pids") {
+        return;
+    }
+    const N: u64 = 50;
+    let copy = TargetCopy::new("ct_hostns");
+    let mut target = common::Target::start(&copy.path, &[&N.to_string(), "3"]);
+    let spec = copy.spec("uprobe", "probed_add");
+    let pid = target.pid.to_string();
+    let probed = Probed::start(&["trace", &spec, "--pid", &pid, "--format", "json"]);
+    let round = target.go();
+    let tids = common::reported_tids(&round);
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    let (hits, _) = parse_json(&end.stdout);
+    assert_eq!(hits.len() as u64, 3 * N);
+    let mut seen = BTreeSet::new();
+    for hit in &hits {
+        assert_eq!(num(hit, "ns_pid"), u64::from(target.pid), "{hit}");
+        assert_eq!(num(hit, "ns_tid"), num(hit, "tid"), "{hit}");
+        seen.insert(num(hit, "ns_tid") as u32);
+    }
+    assert_eq!(seen, tids, "every thread, by the tid it printed");
+    target.finish();
+}
