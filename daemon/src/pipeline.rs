@@ -610,6 +610,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("exited_retained", exited as u64),
             ("elf_loads", elf.loads),
             ("elf_load_failures", elf.load_failures),
+            ("elf_shared", elf.shared),
         ] {
             summary.resolver.insert(name.to_string(), value);
         }

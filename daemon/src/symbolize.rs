@@ -16,6 +16,7 @@
 //! changed while read) are retried by the first lookup after [`RETRY_AFTER`].
 
 mod cache;
+mod shared;
 
 use std::{
     path::Path,
@@ -27,6 +28,7 @@ use std::{
 };
 
 use cache::SlotCache;
+use shared::{RealFile, SharedImages};
 
 pub use crate::elf::{FileSource, Mapping};
 use crate::{
@@ -175,6 +177,10 @@ pub struct SymbolizerStats {
     pub load_failures: u64,
     /// Entries evicted to stay within capacity.
     pub evictions: u64,
+    /// Misses answered, without parsing, by the image of the same real file already parsed
+    /// under another identity (an image-layer file seen through another container's overlay
+    /// mount; see `shared.rs`).
+    pub shared: u64,
 }
 
 /// The outcome of loading one file.
@@ -200,6 +206,12 @@ pub struct Symbolizer {
     loads: AtomicU64,
     /// Attempts that failed.
     load_failures: AtomicU64,
+    /// Images by real file, for overlay files seen under several identities.
+    shared: SharedImages,
+    /// Misses answered from `shared`.
+    shared_hits: AtomicU64,
+    /// The cache's capacity (bounds `shared` too).
+    capacity: usize,
 }
 
 impl Default for Symbolizer {
@@ -221,6 +233,9 @@ impl Symbolizer {
             retry_after: RETRY_AFTER,
             loads: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
+            shared: SharedImages::default(),
+            shared_hits: AtomicU64::new(0),
+            capacity,
         }
     }
 
@@ -342,23 +357,37 @@ impl Symbolizer {
             loads: self.loads.load(Ordering::Relaxed),
             load_failures: self.load_failures.load(Ordering::Relaxed),
             evictions: self.cache.evictions(),
+            shared: self.shared_hits.load(Ordering::Relaxed),
         }
     }
 
     /// Opens and parses the file; never panics on a bad or changing file.
     fn load(&self, source: &FileSource<'_>) -> Loaded {
-        self.loads.fetch_add(1, Ordering::Relaxed);
         let result = open_source(source)
-            .map_err(|err| match err {
-                LocateError::Replaced { .. } => (SymReason::FileChanged, err.to_string()),
-                LocateError::Unavailable(ref e) => (SymReason::of_load_error(e), e.to_string()),
+            .map_err(|err| {
+                self.loads.fetch_add(1, Ordering::Relaxed);
+                match err {
+                    LocateError::Replaced { .. } => (SymReason::FileChanged, err.to_string()),
+                    LocateError::Unavailable(ref e) => (SymReason::of_load_error(e), e.to_string()),
+                }
             })
             .and_then(|(file, meta, _route)| {
-                ElfImage::from_file(&file, &meta, source.path)
-                    .map_err(|e| (SymReason::of_load_error(&e), e.to_string()))
+                let real = RealFile::of(&file, &meta);
+                if let Some(image) = real.as_ref().and_then(|r| self.shared.get(r)) {
+                    self.shared_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(image);
+                }
+                self.loads.fetch_add(1, Ordering::Relaxed);
+                let image = ElfImage::from_file(&file, &meta, source.path)
+                    .map(Arc::new)
+                    .map_err(|e| (SymReason::of_load_error(&e), e.to_string()))?;
+                if let Some(real) = real {
+                    self.shared.insert(real, &image, self.capacity);
+                }
+                Ok(image)
             });
         match result {
-            Ok(image) => Loaded::Ready(Arc::new(image)),
+            Ok(image) => Loaded::Ready(image),
             Err((reason, message)) => {
                 self.load_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(file = %source.id, reason = reason.as_str(), %message, "cannot symbolize file");

@@ -17,7 +17,7 @@ use super::{ElfError, reader};
 use crate::file_id::FileId;
 
 /// `f_type` of an overlay file system (`OVERLAYFS_SUPER_MAGIC` in linux/magic.h).
-const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+pub(crate) const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 
 /// A mapping of the file in a live process: lets a cache miss open the file through
 /// `/proc/PID/map_files` and `/proc/PID/root`. Plain numbers, so a caller builds one per
@@ -141,7 +141,7 @@ pub(crate) fn identity_matches(
 }
 
 /// The `f_type` of the file system holding `file`.
-fn fs_magic(file: &File) -> Option<i64> {
+pub(crate) fn fs_magic(file: &File) -> Option<i64> {
     let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `file` is an open descriptor for the duration of the call and `buf` points to
     // writable memory the size of `struct statfs`, which fstatfs fills on success.

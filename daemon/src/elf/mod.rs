@@ -29,6 +29,7 @@ pub use demangle::demangle;
 pub use error::ElfError;
 pub use image::{ElfImage, ElfType};
 pub use locate::{FileSource, LocateError, Mapping, open_source};
+pub(crate) use locate::{OVERLAYFS_SUPER_MAGIC, fs_magic};
 pub use segments::{LoadSegment, Segments};
 pub use symbols::{Symbol, SymbolBinding, SymbolKind, SymbolTable};
 
