@@ -155,27 +155,17 @@ impl ContainerRoot {
                     source: io::Error::from(io::ErrorKind::InvalidInput),
                 }
             })?;
-        let how = OpenHow {
-            flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            // In the root: `..` and absolute symlinks stop at the container's root. No magic
-            // links: a /proc/self/… inside the container must not reach out of it.
-            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        let opened = match openat2_in_root(&self.root, &c_path) {
+            // No openat2 (Linux < 5.6), or a seccomp filter that does not know it (systemd
+            // 252's @system-service does not list it): the same resolution, step by step.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                walk_in_root(&self.root, path)
+            }
+            other => other,
         };
-        // SAFETY: openat2 reads `c_path` (NUL-terminated, alive for the call) and `how` (a
-        // valid open_how of the size passed); it returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.root.as_raw_fd(),
-                c_path.as_ptr(),
-                &raw const how,
-                size_of::<OpenHow>(),
-            )
-        };
-        if fd < 0 {
-            let source = io::Error::last_os_error();
-            if source.kind() == io::ErrorKind::NotFound {
+        let file = match opened {
+            Ok(file) => file,
+            Err(source) if source.kind() == io::ErrorKind::NotFound => {
                 // The container's process may have exited meanwhile: say so rather than
                 // blame the path.
                 if !Path::new(&format!("/proc/{}", self.pid)).exists() {
@@ -188,18 +178,129 @@ impl ContainerRoot {
                     on_host: path.exists(),
                 });
             }
-            return Err(ContainerError::Open {
-                pid: self.pid,
-                path: path.to_owned(),
-                host_path,
-                source,
-            });
-        }
-        let fd = i32::try_from(fd).expect("a descriptor fits an int");
-        // SAFETY: openat2 returned a new descriptor that nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            Err(source) => {
+                return Err(ContainerError::Open {
+                    pid: self.pid,
+                    path: path.to_owned(),
+                    host_path,
+                    source,
+                });
+            }
+        };
         Ok(ContainerFile { file, host_path })
     }
+}
+
+/// `openat2(root, path, O_RDONLY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
+fn openat2_in_root(root: &OwnedFd, path: &std::ffi::CStr) -> io::Result<File> {
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        // In the root: `..` and absolute symlinks stop at the container's root. No magic
+        // links: a /proc/self/… inside the container must not reach out of it.
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 reads `path` (NUL-terminated, alive for the call) and `how` (a valid
+    // open_how of the size passed); it returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &raw const how,
+            size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).expect("a descriptor fits an int");
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Symlinks followed before giving up (the kernel's limit, MAXSYMLINKS).
+const MAX_SYMLINKS: u32 = 40;
+
+/// `openat(dir, name, flags)`.
+fn openat(dir: &OwnedFd, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name.as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is NUL-terminated and alive for the call; openat returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What `RESOLVE_IN_ROOT` does, one component at a time: each component is opened
+/// `O_PATH | O_NOFOLLOW` under the directory reached so far; a symlink's target is spliced
+/// into the remaining path (an absolute one restarts at `root`); `..` never climbs above
+/// `root`. The last component is opened for reading with `O_NOFOLLOW` (so it cannot have
+/// become a symlink in between).
+fn walk_in_root(root: &OwnedFd, path: &Path) -> io::Result<File> {
+    use std::{collections::VecDeque, ffi::OsString, os::unix::ffi::OsStringExt as _};
+
+    let mut dirs: Vec<OwnedFd> = vec![root.try_clone()?];
+    let mut rest: VecDeque<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_owned()),
+            std::path::Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(name) = rest.pop_front() {
+        if name == ".." {
+            if dirs.len() > 1 {
+                dirs.pop();
+            }
+            continue;
+        }
+        let dir = dirs.last().expect("the root is never popped");
+        let fd = openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let meta = File::from(fd.try_clone()?).metadata()?;
+        if meta.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let mut buf = vec![0u8; libc::PATH_MAX as usize];
+            // SAFETY: readlinkat with an empty path reads the link `fd` (O_PATH|O_NOFOLLOW)
+            // names into `buf`, at most `buf.len()` bytes, and returns the length or -1.
+            let n = unsafe {
+                libc::readlinkat(
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+            buf.truncate(n);
+            let target = PathBuf::from(OsString::from_vec(buf));
+            if target.is_absolute() {
+                dirs.truncate(1);
+            }
+            for c in target.components().rev() {
+                match c {
+                    std::path::Component::Normal(n) => rest.push_front(n.to_owned()),
+                    std::path::Component::ParentDir => rest.push_front(OsString::from("..")),
+                    _ => {}
+                }
+            }
+        } else if rest.is_empty() {
+            return openat(dir, &name, libc::O_RDONLY | libc::O_NOFOLLOW).map(File::from);
+        } else {
+            dirs.push(fd);
+        }
+    }
+    // The path named a directory (or the root itself).
+    Err(io::Error::from_raw_os_error(libc::EISDIR))
 }
 
 #[cfg(test)]
@@ -258,6 +359,38 @@ mod tests {
             ContainerRoot::of_pid(missing),
             Err(ContainerError::NoProcess(p)) if p == missing
         ));
+    }
+
+    /// The step-by-step fallback resolves like openat2: a plain path, an absolute symlink
+    /// (through the root), `..` clamped at the root, a missing file, a symlink loop.
+    #[test]
+    fn walk_matches_openat2() {
+        let root = ContainerRoot::of_pid(me()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let want = std::fs::metadata(&exe).unwrap().ino();
+        let ino = |p: &Path| walk_in_root(&root.root, p).map(|f| f.metadata().unwrap().ino());
+        assert_eq!(ino(&exe).unwrap(), want);
+        let dir = std::env::temp_dir().join(format!("probed-walk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let abs = dir.join("abs");
+        let rel = dir.join("rel");
+        let looped = dir.join("loop");
+        for l in [&abs, &rel, &looped] {
+            let _ = std::fs::remove_file(l);
+        }
+        symlink(&exe, &abs).unwrap();
+        symlink("abs", &rel).unwrap();
+        symlink("loop", &looped).unwrap();
+        assert_eq!(ino(&abs).unwrap(), want);
+        assert_eq!(ino(&rel).unwrap(), want);
+        let climbing = PathBuf::from("/../../..").join(exe.strip_prefix("/").unwrap());
+        assert_eq!(ino(&climbing).unwrap(), want);
+        assert_eq!(
+            ino(&dir.join("missing")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(ino(&looped).unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// `..` cannot climb out of the root: resolved in the root, `/../..` is the root.
