@@ -269,14 +269,15 @@ fn control_socket() {
     std::fs::set_permissions(&probed, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&daemon.dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = common::run_to_end(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    let out = common::run_to_end_exec_retry(|| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&probed)
             .args(["ctl", "--socket"])
             .arg(daemon.socket())
-            .arg("list"),
-    );
+            .arg("list");
+        cmd
+    });
     assert!(!out.status.success());
     assert!(
         out.stderr

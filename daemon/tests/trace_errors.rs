@@ -101,12 +101,13 @@ fn not_enough_privileges() {
     let copy = TargetCopy::new("te_nobody");
     let probed = copy.share_with_everyone();
     let spec = copy.spec("uprobe", "probed_add");
-    let end = common::run_to_end(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    let end = common::run_to_end_exec_retry(|| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&probed)
-            .args(["trace", &spec]),
-    );
+            .args(["trace", &spec]);
+        cmd
+    });
     assert_one_line_error(
         &end,
         &[

@@ -464,6 +464,20 @@ pub fn run_to_end(cmd: &mut Command) -> Finished {
     }
 }
 
+/// Runs the command `make` builds to its end, again (up to 10 times) while its exec fails with
+/// ETXTBSY: a binary a test just copied can be "busy" for a moment, because a child another
+/// test thread forked meanwhile inherited the copy's write descriptor until that child execs.
+pub fn run_to_end_exec_retry(mut make: impl FnMut() -> Command) -> Finished {
+    for _ in 0..10 {
+        let out = run_to_end(&mut make());
+        if !out.stderr.iter().any(|l| l.contains("Text file busy")) {
+            return out;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    run_to_end(&mut make())
+}
+
 /// Every line until the writer closes its end (it has exited), waiting at most 10 s.
 pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
