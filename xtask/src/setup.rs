@@ -95,6 +95,30 @@ const TESTS: &[Need] = &[
     },
 ];
 
+/// For `cargo xtask integration-test`: the container engine and the image's builder.
+const CONTAINERS: &[Need] = &[
+    Need {
+        package: "podman",
+        file: "/usr/bin/podman",
+        why: "the integration suite runs in a privileged container",
+    },
+    Need {
+        package: "runc",
+        file: "/usr/sbin/runc",
+        why: "podman's runtime here (crun refuses hybrid cgroup hierarchies)",
+    },
+    Need {
+        package: "mmdebstrap",
+        file: "/usr/bin/mmdebstrap",
+        why: "builds the test image's Debian root filesystem from the package mirror",
+    },
+    Need {
+        package: "gpg",
+        file: "/usr/bin/gpg",
+        why: "mmdebstrap checks the mirror's keyring with it",
+    },
+];
+
 /// Installs what the demo needs.
 pub fn demo() -> anyhow::Result<()> {
     ensure(DEMO)
@@ -104,6 +128,13 @@ pub fn demo() -> anyhow::Result<()> {
 /// with, needs it; probed mounts it itself when missing).
 pub fn tests() -> anyhow::Result<()> {
     ensure(TESTS)?;
+    mount_tracefs()
+}
+
+/// Installs what the privileged test container needs, and mounts tracefs on the host (the
+/// containers bind-mount it).
+pub fn containers() -> anyhow::Result<()> {
+    ensure(CONTAINERS)?;
     mount_tracefs()
 }
 
