@@ -103,13 +103,17 @@ struct Tally {
 pub fn run(only: &[String], args: &[String]) -> anyhow::Result<()> {
     build_ebpf::run()?;
     let exes = build_tests()?;
-    let selected: Vec<&TestExe> = exes
+    let integration: Vec<&TestExe> = exes.iter().filter(|e| e.integration).collect();
+    if let Some(unknown) = only
         .iter()
-        .filter(|e| e.integration && (only.is_empty() || only.contains(&e.name)))
-        .collect();
-    if let Some(unknown) = only.iter().find(|n| !exes.iter().any(|e| &e.name == *n)) {
+        .find(|n| !integration.iter().any(|e| &e.name == *n))
+    {
         bail!("no integration test named {unknown}");
     }
+    let selected: Vec<&TestExe> = integration
+        .into_iter()
+        .filter(|e| only.is_empty() || only.contains(&e.name))
+        .collect();
     run_in_container(&selected, args)
 }
 
