@@ -67,9 +67,9 @@ const PACKAGES: &[(&str, &str)] = &[
 /// The image's repository; the tag is the recipe's hash.
 const IMAGE_REPO: &str = "localhost/probed-test";
 
-/// Integration test executables that start containers themselves: they run on the host
-/// (podman inside the test container would need a storage and runtime of its own there),
-/// with `PROBED_TEST_IMAGE` naming the test image, which they may use.
+/// Integration test executables that start containers themselves (daemon/tests/containers.rs):
+/// they run on the host, since podman inside the test container would need a storage and
+/// runtime of its own there.
 const ON_HOST: &[&str] = &["containers"];
 
 /// Environment variables passed into the containers when set.
@@ -101,6 +101,7 @@ struct Tally {
 /// integration test executables (all without `--test`) in the container, passing `args`
 /// (a name filter, `--nocapture`, …) to each.
 pub fn run(only: &[String], args: &[String]) -> anyhow::Result<()> {
+    setup::tests()?;
     build_ebpf::run()?;
     let exes = build_tests()?;
     let integration: Vec<&TestExe> = exes.iter().filter(|e| e.integration).collect();
@@ -118,7 +119,7 @@ pub fn run(only: &[String], args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Runs `exes` (integration tests) in the test container, those in [`ON_HOST`] on the host;
-/// fails naming every executable that failed.
+/// fails naming every executable that failed. The host is set up (`setup::tests`).
 pub fn run_in_container(exes: &[&TestExe], args: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         let why = "the integration suite needs root (a privileged container that loads BPF)";
@@ -128,7 +129,6 @@ pub fn run_in_container(exes: &[&TestExe], args: &[String]) -> anyhow::Result<()
         eprintln!("SKIPPED integration suite: {why}");
         return Ok(());
     }
-    setup::containers()?;
     let image = image()?;
     let sysroot = exec::output(Command::new("rustc").args(["--print", "sysroot"]))?;
     let sysroot = PathBuf::from(sysroot.trim());
@@ -138,7 +138,7 @@ pub fn run_in_container(exes: &[&TestExe], args: &[String]) -> anyhow::Result<()
         let on_host = ON_HOST.contains(&exe.name.as_str());
         let mut cmd = if on_host {
             let mut cmd = Command::new(&exe.path);
-            cmd.current_dir(&exe.dir).env("PROBED_TEST_IMAGE", &image);
+            cmd.current_dir(&exe.dir);
             cmd
         } else {
             container(&image, &sysroot, exe)

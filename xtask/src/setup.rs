@@ -81,36 +81,23 @@ const TESTS: &[Need] = &[
         file: "/usr/bin/strace",
         why: "the unit's system call filter is checked against probed's real calls",
     },
-    // Container tests (daemon/tests/containers.rs) trace targets in real, unprivileged
-    // containers. runc, not crun: crun refuses this machine kind's hybrid cgroups.
+    // The integration tests run in privileged containers (xtask/src/integration.rs), and
+    // the container tests (daemon/tests/containers.rs) trace targets in real, unprivileged
+    // ones. runc, not crun: crun refuses this machine kind's hybrid cgroups.
     Need {
         package: "podman",
         file: "/usr/bin/podman",
-        why: "the container tests run targets in real containers",
+        why: "the integration tests run in privileged containers, targets in containers",
     },
     Need {
         package: "runc",
         file: "/usr/sbin/runc",
-        why: "podman's runtime for the container tests (crun refuses hybrid cgroups)",
-    },
-];
-
-/// For `cargo xtask integration-test`: the container engine and the image's builder.
-const CONTAINERS: &[Need] = &[
-    Need {
-        package: "podman",
-        file: "/usr/bin/podman",
-        why: "the integration suite runs in a privileged container",
-    },
-    Need {
-        package: "runc",
-        file: "/usr/sbin/runc",
-        why: "podman's runtime here (crun refuses hybrid cgroup hierarchies)",
+        why: "podman's runtime (crun refuses hybrid cgroups)",
     },
     Need {
         package: "mmdebstrap",
         file: "/usr/bin/mmdebstrap",
-        why: "builds the test image's Debian root filesystem from the package mirror",
+        why: "builds the integration tests' Debian image from the package mirror",
     },
     Need {
         package: "gpg",
@@ -125,16 +112,9 @@ pub fn demo() -> anyhow::Result<()> {
 }
 
 /// Installs what the tests need, and mounts tracefs (bpftrace, which the tests compare
-/// with, needs it; probed mounts it itself when missing).
+/// with, needs it; probed mounts it itself when missing; the test containers bind-mount it).
 pub fn tests() -> anyhow::Result<()> {
     ensure(TESTS)?;
-    mount_tracefs()
-}
-
-/// Installs what the privileged test container needs, and mounts tracefs on the host (the
-/// containers bind-mount it).
-pub fn containers() -> anyhow::Result<()> {
-    ensure(CONTAINERS)?;
     mount_tracefs()
 }
 

@@ -2,8 +2,9 @@
 //! integration tests in a privileged container (`integration.rs`).
 //!
 //! Integration tests attach real uprobes, so they need root (or CAP_SYS_ADMIN +
-//! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed. Without root they print why
-//! they skip; with `CI=true` they fail instead (see daemon/tests/common/mod.rs).
+//! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed.
+//! Without root they print why they skip; with `CI=true` they fail instead (see
+//! daemon/tests/common/mod.rs).
 
 use std::process::Command;
 
