@@ -5,6 +5,7 @@ mod build;
 mod build_ebpf;
 mod demo;
 mod exec;
+mod integration;
 mod paths;
 mod run;
 mod setup;
@@ -34,9 +35,22 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit tests and root/BPF integration tests.
+    /// Run every test: unit tests and loom models on the host, root/BPF integration tests in
+    /// a privileged container.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Run the integration tests on the host too (`cargo test`), without a container.
+        #[arg(long)]
+        host: bool,
+        /// Arguments for the test executables (a test name filter, `--nocapture`, …).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the root/BPF integration tests in a privileged container (podman + runc).
+    IntegrationTest {
+        /// Only this integration test target (`trace_basic`, …); may be repeated.
+        #[arg(long = "test", value_name = "NAME")]
+        only: Vec<String>,
+        /// Arguments for the test executables (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -53,7 +67,8 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build::run(),
         Command::Demo => demo::run(),
         Command::Run { args } => run::run(&args),
-        Command::Test { args } => test::run(&args),
+        Command::Test { host, args } => test::run(host, &args),
+        Command::IntegrationTest { only, args } => integration::run(&only, &args),
         Command::Bench { which } => bench::run(which),
     }
 }

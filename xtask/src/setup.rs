@@ -81,17 +81,28 @@ const TESTS: &[Need] = &[
         file: "/usr/bin/strace",
         why: "the unit's system call filter is checked against probed's real calls",
     },
-    // Container tests (daemon/tests/containers.rs) trace targets in real, unprivileged
-    // containers. runc, not crun: crun refuses this machine kind's hybrid cgroups.
+    // The integration tests run in privileged containers (xtask/src/integration.rs), and
+    // the container tests (daemon/tests/containers.rs) trace targets in real, unprivileged
+    // ones. runc, not crun: crun refuses this machine kind's hybrid cgroups.
     Need {
         package: "podman",
         file: "/usr/bin/podman",
-        why: "the container tests run targets in real containers",
+        why: "the integration tests run in privileged containers, targets in containers",
     },
     Need {
         package: "runc",
         file: "/usr/sbin/runc",
-        why: "podman's runtime for the container tests (crun refuses hybrid cgroups)",
+        why: "podman's runtime (crun refuses hybrid cgroups)",
+    },
+    Need {
+        package: "mmdebstrap",
+        file: "/usr/bin/mmdebstrap",
+        why: "builds the integration tests' Debian image from the package mirror",
+    },
+    Need {
+        package: "gpg",
+        file: "/usr/bin/gpg",
+        why: "mmdebstrap checks the mirror's keyring with it",
     },
 ];
 
@@ -101,7 +112,7 @@ pub fn demo() -> anyhow::Result<()> {
 }
 
 /// Installs what the tests need, and mounts tracefs (bpftrace, which the tests compare
-/// with, needs it; probed mounts it itself when missing).
+/// with, needs it; probed mounts it itself when missing; the test containers bind-mount it).
 pub fn tests() -> anyhow::Result<()> {
     ensure(TESTS)?;
     mount_tracefs()

@@ -1,30 +1,46 @@
-//! `cargo xtask test`: the whole suite — unit tests and the root/BPF integration tests.
+//! `cargo xtask test`: the whole suite — unit tests and loom models on the host, the root/BPF
+//! integration tests in a privileged container (`integration.rs`).
 //!
 //! Integration tests attach real uprobes, so they need root (or CAP_SYS_ADMIN +
-//! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed. Without root they print why
-//! they skip; with `CI=true` they fail instead (see daemon/tests/common/mod.rs).
+//! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed.
+//! Without root they print why they skip; with `CI=true` they fail instead (see
+//! daemon/tests/common/mod.rs).
 
 use std::process::Command;
 
-use crate::{build_ebpf, exec::exec, paths, setup};
+use crate::{build_ebpf, exec::exec, integration, paths, setup};
 
-/// Builds the BPF object, then runs every test of the workspace against a probed that
-/// embeds it, then (for a full run, without a filter) the loom models of the resolver's
-/// sequence and snapshot publication.
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
+/// Builds the BPF object and every test executable against a probed that embeds it; runs
+/// the unit and doc tests on the host, the integration tests in the test container (or, with
+/// `host`, everything on the host through `cargo test`), then, for a full run (no `args`),
+/// the loom models of the resolver's sequence and snapshot publication. `args` go to the
+/// test executables (a name filter, `--nocapture`, …).
+pub fn run(host: bool, args: &[String]) -> anyhow::Result<()> {
     setup::tests()?;
     build_ebpf::run()?;
-    exec(
-        Command::new(env!("CARGO"))
-            .current_dir(paths::root())
-            .env("PROBED_REQUIRE_BPF", "1")
-            .args(["test", "--workspace", "--release"])
-            .args(extra),
-    )?;
-    if extra.is_empty() {
+    if host {
+        exec(cargo_test().arg("--").args(args))?;
+    } else {
+        let exes = integration::build_tests()?;
+        exec(cargo_test().args(["--lib", "--bins", "--"]).args(args))?;
+        exec(cargo_test().args(["--doc", "--"]).args(args))?;
+        let integration: Vec<_> = exes.iter().filter(|e| e.integration).collect();
+        integration::run_in_container(&integration, args)?;
+    }
+    if args.is_empty() {
         loom()?;
     }
     Ok(())
+}
+
+/// `cargo test` of the workspace as every run builds it (release, BPF object required), so
+/// no run rebuilds what another built.
+fn cargo_test() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(paths::root())
+        .env("PROBED_REQUIRE_BPF", "1")
+        .args(["test", "--workspace", "--release"]);
+    cmd
 }
 
 /// The loom models (daemon/src/resolve/loom_tests.rs): the same resolver code with loom's
