@@ -346,3 +346,68 @@ fn host_process_ns_pids_are_host_pids() {
     assert_eq!(seen, tids, "every thread, by the tid it printed");
     target.finish();
 }
+
+/// probed running in a privileged container with the host pid namespace and the host's root
+/// mounted read-only at /host — as the DaemonSet runs it — traces a process of the host:
+/// exactly its N hits, each with the host pid and the symbol from the host file.
+#[test]
+fn probed_in_a_privileged_container_traces_a_host_process() {
+    if !ready("probed_in_a_privileged_container_traces_a_host_process") {
+        return;
+    }
+    const N: u64 = 150;
+    let copy = TargetCopy::new("ct_from_inside");
+    let mut target = common::Target::start(&copy.path, &[&N.to_string()]);
+    // The image only gives the container a root; probed runs from the host's build through
+    // the host's own loader and libraries under /host (no copy of them needed).
+    let image = common::container::image("privileged-probed");
+    let probed = format!("/host{}", common::probed_bin().display());
+    let spec = format!("uprobe:/host{}:probed_add", copy.path_str());
+    let pid = target.pid.to_string();
+    let count = N.to_string();
+    let mut cmd = std::process::Command::new("podman");
+    cmd.args([
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--privileged",
+        "--pid=host",
+    ])
+    .args(["--network=none", "--ulimit", "nofile=20000:20000"])
+    .args(["--ulimit", "nproc=4096:4096", "-v", "/:/host:ro"])
+    .arg(&image)
+    .arg(format!("/host{}", host_loader()))
+    .arg("--library-path")
+    .arg("/host/lib/x86_64-linux-gnu:/host/usr/lib/x86_64-linux-gnu")
+    .arg(&probed)
+    .args([
+        "trace", &spec, "--pid", &pid, "--format", "json", "--count", &count,
+    ]);
+    let probed = Probed::start_command(&mut cmd);
+    target.go();
+    let end = probed.wait();
+    target.finish();
+    assert!(end.status.success(), "{:?}", end.stderr);
+    let (hits, summary) = parse_json(&end.stdout);
+    assert_eq!(hits.len() as u64, N, "hits");
+    for hit in &hits {
+        assert_eq!(num(hit, "pid"), u64::from(target_pid(&pid)), "{hit}");
+        assert_eq!(hit["symbol"], "probed_add", "{hit}");
+    }
+    let summary = summary.expect("summary line");
+    assert_eq!(num(probe_summary(&summary, &spec), "hits"), N);
+}
+
+/// The host's dynamic loader, links resolved (they may be absolute, which would point out of
+/// /host inside the container).
+fn host_loader() -> String {
+    std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2")
+        .expect("the host's x86-64 loader")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn target_pid(pid: &str) -> u32 {
+    pid.parse().expect("numeric pid")
+}

@@ -338,8 +338,14 @@ pub struct Finished {
 impl Probed {
     /// Starts `probed ARGS` and waits (up to 20 s) for its "tracing" line on stderr.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(probed_bin())
-            .args(args)
+        Self::start_command(Command::new(probed_bin()).args(args))
+    }
+
+    /// As [`Probed::start`], for a command that runs probed some other way (e.g. in a
+    /// container).
+    pub fn start_command(cmd: &mut Command) -> Self {
+        let args = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -363,7 +369,7 @@ impl Probed {
                     let _ = child.kill();
                     let status = child.wait().ok();
                     panic!(
-                        "probed {args:?} did not start tracing (status {status:?}); stderr: \
+                        "probed {args} did not start tracing (status {status:?}); stderr: \
                          {early_errors:?}"
                     );
                 }
