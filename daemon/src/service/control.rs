@@ -225,7 +225,17 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result
             "permission denied: uid {} may not control probed (root only)",
             cred.uid()
         ));
-        return send(&mut write, &reply).await;
+        send(&mut write, &reply).await?;
+        // Take the peer's request before closing: closing first would make its write fail
+        // (EPIPE) before it reads why it was refused.
+        let mut discard = [0u8; 4096];
+        let mut read = read;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::io::AsyncReadExt::read(&mut read, &mut discard),
+        )
+        .await;
+        return Ok(());
     }
     let mut read = BufReader::new(read);
     let mut line = Vec::new();

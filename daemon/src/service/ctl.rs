@@ -128,12 +128,14 @@ pub fn call(socket: &std::path::Path, request: &Request) -> anyhow::Result<Value
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    (&stream).write_all(&line).context("sending the request")?;
+    let sent = (&stream).write_all(&line);
+    // A daemon that refuses the connection replies and closes: the write may then fail, and
+    // the reply saying why is still there to read.
     let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .context("reading the reply")?;
+    let read = BufReader::new(&stream).read_line(&mut reply);
     if reply.is_empty() {
+        sent.context("sending the request")?;
+        read.context("reading the reply")?;
         bail!("the daemon closed the connection without a reply");
     }
     serde_json::from_str(&reply).context("the daemon's reply is not JSON")
