@@ -888,25 +888,24 @@ pub fn assert_resolver_counters(
         n,
         "fast_path + fallbacks != hits: {r}"
     );
-    assert_eq!(num(&r, "fast_path"), by("fast"), "fast: {r} vs {via:?}");
-    assert_eq!(
-        num(&r, "from_mirror"),
-        by("mirror"),
-        "mirror: {r} vs {via:?}"
-    );
-    assert_eq!(
-        num(&r, "retained"),
-        by("retained"),
-        "retained: {r} vs {via:?}"
-    );
-    assert_eq!(
-        num(&r, "replayed"),
-        by("replayed"),
-        "replayed: {r} vs {via:?}"
-    );
+    // Each resolver path's count is the hits reported with that `via`, except hits whose
+    // mapping the resolver found but whose symbol could not be read (the mapped file gone
+    // by the time the hit was symbolized): those are answered by their probe (`via: probe`).
+    let mut symbol_failures = 0;
+    for (counter, path) in [
+        ("fast_path", "fast"),
+        ("from_mirror", "mirror"),
+        ("retained", "retained"),
+        ("replayed", "replayed"),
+    ] {
+        let (counted, reported) = (num(&r, counter), by(path));
+        assert!(counted >= reported, "{counter}: {r} vs {via:?}");
+        symbol_failures += counted - reported;
+    }
     // A hit the resolver could not answer is answered by its probe (`via: probe`).
     assert_eq!(
-        fallbacks - num(&r, "from_mirror") - num(&r, "retained") - num(&r, "replayed"),
+        fallbacks - num(&r, "from_mirror") - num(&r, "retained") - num(&r, "replayed")
+            + symbol_failures,
         by("rescan") + by("probe"),
         "other fallbacks vs rescan and probe hits: {r} vs {via:?}"
     );
