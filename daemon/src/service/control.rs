@@ -54,31 +54,38 @@ pub enum Request {
     },
 }
 
-/// `add`: the fields of a `[[probes]]` entry.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// `add`: the fields of a `[[probes]]` entry — also `probed ctl add`'s arguments.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct AddRequest {
-    /// The SPEC.
+    /// The SPEC, as for `probed trace`.
     pub spec: String,
-    /// The output (default `stdout`).
+    /// The output its hits go to (default stdout).
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     /// Only this process.
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<NonZeroU32>,
-    /// Only this process's pid namespace.
+    /// Only processes in this process's pid namespace.
+    #[arg(long, value_name = "PID")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<NonZeroU32>,
-    /// Hits per second allowed.
+    /// At most this many hits per second.
+    #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<NonZeroU64>,
-    /// Bucket size.
+    /// Bucket size for --rate-limit.
+    #[arg(long, value_name = "N", requires = "rate_limit")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<NonZeroU64>,
-    /// Runaway threshold, hits per second.
+    /// Detach the probe if it fires more than this many times per second.
+    #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_above: Option<NonZeroU64>,
     /// Capture user stacks.
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stack: bool,
 }

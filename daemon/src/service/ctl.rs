@@ -2,7 +2,6 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    num::{NonZeroU32, NonZeroU64},
     os::unix::net::UnixStream,
     path::PathBuf,
     time::Duration,
@@ -42,31 +41,7 @@ pub enum CtlCommand {
     /// Counters per probe, of the resolver and of the daemon.
     Stats,
     /// Attach a probe (kept until removed or the daemon stops; a reload leaves it alone).
-    Add {
-        /// The SPEC, as for `probed trace`.
-        spec: String,
-        /// The output its hits go to (default stdout).
-        #[arg(long)]
-        output: Option<String>,
-        /// Only this process.
-        #[arg(long)]
-        pid: Option<NonZeroU32>,
-        /// Only processes in this process's pid namespace.
-        #[arg(long, value_name = "PID")]
-        container: Option<NonZeroU32>,
-        /// At most this many hits per second.
-        #[arg(long, value_name = "N")]
-        rate_limit: Option<NonZeroU64>,
-        /// Bucket size for --rate-limit.
-        #[arg(long, value_name = "N", requires = "rate_limit")]
-        burst: Option<NonZeroU64>,
-        /// Detach the probe if it fires more than this many times per second.
-        #[arg(long, value_name = "N")]
-        disable_above: Option<NonZeroU64>,
-        /// Capture user stacks.
-        #[arg(long)]
-        stack: bool,
-    },
+    Add(AddRequest),
     /// Detach a probe by id.
     Remove {
         /// The id (from `list` or `add`).
@@ -80,25 +55,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::List => Request::List,
         CtlCommand::Stats => Request::Stats,
         CtlCommand::Remove { id } => Request::Remove { id },
-        CtlCommand::Add {
-            spec,
-            output,
-            pid,
-            container,
-            rate_limit,
-            burst,
-            disable_above,
-            stack,
-        } => Request::Add(AddRequest {
-            spec,
-            output,
-            pid,
-            container,
-            rate_limit,
-            burst,
-            disable_above,
-            stack,
-        }),
+        CtlCommand::Add(add) => Request::Add(add),
     };
     let reply = call(&args.socket, &request)?;
     if reply.get("ok") != Some(&Value::Bool(true)) {
