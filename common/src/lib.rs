@@ -216,8 +216,10 @@ pub struct TrackConfig {
     /// Byte offset of `group_dead` in the sched_process_exit tracepoint record, or 0 when
     /// the kernel has no such field (then the thread-group leader's exit counts).
     pub exit_group_dead_offset: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// `mm_struct.exe_file` (never 0 in a real kernel), or 0 when unknown: then probed
+    /// processes are recognized by their pid only (`PROBED_PROCS`), not by their executable
+    /// (`PROBED_EXES`). Read together with `offsets` (`file_inode`, `inode_sb`, …).
+    pub mm_exe_file: u32,
     /// Kernel structure offsets.
     pub offsets: KernelOffsets,
     /// Offsets for the namespace pids of hits.
@@ -384,7 +386,8 @@ pub struct ProcEvent {
 /// Per-probe counters, kept per CPU in BPF and summed by the daemon.
 ///
 /// `hits` counts every firing, before the namespace filter and the rate limit, so for every
-/// probe `hits = filtered + rate_limited + (hits written to the ring buffer) + lost`.
+/// probe `hits = self_excluded + filtered + rate_limited + (hits written to the ring buffer) +
+/// lost`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeStats {
@@ -396,7 +399,13 @@ pub struct ProbeStats {
     pub rate_limited: u64,
     /// Hits from processes outside the probe's pid namespace, not written.
     pub filtered: u64,
+    /// Hits from a probed process itself (this tracer or any other process running a probed
+    /// binary), not written: probed must never feed on its own work.
+    pub self_excluded: u64,
 }
+
+/// `STOP` index 0 set to this: the run is stopping, probes no longer admit (or count) hits.
+pub const STOP_ADMITTING: u32 = 1;
 
 /// A probe's rate limit and pid-namespace filter (the `PROBE_LIMITS` array), read by BPF only
 /// for probes whose `PROBE_FLAGS` say so.
@@ -480,7 +489,7 @@ const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 144 + 8 + 8 * MAX
 const _: () = assert!(core::mem::size_of::<PidOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 24);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
-const _: () = assert!(core::mem::size_of::<ProbeStats>() == 32);
+const _: () = assert!(core::mem::size_of::<ProbeStats>() == 40);
 const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 32);
 
 #[cfg(test)]

@@ -44,6 +44,11 @@ pub struct TraceArgs {
     /// into the aggregations).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// At the end (--duration, --count, SIGINT, SIGTERM), process the hits already in the
+    /// ring buffer for at most this long; what is left then is counted as dropped_at_stop.
+    /// A second SIGINT or SIGTERM ends the run at once.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    pub drain_timeout: f64,
     /// Capture the user stack with every hit (frame-pointer walk, up to 127 frames), each
     /// frame resolved to module, symbol and offset.
     #[arg(long)]
@@ -80,7 +85,22 @@ pub enum Aggregate {
     Stack,
 }
 
+/// A number of seconds: finite and not negative.
+fn parse_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds (a finite number ≥ 0)"
+        )),
+    }
+}
+
 impl TraceArgs {
+    /// How long a stop processes what is left in the ring buffer.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.drain_timeout)
+    }
+
     /// Whether probes capture stacks: `--stack`, or an aggregation that needs them.
     pub fn captures_stacks(&self) -> bool {
         self.stack || self.aggregate == Some(Aggregate::Stack) || self.flamegraph.is_some()

@@ -39,6 +39,10 @@ pub struct Config {
     /// The control socket's path.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// Seconds a stop (SIGTERM, SIGINT) processes the hits already in the ring buffer before
+    /// counting the rest as dropped_at_stop (default 2).
+    #[serde(default)]
+    pub drain_timeout: Option<Spanned<f64>>,
     /// The Prometheus endpoint; absent = none.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -48,6 +52,17 @@ pub struct Config {
     /// The probes.
     #[serde(default)]
     pub probes: Vec<ProbeConfig>,
+}
+
+impl Config {
+    /// How long a stop processes what is left in the ring buffer.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        self.drain_timeout
+            .as_ref()
+            .map_or(crate::stop::DEFAULT_DRAIN_TIMEOUT, |t| {
+                std::time::Duration::from_secs_f64(*t.get_ref())
+            })
+    }
 }
 
 /// `[metrics]`.
@@ -271,6 +286,17 @@ impl Source {
                     "log_level `{}` is not a level (off, error, warn, info, debug, trace) or \
                      a filter directive such as `probed=debug,info`",
                     level.get_ref()
+                ),
+            ));
+        }
+        if let Some(t) = &config.drain_timeout
+            && !(t.get_ref().is_finite() && *t.get_ref() >= 0.0)
+        {
+            return Err(self.error_at(
+                t.span(),
+                format!(
+                    "drain_timeout `{}` is not a number of seconds (a finite number ≥ 0)",
+                    t.get_ref()
                 ),
             ));
         }
@@ -503,6 +529,14 @@ stack = true
             (
                 "log_level = \"loud!!\"\n",
                 "/etc/probed/probed.toml:1:13: log_level `loud!!` is not a level",
+            ),
+            (
+                "drain_timeout = -1.0\n",
+                "/etc/probed/probed.toml:1:17: drain_timeout `-1` is not a number of seconds",
+            ),
+            (
+                "drain_timeout = \"soon\"\n",
+                "/etc/probed/probed.toml:1:17: invalid type: string \"soon\", expected f64",
             ),
             (
                 "[[probes]]\nspec = \"uprobe:/bin/x:f\"\n[[probes]]\nspec = \"uprobe:/bin/x:f\"\n",

@@ -68,27 +68,36 @@ impl EventStream {
         Ok(Self { ring, malformed: 0 })
     }
 
-    /// Waits until events are ready, then hands each to `f` until the ring is empty or `f`
-    /// returns false. Returns how many events were handed over.
-    pub async fn next_batch(&mut self, mut f: impl FnMut(Event) -> bool) -> io::Result<usize> {
+    /// Waits until events are ready, then hands each to `f` until the ring is empty, `f`
+    /// returns false, or `max` events were handed over — so that however fast events come,
+    /// the caller's loop gets back to its timers and signals after a bounded batch. Returns
+    /// how many events were handed over.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(Event) -> bool,
+    ) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         let mut n = 0;
         let mut malformed = 0;
-        let mut stopped = false;
-        while let Some(item) = ring.next() {
+        let mut emptied = false;
+        while n < max {
+            let Some(item) = ring.next() else {
+                emptied = true;
+                break;
+            };
             match decode(&item) {
                 Some(event) => {
                     n += 1;
                     if !f(event) {
-                        stopped = true;
                         break;
                     }
                 }
                 None => malformed += 1,
             }
         }
-        if !stopped {
+        if emptied {
             // Only an empty ring may clear readiness, or a wake-up could be lost.
             guard.clear_ready();
         }
@@ -96,11 +105,15 @@ impl EventStream {
         Ok(n)
     }
 
-    /// Hands every event still in the ring to `f` without waiting.
-    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
+    /// Hands at most `max` events still in the ring to `f` without waiting. Returns how
+    /// many, and whether the ring was left empty.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(Event)) -> Drained {
         let ring = self.ring.get_mut();
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < max {
+            let Some(item) = ring.next() else {
+                return Drained { n, empty: true };
+            };
             match decode(&item) {
                 Some(event) => {
                     n += 1;
@@ -109,13 +122,73 @@ impl EventStream {
                 None => self.malformed += 1,
             }
         }
-        n
+        Drained { n, empty: false }
     }
+
+    /// Hands at most `max` events to `f` while it returns true. Returns how many, and whether
+    /// the ring was left empty.
+    pub fn drain_while(&mut self, max: usize, mut f: impl FnMut(Event) -> bool) -> Drained {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else {
+                return Drained { n, empty: true };
+            };
+            match decode(&item) {
+                Some(event) => {
+                    n += 1;
+                    if !f(event) {
+                        break;
+                    }
+                }
+                None => self.malformed += 1,
+            }
+        }
+        Drained { n, empty: false }
+    }
+
+    /// Hands over every event submitted before this call (and possibly some after): at most
+    /// as many as the ring can hold at once, so it ends even while producers keep the ring
+    /// busy. Used where completeness matters (a probe id is reused only after every hit of
+    /// its previous probe was read), bounded by the ring's capacity in records.
+    pub fn drain_submitted(&mut self, ring_bytes: u32, f: impl FnMut(Event)) -> Drained {
+        self.drain(max_records(ring_bytes), f)
+    }
+}
+
+/// What one [`EventStream::drain`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Events handed over.
+    pub n: usize,
+    /// Whether the ring was found empty.
+    pub empty: bool,
+}
+
+/// The most records a ring of `ring_bytes` can hold at once: every record is at least the
+/// smallest event plus the ring's 8-byte record header.
+pub fn max_records(ring_bytes: u32) -> usize {
+    let smallest = size_of::<HitEvent>()
+        .min(size_of::<ProcEvent>())
+        .min(size_of::<ChangeEvent>());
+    ring_bytes as usize / (smallest + 8) + 1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ring of N bytes holds at most N / (smallest event + header) records: the bound
+    /// `drain_submitted` relies on to end while producers keep writing.
+    #[test]
+    fn ring_capacity_in_records() {
+        let smallest = size_of::<HitEvent>()
+            .min(size_of::<ProcEvent>())
+            .min(size_of::<ChangeEvent>());
+        assert_eq!(smallest, size_of::<HitEvent>());
+        assert_eq!(max_records(1 << 22), (1 << 22) / (smallest + 8) + 1);
+        assert!(max_records(1 << 22) * (smallest + 8) > 1 << 22);
+    }
 
     /// A hit round-trips through its byte form; short items and unknown types are refused.
     #[test]

@@ -53,6 +53,8 @@ pub struct ProbeCounts {
     pub by_probe: BTreeMap<&'static str, u64>,
     /// Hits whose write failed (daemon mode: the output stays, the error is counted).
     pub write_errors: u64,
+    /// Hits left in the ring buffer at the stop's drain deadline: counted, not processed.
+    pub dropped_at_stop: u64,
 }
 
 /// One probe of the pipeline's table.
@@ -105,6 +107,10 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     symbolizer: Arc<Symbolizer>,
     /// Hits naming a probe id this run does not have (an ABI or cookie mismatch).
     pub unknown_probe: u64,
+    /// Stacks cut at an impossible frame (see stack_check.rs).
+    pub stacks_truncated: u64,
+    /// Hit records read from the ring buffer (handled or counted at a stop), all probes.
+    pub hit_records: u64,
     /// What the run aggregates; every handled hit is fed to it.
     aggregations: Aggregations,
     /// Whether hits are written one by one (off when aggregations take the output).
@@ -144,6 +150,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             pid_filter: None,
             symbolizer,
             unknown_probe: 0,
+            stacks_truncated: 0,
+            hit_records: 0,
             aggregations: Aggregations::default(),
             print_hits: true,
         }
@@ -256,13 +264,20 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         };
         if lost != self.lost_reports {
             // Seen in the first event reserved after the loss: before any hit whose sequence
-            // includes the lost change.
-            tracing::warn!(
-                lost = lost.wrapping_sub(self.lost_reports),
-                "the change tracker lost reports (ring buffer full): dropping replayed pictures"
-            );
+            // includes the lost change. Folded: under a flood every event can carry a new
+            // loss.
+            static FOLD: crate::fold::Fold = crate::fold::Fold::new(crate::fold::INTERVAL);
+            if let Some(times) = FOLD.note(u64::from(lost.wrapping_sub(self.lost_reports))) {
+                tracing::warn!(
+                    lost = times,
+                    "the change tracker lost reports (ring buffer full): dropping replayed pictures"
+                );
+            }
             self.lost_reports = lost;
             self.reader.resolver().distrust_all();
+        }
+        if matches!(event, Event::Hit(_) | Event::Stack(_)) {
+            self.hit_records += 1;
         }
         match event {
             Event::Hit(hit) => self.handle(hit, None),
@@ -278,6 +293,23 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 self.handle_change(change);
                 self.stop.is_none()
             }
+        }
+    }
+
+    /// Counts an event left in the ring buffer at a stop's deadline, unprocessed: a hit
+    /// counts as its probe's `dropped_at_stop`.
+    pub fn count_dropped(&mut self, event: &Event) {
+        if matches!(event, Event::Hit(_) | Event::Stack(_)) {
+            self.hit_records += 1;
+        }
+        let id = match event {
+            Event::Hit(hit) => hit.probe_id,
+            Event::Stack(e) => e.hit.probe_id,
+            Event::Proc(_) | Event::Change(_) => return,
+        };
+        match self.probes.get_mut(id as usize).and_then(Option::as_mut) {
+            Some(slot) => slot.counts.dropped_at_stop += 1,
+            None => self.unknown_probe += 1,
         }
     }
 
@@ -385,6 +417,18 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             resolved = Ok(self.probe_location(id));
             via = "probe";
         }
+        // A frame-pointer walk through code without frame pointers ends in junk: cut it at
+        // the first frame that cannot be a user code address (stack_check.rs).
+        let (frames, stack_truncated) = match frames {
+            Some(frames) => {
+                let valid = crate::stack_check::valid_prefix(frames);
+                (Some(&frames[..valid]), valid < frames.len())
+            }
+            None => (None, false),
+        };
+        if stack_truncated {
+            self.stacks_truncated += 1;
+        }
         let stack = frames.map(|frames| self.resolve_stack(proc, hit, frames));
         let Some(slot) = self.probes[id].as_mut() else {
             return self.stop.is_none();
@@ -415,6 +459,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ret_addr: (is_return || hit.ret_addr != 0).then_some(hit.ret_addr),
             seq: hit.seq,
             stack,
+            stack_truncated,
         };
         self.aggregations.add(&record);
         if self.print_hits {
@@ -424,6 +469,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             };
             if let Err(err) = written {
                 if self.stop_on_write_error {
+                    // Not written: counted as not printed, so the summary still adds up.
+                    slot.counts.not_printed += 1;
                     self.stop = Some(Stop::OutputClosed);
                     return false;
                 }
@@ -573,6 +620,26 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             })
     }
 
+    /// How many hit records BPF wrote into the ring buffer that this pipeline has not read
+    /// yet, from BPF's counters (`stats`): per probe, what was neither refused in BPF nor
+    /// lost, less what was read. Exact once no probe can fire (links closed); a stop drains
+    /// until it has read this many, not until the ring is empty (change reports of tracked
+    /// processes keep coming and would keep it busy till the deadline).
+    pub fn unread_hits(
+        &self,
+        stats: impl Fn(u32) -> Result<probed_common::ProbeStats, AttachError>,
+    ) -> Result<u64, AttachError> {
+        let mut unread = 0;
+        for slot in self.probes.iter().flatten() {
+            let bpf = stats(slot.probe.id)?;
+            let written = bpf.hits - bpf.lost - bpf.rate_limited - bpf.filtered - bpf.self_excluded;
+            let c = &slot.counts;
+            let read = c.printed + c.not_printed + c.write_errors + c.dropped_at_stop;
+            unread += written.saturating_sub(read);
+        }
+        Ok(unread)
+    }
+
     /// Fills the per-probe and resolver parts of `summary`; `stats` reads BPF's counters.
     pub fn summarize(
         &self,
@@ -590,6 +657,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 not_printed: counts.not_printed,
                 rate_limited: bpf.rate_limited,
                 filtered: bpf.filtered,
+                self_excluded: bpf.self_excluded,
+                dropped_at_stop: counts.dropped_at_stop,
                 unresolved: counts.unresolved.clone(),
                 resolved_by_probe: counts.by_probe.clone(),
             });
@@ -636,6 +705,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("rescans", c.rescans),
             ("rescan_retries", c.rescan_retries),
             ("rescan_failures", c.rescan_failures),
+            ("stacks_truncated", self.stacks_truncated),
         ]
     }
 

@@ -20,12 +20,13 @@ use crate::{
     attach::{AttachRequest, Tracer},
     cli::{Aggregate, TraceArgs},
     container::ContainerRoot,
-    events::EventStream,
+    events::{Event, EventStream},
     output::{Aggregations, Latency, StackCounts, Summary, Writer, folded::FlamegraphError},
     pidns::PidNamespace,
     pipeline::{Pipeline, Stop},
     probes::{self, Probe},
     resolve::{Config, ProbeId, Resolver, SeqSource},
+    stop,
     symbolize::Symbolizer,
     track::{self, GenCheckedMaps},
 };
@@ -177,43 +178,79 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         let every = Duration::from_secs_f64(secs);
         tokio::time::interval_at(tokio::time::Instant::now() + every, every)
     });
+    // Signals and the deadline first: however fast events come, a batch is bounded
+    // (stop::BATCH) and the loop looks at them again after each.
     let ended_by = if pipeline.stopped().is_some() {
         EndedBy::Count
     } else {
         loop {
             tokio::select! {
-                batch = stream.next_batch(|event| pipeline.handle_event(&event)) => {
-                    batch.context("reading the hit ring buffer")?;
-                    if let Some(ended) = after_batch(&mut pipeline) {
-                        break ended;
-                    }
-                }
-                _ = tick.tick() => {
-                    stream.drain(|event| {
-                        pipeline.handle_event(&event);
-                    });
-                    if let Some(ended) = after_batch(&mut pipeline) {
-                        break ended;
-                    }
-                }
+                biased;
+                _ = sigint.recv() => break EndedBy::Signal,
+                _ = sigterm.recv() => break EndedBy::Signal,
+                () = &mut deadline => break EndedBy::Duration,
                 () = next_report(&mut report) => {
                     let elapsed = started.elapsed().as_secs_f64();
                     if pipeline.write_aggregations(false, elapsed).is_err() {
                         break EndedBy::OutputClosed;
                     }
                 }
-                _ = sigint.recv() => break EndedBy::Signal,
-                _ = sigterm.recv() => break EndedBy::Signal,
-                () = &mut deadline => break EndedBy::Duration,
+                batch = stream.next_batch(stop::BATCH, |event| pipeline.handle_event(&event)) => {
+                    batch.context("reading the hit ring buffer")?;
+                    if let Some(ended) = after_batch(&mut pipeline) {
+                        break ended;
+                    }
+                }
+                _ = tick.tick() => {
+                    stream.drain(stop::BATCH, |event| {
+                        pipeline.handle_event(&event);
+                    });
+                    if let Some(ended) = after_batch(&mut pipeline) {
+                        break ended;
+                    }
+                }
             }
+            stop::yield_to_drivers().await;
         }
     };
 
-    // Detach first so nothing new arrives, then take every hit that fired before the stop.
+    // A bounded stop (stop.rs): no more hits admitted, links closed (after which no hit is
+    // on its way), the ring processed until empty or the deadline or a second signal, the
+    // rest counted as dropped_at_stop.
+    if let Err(err) = tracer.stop_admitting() {
+        tracing::warn!(error = %err, "cannot stop admitting hits in BPF; detaching instead");
+    }
+    let stopping = Instant::now();
+    let tracker_closing = tracer.close_tracker_in_background();
     tracer.detach_all();
-    stream.drain(|event| {
-        pipeline.handle_event(&event);
+    tracing::debug!(took = ?stopping.elapsed(), "links closed");
+    // Counters read now are final: no program runs any more.
+    let unread = pipeline
+        .unread_hits(|id| tracer.stats(id))
+        .unwrap_or(u64::MAX);
+    let drain_end = stop::drain(
+        &mut stream,
+        args.drain_timeout(),
+        &mut sigint,
+        &mut sigterm,
+        unread,
+        |event| {
+            let hit = matches!(event, Event::Hit(_) | Event::Stack(_));
+            pipeline.handle_event(&event);
+            hit
+        },
+    )
+    .await;
+    stop::count_rest(&mut stream, probed_common::RING_BYTES, |event| {
+        pipeline.count_dropped(&event)
     });
+    tracing::debug!(took = ?stopping.elapsed(), ended = drain_end.as_str(), "ring drained");
+    if drain_end != stop::DrainEnd::Emptied {
+        tracing::warn!(
+            ended = drain_end.as_str(),
+            "stopped before every hit in the ring buffer was processed (counted as dropped_at_stop)"
+        );
+    }
     if stream.malformed > 0 {
         tracing::error!(
             count = stream.malformed,
@@ -232,7 +269,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         draw_flamegraph(pipeline.aggregations(), &args.specs, path, file)?;
     }
     pipeline.finish(&summary)?;
+    tracing::debug!(took = ?stopping.elapsed(), "summary written");
+    let _ = tracker_closing.join();
     drop(tracer);
+    tracing::debug!(took = ?stopping.elapsed(), "tracer closed");
     Ok(())
 }
 

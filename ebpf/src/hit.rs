@@ -1,6 +1,8 @@
 //! Hit recording: one event per probe hit, or one counted loss when the ring buffer is full.
-//! Every firing counts in `hits`; a probe with a pid-namespace filter or a rate limit first
-//! asks limit.rs, and a hit refused there is counted (filtered, rate_limited), not written.
+//! Every firing of a running tracer counts in `hits`; a hit of probed's own processes is
+//! counted as `self_excluded` and dropped (self_filter.rs); a probe with a pid-namespace
+//! filter or a rate limit then asks limit.rs, and a hit refused there is counted (filtered,
+//! rate_limited), not written.
 
 use aya_ebpf::{
     EbpfContext,
@@ -19,7 +21,7 @@ use probed_common::{
 use crate::{
     limit,
     maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
-    track,
+    self_filter, track,
 };
 
 /// Records a uprobe hit with the first six integer arguments.
@@ -61,12 +63,26 @@ fn record(
     if probe_id >= MAX_PROBES {
         return;
     }
+    // A stopping run admits nothing more: the probe is as good as detached (its link may take
+    // the kernel tens of milliseconds to close), so the firing is not counted either.
+    if self_filter::stopping() {
+        return;
+    }
     let Some(stats) = PROBE_STATS.get_ptr_mut(probe_id) else {
         return;
     };
     // SAFETY: a per-CPU array slot belongs to this CPU while the program runs (preemption is
     // disabled for uprobe programs), so this is the only writer.
     unsafe { (*stats).hits += 1 };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // probed itself (this tracer, or any process running a probed binary): refused before
+    // anything else, so that its own work can never make more hits (self_filter.rs).
+    if self_filter::is_probed(tgid) {
+        // SAFETY: as above.
+        unsafe { (*stats).self_excluded += 1 };
+        return;
+    }
 
     // SAFETY: bpf_ktime_get_ns has no preconditions; aya-ebpf marks every raw helper unsafe.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -76,14 +92,12 @@ fn record(
     if flags & PROBE_FLAGS_LIMITS != 0 && !limit::admit(probe_id, flags, ts_ns, stats) {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     // For a uprobe the kernel sets ip to the breakpoint address before running the program;
     // for a uretprobe ip is the return address, so take the function's address from
     // bpf_get_func_ip (which reports the probed address for both kinds, kernel >= 6.4).
     // SAFETY: bpf_get_func_ip only reads the current program's run context.
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
     let ip = if ip == 0 { regs.rip } else { ip };
-    let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // The pids the process sees itself by, inside its container (see kread::ns_pids).
     let (ns_pid, ns_tid) = crate::kread::ns_pids(tgid, tid);

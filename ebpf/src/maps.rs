@@ -122,3 +122,21 @@ pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 /// The files probes are attached to, written by the daemon before attaching.
 #[map(name = "PROBED_FILES")]
 pub static PROBED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Processes that are probed itself (tgid → 1): this tracer's own process, written by the
+/// daemon before anything is attached. Their hits are counted as `self_excluded` and
+/// nothing else is done for them; they are never tracked.
+#[map(name = "PROBED_PROCS")]
+pub static PROBED_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+/// Executables of probed (kernel identity → 1): any process running one of these files (a
+/// second `probed trace`, a `probed ctl`, the daemon) is treated like `PROBED_PROCS`, so no
+/// probed's output can feed another probed's input.
+#[map(name = "PROBED_EXES")]
+pub static PROBED_EXES: HashMap<FileKey, u32> = HashMap::with_max_entries(16, 0);
+
+/// Run state written by the daemon (index 0): [`probed_common::STOP_ADMITTING`] once the run
+/// stops, so probes stop admitting hits at once, before their links are closed (which takes
+/// the kernel tens of milliseconds per link).
+#[map(name = "STOP")]
+pub static STOP: Array<u32> = Array::with_max_entries(1, 0);

@@ -66,6 +66,12 @@ pub fn track(tgid: u32) {
     if is_tracked(tgid) {
         return;
     }
+    // probed's own processes are never tracked: their mapping changes would be reported
+    // to probed, whose handling maps memory in turn (called in the task of `tgid` or, for a
+    // fork, of its parent, which runs the same executable).
+    if crate::self_filter::is_probed(tgid) {
+        return;
+    }
     // BPF_NOEXIST: another CPU may have just done it.
     if TRACKED.insert(&tgid, &1, 1).is_err() && !is_tracked(tgid) {
         count_error(ERR_TRACKED_FULL);
@@ -271,7 +277,8 @@ fn maps_probed_file(a: &[u64; 6]) -> bool {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     track(tgid);
-    true
+    // Not tracked after all if the process is probed itself (self_filter.rs).
+    is_tracked(tgid)
 }
 
 /// The heap's current end and start (`mm->brk`, `mm->start_brk`), or zeros.
@@ -496,6 +503,11 @@ pub fn exec() {
     let (s, ticket) = instant_change(tgid);
     emit_exec(tgid, tid, fresh, ticket, have_exe.then_some(&exe), Some(ip));
     finish_instant(s);
+    // A tracked process that became probed (a traced shell running `probed ctl`): its old
+    // address space ends with this report, and the new one is not tracked.
+    if crate::self_filter::is_probed(tgid) {
+        let _ = TRACKED.remove(&tgid);
+    }
 }
 
 /// Reports an exec: the program's text mapping (`exe`) and the mapping holding `ip`.

@@ -44,6 +44,14 @@ const FILTERED: Family = Family::counter(
     "probed_probe_filtered_total",
     "Hits from processes outside the probe's container (pid namespace), dropped in BPF.",
 );
+const SELF_EXCLUDED: Family = Family::counter(
+    "probed_probe_self_excluded_total",
+    "Hits from probed's own processes, dropped in BPF: probed never traces itself.",
+);
+const DROPPED_AT_STOP: Family = Family::counter(
+    "probed_probe_dropped_at_stop_total",
+    "Hits still in the ring buffer at a stop's drain deadline: counted, not processed.",
+);
 const WRITTEN: Family = Family::counter(
     "probed_probe_written_total",
     "Hits written to the probe's output.",
@@ -155,6 +163,8 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
     w.per_probe(&LOST, probes, |p| p.lost);
     w.per_probe(&RATE_LIMITED, probes, |p| p.rate_limited);
     w.per_probe(&FILTERED, probes, |p| p.filtered);
+    w.per_probe(&SELF_EXCLUDED, probes, |p| p.self_excluded);
+    w.per_probe(&DROPPED_AT_STOP, probes, |p| p.dropped_at_stop);
     w.per_probe(&WRITTEN, probes, |p| p.written);
     w.per_probe(&WRITE_ERRORS, probes, |p| p.write_errors);
     w.per_probe_reason(&UNRESOLVED, probes, |p| &p.unresolved);

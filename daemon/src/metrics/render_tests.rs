@@ -228,6 +228,12 @@ probed_probe_rate_limited_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdo
 # HELP probed_probe_filtered_total Hits from processes outside the probe's container (pid namespace), dropped in BPF.
 # TYPE probed_probe_filtered_total counter
 probed_probe_filtered_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
+# HELP probed_probe_self_excluded_total Hits from probed's own processes, dropped in BPF: probed never traces itself.
+# TYPE probed_probe_self_excluded_total counter
+probed_probe_self_excluded_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
+# HELP probed_probe_dropped_at_stop_total Hits still in the ring buffer at a stop's drain deadline: counted, not processed.
+# TYPE probed_probe_dropped_at_stop_total counter
+probed_probe_dropped_at_stop_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
 # HELP probed_probe_written_total Hits written to the probe's output.
 # TYPE probed_probe_written_total counter
 probed_probe_written_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 2

@@ -45,6 +45,10 @@ pub struct ProbeMetrics {
     pub rate_limited: u64,
     /// Hits from processes outside the probe's container (pid namespace), dropped in BPF.
     pub filtered: u64,
+    /// Hits from probed's own processes, dropped in BPF (probed never traces itself).
+    pub self_excluded: u64,
+    /// Hits left in the ring buffer at a stop's drain deadline (counted, not processed).
+    pub dropped_at_stop: u64,
     /// Hits written to the probe's output.
     pub written: u64,
     /// Hits whose write to the output failed (the output stays; the daemon goes on).

@@ -353,6 +353,7 @@ mod tests {
             ret_addr: None,
             seq: 0,
             stack,
+            stack_truncated: false,
         }
     }
 

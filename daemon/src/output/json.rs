@@ -35,6 +35,9 @@ struct HitLine<'a> {
     seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [super::record::Frame]>,
+    /// With a stack: whether the walk was cut at an impossible frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack_truncated: Option<bool>,
 }
 
 /// Writes one hit as a JSON line.
@@ -63,6 +66,7 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
         ret_addr: hit.ret_addr.map(|a| format!("{a:#x}")),
         seq: hit.seq,
         stack: hit.stack.as_deref(),
+        stack_truncated: hit.stack.as_ref().map(|_| hit.stack_truncated),
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -111,6 +115,7 @@ mod tests {
             ret_addr: None,
             seq: 0,
             stack: None,
+            stack_truncated: false,
         }
     }
 

@@ -532,6 +532,7 @@ mod tests {
             ret_addr: None,
             seq: 0,
             stack: None,
+            stack_truncated: false,
         }
     }
 

@@ -181,6 +181,7 @@ mod tests {
                 retval: None,
                 ret_addr: None,
                 seq: 0,
+                stack_truncated: false,
                 stack: Some(
                     (0..20)
                         .map(|f| Frame {

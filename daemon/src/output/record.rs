@@ -76,6 +76,8 @@ pub struct HitRecord<'a> {
     pub seq: u64,
     /// The user stack, innermost first, if the probe captures stacks.
     pub stack: Option<Vec<Frame>>,
+    /// Whether the stack walk was cut at an impossible frame (see `pipeline::stack`).
+    pub stack_truncated: bool,
 }
 
 /// The `comm` bytes of a hit as text (up to the first NUL, lossy UTF-8).

@@ -11,8 +11,9 @@ pub struct ProbeSummary {
     pub probe: String,
     /// The probe id.
     pub probe_id: u32,
-    /// Times the probe fired (counted in BPF, before the namespace filter and the rate
-    /// limit): `hits = printed + not_printed + lost + rate_limited + filtered`.
+    /// Times the probe fired while the run admitted hits (counted in BPF, before the self
+    /// filter, the namespace filter and the rate limit): `hits = printed + not_printed +
+    /// lost + rate_limited + filtered + self_excluded + dropped_at_stop`.
     pub hits: u64,
     /// Hits written to the output (or, when aggregations take the output and hits are not
     /// printed one by one, taken into the aggregations).
@@ -25,6 +26,12 @@ pub struct ProbeSummary {
     pub rate_limited: u64,
     /// Hits from processes outside the probe's pid namespace (--container), dropped in BPF.
     pub filtered: u64,
+    /// Hits from probed's own processes (this one or any other running probed), dropped in
+    /// BPF: probed never traces itself.
+    pub self_excluded: u64,
+    /// Hits still in the ring buffer when the stop's drain deadline passed (or at a second
+    /// SIGINT): read and counted, not processed.
+    pub dropped_at_stop: u64,
     /// Hits whose address could not be resolved, by reason.
     pub unresolved: BTreeMap<&'static str, u64>,
     /// Hits the resolver could not answer (by its reason) but the probe's own location did:

@@ -76,6 +76,10 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
             _ => writeln!(out, "??")?,
         }
     }
+    if hit.stack_truncated {
+        writeln!(out, "{:>22}(stack cut at an impossible frame)", "")?;
+    }
+
     Ok(())
 }
 
@@ -89,8 +93,17 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:>4} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10}  {:<40} UNRESOLVED",
-        "ID", "HITS", "PRINTED", "LOST", "NOT SHOWN", "LIMITED", "FILTERED", "PROBE"
+        "{:>4} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>8} {:>8}  {:<40} UNRESOLVED",
+        "ID",
+        "HITS",
+        "PRINTED",
+        "LOST",
+        "NOT SHOWN",
+        "LIMITED",
+        "FILTERED",
+        "SELF",
+        "AT STOP",
+        "PROBE"
     )?;
     for p in &s.probes {
         let mut unresolved = if p.unresolved.is_empty() {
@@ -112,7 +125,7 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
         }
         writeln!(
             out,
-            "{:>4} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10}  {:<40} {unresolved}",
+            "{:>4} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>8} {:>8}  {:<40} {unresolved}",
             p.probe_id,
             p.hits,
             p.printed,
@@ -120,6 +133,8 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
             p.not_printed,
             p.rate_limited,
             p.filtered,
+            p.self_excluded,
+            p.dropped_at_stop,
             p.probe
         )?;
     }
@@ -161,6 +176,7 @@ mod tests {
             ret_addr: None,
             seq: 0,
             stack: None,
+            stack_truncated: false,
         };
         let mut buf = Vec::new();
         write_hit(&mut buf, &hit).unwrap();

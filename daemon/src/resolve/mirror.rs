@@ -310,7 +310,11 @@ impl Mirror {
                     return Err(Reason::ProcessGone);
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "rescan failed");
+                    // Folded: a process whose maps cannot be read fails every rescan.
+                    static FOLD: crate::fold::Fold = crate::fold::Fold::new(crate::fold::INTERVAL);
+                    if let Some(times) = FOLD.note(1) {
+                        tracing::warn!(error = %err, source = ?std::error::Error::source(&err), times, "rescan failed");
+                    }
                     sink.add(Slot::RescanFailures);
                     return Err(Reason::ScanFailed);
                 }

@@ -78,6 +78,9 @@ pub struct Daemon {
     closed_tx: mpsc::UnboundedSender<Closed>,
     /// `ctl remove` replies waiting for a close, by probe.
     waiting: HashMap<u32, Vec<oneshot::Sender<Value>>>,
+    /// How long a stop processes what is left in the ring (the config's `drain_timeout`,
+    /// as of the last applied config).
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Daemon {
@@ -108,6 +111,7 @@ impl Daemon {
             closing: HashSet::new(),
             closed_tx,
             waiting: HashMap::new(),
+            drain_timeout: crate::stop::DEFAULT_DRAIN_TIMEOUT,
         };
         (daemon, closed_rx)
     }
@@ -159,9 +163,10 @@ impl Daemon {
             if let Err(err) = self.attach(p, Origin::Config) {
                 failed.push(format!("{spec}: {err}"));
             }
-            // Each attach holds the loop for a uprobe registration: take the hits that
-            // arrived meanwhile before the next one, so a long reload never fills the ring.
-            self.drain();
+            // Each attach holds the loop for a uprobe registration: take (a batch of) the hits
+            // that arrived meanwhile before the next one, so a long reload does not fill the
+            // ring — a batch, not everything: under a flood "everything" is unbounded work.
+            self.drain_batch();
         }
         let in_use: Vec<String> = self
             .probes
@@ -189,6 +194,7 @@ impl Daemon {
     pub fn reload(&mut self) -> Result<String, ApplyError> {
         let (source, config) = config::load(&self.config_path).map_err(ApplyError::Config)?;
         let applied = self.apply_config(&source, &config)?;
+        self.drain_timeout = config.drain_timeout();
         crate::logging::apply_config_level(config.log_level.as_ref().map(|l| l.get_ref().as_str()));
         Ok(applied)
     }
@@ -370,16 +376,39 @@ impl Daemon {
         }
     }
 
-    /// Detaches every probe and takes what they left in the ring buffer (shutdown).
-    pub fn detach_all(&mut self) {
+    /// Shutdown, first half: no probe admits hits any more, and every link is closed (after
+    /// which no hit is on its way into the ring buffer). The caller then drains with a
+    /// deadline (stop.rs).
+    pub fn stop_probes(&mut self) {
+        if let Err(err) = self.tracer.stop_admitting() {
+            tracing::warn!(error = %err, "cannot stop admitting hits in BPF; detaching instead");
+        }
         self.tracer.detach_all();
-        self.drain();
     }
 
-    /// Takes every event waiting in the ring buffer.
+    /// Hit records BPF wrote that the pipeline has not read (exact once no link is open);
+    /// `u64::MAX` if a counter cannot be read (then a stop drains until the ring is empty).
+    pub fn unread_hits(&self) -> u64 {
+        self.pipeline
+            .unread_hits(|id| self.tracer.stats(id))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Takes every event submitted to the ring buffer before this call — bounded by the
+    /// ring's capacity in records, so it ends even while hits keep coming (a removed probe's
+    /// id is freed only after this).
     pub fn drain(&mut self) {
         let pipeline = &mut self.pipeline;
-        self.stream.drain(|event| {
+        self.stream
+            .drain_submitted(super::run::DAEMON_RING_BYTES, |event| {
+                pipeline.handle_event(&event);
+            });
+    }
+
+    /// Takes at most one batch of events (the loop's periodic drain).
+    pub fn drain_batch(&mut self) {
+        let pipeline = &mut self.pipeline;
+        self.stream.drain(crate::stop::BATCH, |event| {
             pipeline.handle_event(&event);
         });
     }
@@ -511,6 +540,8 @@ impl Daemon {
                 "lost": bpf.lost,
                 "rate_limited": bpf.rate_limited,
                 "filtered": bpf.filtered,
+                "self_excluded": bpf.self_excluded,
+                "dropped_at_stop": counts.dropped_at_stop,
                 "written": counts.printed,
                 "write_errors": counts.write_errors,
                 "unresolved": counts.unresolved,

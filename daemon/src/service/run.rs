@@ -22,7 +22,7 @@ use tokio::{
 use crate::{
     attach::Tracer,
     config,
-    events::EventStream,
+    events::{Event, EventStream},
     metrics,
     pipeline::Pipeline,
     resolve::{Config as ResolverConfig, Resolver},
@@ -42,9 +42,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// the event loop while the kernel registers the uprobe (20 ms idle, ~0.1 s under load,
 /// measured), and a long-lived service meets bursts a one-off trace does not; the ring is
 /// what absorbs hits meanwhile (~110,000 hit records).
-const DAEMON_RING_BYTES: u32 = 16 << 20;
-/// How long a stop waits for links that were already closing.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
+pub(super) const DAEMON_RING_BYTES: u32 = 16 << 20;
+/// How long a stop waits for links that were already closing (a removal in progress: the
+/// kernel takes ~0.1 s per link; the probes no longer admit hits anyway).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How often probes with `disable_above` are measured.
 const RUNAWAY_EVERY: Duration = Duration::from_secs(1);
 
@@ -107,6 +108,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     );
     // Nothing is attached unless every probe checks out; if the kernel refuses one, what
     // was attached is detached again (dropping the tracer) and the start fails.
+    daemon.drain_timeout = config.drain_timeout();
     let applied = daemon
         .apply_config(&source, &config)
         .with_context(|| format!("cannot start with {}", args.config.display()))?;
@@ -143,16 +145,13 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     let mut runaway_tick = tokio::time::interval(RUNAWAY_EVERY);
     runaway_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    // Signals first, the ring last, and every batch bounded (stop::BATCH): however fast hits
+    // come, the loop gets back to its signals, timers, control calls and watchdog.
     loop {
         tokio::select! {
-            batch = daemon.stream.next_batch(|event| daemon.pipeline.handle_event(&event)) => {
-                batch.context("reading the hit ring buffer")?;
-                flush(&mut daemon);
-            }
-            _ = drain_tick.tick() => {
-                daemon.drain();
-                flush(&mut daemon);
-            }
+            biased;
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
             _ = runaway_tick.tick() => {
                 daemon.check_runaways(std::time::Instant::now());
             }
@@ -195,14 +194,26 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            // Last: under a flood the ring is always ready, and everything above must still
+            // get its turn.
+            batch = daemon.stream.next_batch(
+                crate::stop::BATCH,
+                |event| daemon.pipeline.handle_event(&event),
+            ) => {
+                batch.context("reading the hit ring buffer")?;
+                flush(&mut daemon);
+            }
+            _ = drain_tick.tick() => {
+                daemon.drain_batch();
+                flush(&mut daemon);
+            }
         }
+        crate::stop::yield_to_drivers().await;
     }
 
     notify(notifier.stopping());
     tracing::info!("stopping: detaching probes");
-    daemon.detach_all();
+    daemon.stop_probes();
     // Links already closing (removals, runaways) finish on their own; wait for them, briefly,
     // so that their last hits are written too.
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
@@ -212,7 +223,36 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
             _ => break,
         }
     }
-    daemon.drain();
+    // A bounded drain (stop.rs): what is left at the deadline, or at a second signal, is
+    // counted as dropped_at_stop.
+    let timeout = daemon.drain_timeout;
+    let unread = daemon.unread_hits();
+    let Daemon {
+        stream, pipeline, ..
+    } = &mut daemon;
+    let end = crate::stop::drain(
+        stream,
+        timeout,
+        &mut sigint,
+        &mut sigterm,
+        unread,
+        |event| {
+            let hit = matches!(event, Event::Hit(_) | Event::Stack(_));
+            pipeline.handle_event(&event);
+            hit
+        },
+    )
+    .await;
+    let left = crate::stop::count_rest(stream, DAEMON_RING_BYTES, |event| {
+        pipeline.count_dropped(&event)
+    });
+    if end != crate::stop::DrainEnd::Emptied {
+        tracing::warn!(
+            ended = end.as_str(),
+            events_left = left,
+            "stopped before every hit in the ring buffer was processed (counted as dropped_at_stop)"
+        );
+    }
     if let Err(err) = daemon.pipeline.flush() {
         tracing::error!(error = %err, "flushing outputs at exit failed");
     }

@@ -29,6 +29,8 @@ impl Daemon {
                     lost: bpf.lost,
                     rate_limited: bpf.rate_limited,
                     filtered: bpf.filtered,
+                    self_excluded: bpf.self_excluded,
+                    dropped_at_stop: counts.map_or(0, |c| c.dropped_at_stop),
                     written: counts.map_or(0, |c| c.printed),
                     write_errors: counts.map_or(0, |c| c.write_errors),
                     unresolved: counts.map(|c| by_reason(&c.unresolved)).unwrap_or_default(),

@@ -45,6 +45,25 @@ pub fn kernel_offsets() -> KernelOffsets {
     }
 }
 
+/// `mm_struct.exe_file`, for recognizing processes that run probed's executable in BPF
+/// (`ebpf/src/self_filter.rs`), or 0 (unknown: probed is then recognized by its tgid only).
+pub fn mm_exe_file() -> u32 {
+    let found = Btf::from_sys_fs()
+        .map_err(|e| e.to_string())
+        .and_then(|btf| mm_exe_file_from_btf(&btf).map_err(|e| e.to_string()));
+    found.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "cannot read a process's executable in BPF: other probed processes will not be excluded");
+        0
+    })
+}
+
+/// `mm_struct.exe_file` from `btf`, checked to be a pointer-wide field.
+pub fn mm_exe_file_from_btf(btf: &Btf) -> Result<u32, KernelOffsetsError> {
+    let m = btf.member("mm_struct", &["exe_file"])?;
+    check_width("mm_struct", &["exe_file"], m.size, 8)?;
+    Ok(m.offset)
+}
+
 /// Every offset the tracker needs, with the width it reads checked.
 pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
     let u64_at = |ty: &str, path: &[&str]| -> Result<u32, KernelOffsetsError> {

@@ -30,9 +30,15 @@ pub fn track_mapping_processes<S: SeqSource>(
             })
             .unwrap_or_default(),
     };
+    // probed's own processes are never tracked (self_filter.rs): this one, and any other
+    // running probed's executable.
     let self_pid = std::process::id();
+    let own_exe = crate::self_filter::exe_of("self").ok();
     let mut tracked = 0;
-    for pid in pids.into_iter().filter(|&p| p != self_pid) {
+    for pid in pids
+        .into_iter()
+        .filter(|&p| p != self_pid && !crate::self_filter::runs_probed(p, own_exe))
+    {
         let Ok(text) = std::fs::read(format!("/proc/{pid}/maps")) else {
             continue;
         };

@@ -535,8 +535,8 @@ pub fn num(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
 }
 
-/// Checks the summary's bookkeeping: for every probe,
-/// hits == printed + not_printed + lost + rate_limited + filtered.
+/// Checks the summary's bookkeeping: for every probe, hits == printed + not_printed + lost
+/// + rate_limited + filtered + self_excluded + dropped_at_stop.
 pub fn assert_summary_adds_up(summary: &serde_json::Value) {
     for p in summary["probes"].as_array().expect("probes array") {
         assert_eq!(
@@ -545,8 +545,11 @@ pub fn assert_summary_adds_up(summary: &serde_json::Value) {
                 + num(p, "not_printed")
                 + num(p, "lost")
                 + num(p, "rate_limited")
-                + num(p, "filtered"),
-            "hits != printed + not_printed + lost + rate_limited + filtered in {p}"
+                + num(p, "filtered")
+                + num(p, "self_excluded")
+                + num(p, "dropped_at_stop"),
+            "hits != printed + not_printed + lost + rate_limited + filtered + self_excluded + \
+             dropped_at_stop in {p}"
         );
     }
 }
