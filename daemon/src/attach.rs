@@ -239,6 +239,7 @@ impl Tracer {
             exit_group_dead_offset: tracepoints::exit_group_dead_offset(),
             _reserved: 0,
             offsets: crate::track::offsets::kernel_offsets(),
+            path_offsets: crate::track::path_offsets::path_offsets(),
             pid_offsets: crate::track::offsets::pid_offsets(),
         };
         let map = self
