@@ -222,8 +222,111 @@ pub struct TrackConfig {
     pub mm_exe_file: u32,
     /// Kernel structure offsets.
     pub offsets: KernelOffsets,
+    /// Offsets for the full path walk of mapped files.
+    pub path_offsets: PathOffsets,
     /// Offsets for the namespace pids of hits.
     pub pid_offsets: PidOffsets,
+}
+
+/// Byte offsets for naming a mapped file in BPF at the moment its mapping is reported: the
+/// full path, walked from the file's dentry up `d_parent` and across mounts (`struct mount`,
+/// found from its embedded `vfsmount` by `container_of`), and, for an overlayfs mapping,
+/// the user-visible file behind the kernel's backing file. Separate from [`KernelOffsets`]
+/// with its own `valid` flag so that a kernel lacking one of these members loses only the
+/// names (the daemon then falls back to identity-checked /proc lookups).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathOffsets {
+    /// 1 when every offset below is known.
+    pub valid: u32,
+    /// `file.f_mode` (a u32).
+    pub file_mode: u32,
+    /// `file.f_path.mnt`.
+    pub file_mnt: u32,
+    /// `file.f_path.dentry`.
+    pub file_dentry: u32,
+    /// The `f_mode` bit that says a file is embedded in a `struct backing_file`
+    /// (`FMODE_BACKING`: a preprocessor constant, not in BTF; it moved between kernel
+    /// versions), or 0 if the kernel has no backing files.
+    pub fmode_backing: u32,
+    /// `backing_file.user_path.mnt` (the overlayfs path the user opened).
+    pub backing_user_mnt: u32,
+    /// `backing_file.user_path.dentry`.
+    pub backing_user_dentry: u32,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u32,
+    /// `dentry.d_name.len` (a u32).
+    pub dentry_name_len: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
+    /// `dentry.d_inode`.
+    pub dentry_inode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `super_block.s_dev` (a u32).
+    pub sb_dev: u32,
+    /// `vfsmount.mnt_root`.
+    pub vfsmount_root: u32,
+    /// `mount.mnt` (the embedded `struct vfsmount`).
+    pub mount_mnt: u32,
+    /// `mount.mnt_parent`.
+    pub mount_parent: u32,
+    /// `mount.mnt_mountpoint`.
+    pub mount_mountpoint: u32,
+}
+
+/// Bytes of a path carried by a report ([`FilePath::bytes`]).
+pub const PATH_LEN: usize = 256;
+
+/// `FilePath::flags`: the path was longer than [`PATH_LEN`] or deeper than the walk's
+/// bound: `bytes` holds its last components only and must not be used as a path.
+pub const PATH_TRUNCATED: u16 = 1;
+/// `FilePath::flags`: the mapped file is an overlayfs backing file; `user_dev`/`user_ino`
+/// are the overlay file's identity (what /proc/PID/maps and stat show), the report's
+/// `VmaInfo` identity is the real (lower or upper layer) file's, which uprobes key on.
+pub const PATH_BACKING: u16 = 2;
+/// `FilePath::flags`: the walk reached the root of a mount with no parent that is not the
+/// walk's start (a file of an internal or detached mount): the path is relative to it.
+pub const PATH_DETACHED: u16 = 4;
+
+/// A mapped file's name and user-visible identity, read in BPF when its mapping is
+/// reported (so it names the file mapped then, not whatever is mapped there later).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilePath {
+    /// Bytes used in `bytes` (0: no path was read).
+    pub len: u16,
+    /// `PATH_*` bits.
+    pub flags: u16,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// The user-visible file's `s_dev` (kernel encoding); the same as the mapping's for a
+    /// file that is not an overlayfs backing file.
+    pub user_dev: u64,
+    /// The user-visible file's inode number.
+    pub user_ino: u64,
+    /// The absolute path as the process's mount namespace names it, not NUL-terminated.
+    pub bytes: [u8; PATH_LEN],
+}
+
+impl FilePath {
+    /// No path.
+    pub const EMPTY: FilePath = FilePath {
+        len: 0,
+        flags: 0,
+        _reserved: 0,
+        user_dev: 0,
+        user_ino: 0,
+        bytes: [0; PATH_LEN],
+    };
+
+    /// The path's bytes, if one was read whole.
+    pub fn path(&self) -> Option<&[u8]> {
+        let len = (self.len as usize).min(PATH_LEN);
+        (len > 0 && self.flags & PATH_TRUNCATED == 0).then(|| &self.bytes[..len])
+    }
 }
 
 /// A mapping the kernel had at some address, as the tracker read it from a `vm_area_struct`.
@@ -279,6 +382,8 @@ pub struct ChangeEvent {
     pub vma: VmaInfo,
     /// The mapped file's name (last path component), NUL-terminated, if `CHANGE_VMA_FILE`.
     pub name: [u8; NAME_LEN],
+    /// The mapped file's full path and user-visible identity, if `CHANGE_VMA_FILE`.
+    pub path: FilePath,
 }
 
 /// One probe hit, as the BPF program writes it into the ring buffer.
@@ -381,6 +486,10 @@ pub struct ProcEvent {
     pub parent_gen: u64,
     /// Fork only: the parent's sequence while its address space was copied.
     pub parent_seq: u64,
+    /// Exec only: the program file's path and user-visible identity.
+    pub exe_path: FilePath,
+    /// Exec only: the entry mapping's file path and user-visible identity.
+    pub entry_path: FilePath,
 }
 
 /// Per-probe counters, kept per CPU in BPF and summed by the daemon.
@@ -481,13 +590,18 @@ mod pod {
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.
 const _: () = assert!(core::mem::size_of::<HitEvent>() == 144);
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 * NAME_LEN + 24);
-const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN);
+const _: () = assert!(core::mem::size_of::<FilePath>() == 24 + PATH_LEN);
+const _: () = assert!(
+    core::mem::size_of::<ProcEvent>() == 64 + 2 * 48 + 8 + 2 * NAME_LEN + 24 + 2 * (24 + PATH_LEN)
+);
+const _: () =
+    assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN + 24 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 144 + 8 + 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<PidOffsets>() == 24);
-const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 24);
+const _: () = assert!(core::mem::size_of::<PathOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 72 + 24);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 40);
 const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 32);

@@ -244,6 +244,7 @@ impl Tracer {
             exit_group_dead_offset: tracepoints::exit_group_dead_offset(),
             mm_exe_file: crate::track::offsets::mm_exe_file(),
             offsets: crate::track::offsets::kernel_offsets(),
+            path_offsets: crate::track::path_offsets::path_offsets(),
             pid_offsets: crate::track::offsets::pid_offsets(),
         };
         let map = self

@@ -4,13 +4,7 @@
 //! One pipeline runs on the task that drains the ring buffer. It owns a resolver
 //! [`Reader`] (the lock-free fast path) and borrows the shared [`Symbolizer`].
 
-use std::{
-    cell::RefCell,
-    collections::{BTreeMap, HashMap},
-    io::Write,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, io::Write, sync::Arc};
 
 use probed_common::{
     ChangeEvent, HitEvent, KIND_RETURN, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent,
@@ -20,16 +14,22 @@ use crate::{
     attach::AttachError,
     elf::FileSource,
     events::Event,
-    file_id::FileId,
     output::{
         Aggregations, Frame, HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str,
     },
     probes::Probe,
-    resolve::{ProcKey, Reader, Resolver, SeqSource, SharedSnapshot, Snapshot},
+    resolve::{ProcKey, Reader, Resolver, SeqSource, Snapshot},
     spec::ProbeKind,
     symbolize::Symbolizer,
-    track::changes::{self, PathLookup, Replay},
+    track::{
+        changes::{self, Replay},
+        paths::{self, PathIndex},
+    },
 };
+
+/// The reason given for an address whose mapping was found but whose file no source could
+/// name (see `track::paths`).
+const UNNAMED: &str = "unnamed";
 
 /// Why the pipeline asks the run to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +100,10 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     /// Only this process's lifecycle events matter (`--pid`), if set.
     pid_filter: Option<u32>,
     /// Paths of mapped files by identity, for replayed mappings.
-    paths: Paths,
+    paths: PathIndex,
+    /// Addresses (hits and stack frames) whose mapping was found but whose file no source
+    /// could name: printed with the file's identity, never under another file's name.
+    unnamed: u64,
     /// The tracker's lost-report count as of the last event.
     lost_reports: u32,
     /// ELF symbol cache shared with other pipelines.
@@ -127,7 +130,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         symbolizer: Arc<Symbolizer>,
     ) -> Self {
         let stop = (limit == Some(0)).then_some(Stop::Count);
-        let paths = Paths::from_probes(&probes);
+        let paths = PathIndex::from_probes(&probes);
         let mut table: Vec<Option<Slot>> = Vec::new();
         for probe in probes {
             preload(&symbolizer, &probe);
@@ -145,6 +148,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             printed: 0,
             stop,
             paths,
+            unnamed: 0,
             lost_reports: 0,
             reader: Reader::new(resolver),
             pid_filter: None,
@@ -202,7 +206,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// any earlier probe with that id and drained the ring buffer before reusing it, so no
     /// hit of the old probe can be taken for the new one.
     pub fn add_probe(&mut self, probe: Probe, sink: usize) {
-        self.paths.add(&probe);
+        self.paths.add_probe(&probe);
         preload(&self.symbolizer, &probe);
         let id = probe.id as usize;
         if self.probes.len() <= id {
@@ -524,6 +528,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         back: u64,
     ) -> (Result<Resolved, &'static str>, &'static str) {
         let symbolizer = &self.symbolizer;
+        let unnamed = &mut self.unnamed;
         let lookup = addr.wrapping_sub(back);
         self.reader.resolve_with(proc, lookup, Some(seq), |r| {
             let via = r.via.as_str();
@@ -532,6 +537,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 Err(reason) => return (Err(reason.as_str()), via),
             };
             let vma = found.vma;
+            if paths::is_unnamed(&vma.path) {
+                *unnamed += 1;
+                return (Err(UNNAMED), via);
+            }
             let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
             let module = vma.path.to_string_lossy().into_owned();
             let resolved = symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
@@ -581,6 +590,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// One stack frame: its mapping (as of the hit's sequence) and symbol.
     fn resolve_frame(&mut self, proc: ProcKey, hit: &HitEvent, addr: u64, back: u64) -> Frame {
         let symbolizer = &self.symbolizer;
+        let unnamed = &mut self.unnamed;
         let pid = hit.pid;
         self.reader
             .resolve_with(proc, addr.wrapping_sub(back), Some(hit.seq), |r| {
@@ -593,10 +603,22 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                             symbol: None,
                             offset: None,
                             unresolved: Some(reason.as_str()),
+                            file: None,
                         };
                     }
                 };
                 let vma = found.vma;
+                if paths::is_unnamed(&vma.path) {
+                    *unnamed += 1;
+                    return Frame {
+                        addr,
+                        module: None,
+                        symbol: None,
+                        offset: None,
+                        unresolved: Some(UNNAMED),
+                        file: Some(vma.file.to_string()),
+                    };
+                }
                 let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
                 let module = Some(vma.path.to_string_lossy().into_owned());
                 symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
@@ -606,6 +628,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                         symbol: Some(sym.symbol.demangled().to_owned()),
                         offset: Some(sym.offset + back),
                         unresolved: None,
+                        file: None,
                     },
                     // The module is known even when no symbol covers the address (a
                     // stripped library's internal function).
@@ -615,6 +638,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                         symbol: None,
                         offset: None,
                         unresolved: Some(why.as_str()),
+                        file: None,
                     },
                 })
             })
@@ -680,10 +704,16 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("elf_loads", elf.loads),
             ("elf_load_failures", elf.load_failures),
             ("elf_shared", elf.shared),
+            ("unnamed", self.unnamed),
         ] {
             summary.resolver.insert(name.to_string(), value);
         }
         Ok(())
+    }
+
+    /// Addresses (hits and frames) whose mapping was found but whose file had no name.
+    pub fn unnamed(&self) -> u64 {
+        self.unnamed
     }
 
     /// The resolver's counters by name (summary, `ctl stats`, metrics).
@@ -734,61 +764,5 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 fn preload(symbolizer: &Symbolizer, probe: &Probe) {
     if let Some(c) = &probe.in_container {
         symbolizer.preload(probe.target.id, c.image.clone());
-    }
-}
-
-/// Paths of mapped files by identity: from the probe table, the process's newest picture, or
-/// its /proc/PID/map_files while it lives; remembered once found.
-struct Paths {
-    known: RefCell<HashMap<FileId, Arc<Path>>>,
-    /// The newest picture of the process whose report is being replayed.
-    current: Option<SharedSnapshot>,
-}
-
-impl Paths {
-    fn from_probes(probes: &[Probe]) -> Self {
-        let paths = Self {
-            known: RefCell::new(HashMap::new()),
-            current: None,
-        };
-        for probe in probes {
-            paths.add(probe);
-        }
-        paths
-    }
-
-    /// Remembers a probe's file.
-    fn add(&self, probe: &Probe) {
-        self.known
-            .borrow_mut()
-            .insert(probe.target.id, Arc::from(probe.module_path()));
-    }
-}
-
-impl PathLookup for Paths {
-    fn path_of(&self, file: FileId, pid: u32, start: u64, end: u64) -> Option<Arc<Path>> {
-        if let Some(p) = self.known.borrow().get(&file) {
-            return Some(p.clone());
-        }
-        let found = self
-            .current
-            .as_ref()
-            .and_then(|s| {
-                s.vmas()
-                    .iter()
-                    .find(|v| v.file == file)
-                    .map(|v| v.path.clone())
-            })
-            .or_else(|| {
-                let link =
-                    std::fs::read_link(format!("/proc/{pid}/map_files/{start:x}-{end:x}")).ok()?;
-                let text = link.to_string_lossy();
-                let path = text
-                    .strip_suffix(" (deleted)")
-                    .map_or_else(|| link.clone(), PathBuf::from);
-                Some(Arc::from(path))
-            })?;
-        self.known.borrow_mut().insert(file, found.clone());
-        Some(found)
     }
 }

@@ -13,6 +13,7 @@ mod hit;
 mod kread;
 mod limit;
 mod maps;
+mod path;
 mod self_filter;
 mod track;
 

@@ -37,6 +37,7 @@ use crate::{
         EVENTS, INFLIGHT, InFlight, LOST_REPORTS, PROBED_FILES, PROC_GEN, SEQS, TRACK_CONFIG,
         TRACK_ERRORS, TRACKED, wakeup,
     },
+    path,
 };
 
 /// mmap flags and the vm_flags they become.
@@ -78,15 +79,27 @@ pub fn track(tgid: u32) {
     }
 }
 
-/// Whether the file behind `info` is one a probe is attached to.
+/// Whether the file behind `info` (the `struct file` at `file`) is one a probe is attached
+/// to: by its own identity, or, for an overlayfs backing file, by the overlay file's (the
+/// identity the daemon's stat of a probe's path gives).
 #[inline(always)]
-fn is_probed_file(info: &VmaInfo) -> bool {
+fn is_probed_file(info: &VmaInfo, file: u64) -> bool {
+    if info.ino == 0 {
+        return false;
+    }
     let key = FileKey {
         dev: info.dev,
         ino: info.ino,
     };
     // SAFETY: only the presence of the key is used.
-    info.ino != 0 && unsafe { PROBED_FILES.get(&key) }.is_some()
+    if unsafe { PROBED_FILES.get(&key) }.is_some() {
+        return true;
+    }
+    let Some((dev, ino)) = path::user_identity(file) else {
+        return false;
+    };
+    // SAFETY: as above.
+    unsafe { PROBED_FILES.get(&FileKey { dev, ino }) }.is_some()
 }
 
 /// The number of reports lost so far (see `ChangeEvent::lost_reports`).
@@ -302,6 +315,8 @@ fn heap_bounds() -> (u64, u64) {
 struct VmaCtx {
     vma: VmaInfo,
     name: [u8; NAME_LEN],
+    /// The mapping's `struct file` (0 if anonymous), named after the callback returns.
+    fptr: u64,
     file: u32,
     found: u32,
 }
@@ -312,6 +327,7 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
     // SAFETY: `ctx` is the `VmaCtx` find_vma_at passed, alive on its stack for this call.
     let out = unsafe { &mut *ctx.cast::<VmaCtx>() };
     out.file = u32::from(kread::read_vma(o, vma as u64, &mut out.vma, &mut out.name));
+    out.fptr = kread::read_u64(vma as u64, o.vma_file);
     out.found = 1;
     0
 }
@@ -410,6 +426,8 @@ pub fn syscall_exit(ret: i64) {
                 (&raw mut (*e).lost_reports).write(lost_reports());
                 (&raw mut (*e).vma).write(found.vma);
                 (&raw mut (*e).name).write(found.name);
+                // The file's name now, while it is the file mapped there (see path.rs).
+                path::read_file_path(found.fptr, &raw mut (*e).path);
             }
             entry.submit(wakeup::flags());
         }
@@ -449,6 +467,7 @@ fn mapping_from_args(
     }
     if let Some(o) = o {
         kread::read_file(o, flight.file, &mut out.vma, &mut out.name);
+        out.fptr = flight.file;
     }
     CHANGE_VMA_FILE
 }
@@ -494,7 +513,7 @@ pub fn exec() {
     let have_exe = find_vma_at(start_code, &mut exe);
     // A new program that is probed is tracked from its first instruction; a tracked process
     // stays tracked across exec.
-    if have_exe && is_probed_file(&exe.vma) {
+    if have_exe && is_probed_file(&exe.vma, exe.fptr) {
         track(tgid);
     }
     if !is_tracked(tgid) {
@@ -540,6 +559,7 @@ fn emit_exec(
         unsafe {
             (&raw mut (*e).exe).write(exe.vma);
             (&raw mut (*e).exe_name).write(exe.name);
+            path::read_file_path(exe.fptr, &raw mut (*e).exe_path);
         }
         let mut found = new_vma_ctx();
         if find_vma_at(ip, &mut found) {
@@ -547,6 +567,7 @@ fn emit_exec(
             unsafe {
                 (&raw mut (*e).entry).write(found.vma);
                 (&raw mut (*e).entry_name).write(found.name);
+                path::read_file_path(found.fptr, &raw mut (*e).entry_path);
                 (&raw mut (*e).flags).write(CHANGE_VMA);
             }
         }
@@ -559,6 +580,7 @@ fn new_vma_ctx() -> VmaCtx {
     VmaCtx {
         vma: VmaInfo::default(),
         name: [0; NAME_LEN],
+        fptr: 0,
         file: 0,
         found: 0,
     }
@@ -593,6 +615,9 @@ unsafe fn write_proc_header(
         (&raw mut (*e).parent_gen).write(0);
         (&raw mut (*e).parent_seq).write(0);
         (&raw mut (*e).lost_reports).write(lost_reports());
+        // No paths unless the event fills them (exec).
+        path::read_file_path(0, &raw mut (*e).exe_path);
+        path::read_file_path(0, &raw mut (*e).entry_path);
     }
 }
 

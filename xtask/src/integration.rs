@@ -75,6 +75,37 @@ const ON_HOST: &[&str] = &["containers"];
 /// Environment variables passed into the containers when set.
 const PASS_ENV: &[&str] = &["CI", "RUST_BACKTRACE", "RUST_LOG", "RUST_TEST_THREADS"];
 
+/// Where the containerized tests keep their files (compiled fixtures, target copies: all
+/// under the temp dir, /tmp).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fixtures {
+    /// A tmpfs /tmp, as on the hosts we run on.
+    Tmpfs,
+    /// /tmp in the container's overlayfs root (podman's overlay storage): every mapped
+    /// file is an overlayfs file, whose mappings hold backing files, as in containers.
+    Overlay,
+    /// One pass of each.
+    Both,
+}
+
+impl Fixtures {
+    fn passes(self) -> &'static [Fixtures] {
+        match self {
+            Fixtures::Tmpfs => &[Fixtures::Tmpfs],
+            Fixtures::Overlay => &[Fixtures::Overlay],
+            Fixtures::Both => &[Fixtures::Tmpfs, Fixtures::Overlay],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Fixtures::Tmpfs => "tmpfs",
+            Fixtures::Overlay => "overlay",
+            Fixtures::Both => "both",
+        }
+    }
+}
+
 /// A test executable cargo built.
 pub struct TestExe {
     /// The test target's name (`trace_basic`, or the crate name for unit tests).
@@ -100,7 +131,7 @@ struct Tally {
 /// `cargo xtask integration-test [--test NAME]... [ARGS]`: builds, then runs the selected
 /// integration test executables (all without `--test`) in the container, passing `args`
 /// (a name filter, `--nocapture`, …) to each.
-pub fn run(only: &[String], args: &[String]) -> anyhow::Result<()> {
+pub fn run(only: &[String], fixtures: Fixtures, args: &[String]) -> anyhow::Result<()> {
     setup::tests()?;
     build_ebpf::run()?;
     let exes = build_tests()?;
@@ -115,12 +146,17 @@ pub fn run(only: &[String], args: &[String]) -> anyhow::Result<()> {
         .into_iter()
         .filter(|e| only.is_empty() || only.contains(&e.name))
         .collect();
-    run_in_container(&selected, args)
+    run_in_container(&selected, fixtures, args)
 }
 
-/// Runs `exes` (integration tests) in the test container, those in [`ON_HOST`] on the host;
-/// fails naming every executable that failed. The host is set up (`setup::tests`).
-pub fn run_in_container(exes: &[&TestExe], args: &[String]) -> anyhow::Result<()> {
+/// Runs `exes` (integration tests) in the test container, once per pass of `fixtures`, those
+/// in [`ON_HOST`] on the host (once: they start their own containers, from podman's overlay
+/// storage); fails naming every executable that failed. The host is set up (`setup::tests`).
+pub fn run_in_container(
+    exes: &[&TestExe],
+    fixtures: Fixtures,
+    args: &[String],
+) -> anyhow::Result<()> {
     if !is_root() {
         let why = "the integration suite needs root (a privileged container that loads BPF)";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -132,46 +168,64 @@ pub fn run_in_container(exes: &[&TestExe], args: &[String]) -> anyhow::Result<()
     let image = image()?;
     let sysroot = exec::output(Command::new("rustc").args(["--print", "sysroot"]))?;
     let sysroot = PathBuf::from(sysroot.trim());
-    let start = Instant::now();
     let mut tally = Tally::default();
-    for exe in exes {
-        let on_host = ON_HOST.contains(&exe.name.as_str());
-        let mut cmd = if on_host {
-            let mut cmd = Command::new(&exe.path);
-            cmd.current_dir(&exe.dir);
-            cmd
-        } else {
-            container(&image, &sysroot, exe)
-        };
-        cmd.args(args);
-        let place = if on_host { "host" } else { "container" };
-        eprintln!("xtask: {} ({place}): {}", exe.name, exec::show(&cmd));
-        run_one(&mut cmd, &exe.name, &mut tally)?;
+    let mut runs = 0;
+    for (i, &pass) in fixtures.passes().iter().enumerate() {
+        let start = Instant::now();
+        let before = (tally.passed, tally.failed, tally.ignored);
+        let mut ran = 0;
+        for exe in exes {
+            let on_host = ON_HOST.contains(&exe.name.as_str());
+            if on_host && i > 0 {
+                continue;
+            }
+            let mut cmd = if on_host {
+                let mut cmd = Command::new(&exe.path);
+                cmd.current_dir(&exe.dir);
+                cmd
+            } else {
+                container(&image, &sysroot, exe, pass)
+            };
+            cmd.args(args);
+            let place = if on_host {
+                "host".to_string()
+            } else {
+                format!("container, /tmp on {}", pass.name())
+            };
+            eprintln!("xtask: {} ({place}): {}", exe.name, exec::show(&cmd));
+            let label = if on_host {
+                exe.name.clone()
+            } else {
+                format!("{} [{}]", exe.name, pass.name())
+            };
+            run_one(&mut cmd, &label, &mut tally)?;
+            ran += 1;
+        }
+        runs += ran;
+        eprintln!(
+            "xtask: integration pass, /tmp on {} ({image}): {ran} executables, {} tests \
+             passed, {} failed, {} ignored, in {:.0} s",
+            pass.name(),
+            tally.passed - before.0,
+            tally.failed - before.1,
+            tally.ignored - before.2,
+            start.elapsed().as_secs_f64()
+        );
     }
-    eprintln!(
-        "xtask: integration suite ({image}): {} executables, {} tests passed, {} failed, \
-         {} ignored, in {:.0} s",
-        exes.len(),
-        tally.passed,
-        tally.failed,
-        tally.ignored,
-        start.elapsed().as_secs_f64()
-    );
     if !tally.failures.is_empty() {
         for f in &tally.failures {
             eprintln!("xtask:   FAILED {f}");
         }
         bail!(
-            "{} of {} integration test executables failed",
+            "{} of {runs} integration test executable runs failed",
             tally.failures.len(),
-            exes.len()
         );
     }
     Ok(())
 }
 
 /// The `podman run` of one test executable; `sysroot` is the Rust toolchain's.
-fn container(image: &str, sysroot: &Path, exe: &TestExe) -> Command {
+fn container(image: &str, sysroot: &Path, exe: &TestExe, fixtures: Fixtures) -> Command {
     let mut cmd = Command::new("podman");
     cmd.args([
         "--runtime",
@@ -202,11 +256,12 @@ fn container(image: &str, sysroot: &Path, exe: &TestExe) -> Command {
     cmd.arg("--env")
         .arg(format!("RUSTC={}", sysroot.join("bin/rustc").display()));
     // The tests' files (compiled fixtures, private copies of targets) go to /tmp: a tmpfs,
-    // as on the hosts we run on. On the container's overlayfs root, the inode of a mapped
-    // file as BPF reads it (vma->vm_file is overlayfs's backing file) is not the one stat
-    // and /proc/PID/maps give (the overlay's), and the resolver's answers for such files
-    // miss their probes: see README "Containers and Kubernetes".
-    cmd.args(["--tmpfs", "/tmp:rw,exec,mode=1777"]);
+    // as on the hosts we run on, or the container's own overlayfs root, as in containers,
+    // where a mapping holds overlayfs's backing file (the real inode, which BPF reads and
+    // uprobes key on) while stat and /proc/PID/maps show the overlay's identity.
+    if fixtures == Fixtures::Tmpfs {
+        cmd.args(["--tmpfs", "/tmp:rw,exec,mode=1777"]);
+    }
     // What tracing needs: tracefs (the tracker's tracepoints, bpftrace), BTF (probed's
     // offsets), bpffs and debugfs where the host has them.
     for dir in [

@@ -41,6 +41,10 @@ enum Command {
         /// Run the integration tests on the host too (`cargo test`), without a container.
         #[arg(long)]
         host: bool,
+        /// Where the containerized integration tests keep their files (fixtures, target
+        /// copies): a tmpfs /tmp, the container's overlayfs root, or both, one pass each.
+        #[arg(long, value_enum, default_value = "both")]
+        fixtures: integration::Fixtures,
         /// Arguments for the test executables (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -50,6 +54,10 @@ enum Command {
         /// Only this integration test target (`trace_basic`, …); may be repeated.
         #[arg(long = "test", value_name = "NAME")]
         only: Vec<String>,
+        /// Where the tests keep their files: a tmpfs /tmp, the container's overlayfs root,
+        /// or both, one pass each.
+        #[arg(long, value_enum, default_value = "both")]
+        fixtures: integration::Fixtures,
         /// Arguments for the test executables (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -67,8 +75,16 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build::run(),
         Command::Demo => demo::run(),
         Command::Run { args } => run::run(&args),
-        Command::Test { host, args } => test::run(host, &args),
-        Command::IntegrationTest { only, args } => integration::run(&only, &args),
+        Command::Test {
+            host,
+            fixtures,
+            args,
+        } => test::run(host, fixtures, &args),
+        Command::IntegrationTest {
+            only,
+            fixtures,
+            args,
+        } => integration::run(&only, fixtures, &args),
         Command::Bench { which } => bench::run(which),
     }
 }

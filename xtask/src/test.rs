@@ -12,10 +12,11 @@ use crate::{build_ebpf, exec::exec, integration, paths, setup};
 
 /// Builds the BPF object and every test executable against a probed that embeds it; runs
 /// the unit and doc tests on the host, the integration tests in the test container (or, with
-/// `host`, everything on the host through `cargo test`), then, for a full run (no `args`),
+/// `host`, everything on the host through `cargo test`; `fixtures` says where the
+/// containerized tests keep their files), then, for a full run (no `args`),
 /// the loom models of the resolver's sequence and snapshot publication. `args` go to the
 /// test executables (a name filter, `--nocapture`, …).
-pub fn run(host: bool, args: &[String]) -> anyhow::Result<()> {
+pub fn run(host: bool, fixtures: integration::Fixtures, args: &[String]) -> anyhow::Result<()> {
     setup::tests()?;
     build_ebpf::run()?;
     if host {
@@ -25,7 +26,7 @@ pub fn run(host: bool, args: &[String]) -> anyhow::Result<()> {
         exec(cargo_test().args(["--lib", "--bins", "--"]).args(args))?;
         exec(cargo_test().args(["--doc", "--"]).args(args))?;
         let integration: Vec<_> = exes.iter().filter(|e| e.integration).collect();
-        integration::run_in_container(&integration, args)?;
+        integration::run_in_container(&integration, fixtures, args)?;
     }
     if args.is_empty() {
         loom()?;

@@ -108,6 +108,10 @@ const MALFORMED: Family = Family::counter(
     "probed_malformed_events_total",
     "Ring-buffer records that could not be decoded.",
 );
+const UNNAMED: Family = Family::counter(
+    "probed_unnamed_frames_total",
+    "Addresses (hits, stack frames) whose mapping was found but whose file no source could name (printed with its identity).",
+);
 const RELOADS: Family = Family::counter(
     "probed_config_reloads_total",
     "Configuration reloads, by result (a rejected one keeps the old configuration).",
@@ -218,6 +222,7 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
         (&MIRRORS, snapshot.mirrors),
         (&EXITED_RETAINED, snapshot.exited_retained),
         (&MALFORMED, snapshot.malformed_events),
+        (&UNNAMED, snapshot.unnamed_frames),
     ] {
         w.family(family);
         w.sample(family, &[], Value::Int(value));

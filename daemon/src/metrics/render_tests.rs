@@ -284,6 +284,9 @@ probed_exited_retained 0
 # HELP probed_malformed_events_total Ring-buffer records that could not be decoded.
 # TYPE probed_malformed_events_total counter
 probed_malformed_events_total 0
+# HELP probed_unnamed_frames_total Addresses (hits, stack frames) whose mapping was found but whose file no source could name (printed with its identity).
+# TYPE probed_unnamed_frames_total counter
+probed_unnamed_frames_total 0
 # HELP probed_config_reloads_total Configuration reloads, by result (a rejected one keeps the old configuration).
 # TYPE probed_config_reloads_total counter
 probed_config_reloads_total{result="applied"} 2
@@ -383,6 +386,7 @@ fn output_parses_and_reads_back() {
         mirrors: 3,
         exited_retained: 2,
         malformed_events: 1,
+        unnamed_frames: 3,
         reload_failures: 9,
         uptime_seconds: 3600.25,
         ..MetricsSnapshot::default()
@@ -474,6 +478,7 @@ fn output_parses_and_reads_back() {
     assert_eq!(value(&samples, "probed_uptime_seconds", &[]), 3600.25);
     assert_eq!(value(&samples, "probed_exited_retained", &[]), 2.0);
     assert_eq!(value(&samples, "probed_malformed_events_total", &[]), 1.0);
+    assert_eq!(value(&samples, "probed_unnamed_frames_total", &[]), 3.0);
 }
 
 /// Counters are printed as exact integers, even above 2^53 where an f64 would round.

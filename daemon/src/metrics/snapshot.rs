@@ -20,6 +20,8 @@ pub struct MetricsSnapshot {
     pub exited_retained: u64,
     /// Ring-buffer records that could not be decoded.
     pub malformed_events: u64,
+    /// Addresses (hits, stack frames) whose mapping was found but whose file had no name.
+    pub unnamed_frames: u64,
     /// Configuration reloads applied (SIGHUP or control socket).
     pub reloads: u64,
     /// Configuration reloads rejected (the old configuration kept running).

@@ -289,6 +289,7 @@ fn hit_name(out: &mut String, resolved: &Result<Resolved, &'static str>) {
                 symbol: r.symbol.clone(),
                 offset: r.symbol.is_none().then_some(r.file_offset),
                 unresolved: None,
+                file: None,
             },
         ),
         Err(_) => out.push_str("[unknown]"),
@@ -325,6 +326,7 @@ mod tests {
             symbol: Some(symbol.into()),
             offset: Some(4),
             unresolved: None,
+            file: None,
         }
     }
 
@@ -396,6 +398,7 @@ mod tests {
                 symbol: None,
                 offset: None,
                 unresolved: Some("no_symbol"),
+                file: None,
             },
         );
         frames.insert(
@@ -406,6 +409,7 @@ mod tests {
                 symbol: None,
                 offset: Some(0x5678),
                 unresolved: Some("no_symbol"),
+                file: None,
             },
         );
         frames.push(Frame {
@@ -414,6 +418,7 @@ mod tests {
             symbol: None,
             offset: None,
             unresolved: Some("unmapped"),
+            file: None,
         });
         let mut c = StackCounts::new();
         c.add(&hit(Some(frames)));

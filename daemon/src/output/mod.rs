@@ -190,6 +190,7 @@ mod tests {
                             symbol: Some(format!("app::module_{}::function_number_{f}", s / 2)),
                             offset: Some(f),
                             unresolved: None,
+                            file: None,
                         })
                         .collect(),
                 ),

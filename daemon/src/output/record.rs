@@ -33,6 +33,10 @@ pub struct Frame {
     /// Why the frame could not be resolved (resolver or symbolizer reason), if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unresolved: Option<&'static str>,
+    /// The mapped file's identity (`MAJOR:MINOR/INODE`) when its mapping was found but no
+    /// name for it is known (`unresolved: "unnamed"`): never another file's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 fn hex<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {

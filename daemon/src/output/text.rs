@@ -72,7 +72,10 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
                 frame.offset.unwrap_or_default()
             )?,
             (None, Some(module), _) => writeln!(out, "[{module}]")?,
-            (_, _, Some(why)) => writeln!(out, "?? ({why})")?,
+            (_, _, Some(why)) => match &frame.file {
+                Some(file) => writeln!(out, "?? ({why}) [file {file}]")?,
+                None => writeln!(out, "?? ({why})")?,
+            },
             _ => writeln!(out, "??")?,
         }
     }

@@ -48,6 +48,7 @@ impl Daemon {
             mirrors: mirrors as u64,
             exited_retained: exited as u64,
             malformed_events: self.stream.malformed,
+            unnamed_frames: self.pipeline.unnamed(),
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             uptime_seconds: self.started.elapsed().as_secs_f64(),

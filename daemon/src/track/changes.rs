@@ -1,23 +1,20 @@
 //! Turning the tracker's reports (`ChangeEvent`, exec `ProcEvent`) into what the resolver
 //! replays: [`Change`]s and exec-time base pictures.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
 use probed_common::{
-    CHANGE_VMA, CHANGE_VMA_FILE, ChangeEvent, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP,
-    ProcEvent, VmaInfo,
+    CHANGE_VMA, CHANGE_VMA_FILE, ChangeEvent, FilePath, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP,
+    OP_MUNMAP, ProcEvent, VmaInfo,
 };
 
 use crate::{
     file_id::FileId,
-    output::record::comm_str,
     resolve::{
         Excluded, Miss, Perms, Snapshot, Vma,
         replay::{Change, MappedFile, NewMapping},
     },
+    track::paths,
 };
 
 /// `MAP_FIXED`: an mmap that fails may already have unmapped what was there.
@@ -36,11 +33,18 @@ const UNREAD_FILE: FileId = FileId {
     ino: u64::MAX,
 };
 
-/// Finds a file's path by identity (from earlier scans, the probe table, or the process's
-/// /proc/PID/map_files while it lives).
+/// Finds a file's path by identity (from earlier reports and scans, the probe table, or the
+/// process's /proc/PID/map_files while it lives, checked by identity), and learns the paths
+/// reports carry.
 pub trait PathLookup {
     /// The path of `file`, mapped at `[start, end)` in `pid`.
     fn path_of(&self, file: FileId, pid: u32, start: u64, end: u64) -> Option<Arc<Path>>;
+
+    /// Remembers that `file` is named `path` (a report's own path).
+    fn learn(&self, _file: FileId, _path: &Arc<Path>) {}
+
+    /// Remembers that overlay file `user` is backed by the real file `backing`.
+    fn alias(&self, _backing: FileId, _user: FileId) {}
 }
 
 /// What one report means for the resolver.
@@ -80,11 +84,13 @@ fn perms(vm_flags: u64) -> Perms {
     p
 }
 
-/// The mapping a report describes, with its file's path found through `paths`.
+/// The mapping a report describes, with its file's identity and path: the path BPF walked
+/// when the report was written if it has one, else one found through `paths` by identity.
 fn mapping(
     vma: &VmaInfo,
     has_file: bool,
     name: &[u8],
+    walked: &FilePath,
     pid: u32,
     paths: &dyn PathLookup,
 ) -> NewMapping {
@@ -99,10 +105,20 @@ fn mapping(
                 deleted: false,
             };
         }
-        let id = file_id(vma.dev, vma.ino);
-        let path = paths
-            .path_of(id, pid, vma.start, vma.end)
-            .unwrap_or_else(|| unknown_dir(name));
+        let reported = paths::reported(file_id(vma.dev, vma.ino), walked, file_id);
+        let id = reported.id;
+        if let Some(backing) = reported.backing {
+            paths.alias(backing, id);
+        }
+        let path = match reported.path {
+            Some(path) => {
+                paths.learn(id, &path);
+                path
+            }
+            None => paths
+                .path_of(id, pid, vma.start, vma.end)
+                .unwrap_or_else(|| paths::unnamed(id, name)),
+        };
         MappedFile {
             id,
             path,
@@ -119,13 +135,6 @@ fn mapping(
     }
 }
 
-/// A path for a file whose directory is unknown: the process is gone and no scan ever saw
-/// the file. Absolute (so it classifies as file-backed) and plainly not a real directory.
-fn unknown_dir(name: &[u8]) -> Arc<Path> {
-    let name = comm_str(name);
-    Arc::from(PathBuf::from(format!("/(unknown)/{name}")))
-}
-
 /// What a change report means. `current` is the process's newest picture, used when the
 /// kernel's mapping could not be read for an mremap (`bpf_find_vma` only try-locks the
 /// address space): the moved mapping is then the one the picture had at the old address.
@@ -140,7 +149,7 @@ pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup, current: Option<&Snapsho
             Replay::Change(Change::Map {
                 start,
                 end: start.saturating_add(page_align(a1)),
-                mapping: mapping(&ev.vma, has_file, &ev.name, ev.pid, paths),
+                mapping: mapping(&ev.vma, has_file, &ev.name, &ev.path, ev.pid, paths),
             })
         }
         // A failed MAP_FIXED may have unmapped the old range first.
@@ -162,7 +171,7 @@ pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup, current: Option<&Snapsho
             Replay::Change(Change::Map {
                 start: a0,
                 end: a0.saturating_add(page_align(a1)),
-                mapping: mapping(&ev.vma, has_file, &ev.name, ev.pid, paths),
+                mapping: mapping(&ev.vma, has_file, &ev.name, &ev.path, ev.pid, paths),
             })
         }
         OP_MPROTECT if ev.ret == 0 => Replay::Change(Change::Protect {
@@ -179,7 +188,7 @@ pub fn replay(ev: &ChangeEvent, paths: &dyn PathLookup, current: Option<&Snapsho
                 old_end: a0.saturating_add(page_align(a1)),
                 new_start,
                 new_end: new_start.saturating_add(page_align(a2)),
-                mapping: mapping(&ev.vma, has_file, &ev.name, ev.pid, paths),
+                mapping: mapping(&ev.vma, has_file, &ev.name, &ev.path, ev.pid, paths),
             })
         }
         OP_MREMAP if ok && !has_vma && a3 & MREMAP_DONTUNMAP == 0 => {
@@ -251,11 +260,14 @@ pub fn exec_base(ev: &ProcEvent, paths: &dyn PathLookup) -> Option<Snapshot> {
         return None;
     }
     let mut vmas: Vec<Vma> = Vec::with_capacity(2);
-    for (info, name) in [(&ev.exe, &ev.exe_name), (&ev.entry, &ev.entry_name)] {
+    for (info, name, walked) in [
+        (&ev.exe, &ev.exe_name, &ev.exe_path),
+        (&ev.entry, &ev.entry_name, &ev.entry_path),
+    ] {
         if info.ino == 0 || vmas.iter().any(|v| v.start == info.start) {
             continue;
         }
-        let m = mapping(info, true, name, ev.pid, paths);
+        let m = mapping(info, true, name, walked, ev.pid, paths);
         let Some(file) = m.file else { continue };
         if !m.perms.contains(Perms::EXEC) {
             continue;
@@ -303,6 +315,7 @@ mod tests {
             lost_reports: 0,
             vma: VmaInfo::default(),
             name: [0; probed_common::NAME_LEN],
+            path: FilePath::EMPTY,
         }
     }
 
@@ -370,6 +383,44 @@ mod tests {
         assert!(mapping.perms.contains(Perms::EXEC) && mapping.perms.contains(Perms::READ));
         let file = mapping.file.unwrap();
         assert_eq!(file.id, FileId::from_major_minor(8, 1, 42));
-        assert_eq!(&*file.path, Path::new("/(unknown)/libx"));
+        assert_eq!(&*file.path, Path::new("/(unnamed)/8:1/42/libx"));
+        assert!(paths::is_unnamed(&file.path));
+    }
+
+    /// The path BPF walked names the mapping, whatever the lookup would say; an overlayfs
+    /// backing file is known by its overlay identity.
+    #[test]
+    fn mmap_report_with_path() {
+        struct WrongPaths;
+        impl PathLookup for WrongPaths {
+            fn path_of(&self, _: FileId, _: u32, _: u64, _: u64) -> Option<Arc<Path>> {
+                Some(Arc::from(Path::new("/wrong/liba.so")))
+            }
+        }
+        let mut ev = event(OP_MMAP, 0x7000_0000, [0, 0x1000, 5, 2]);
+        ev.flags = CHANGE_VMA | CHANGE_VMA_FILE;
+        ev.vma = VmaInfo {
+            start: 0x7000_0000,
+            end: 0x7000_1000,
+            pgoff: 0,
+            flags: 5,
+            dev: (8 << 20) | 1,
+            ino: 42,
+        };
+        let text = b"/opt/x/libb.so";
+        ev.path.bytes[..text.len()].copy_from_slice(text);
+        ev.path.len = text.len() as u16;
+        let file = |ev: &ChangeEvent| match replay_t(ev, &WrongPaths) {
+            Replay::Change(Change::Map { mapping, .. }) => mapping.file.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let f = file(&ev);
+        assert_eq!(&*f.path, Path::new("/opt/x/libb.so"));
+        assert_eq!(f.id, FileId::from_major_minor(8, 1, 42));
+        ev.path.flags = probed_common::PATH_BACKING;
+        (ev.path.user_dev, ev.path.user_ino) = (77, 42);
+        let f = file(&ev);
+        assert_eq!(f.id, FileId::from_major_minor(0, 77, 42));
+        assert_eq!(&*f.path, Path::new("/opt/x/libb.so"));
     }
 }

@@ -12,6 +12,8 @@ pub mod changes;
 mod generations;
 mod maps_source;
 pub mod offsets;
+pub mod path_offsets;
+pub mod paths;
 pub mod preexisting;
 mod seq;
 pub mod tracepoints;

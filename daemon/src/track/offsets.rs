@@ -152,7 +152,12 @@ pub fn pid_offsets_from_btf(btf: &Btf) -> Result<PidOffsets, KernelOffsetsError>
     })
 }
 
-fn check_width(ty: &str, path: &[&str], size: u32, want: u32) -> Result<(), KernelOffsetsError> {
+pub(crate) fn check_width(
+    ty: &str,
+    path: &[&str],
+    size: u32,
+    want: u32,
+) -> Result<(), KernelOffsetsError> {
     if size == want {
         Ok(())
     } else {
