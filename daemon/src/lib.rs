@@ -16,6 +16,7 @@ pub mod events;
 pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod kernel_paths;
 pub mod logging;
 pub mod metrics;
 pub mod output;

@@ -11,6 +11,7 @@ mod run;
 mod setup;
 mod test;
 mod toolchain;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,9 @@ enum Command {
         /// Run the integration tests on the host too (`cargo test`), without a container.
         #[arg(long)]
         host: bool,
+        /// Only the kernel suite in a guest of this Debian kernel (6.1, 6.12); may be repeated.
+        #[arg(long = "kernel", value_name = "LINE")]
+        kernels: Vec<String>,
         /// Arguments for the test executables (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -53,6 +57,16 @@ enum Command {
         /// Arguments for the test executables (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run a command as root in a QEMU guest of one of Debian's kernels, in the current
+    /// directory (the host's root is the guest's, read-only); passes back its exit code.
+    Vm {
+        /// The kernel line: 6.1 (Debian 12) or 6.12 (Debian 13).
+        #[arg(long)]
+        kernel: String,
+        /// The command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
     },
     /// Benchmarks.
     Bench {
@@ -67,7 +81,15 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build::run(),
         Command::Demo => demo::run(),
         Command::Run { args } => run::run(&args),
-        Command::Test { host, args } => test::run(host, &args),
+        Command::Test {
+            host,
+            kernels,
+            args,
+        } => test::run(host, &kernels, &args),
+        Command::Vm { kernel, command } => {
+            let code = vm::run(&kernel, &command)?;
+            std::process::exit(code)
+        }
         Command::IntegrationTest { only, args } => integration::run(&only, &args),
         Command::Bench { which } => bench::run(which),
     }

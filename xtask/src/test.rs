@@ -8,16 +8,23 @@
 
 use std::process::Command;
 
-use crate::{build_ebpf, exec::exec, integration, paths, setup};
+use crate::{build_ebpf, exec::exec, integration, paths, setup, vm};
 
 /// Builds the BPF object and every test executable against a probed that embeds it; runs
 /// the unit and doc tests on the host, the integration tests in the test container (or, with
 /// `host`, everything on the host through `cargo test`), then, for a full run (no `args`),
 /// the loom models of the resolver's sequence and snapshot publication. `args` go to the
 /// test executables (a name filter, `--nocapture`, …).
-pub fn run(host: bool, args: &[String]) -> anyhow::Result<()> {
+pub fn run(host: bool, kernels: &[String], args: &[String]) -> anyhow::Result<()> {
     setup::tests()?;
     build_ebpf::run()?;
+    if !kernels.is_empty() {
+        let exes = integration::build_tests()?;
+        for line in kernels {
+            vm::suite(line, &exes, args)?;
+        }
+        return Ok(());
+    }
     if host {
         exec(cargo_test().arg("--").args(args))?;
     } else {
