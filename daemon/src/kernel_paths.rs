@@ -42,7 +42,9 @@ pub fn choices() -> Vec<Choice> {
     let mut out = vec![tracker_hooks()];
     match &btf {
         Ok(btf) => {
-            out.push(change_reports(crate::track::offsets::from_btf(btf).map_err(|e| e.to_string())));
+            out.push(change_reports(
+                crate::track::offsets::from_btf(btf).map_err(|e| e.to_string()),
+            ));
             out.push(container_pids(
                 crate::track::offsets::pid_offsets_from_btf(btf).map_err(|e| e.to_string()),
             ));
@@ -56,7 +58,9 @@ pub fn choices() -> Vec<Choice> {
         btf.as_ref()
             .is_ok_and(|b| b.member_offset(ty, &[member]).is_ok())
     };
-    out.push(process_exit(crate::track::tracepoints::exit_group_dead_offset()));
+    out.push(process_exit(
+        crate::track::tracepoints::exit_group_dead_offset(),
+    ));
     out.push(rescan(has("procmap_query", "size")));
     out.push(attach(has("bpf_uprobe_multi_link", "uprobes")));
     out.push(privilege(crate::privileges::uprobes_need_sys_admin()));

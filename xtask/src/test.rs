@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole suite — unit tests and loom models on the host, the root/BPF
-//! integration tests in a privileged container (`integration.rs`).
+//! integration tests in a privileged container (`integration.rs`), and their kernel-dependent
+//! part in guests of Debian's 6.1 and 6.12 kernels (`vm/suite.rs`).
 //!
 //! Integration tests attach real uprobes, so they need root (or CAP_SYS_ADMIN +
 //! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed.
@@ -12,7 +13,8 @@ use crate::{build_ebpf, exec::exec, integration, paths, setup, vm};
 
 /// Builds the BPF object and every test executable against a probed that embeds it; runs
 /// the unit and doc tests on the host, the integration tests in the test container (or, with
-/// `host`, everything on the host through `cargo test`), then, for a full run (no `args`),
+/// `host`, everything on the host through `cargo test`) and the kernel suites (only those
+/// with `kernels`), then, for a full run (no `args`),
 /// the loom models of the resolver's sequence and snapshot publication. `args` go to the
 /// test executables (a name filter, `--nocapture`, …).
 pub fn run(host: bool, kernels: &[String], args: &[String]) -> anyhow::Result<()> {
@@ -33,6 +35,11 @@ pub fn run(host: bool, kernels: &[String], args: &[String]) -> anyhow::Result<()
         exec(cargo_test().args(["--doc", "--"]).args(args))?;
         let integration: Vec<_> = exes.iter().filter(|e| e.integration).collect();
         integration::run_in_container(&integration, args)?;
+        // The kernels people run, each in its own guest (README "Kernels": what runs there,
+        // and what it costs).
+        for line in vm::LINES {
+            vm::suite(line.name, &exes, args)?;
+        }
     }
     if args.is_empty() {
         loom()?;

@@ -18,7 +18,10 @@ pub use suite::run as suite;
 
 /// Boots a guest of `line` and runs `argv` in the current directory; returns its exit code.
 pub fn run(line: &str, argv: &[String]) -> anyhow::Result<i32> {
-    anyhow::ensure!(!argv.is_empty(), "no command given: cargo xtask vm --kernel {line} -- CMD…");
+    anyhow::ensure!(
+        !argv.is_empty(),
+        "no command given: cargo xtask vm --kernel {line} -- CMD…"
+    );
     let kernel = kernel::install(kernel::line(line)?)?;
     let guest = guest::Guest::prepare(kernel)?;
     let cwd = std::env::current_dir()?;
@@ -26,7 +29,7 @@ pub fn run(line: &str, argv: &[String]) -> anyhow::Result<i32> {
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
-    let outcome = guest.run(argv, &cwd, &env, None, |l| println!("{l}"))?;
+    let outcome = guest.run(&argv.join(" "), argv, &cwd, &env, None, |l| println!("{l}"))?;
     eprintln!(
         "xtask: guest {} exited {:?} after {:.1} s (boot included)",
         guest.kernel.version,

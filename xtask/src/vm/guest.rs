@@ -102,10 +102,12 @@ impl Guest {
         })
     }
 
-    /// Boots the guest and runs `argv` in `cwd` as root with `env` set, sending each line of
-    /// the guest's stdout to `on_stdout` and its stderr to ours; stops QEMU after `limit`.
+    /// Boots the guest and runs `argv` (`label` names it in messages) in `cwd` as root with
+    /// `env` set, sending each line of the guest's stdout to `on_stdout` and its stderr to
+    /// ours; stops QEMU after `limit`.
     pub fn run(
         &self,
+        label: &str,
         argv: &[String],
         cwd: &Path,
         env: &[(String, String)],
@@ -120,7 +122,7 @@ impl Guest {
             self.kernel.package,
             self.kernel.version,
             if self.kvm.0 { "KVM" } else { "QEMU emulation" },
-            argv.join(" ")
+            label
         );
         eprintln!("xtask: {}", self.kvm.1);
         let start = Instant::now();
@@ -182,7 +184,10 @@ impl Guest {
 /// hang or fail with emulation errors under it.
 fn kvm() -> (bool, &'static str) {
     if !Path::new("/dev/kvm").exists() {
-        return (false, "no /dev/kvm: QEMU emulation (slow: minutes per boot)");
+        return (
+            false,
+            "no /dev/kvm: QEMU emulation (slow: minutes per boot)",
+        );
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let hw = cpuinfo
@@ -217,8 +222,12 @@ fn write_script(argv: &[String], cwd: &Path, env: &[(String, String)]) -> anyhow
     // the one stat shows (README "Containers and Kubernetes"), and the tests compile their
     // fixtures into /tmp: a tmpfs, as on real hosts.
     s.push_str("mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
-    s.push_str("[ -d /sys/fs/bpf ] && ! mountpoint -q /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf\n");
-    s.push_str("[ -d /sys/kernel/tracing/events ] || mount -t tracefs tracefs /sys/kernel/tracing\n");
+    s.push_str(
+        "[ -d /sys/fs/bpf ] && ! mountpoint -q /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf\n",
+    );
+    s.push_str(
+        "[ -d /sys/kernel/tracing/events ] || mount -t tracefs tracefs /sys/kernel/tracing\n",
+    );
     s.push_str("mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug\n");
     // The service tests open thousands of descriptors.
     s.push_str("ulimit -n 20000\n");
@@ -304,7 +313,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(s.contains("\nexport CI='true'\n"), "{s}");
         assert!(s.contains("\ncd '/work/x y'\n"), "{s}");
-        assert!(s.ends_with("\necho 'a '\\''b'\\'''\n"), "{s}");
+        assert!(s.ends_with("\n'echo' 'a '\\''b'\\'''\n"), "{s}");
         assert!(s.contains("mount -t tmpfs"), "{s}");
     }
 }

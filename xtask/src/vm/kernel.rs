@@ -98,7 +98,10 @@ pub fn install(line: &'static Line) -> anyhow::Result<Kernel> {
             .arg("-oDir::Etc::SourceParts=/nonexistent")
             // The files go to target/, which apt's unprivileged _apt user cannot write.
             .arg("-oAPT::Sandbox::User=root")
-            .arg(format!("-oDir::State::Lists={}", dir.join("lists").display()))
+            .arg(format!(
+                "-oDir::State::Lists={}",
+                dir.join("lists").display()
+            ))
             .arg(format!("-oDir::Cache={}", dir.join("cache").display()));
         cmd
     };
@@ -140,7 +143,10 @@ pub fn install(line: &'static Line) -> anyhow::Result<Kernel> {
         .with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))?;
     // The .deb is not needed once unpacked (110 MB).
     fs::remove_file(&deb)?;
-    fs::write(dir.join(STAMP), format!("{package}\n{version}\n{vmlinuz}\n"))?;
+    fs::write(
+        dir.join(STAMP),
+        format!("{package}\n{version}\n{vmlinuz}\n"),
+    )?;
     read_stamp(line, &dir)?.context("stamp just written")
 }
 

@@ -63,7 +63,10 @@ const SELECTED: &[Selected] = &[
     },
     Selected {
         exe: "trace_ratelimit",
-        filters: &["container_keeps_only_its_namespace", "one_bucket_across_cpus"],
+        filters: &[
+            "container_keeps_only_its_namespace",
+            "one_bucket_across_cpus",
+        ],
         why: "bpf_get_ns_current_pid_tgid filter; BPF_CMPXCHG rate limit across CPUs",
     },
 ];
@@ -107,6 +110,7 @@ pub fn run(line: &str, exes: &[TestExe], args: &[String]) -> anyhow::Result<()> 
     let mut ended = Vec::new();
     let mut out = std::io::stdout();
     let outcome = guest.run(
+        &format!("the kernel suite ({})", names.join(", ")),
         &["sh".into(), "-c".into(), script],
         &crate::paths::root(),
         &env,
@@ -188,7 +192,8 @@ fn shell(s: &str) -> String {
 
 /// The rustc of the build (stacks tests compile a Rust fixture with `$RUSTC`).
 fn rustc() -> anyhow::Result<PathBuf> {
-    let sysroot = crate::exec::output(std::process::Command::new("rustc").args(["--print", "sysroot"]))?;
+    let sysroot =
+        crate::exec::output(std::process::Command::new("rustc").args(["--print", "sysroot"]))?;
     Ok(PathBuf::from(sysroot.trim()).join("bin/rustc"))
 }
 
