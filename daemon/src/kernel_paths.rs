@@ -61,6 +61,7 @@ pub fn choices() -> Vec<Choice> {
     out.push(process_exit(
         crate::track::tracepoints::exit_group_dead_offset(),
     ));
+    out.push(return_address(has("bpf_trace_run_ctx", "is_uprobe")));
     out.push(rescan(has("procmap_query", "size")));
     out.push(attach(has("bpf_uprobe_multi_link", "uprobes")));
     out.push(privilege(crate::privileges::uprobes_need_sys_admin()));
@@ -117,6 +118,29 @@ pub fn process_exit(group_dead_offset: u32) -> Choice {
             part: "process exit",
             chosen: format!("sched_process_exit with group_dead (offset {group_dead_offset})"),
             why: "the tracepoint says when the last thread leaves".into(),
+        }
+    }
+}
+
+/// Where a uretprobe hit's `addr` comes from. `ebpf/src/hit.rs` asks `bpf_get_func_ip`,
+/// which answers for uprobe programs only since Linux 6.4 (`bpf_trace_run_ctx.is_uprobe`
+/// in the BTF); before, it returns 0 and the program falls back to the registers' ip, which
+/// at a uretprobe is the return address in the caller (found on Debian's 6.1: return hits
+/// named the caller's symbol).
+pub fn return_address(func_ip_for_uprobes: bool) -> Choice {
+    if func_ip_for_uprobes {
+        Choice {
+            part: "return-probe address",
+            chosen: "the probed function's (bpf_get_func_ip)".into(),
+            why: "bpf_get_func_ip answers for uprobe programs (Linux >= 6.4)".into(),
+        }
+    } else {
+        Choice {
+            part: "return-probe address",
+            chosen: "the return address (registers' ip): WRONG for uretprobe hits".into(),
+            why: "bpf_get_func_ip returns 0 for uprobe programs before Linux 6.4; return hits \
+                  carry the caller's address and symbol (known defect, not fixed yet)"
+                .into(),
         }
     }
 }

@@ -54,6 +54,12 @@ fn self_check_names_the_kernel_and_the_paths() {
         "BPF_TRACE_UPROBE_MULTI: absent",
     );
     says(
+        "return-probe address",
+        (6, 4),
+        "the probed function's (bpf_get_func_ip)",
+        "the return address (registers' ip)",
+    );
+    says(
         "rescan path",
         (6, 11),
         "PROCMAP_QUERY ioctl: present",
