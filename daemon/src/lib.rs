@@ -17,6 +17,7 @@ pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod fold;
+pub mod kernel_paths;
 pub mod logging;
 pub mod metrics;
 pub mod output;

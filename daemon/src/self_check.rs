@@ -1,5 +1,7 @@
 //! `probed self-check`: can this probed trace on this host? Loads the real BPF programs
-//! (so the verifier and the privileges are really exercised), then unloads them.
+//! (so the verifier and the privileges are really exercised), then unloads them. First it
+//! prints the kernel and the path probed takes for each kernel-dependent part, and why
+//! (`kernel_paths.rs`).
 
 use anyhow::Context as _;
 
@@ -7,6 +9,11 @@ use crate::attach::Tracer;
 
 /// Runs the checks, printing one line per check; fails at the first that does not pass.
 pub fn run() -> anyhow::Result<()> {
+    let (release, version) = crate::kernel_paths::release();
+    println!("kernel: {release} ({version})");
+    for c in crate::kernel_paths::choices() {
+        println!("path: {}: {} — {}", c.part, c.chosen, c.why);
+    }
     crate::bpf_object::bytes()?;
     println!("ok: BPF object embedded");
     crate::privileges::check()?;

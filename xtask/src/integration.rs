@@ -72,8 +72,8 @@ const IMAGE_REPO: &str = "localhost/probed-test";
 /// runtime of its own there.
 const ON_HOST: &[&str] = &["containers"];
 
-/// Environment variables passed into the containers when set.
-const PASS_ENV: &[&str] = &["CI", "RUST_BACKTRACE", "RUST_LOG", "RUST_TEST_THREADS"];
+/// Environment variables passed into the containers (and the VM guests) when set.
+pub const PASS_ENV: &[&str] = &["CI", "RUST_BACKTRACE", "RUST_LOG", "RUST_TEST_THREADS"];
 
 /// Where the containerized tests keep their files (compiled fixtures, target copies: all
 /// under the temp dir, /tmp).
@@ -120,12 +120,35 @@ pub struct TestExe {
 
 /// What the runs added up to.
 #[derive(Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
     /// Executables that exited non-zero, with how.
-    failures: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+impl Tally {
+    /// Adds a libtest `test result:` line of a test executable's stdout; says whether `line`
+    /// was one.
+    pub fn count(&mut self, line: &str) -> bool {
+        let Some(result) = line.strip_prefix("test result: ") else {
+            return false;
+        };
+        for part in result.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+        true
+    }
 }
 
 /// `cargo xtask integration-test [--test NAME]... [ARGS]`: builds, then runs the selected
@@ -300,21 +323,7 @@ fn run_one(cmd: &mut Command, name: &str, tally: &mut Tally) -> anyhow::Result<(
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading the test's output")?;
         writeln!(out, "{line}")?;
-        if let Some(result) = line.strip_prefix("test result: ") {
-            saw_result = true;
-            for part in result.split(['.', ';']) {
-                let mut words = part.split_whitespace();
-                if let (Some(n), Some(what)) = (words.next(), words.next()) {
-                    let n: u64 = n.parse().unwrap_or(0);
-                    match what {
-                        "passed" => tally.passed += n,
-                        "failed" => tally.failed += n,
-                        "ignored" => tally.ignored += n,
-                        _ => {}
-                    }
-                }
-            }
-        }
+        saw_result |= tally.count(&line);
     }
     drop(out);
     let status = child.wait()?;
@@ -489,7 +498,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -11,6 +11,7 @@ mod run;
 mod setup;
 mod test;
 mod toolchain;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,9 @@ enum Command {
         /// copies): a tmpfs /tmp, the container's overlayfs root, or both, one pass each.
         #[arg(long, value_enum, default_value = "both")]
         fixtures: integration::Fixtures,
+        /// Only the kernel suite in a guest of this Debian kernel (6.1, 6.12); may be repeated.
+        #[arg(long = "kernel", value_name = "LINE")]
+        kernels: Vec<String>,
         /// Arguments for the test executables (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -62,6 +66,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a command as root in a QEMU guest of one of Debian's kernels, in the current
+    /// directory (the host's root is the guest's, read-only); passes back its exit code.
+    Vm {
+        /// The kernel line: 6.1 (Debian 12) or 6.12 (Debian 13).
+        #[arg(long)]
+        kernel: String,
+        /// The command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -78,8 +92,13 @@ fn main() -> anyhow::Result<()> {
         Command::Test {
             host,
             fixtures,
+            kernels,
             args,
-        } => test::run(host, fixtures, &args),
+        } => test::run(host, fixtures, &kernels, &args),
+        Command::Vm { kernel, command } => {
+            let code = vm::run(&kernel, &command)?;
+            std::process::exit(code)
+        }
         Command::IntegrationTest {
             only,
             fixtures,

@@ -106,6 +106,42 @@ const TESTS: &[Need] = &[
     },
 ];
 
+/// For `cargo xtask vm` (xtask/src/vm.rs): what virtme-ng needs to boot Debian's kernels
+/// under QEMU. virtme-ng itself comes from PyPI into a venv (vm/venv.rs).
+const VM: &[Need] = &[
+    Need {
+        package: "qemu-system-x86",
+        file: "/usr/bin/qemu-system-x86_64",
+        why: "the guests run other kernels (6.1, 6.12) in QEMU",
+    },
+    Need {
+        package: "kmod",
+        file: "/usr/sbin/depmod",
+        why: "virtme-ng indexes the guest kernel's modules with depmod",
+    },
+    Need {
+        package: "busybox-static",
+        file: "/bin/busybox",
+        why: "virtme-ng's initramfs is built around busybox",
+    },
+    Need {
+        package: "udev",
+        file: "/usr/bin/udevadm",
+        why: "the guest's init finds its command and output ports through udev",
+    },
+    Need {
+        package: "python3-venv",
+        // The venv module's own files are under a versioned path (python3.11-venv).
+        file: "/usr/share/doc/python3-venv/copyright",
+        why: "virtme-ng is installed from PyPI into a venv under target/vm",
+    },
+];
+
+/// Installs what the guests need.
+pub fn vm() -> anyhow::Result<()> {
+    ensure(VM)
+}
+
 /// Installs what the demo needs.
 pub fn demo() -> anyhow::Result<()> {
     ensure(DEMO)

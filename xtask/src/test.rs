@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole suite — unit tests and loom models on the host, the root/BPF
-//! integration tests in a privileged container (`integration.rs`).
+//! integration tests in a privileged container (`integration.rs`); `--kernel LINE` runs their
+//! kernel-dependent part in a guest of Debian's 6.1 or 6.12 kernel (`vm/suite.rs`).
 //!
 //! Integration tests attach real uprobes, so they need root (or CAP_SYS_ADMIN +
 //! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed.
@@ -8,17 +9,30 @@
 
 use std::process::Command;
 
-use crate::{build_ebpf, exec::exec, integration, paths, setup};
+use crate::{build_ebpf, exec::exec, integration, paths, setup, vm};
 
 /// Builds the BPF object and every test executable against a probed that embeds it; runs
 /// the unit and doc tests on the host, the integration tests in the test container (or, with
 /// `host`, everything on the host through `cargo test`; `fixtures` says where the
-/// containerized tests keep their files), then, for a full run (no `args`),
-/// the loom models of the resolver's sequence and snapshot publication. `args` go to the
-/// test executables (a name filter, `--nocapture`, …).
-pub fn run(host: bool, fixtures: integration::Fixtures, args: &[String]) -> anyhow::Result<()> {
+/// containerized tests keep their files) and the kernel suites (only those with `kernels`;
+/// see [`KERNELS_IN_FULL_RUN`]), then, for a full run (no `args`), the loom models of the
+/// resolver's sequence and snapshot publication. `args` go to the test executables (a name
+/// filter, `--nocapture`, …).
+pub fn run(
+    host: bool,
+    fixtures: integration::Fixtures,
+    kernels: &[String],
+    args: &[String],
+) -> anyhow::Result<()> {
     setup::tests()?;
     build_ebpf::run()?;
+    if !kernels.is_empty() {
+        let exes = integration::build_tests()?;
+        for line in kernels {
+            vm::suite(line, &exes, args)?;
+        }
+        return Ok(());
+    }
     if host {
         exec(cargo_test().arg("--").args(args))?;
     } else {
@@ -27,12 +41,24 @@ pub fn run(host: bool, fixtures: integration::Fixtures, args: &[String]) -> anyh
         exec(cargo_test().args(["--doc", "--"]).args(args))?;
         let integration: Vec<_> = exes.iter().filter(|e| e.integration).collect();
         integration::run_in_container(&integration, fixtures, args)?;
+        if KERNELS_IN_FULL_RUN {
+            for line in vm::LINES {
+                vm::suite(line.name, &exes, args)?;
+            }
+        }
     }
     if args.is_empty() {
         loom()?;
     }
     Ok(())
 }
+
+/// Whether a full `cargo xtask test` (what .ci/run runs) also runs the kernel suites.
+/// Measured (README "Kernels"): they fit CI's hour (under load here, about 16 min per kernel),
+/// but 6.1 still fails on a defect the suite found (uretprobe hits carry the caller's
+/// address before Linux 6.4), so turning them on now would only turn CI red. Run them with `cargo xtask test --kernel 6.1 --kernel 6.12`; turn this on
+/// once both pass.
+const KERNELS_IN_FULL_RUN: bool = false;
 
 /// `cargo test` of the workspace as every run builds it (release, BPF object required), so
 /// no run rebuilds what another built.

@@ -1,0 +1,319 @@
+//! Booting a guest kernel with virtme-ng and running one command in it as root.
+//!
+//! The guest's root filesystem is the host's `/`, shared read-only over 9p (virtme-ng puts a
+//! throwaway writable layer over /etc, /var, /tmp…), so the workspace, the built test
+//! executables and the host's tools (gcc, bpftrace, bpftool) are at their own paths. The
+//! command is a shell script written under target/vm/scripts: it mounts what tracing needs,
+//! changes to the caller's directory and runs the command; its stdout, stderr and exit code
+//! come back through virtme-ng's virtio-serial ports.
+
+use std::{
+    io::{BufRead as _, BufReader, Read, Write as _},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use super::{kernel::Kernel, venv};
+use crate::{exec, paths};
+
+/// Guest memory: the integration tests' fixtures, probed and bpftrace fit with room.
+const MEMORY: &str = "2G";
+
+/// Guest CPUs: two, so threads of a traced process really run concurrently (and the machine
+/// has two cores).
+const CPUS: &str = "2";
+
+/// Modules the guest's udev loads for QEMU's q35 machine (SATA, watchdogs, SMBus, PC
+/// speaker, PS/2, KVM, CPU crypto) and nothing here uses (taken from the guest's lsmod).
+/// Under emulation, loading them was most of udev's settle time at boot.
+const BLACKLIST: &[&str] = &[
+    "kvm_amd",
+    "kvm_intel",
+    "kvm",
+    "irqbypass",
+    "ccp",
+    "iTCO_wdt",
+    "iTCO_vendor_support",
+    "intel_pmc_bxt",
+    "i6300esb",
+    "watchdog",
+    "lpc_ich",
+    "i2c_i801",
+    "i2c_smbus",
+    "qemu_fw_cfg",
+    "ahci",
+    "libahci",
+    "libata",
+    "scsi_mod",
+    "scsi_common",
+    "sr_mod",
+    "cdrom",
+    "evdev",
+    "psmouse",
+    "serio_raw",
+    "pcspkr",
+    "button",
+    "crct10dif_pclmul",
+    "crc32_pclmul",
+    "crc32c_intel",
+    "ghash_clmulni_intel",
+    "sha512_ssse3",
+    "sha256_ssse3",
+    "sha1_ssse3",
+    "aesni_intel",
+    "gf128mul",
+    "crypto_simd",
+    "cryptd",
+];
+
+/// A booted-per-command guest of one kernel.
+pub struct Guest {
+    /// The kernel it boots.
+    pub kernel: Kernel,
+    /// virtme-ng's bin directory.
+    bin: PathBuf,
+    /// Whether to use KVM, and why (or why not).
+    kvm: (bool, &'static str),
+}
+
+/// What came back from the guest.
+pub struct Outcome {
+    /// The command's exit code (virtme-ng passes it back), or None if the run was stopped at
+    /// its time limit.
+    pub code: Option<i32>,
+    /// Wall time from starting QEMU to its exit.
+    pub elapsed: Duration,
+}
+
+impl Guest {
+    /// Installs what booting needs (host packages, virtme-ng, the kernel) and decides on KVM.
+    pub fn prepare(kernel: Kernel) -> anyhow::Result<Self> {
+        crate::setup::vm()?;
+        let bin = venv::ensure()?;
+        Ok(Self {
+            kernel,
+            bin,
+            kvm: kvm(),
+        })
+    }
+
+    /// Boots the guest and runs `argv` (`label` names it in messages) in `cwd` as root with
+    /// `env` set, sending each line of the guest's stdout to `on_stdout` and its stderr to
+    /// ours; stops QEMU after `limit`.
+    pub fn run(
+        &self,
+        label: &str,
+        argv: &[String],
+        cwd: &Path,
+        env: &[(String, String)],
+        limit: Option<Duration>,
+        mut on_stdout: impl FnMut(&str),
+    ) -> anyhow::Result<Outcome> {
+        let script = write_script(argv, cwd, env)?;
+        let mut cmd = self.command(&script, cwd);
+        eprintln!(
+            "xtask: booting kernel {}: {} ({}, {}) for: {}",
+            self.kernel.line.name,
+            self.kernel.package,
+            self.kernel.version,
+            if self.kvm.0 { "KVM" } else { "QEMU emulation" },
+            label
+        );
+        eprintln!("xtask: {}", self.kvm.1);
+        let start = Instant::now();
+        // Pipes, never a shared regular file: QEMU opens the stdout and stderr ports'
+        // files each on its own, and lines written through two descriptors of one
+        // regular file overwrite each other.
+        let mut child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", exec::show(&cmd)))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let copier = std::thread::spawn(move || copy_stderr(stderr));
+        let pid = child.id();
+        let stopped = limit.map(|limit| Watchdog::start(pid, limit));
+        let stdout = child.stdout.take().expect("piped stdout");
+        for line in BufReader::new(stdout).lines() {
+            on_stdout(&line.context("reading the guest's stdout")?);
+        }
+        let status = child.wait()?;
+        let _ = copier.join();
+        let _ = std::fs::remove_file(&script);
+        let timed_out = stopped.is_some_and(|w| w.finish());
+        Ok(Outcome {
+            code: if timed_out { None } else { status.code() },
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// The vng command line that runs `script`.
+    fn command(&self, script: &Path, cwd: &Path) -> Command {
+        let mut cmd = Command::new(self.bin.join("vng"));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![self.bin.clone()];
+        dirs.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(dirs).expect("PATH entries"));
+        if !self.kvm.0 {
+            cmd.arg("--disable-kvm");
+        }
+        // QEMU 7.2's virtiofsd is too old for virtme-ng: the root goes over 9p.
+        cmd.arg("--force-9p")
+            .args(["--memory", MEMORY, "--cpus", CPUS])
+            .arg("--cwd")
+            .arg(cwd)
+            .arg("--append")
+            .arg(format!("module_blacklist={}", BLACKLIST.join(",")))
+            .arg("--run")
+            .arg(&self.kernel.vmlinuz)
+            .arg("--exec")
+            .arg(format!("sh {}", script.display()));
+        cmd
+    }
+}
+
+/// KVM only when it can run a stock kernel: the host's CPU offers hardware virtualization
+/// (vmx/svm). `kvm_pvm` (this machine kind) runs only PVM-built guests; Debian's kernels
+/// hang or fail with emulation errors under it.
+fn kvm() -> (bool, &'static str) {
+    if !Path::new("/dev/kvm").exists() {
+        return (
+            false,
+            "no /dev/kvm: QEMU emulation (slow: minutes per boot)",
+        );
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hw {
+        (true, "KVM: the CPU has vmx/svm")
+    } else {
+        (
+            false,
+            "/dev/kvm without vmx/svm (kvm_pvm boots only PVM guests, not Debian's kernels): \
+             QEMU emulation",
+        )
+    }
+}
+
+/// Numbers the scripts of one xtask process.
+static SCRIPTS: AtomicU32 = AtomicU32::new(0);
+
+/// The guest's script: set-up, then `argv` with its exit code passed back.
+fn write_script(argv: &[String], cwd: &Path, env: &[(String, String)]) -> anyhow::Result<PathBuf> {
+    let dir = paths::root().join("target/vm/scripts");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
+        "guest-{}-{}.sh",
+        std::process::id(),
+        SCRIPTS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut s = String::from("set -e\n");
+    // virtme-ng's /tmp is an overlay; BPF reads a mapped overlay file's backing inode, not
+    // the one stat shows (README "Containers and Kubernetes"), and the tests compile their
+    // fixtures into /tmp: a tmpfs, as on real hosts.
+    s.push_str("mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
+    s.push_str(
+        "[ -d /sys/fs/bpf ] && ! mountpoint -q /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf\n",
+    );
+    s.push_str(
+        "[ -d /sys/kernel/tracing/events ] || mount -t tracefs tracefs /sys/kernel/tracing\n",
+    );
+    s.push_str("mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug\n");
+    // The service tests open thousands of descriptors.
+    s.push_str("ulimit -n 20000\n");
+    for (k, v) in env {
+        s.push_str(&format!("export {k}={}\n", quote(v)));
+    }
+    s.push_str(&format!("cd {}\n", quote(&cwd.to_string_lossy())));
+    s.push_str("set +e\n");
+    let words: Vec<String> = argv.iter().map(|a| quote(a)).collect();
+    s.push_str(&words.join(" "));
+    s.push('\n');
+    std::fs::write(&path, s)?;
+    Ok(path)
+}
+
+/// `s` as one shell word.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Copies the guest's stderr through to ours.
+fn copy_stderr(mut from: impl Read) {
+    let mut buf = [0u8; 8192];
+    let mut err = std::io::stderr();
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || err.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// Kills vng's process group (QEMU included) if the run outlives its limit.
+struct Watchdog {
+    done: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, limit: Duration) -> Self {
+        let (done, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            if rx.recv_timeout(limit).is_ok() {
+                return false;
+            }
+            eprintln!(
+                "xtask: the guest ran past its limit of {} s: stopping it",
+                limit.as_secs()
+            );
+            // vng and the QEMU it starts are in the process group led by our child.
+            // SAFETY: kill has no memory-safety preconditions; the group is our child's.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            true
+        });
+        Self { done, thread }
+    }
+
+    /// Whether the run was stopped.
+    fn finish(self) -> bool {
+        let _ = self.done.send(());
+        self.thread.join().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_survives_single_quotes() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn script_changes_directory_and_quotes_arguments() {
+        let path = write_script(
+            &["echo".into(), "a 'b'".into()],
+            Path::new("/work/x y"),
+            &[("CI".into(), "true".into())],
+        )
+        .unwrap();
+        let s = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(s.contains("\nexport CI='true'\n"), "{s}");
+        assert!(s.contains("\ncd '/work/x y'\n"), "{s}");
+        assert!(s.ends_with("\n'echo' 'a '\\''b'\\'''\n"), "{s}");
+        assert!(s.contains("mount -t tmpfs"), "{s}");
+    }
+}
