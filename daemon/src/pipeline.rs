@@ -55,6 +55,9 @@ pub struct ProbeCounts {
     pub write_errors: u64,
     /// Hits left in the ring buffer at the stop's drain deadline: counted, not processed.
     pub dropped_at_stop: u64,
+    /// Hits the resolver placed at another (file, offset) than their probe's, where the
+    /// kernel matched them: must stay 0 (a wrong answer otherwise).
+    pub probe_mismatch: u64,
 }
 
 /// One probe of the pipeline's table.
@@ -409,7 +412,26 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return false;
         }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
-        let (mut resolved, mut via) = self.resolve(proc, hit.pid, hit.seq, hit.ip, 0);
+        let (mut resolved, mut via, place) = self.resolve(proc, hit.pid, hit.seq, hit.ip, 0);
+        // A free oracle on every hit: the kernel matched it to the probe's (inode, offset)
+        // when it fired, so where the resolver put it must be that same place.
+        if let Some((file, file_offset)) = place
+            && let Some(slot) = self.probes[id].as_mut()
+            && (file != slot.probe.target.id || file_offset != slot.probe.file_offset)
+        {
+            slot.counts.probe_mismatch += 1;
+            static FOLD: crate::fold::Fold = crate::fold::Fold::new(crate::fold::INTERVAL);
+            if let Some(times) = FOLD.note(1) {
+                tracing::error!(
+                    probe = %slot.probe.spec.text,
+                    expected = %format!("{}+{:#x}", slot.probe.target.id, slot.probe.file_offset),
+                    resolved = %format!("{file}+{file_offset:#x}"),
+                    pid = hit.pid,
+                    times,
+                    "the resolver disagrees with the kernel about a hit's place"
+                );
+            }
+        }
         if let Err(reason) = resolved {
             // The kernel matched this hit to the probe's (inode, offset) when it fired, so the
             // probe itself is an exact answer the resolver could not give (a hit in the
@@ -526,7 +548,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         seq: u64,
         addr: u64,
         back: u64,
-    ) -> (Result<Resolved, &'static str>, &'static str) {
+    ) -> (Result<Resolved, &'static str>, &'static str, Option<(FileId, u64)>) {
         let symbolizer = &self.symbolizer;
         let unnamed = &mut self.unnamed;
         let lookup = addr.wrapping_sub(back);
@@ -534,12 +556,13 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             let via = r.via.as_str();
             let found = match r.outcome {
                 Ok(found) => found,
-                Err(reason) => return (Err(reason.as_str()), via),
+                Err(reason) => return (Err(reason.as_str()), via, None),
             };
             let vma = found.vma;
+            let place = Some((vma.file, found.file_offset));
             if paths::is_unnamed(&vma.path) {
                 *unnamed += 1;
-                return (Err(UNNAMED), via);
+                return (Err(UNNAMED), via, place);
             }
             let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
             let module = vma.path.to_string_lossy().into_owned();
@@ -552,7 +575,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 }),
                 Err(why) => Err(why.as_str()),
             });
-            (resolved, via)
+            (resolved, via, place)
         })
     }
 
@@ -683,6 +706,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 filtered: bpf.filtered,
                 self_excluded: bpf.self_excluded,
                 dropped_at_stop: counts.dropped_at_stop,
+                probe_mismatch: counts.probe_mismatch,
                 unresolved: counts.unresolved.clone(),
                 resolved_by_probe: counts.by_probe.clone(),
             });

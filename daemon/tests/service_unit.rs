@@ -658,7 +658,7 @@ fn daemon_system_calls_pass_the_unit_filter() {
         errors: common::line_channel(std::io::empty()),
     };
     let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
+    let n = recv_retrying(&notify, &mut buf).expect("READY=1 from the daemon");
     assert_eq!(&buf[..n], b"READY=1");
     let pid: i32 =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.child.id()))
@@ -717,7 +717,7 @@ fn wait_reloaded(notify: &std::os::unix::net::UnixDatagram) {
     let mut buf = [0u8; 256];
     let mut seen = Vec::new();
     while !seen.iter().any(|m: &String| m == "READY=1") {
-        let n = notify.recv(&mut buf).expect("notification after SIGHUP");
+        let n = recv_retrying(&notify, &mut buf).expect("notification after SIGHUP");
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         if msg != "WATCHDOG=1" && !msg.starts_with("STATUS=") {
             seen.push(msg);
@@ -815,4 +815,18 @@ fn journal_stream_selects_journald() {
     assert_eq!(other.len(), 1, "{other:?}");
     assert!(other[0].starts_with("probed: error:"), "{other:?}");
     println!("journald present: {journald}; with a matching JOURNAL_STREAM: {matching:?}");
+}
+
+/// `recv` again when a signal interrupted it (EINTR is not an answer; seen once in the
+/// container run).
+fn recv_retrying(
+    socket: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    loop {
+        match socket.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
 }

@@ -64,6 +64,8 @@ impl Drop for Dir {
 /// An overlayfs mount (lower/upper/work inside a [`Dir`]); unmounted on drop.
 struct Overlay {
     merged: PathBuf,
+    /// The tmpfs holding the layers.
+    base: PathBuf,
     _dir: Dir,
 }
 
@@ -71,8 +73,19 @@ impl Overlay {
     /// Mounts an overlay whose lower layer holds `files`.
     fn with(files: &[PathBuf]) -> Self {
         let dir = Dir::new("overlay");
+        // The layers live on a tmpfs of their own: the suite's second pass keeps /tmp on the
+        // container's overlayfs root, and overlayfs refuses an upper or work directory that
+        // is itself on overlayfs.
+        let base = dir.0.join("layers");
+        std::fs::create_dir_all(&base).expect("create layers dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "layers"])
+            .arg(&base)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs at {}", base.display());
         let [lower, upper, work, merged] =
-            ["lower", "upper", "work", "merged"].map(|d| dir.0.join(d));
+            ["lower", "upper", "work", "merged"].map(|d| base.join(d));
         for d in [&lower, &upper, &work, &merged] {
             std::fs::create_dir_all(d).expect("create overlay dir");
         }
@@ -89,13 +102,18 @@ impl Overlay {
             .status()
             .expect("run mount");
         assert!(status.success(), "mount overlay at {}", merged.display());
-        Self { merged, _dir: dir }
+        Self {
+            merged,
+            base,
+            _dir: dir,
+        }
     }
 }
 
 impl Drop for Overlay {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.base).status();
     }
 }
 

@@ -9,6 +9,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -18,6 +19,14 @@ use common::{
     require_bpf,
 };
 use serde_json::Value;
+
+/// One flood at a time: each test saturates both cores of the machine on purpose (a malloc
+/// hammer, looping targets, probed itself), and their deadlines are about one run each, not
+/// five floods sharing two cores.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The C library this test process runs with (the one every process on the host maps).
 fn libc_path() -> PathBuf {
@@ -86,6 +95,7 @@ fn malloc_return_probe_ends_and_never_traces_itself() {
     if !require_bpf("malloc_return_probe_ends_and_never_traces_itself") {
         return;
     }
+    let _serial = one_at_a_time();
     let libc = libc_path();
     let spec = format!("uretprobe:{}:malloc", libc.display());
     let dir = PrivateDir::new("trace_stop_malloc");
@@ -155,6 +165,7 @@ fn flood_then_sigint_stops_within_the_deadline() {
     if !require_bpf("flood_then_sigint_stops_within_the_deadline") {
         return;
     }
+    let _serial = one_at_a_time();
     let (finished, summary, spec, since_sigint) = flood_and_stop("flood_sigint", &[], 1);
     assert!(
         finished.status.success(),
@@ -179,6 +190,7 @@ fn drain_deadline_counts_what_is_left() {
     if !require_bpf("drain_deadline_counts_what_is_left") {
         return;
     }
+    let _serial = one_at_a_time();
     let (finished, summary, spec, since_sigint) =
         flood_and_stop("flood_deadline", &["--drain-timeout", "0"], 1);
     assert!(finished.status.success(), "{:?}", finished.stderr);
@@ -202,6 +214,7 @@ fn second_sigint_exits_at_once() {
     if !require_bpf("second_sigint_exits_at_once") {
         return;
     }
+    let _serial = one_at_a_time();
     let (finished, summary, _spec, since_sigint) =
         flood_and_stop("flood_twice", &["--drain-timeout", "30"], 2);
     assert!(finished.status.success(), "{:?}", finished.stderr);
@@ -289,6 +302,7 @@ fn daemon_stops_within_3s_under_malloc_load() {
     if !require_bpf("daemon_stops_within_3s_under_malloc_load") {
         return;
     }
+    let _serial = one_at_a_time();
     let libc = libc_path();
     let spec = format!("uretprobe:{}:malloc", libc.display());
     let dir = PrivateDir::new("daemon_stop_malloc");

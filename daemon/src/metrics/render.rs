@@ -52,6 +52,10 @@ const DROPPED_AT_STOP: Family = Family::counter(
     "probed_probe_dropped_at_stop_total",
     "Hits still in the ring buffer at a stop's drain deadline: counted, not processed.",
 );
+const PROBE_MISMATCH: Family = Family::counter(
+    "probed_probe_mismatch_total",
+    "Hits the resolver placed at another (file, offset) than the kernel matched them to: wrong answers, expected 0.",
+);
 const WRITTEN: Family = Family::counter(
     "probed_probe_written_total",
     "Hits written to the probe's output.",
@@ -169,6 +173,7 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
     w.per_probe(&FILTERED, probes, |p| p.filtered);
     w.per_probe(&SELF_EXCLUDED, probes, |p| p.self_excluded);
     w.per_probe(&DROPPED_AT_STOP, probes, |p| p.dropped_at_stop);
+    w.per_probe(&PROBE_MISMATCH, probes, |p| p.probe_mismatch);
     w.per_probe(&WRITTEN, probes, |p| p.written);
     w.per_probe(&WRITE_ERRORS, probes, |p| p.write_errors);
     w.per_probe_reason(&UNRESOLVED, probes, |p| &p.unresolved);

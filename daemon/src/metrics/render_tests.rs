@@ -234,6 +234,9 @@ probed_probe_self_excluded_total{probe_id="0",spec="uprobe:/bin/t:f",output="std
 # HELP probed_probe_dropped_at_stop_total Hits still in the ring buffer at a stop's drain deadline: counted, not processed.
 # TYPE probed_probe_dropped_at_stop_total counter
 probed_probe_dropped_at_stop_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
+# HELP probed_probe_mismatch_total Hits the resolver placed at another (file, offset) than the kernel matched them to: wrong answers, expected 0.
+# TYPE probed_probe_mismatch_total counter
+probed_probe_mismatch_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
 # HELP probed_probe_written_total Hits written to the probe's output.
 # TYPE probed_probe_written_total counter
 probed_probe_written_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 2

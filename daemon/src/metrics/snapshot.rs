@@ -51,6 +51,8 @@ pub struct ProbeMetrics {
     pub self_excluded: u64,
     /// Hits left in the ring buffer at a stop's drain deadline (counted, not processed).
     pub dropped_at_stop: u64,
+    /// Hits the resolver placed elsewhere than the kernel did (must stay 0).
+    pub probe_mismatch: u64,
     /// Hits written to the probe's output.
     pub written: u64,
     /// Hits whose write to the output failed (the output stays; the daemon goes on).

@@ -32,6 +32,9 @@ pub struct ProbeSummary {
     /// Hits still in the ring buffer when the stop's drain deadline passed (or at a second
     /// SIGINT): read and counted, not processed.
     pub dropped_at_stop: u64,
+    /// Hits the resolver placed elsewhere than their probe's (file, offset), where the
+    /// kernel matched them: a wrong answer of the resolver's, so always expected to be 0.
+    pub probe_mismatch: u64,
     /// Hits whose address could not be resolved, by reason.
     pub unresolved: BTreeMap<&'static str, u64>,
     /// Hits the resolver could not answer (by its reason) but the probe's own location did:

@@ -542,6 +542,7 @@ impl Daemon {
                 "filtered": bpf.filtered,
                 "self_excluded": bpf.self_excluded,
                 "dropped_at_stop": counts.dropped_at_stop,
+                "probe_mismatch": counts.probe_mismatch,
                 "written": counts.printed,
                 "write_errors": counts.write_errors,
                 "unresolved": counts.unresolved,

@@ -31,6 +31,7 @@ impl Daemon {
                     filtered: bpf.filtered,
                     self_excluded: bpf.self_excluded,
                     dropped_at_stop: counts.map_or(0, |c| c.dropped_at_stop),
+                    probe_mismatch: counts.map_or(0, |c| c.probe_mismatch),
                     written: counts.map_or(0, |c| c.printed),
                     write_errors: counts.map_or(0, |c| c.write_errors),
                     unresolved: counts.map(|c| by_reason(&c.unresolved)).unwrap_or_default(),
