@@ -17,6 +17,9 @@ pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod fold;
+pub mod glob;
+pub mod libpath;
+pub mod list;
 pub mod logging;
 pub mod metrics;
 pub mod output;

@@ -675,6 +675,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             summary.probes.push(ProbeSummary {
                 probe: probe.spec.text.clone(),
                 probe_id: probe.id,
+                file: probe.module_path().display().to_string(),
                 hits: bpf.hits,
                 printed: counts.printed,
                 lost: bpf.lost,
