@@ -17,7 +17,10 @@ pub mod file_id;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod fold;
+pub mod glob;
 pub mod kernel_paths;
+pub mod libpath;
+pub mod list;
 pub mod logging;
 pub mod metrics;
 pub mod output;

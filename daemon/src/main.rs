@@ -35,6 +35,9 @@ enum Command {
     Daemon(DaemonArgs),
     /// Talk to a running daemon: list, add, remove probes; read counters.
     Ctl(CtlArgs),
+    /// List the probe points a pattern names (functions, USDT probes with their arguments)
+    /// without attaching anything, like `bpftrace -l`.
+    List(probed::list::ListArgs),
     /// Check that this probed can trace here: BPF object present, privileges, kernel support.
     SelfCheck,
 }
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             run_async(probed::service::run::run(args, notifier))
         }
         Command::Ctl(args) => probed::service::ctl::run(args),
+        Command::List(args) => probed::list::run(args),
         Command::SelfCheck => probed::self_check::run(),
     };
     match result {

@@ -14,6 +14,7 @@ use crate::{
     attach::AttachError,
     elf::FileSource,
     events::Event,
+    file_id::FileId,
     output::{
         Aggregations, Frame, HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str,
     },
@@ -548,7 +549,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         seq: u64,
         addr: u64,
         back: u64,
-    ) -> (Result<Resolved, &'static str>, &'static str, Option<(FileId, u64)>) {
+    ) -> (
+        Result<Resolved, &'static str>,
+        &'static str,
+        Option<(FileId, u64)>,
+    ) {
         let symbolizer = &self.symbolizer;
         let unnamed = &mut self.unnamed;
         let lookup = addr.wrapping_sub(back);
@@ -698,6 +703,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             summary.probes.push(ProbeSummary {
                 probe: probe.spec.text.clone(),
                 probe_id: probe.id,
+                file: probe.module_path().display().to_string(),
                 hits: bpf.hits,
                 printed: counts.printed,
                 lost: bpf.lost,

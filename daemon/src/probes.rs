@@ -1,9 +1,13 @@
 //! The probe table of one run: SPECs parsed and checked against their ELF files, each given
 //! an id (the attach cookie). Nothing is attached here, so a bad SPEC anywhere in the list
 //! stops the run before any probe exists.
+//!
+//! A library name is resolved here (`libpath`), in the view of the `--pid`/`--container`
+//! process if there is one; a wildcard becomes one probe per matching function address.
 
 use std::{
     fs::File,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -11,7 +15,8 @@ use std::{
 use crate::{
     container::{ContainerError, ContainerRoot},
     elf::{self, AttachTarget, ElfImage},
-    spec::{Location, ProbeSpec, SpecError},
+    libpath::{self, LibraryError, Lookup},
+    spec::{FileRef, Location, ProbeSpec, SpecError},
 };
 
 /// One probe of the run.
@@ -19,8 +24,16 @@ use crate::{
 pub struct Probe {
     /// The id: index in the probe table, the attach cookie, the BPF counters' index.
     pub id: u32,
-    /// The SPEC it came from.
+    /// The SPEC: as written, or for one match of a wildcard, the SPEC naming that function
+    /// (`uprobe:libc:malloc` out of `uprobe:libc:mall*`).
     pub spec: ProbeSpec,
+    /// The file: the SPEC's path, or where its library name resolved (as the probed process
+    /// or container sees it).
+    pub path: PathBuf,
+    /// For a wildcard match: the SPEC as written.
+    pub pattern: Option<String>,
+    /// Other names of the probed function that the wildcard matched too (attached once).
+    pub aliases: Vec<String>,
     /// Byte offset in the file of the probed instruction.
     pub file_offset: u64,
     /// The checked attach point (file identity, symbol).
@@ -52,7 +65,7 @@ impl Probe {
                 use std::os::fd::AsRawFd as _;
                 PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
             }
-            None => self.spec.path.clone(),
+            None => self.path.clone(),
         }
     }
 
@@ -67,9 +80,9 @@ impl Probe {
     /// on the host, or, in a container, as written (it names a file there).
     pub fn module_path(&self) -> PathBuf {
         if self.in_container.is_some() {
-            self.spec.path.clone()
+            self.path.clone()
         } else {
-            std::fs::canonicalize(&self.spec.path).unwrap_or_else(|_| self.spec.path.clone())
+            std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
         }
     }
 }
@@ -89,6 +102,15 @@ pub enum ProbeError {
         #[source]
         source: ContainerError,
     },
+    /// The library name resolves to no file, or to several.
+    #[error("{spec}: {source}")]
+    Library {
+        /// The SPEC.
+        spec: String,
+        /// What is wrong.
+        #[source]
+        source: LibraryError,
+    },
     /// The file, symbol or offset is not usable.
     #[error("{spec}: {source}")]
     Target {
@@ -98,7 +120,26 @@ pub enum ProbeError {
         #[source]
         source: elf::AttachError,
     },
-    /// More SPECs than probe ids.
+    /// A wildcard matches no function.
+    #[error("{spec}: no function in {path} matches `{pattern}`")]
+    NoMatch {
+        /// The SPEC.
+        spec: String,
+        /// The file searched.
+        path: PathBuf,
+        /// The wildcard.
+        pattern: String,
+    },
+    /// Wildcards where each SPEC must be exactly one probe (the daemon's config and `ctl
+    /// add`: a probe's identity there is its SPEC).
+    #[error(
+        "{spec}: wildcards are not supported here (a daemon probe is one function); list the matches with `probed list '{spec}'` and give each its own SPEC"
+    )]
+    PatternNotAllowed {
+        /// The SPEC.
+        spec: String,
+    },
+    /// More SPECs (or wildcard matches) than probe ids.
     #[error("too many probes: at most {max}")]
     TooMany {
         /// The limit.
@@ -106,89 +147,206 @@ pub enum ProbeError {
     },
 }
 
-/// Parses and checks every SPEC (paths inside `container`'s root if given); the first bad
-/// one is the error.
-pub fn prepare(
-    specs: &[String],
-    container: Option<&ContainerRoot>,
-) -> Result<Vec<Probe>, ProbeError> {
-    if specs.len() > probed_common::MAX_PROBES as usize {
-        return Err(ProbeError::TooMany {
-            max: probed_common::MAX_PROBES,
-        });
-    }
-    specs
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            let spec: ProbeSpec = text.parse()?;
-            let id = u32::try_from(i).expect("bounded by MAX_PROBES");
-            prepare_one(id, spec, container)
-        })
-        .collect()
+/// The process a run is limited to, whose view of the file system library names resolve in.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scope<'a> {
+    /// `--container`: SPEC paths name files in this root.
+    pub container: Option<&'a ContainerRoot>,
+    /// `--pid`.
+    pub pid: Option<NonZeroU32>,
 }
 
-/// Checks one parsed SPEC against its file: on the host, or with `container`, the file its
-/// path names inside that container's root.
-pub fn prepare_one(
-    id: u32,
-    spec: ProbeSpec,
-    container: Option<&ContainerRoot>,
-) -> Result<Probe, ProbeError> {
+/// Parses and checks every SPEC (paths inside the container's root if given), expanding
+/// library names and wildcards; the first bad one is the error.
+pub fn prepare(specs: &[String], scope: Scope<'_>) -> Result<Vec<Probe>, ProbeError> {
+    let max = probed_common::MAX_PROBES;
+    let mut probes: Vec<Probe> = Vec::new();
+    for text in specs {
+        let spec: ProbeSpec = text.parse()?;
+        for mut probe in expand(spec, scope)? {
+            probe.id = u32::try_from(probes.len())
+                .ok()
+                .filter(|&id| id < max)
+                .ok_or(ProbeError::TooMany { max })?;
+            probes.push(probe);
+        }
+    }
+    Ok(probes)
+}
+
+/// Checks one parsed SPEC that must be exactly one probe (no wildcard): the daemon's probe
+/// `id`.
+pub fn prepare_one(id: u32, spec: ProbeSpec, scope: Scope<'_>) -> Result<Probe, ProbeError> {
+    if matches!(spec.location, Location::Pattern(_)) {
+        return Err(ProbeError::PatternNotAllowed { spec: spec.text });
+    }
+    let mut probe = expand(spec, scope)?
+        .pop()
+        .expect("a SPEC without wildcard is one probe");
+    probe.id = id;
+    Ok(probe)
+}
+
+/// The probes of one SPEC (ids 0: numbered by the caller): its file found (library names
+/// resolved, container paths opened in the container) and checked, its location resolved —
+/// one probe, or one per function address a wildcard matches.
+pub fn expand(spec: ProbeSpec, scope: Scope<'_>) -> Result<Vec<Probe>, ProbeError> {
+    let path = file_path(&spec, scope)?;
     let target_error = |source| ProbeError::Target {
         spec: spec.text.clone(),
         source,
     };
-    let Some(root) = container else {
-        let target = match &spec.location {
-            Location::Symbol { name, offset } => elf::resolve_attach(&spec.path, name, *offset),
-            Location::FileOffset(off) => elf::resolve_attach_offset(&spec.path, *off),
+    let (image, in_container) = match scope.container {
+        None => (
+            Arc::new(ElfImage::open(&path).map_err(|e| target_error(e.into()))?),
+            None,
+        ),
+        Some(root) => {
+            let opened = root.open(&path).map_err(|source| ProbeError::Container {
+                spec: spec.text.clone(),
+                source,
+            })?;
+            let image = load(&opened.file, &opened.host_path).map_err(target_error)?;
+            let file = Arc::new(opened.file);
+            let container = InContainer {
+                pid: root.pid().get(),
+                host_path: opened.host_path,
+                file: Some(file),
+                image: image.clone(),
+            };
+            (image, Some(container))
         }
-        .map_err(target_error)?;
-        return Ok(Probe {
-            id,
-            file_offset: target.file_offset,
-            spec,
-            target,
-            in_container: None,
-        });
     };
-    let opened = root
-        .open(&spec.path)
-        .map_err(|source| ProbeError::Container {
-            spec: spec.text.clone(),
-            source,
-        })?;
-    let (image, target) =
-        check_in(&opened.file, &opened.host_path, &spec.location).map_err(target_error)?;
-    Ok(Probe {
-        id,
+    let one = |spec: ProbeSpec, target: AttachTarget, pattern: Option<String>, aliases| Probe {
+        id: 0,
         file_offset: target.file_offset,
-        in_container: Some(InContainer {
-            pid: root.pid().get(),
-            host_path: opened.host_path,
-            file: Some(Arc::new(opened.file)),
-            image,
-        }),
         spec,
+        path: path.clone(),
+        pattern,
+        aliases,
         target,
+        in_container: in_container.clone(),
+    };
+    match &spec.location {
+        Location::Symbol { name, offset } => {
+            let target = image.attach_symbol(name, *offset).map_err(target_error)?;
+            Ok(vec![one(spec, target, None, Vec::new())])
+        }
+        Location::FileOffset(off) => {
+            let target = image.attach_offset(*off).map_err(target_error)?;
+            Ok(vec![one(spec, target, None, Vec::new())])
+        }
+        Location::Pattern(glob) => {
+            let matches = image.symbols().matching(glob);
+            if matches.is_empty() {
+                return Err(ProbeError::NoMatch {
+                    spec: spec.text.clone(),
+                    path: path.clone(),
+                    pattern: glob.as_str().into(),
+                });
+            }
+            let kind = spec.text.split_once(':').map_or("uprobe", |(k, _)| k);
+            matches
+                .iter()
+                .map(|m| {
+                    let target = image.attach_found(m.symbol, 0).map_err(target_error)?;
+                    // Named so that the SPEC finds this very function again: without its
+                    // version unless that is an old one (`memcpy@GLIBC_2.2.5`).
+                    let sym = &m.symbol.name;
+                    let name = if sym.contains('@') && !sym.contains("@@") {
+                        sym.to_string()
+                    } else {
+                        m.symbol.bare_name().to_owned()
+                    };
+                    let concrete = ProbeSpec {
+                        text: format!("{kind}:{}:{name}", spec.file),
+                        kind: spec.kind,
+                        file: spec.file.clone(),
+                        location: Location::Symbol { name, offset: 0 },
+                    };
+                    let aliases = m.aliases.iter().map(|a| a.to_string()).collect();
+                    Ok(one(concrete, target, Some(spec.text.clone()), aliases))
+                })
+                .collect()
+        }
+    }
+}
+
+/// The file a SPEC names: its path, or its library resolved in the scope's process.
+fn file_path(spec: &ProbeSpec, scope: Scope<'_>) -> Result<PathBuf, ProbeError> {
+    let name = match &spec.file {
+        FileRef::Path(path) => return Ok(path.clone()),
+        FileRef::Library(name) => name,
+    };
+    let container = scope.container.map(|c| c.pid().get());
+    let lookup = Lookup {
+        pid: scope.pid.map(NonZeroU32::get).or(container),
+        root_pid: container.or(scope.pid.map(NonZeroU32::get)),
+    };
+    let found = libpath::resolve(name, lookup).map_err(|source| ProbeError::Library {
+        spec: spec.text.clone(),
+        source,
+    })?;
+    // A --pid process's path is in its own mount namespace: reach it through its root unless
+    // that root is ours. (A container's path is opened in the container by the caller.)
+    Ok(match (container, scope.pid) {
+        (None, Some(pid)) if !same_root(pid.get()) => {
+            Path::new(&format!("/proc/{pid}/root")).join(found.strip_prefix("/").unwrap_or(&found))
+        }
+        _ => found,
     })
 }
 
-/// The attach point `location` in the open `file` (named `host_path` in messages).
-fn check_in(
-    file: &File,
-    host_path: &Path,
-    location: &Location,
-) -> Result<(Arc<ElfImage>, AttachTarget), elf::AttachError> {
+/// Whether process `pid` sees the same root directory as probed.
+fn same_root(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let theirs = id(&format!("/proc/{pid}/root"));
+    theirs.is_some() && theirs == id("/")
+}
+
+/// The ELF image of the open `file` (named `host_path` in messages).
+fn load(file: &File, host_path: &Path) -> Result<Arc<ElfImage>, elf::AttachError> {
     let meta = file.metadata().map_err(|source| elf::ElfError::Io {
         path: host_path.to_owned(),
         source,
     })?;
-    let image = ElfImage::from_file(file, &meta, host_path)?;
-    let target = match location {
-        Location::Symbol { name, offset } => image.attach_symbol(name, *offset),
-        Location::FileOffset(off) => image.attach_offset(*off),
-    }?;
-    Ok((Arc::new(image), target))
+    Ok(Arc::new(ElfImage::from_file(file, &meta, host_path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a SPEC must be one probe (the daemon), a wildcard is refused with a pointer to
+    /// `probed list`; elsewhere it expands, and a library name resolves.
+    #[test]
+    fn wildcards_and_libraries() {
+        let spec: ProbeSpec = "uprobe:libc:mallo*".parse().unwrap();
+        let err = prepare_one(0, spec, Scope::default()).unwrap_err();
+        assert!(
+            matches!(err, ProbeError::PatternNotAllowed { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("probed list 'uprobe:libc:mallo*'"),
+            "{err}"
+        );
+        let probes = prepare(&["uprobe:libc:mallo*".into()], Scope::default()).unwrap();
+        assert!(probes.iter().any(|p| p.spec.text == "uprobe:libc:malloc"));
+        assert!(
+            probes
+                .iter()
+                .all(|p| p.pattern.as_deref() == Some("uprobe:libc:mallo*"))
+        );
+        let ids: Vec<u32> = probes.iter().map(|p| p.id).collect();
+        assert_eq!(ids, (0..probes.len() as u32).collect::<Vec<_>>());
+        let one = prepare_one(7, "uprobe:libc:malloc".parse().unwrap(), Scope::default()).unwrap();
+        assert_eq!(one.id, 7);
+        assert!(
+            one.path.to_string_lossy().ends_with("libc.so.6"),
+            "{:?}",
+            one.path
+        );
+    }
 }

@@ -4,17 +4,23 @@
 //! SPEC     := KIND ":" PATH ":" LOCATION
 //! KIND     := "uprobe" | "u" | "uretprobe" | "ur"
 //! PATH     := an absolute path to an ELF executable or shared library (no ':')
+//!           | a library name without '/': `libc`, `libssl.so.3` (see `libpath`)
 //! LOCATION := SYMBOL | SYMBOL "+" OFFSET | "0x" HEX     (the last one is a file offset)
+//!           | GLOB                                       (`*`, `?`, `[…]`; see `glob`)
 //! OFFSET   := decimal or 0x-prefixed hex
 //! ```
 //! Parsing is pure: whether the file exists or the symbol is in it is checked when the probe
-//! is resolved against the ELF file (see `elf`).
+//! is resolved against the ELF file (see `elf`); a library name is resolved then too
+//! (`probes::prepare`), and a GLOB expanded into one probe per matching function.
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
+use crate::glob::{Glob, GlobError, is_pattern};
+
 /// The forms a SPEC may take, shown in every parse error.
 pub const EXPECTED_FORMS: &str = "uprobe:/path/to/binary:symbol, uretprobe:/path:symbol, \
-                                  uprobe:/path:symbol+16 or uprobe:/path:0x1a2b (file offset)";
+                                  uprobe:/path:symbol+16, uprobe:/path:0x1a2b (file offset), \
+                                  uprobe:/path:read* (wildcard) or uprobe:libc:malloc (library)";
 
 /// Whether a probe fires at function entry or at function return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,6 +53,26 @@ pub enum Location {
     },
     /// A byte offset into the file (what the kernel's uprobe takes).
     FileOffset(u64),
+    /// Every function whose name (raw, without version, or demangled) matches.
+    Pattern(Glob),
+}
+
+/// Which file: a path, or a library name the loader would resolve.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FileRef {
+    /// An absolute path.
+    Path(PathBuf),
+    /// A library name (`libc`, `libssl.so.3`), resolved by [`crate::libpath`].
+    Library(String),
+}
+
+impl fmt::Display for FileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Library(name) => f.write_str(name),
+        }
+    }
 }
 
 /// One parsed SPEC.
@@ -57,7 +83,7 @@ pub struct ProbeSpec {
     /// Entry or return probe.
     pub kind: ProbeKind,
     /// The file to probe, as written.
-    pub path: PathBuf,
+    pub file: FileRef,
     /// Where in the file.
     pub location: Location,
 }
@@ -80,10 +106,27 @@ pub enum SpecError {
         spec: String,
     },
     /// The path is not absolute.
-    #[error("the path in `{spec}` must be absolute (start with '/'): expected {EXPECTED_FORMS}")]
+    #[error(
+        "the path in `{spec}` must be absolute (start with '/') or be a library name without '/': expected {EXPECTED_FORMS}"
+    )]
     RelativePath {
         /// The whole SPEC.
         spec: String,
+    },
+    /// A wildcard with `+OFFSET`.
+    #[error("`{spec}`: a wildcard cannot take +OFFSET")]
+    PatternOffset {
+        /// The whole SPEC.
+        spec: String,
+    },
+    /// A malformed wildcard.
+    #[error("`{spec}`: {source}")]
+    Glob {
+        /// The whole SPEC.
+        spec: String,
+        /// What is wrong.
+        #[source]
+        source: GlobError,
     },
     /// A number did not parse.
     #[error("bad offset `{number}` in `{spec}`: expected a decimal or 0x-prefixed hex number")]
@@ -115,16 +158,28 @@ impl FromStr for ProbeSpec {
         if path.is_empty() || location.is_empty() {
             return Err(shape());
         }
-        if !path.starts_with('/') {
+        let file = if path.starts_with('/') {
+            FileRef::Path(PathBuf::from(path))
+        } else if crate::libpath::is_library_name(path) {
+            FileRef::Library(path.into())
+        } else {
             return Err(SpecError::RelativePath { spec: spec.into() });
-        }
+        };
         let number = |text: &str| {
             parse_number(text).ok_or_else(|| SpecError::Number {
                 spec: spec.into(),
                 number: text.into(),
             })
         };
-        let location = if location.starts_with("0x") || location.starts_with("0X") {
+        let location = if is_pattern(location) {
+            if location.contains('+') {
+                return Err(SpecError::PatternOffset { spec: spec.into() });
+            }
+            Location::Pattern(Glob::new(location).map_err(|source| SpecError::Glob {
+                spec: spec.into(),
+                source,
+            })?)
+        } else if location.starts_with("0x") || location.starts_with("0X") {
             Location::FileOffset(number(location)?)
         } else if let Some((name, offset)) = location.rsplit_once('+') {
             if name.is_empty() {
@@ -143,7 +198,7 @@ impl FromStr for ProbeSpec {
         Ok(Self {
             text: spec.into(),
             kind,
-            path: PathBuf::from(path),
+            file,
             location,
         })
     }
@@ -177,7 +232,7 @@ mod tests {
     fn entry_symbol() {
         let p = parse("uprobe:/bin/bash:readline").unwrap();
         assert_eq!(p.kind, ProbeKind::Entry);
-        assert_eq!(p.path, PathBuf::from("/bin/bash"));
+        assert_eq!(p.file, FileRef::Path(PathBuf::from("/bin/bash")));
         assert_eq!(
             p.location,
             Location::Symbol {
@@ -219,6 +274,23 @@ mod tests {
         );
     }
 
+    /// A file part without '/' is a library name; a wildcard location is a pattern.
+    #[test]
+    fn libraries_and_patterns() {
+        let p = parse("uprobe:libc:malloc").unwrap();
+        assert_eq!(p.file, FileRef::Library("libc".into()));
+        let p = parse("uretprobe:libssl.so.3:SSL_*").unwrap();
+        assert_eq!(p.file, FileRef::Library("libssl.so.3".into()));
+        let Location::Pattern(glob) = p.location else {
+            panic!("{:?}", p.location)
+        };
+        assert!(glob.matches("SSL_write"));
+        assert!(matches!(
+            parse("uprobe:/app:ns::Widget::*").unwrap().location,
+            Location::Pattern(_)
+        ));
+    }
+
     /// Every malformed SPEC gives the matching error, and the message shows the expected forms.
     #[test]
     fn errors() {
@@ -249,6 +321,14 @@ mod tests {
         assert!(matches!(
             parse("uprobe:/a:f+x"),
             Err(SpecError::Number { .. })
+        ));
+        assert!(matches!(
+            parse("uprobe:/a:f*+4"),
+            Err(SpecError::PatternOffset { .. })
+        ));
+        assert!(matches!(
+            parse("uprobe:/a:f[ab"),
+            Err(SpecError::Glob { .. })
         ));
         let msg = parse("nope:/a:f").unwrap_err().to_string();
         assert!(msg.contains("uprobe:/path/to/binary:symbol"), "{msg}");

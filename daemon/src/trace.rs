@@ -55,6 +55,37 @@ impl EndedBy {
     }
 }
 
+/// Says on stderr what library names resolved to and what wildcards matched (aliases
+/// included), once per SPEC as written.
+fn report_expansion(probes: &[Probe]) {
+    let mut said: Vec<&str> = Vec::new();
+    for probe in probes {
+        let written = probe.pattern.as_deref().unwrap_or(&probe.spec.text);
+        if said.contains(&written) {
+            continue;
+        }
+        said.push(written);
+        if let crate::spec::FileRef::Library(name) = &probe.spec.file {
+            eprintln!("probed: library {name} is {}", probe.path.display());
+        }
+        if probe.pattern.is_some() {
+            let matched: Vec<&Probe> = probes
+                .iter()
+                .filter(|p| p.pattern.as_deref() == Some(written))
+                .collect();
+            eprintln!("probed: {written} matches {} function(s)", matched.len());
+            for p in matched.iter().filter(|p| !p.aliases.is_empty()) {
+                eprintln!(
+                    "probed: {} (probe {}) also matches its aliases {}",
+                    p.spec.text,
+                    p.id,
+                    p.aliases.join(", ")
+                );
+            }
+        }
+    }
+}
+
 /// Runs `probed trace` until a signal, `--duration` or `--count`.
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // Before anything is attached: a dead or unreadable --container pid is one clear error;
@@ -69,11 +100,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         .map(PidNamespace::of_pid)
         .transpose()
         .context("--container")?;
-    let mut probes = probes::prepare(&args.specs, root.as_ref())?;
-    drop(root);
     if let Some(pid) = args.pid {
         check_alive(pid)?;
     }
+    let scope = probes::Scope {
+        container: root.as_ref(),
+        pid: args.pid,
+    };
+    let mut probes = probes::prepare(&args.specs, scope)?;
+    drop(root);
+    report_expansion(&probes);
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,

@@ -221,7 +221,12 @@ fn configmap_is_probeds_config_and_agrees_with_the_pod() {
             .get_ref()
             .parse()
             .unwrap_or_else(|e| panic!("{}: {e}", probe.spec.get_ref()));
-        let path = spec.path;
+        let probed::spec::FileRef::Path(path) = spec.file else {
+            panic!(
+                "{}: the DaemonSet's probes name node files by path",
+                spec.text
+            )
+        };
         assert!(path.starts_with(host_root), "{}", path.display());
     }
     // `probed ctl` (the readiness probe) finds the socket in the directory shared with the node.

@@ -717,7 +717,7 @@ fn wait_reloaded(notify: &std::os::unix::net::UnixDatagram) {
     let mut buf = [0u8; 256];
     let mut seen = Vec::new();
     while !seen.iter().any(|m: &String| m == "READY=1") {
-        let n = recv_retrying(&notify, &mut buf).expect("notification after SIGHUP");
+        let n = recv_retrying(notify, &mut buf).expect("notification after SIGHUP");
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         if msg != "WATCHDOG=1" && !msg.starts_with("STATUS=") {
             seen.push(msg);

@@ -161,3 +161,36 @@ fn kernel_refused_attach() {
     assert_one_line_error(&end, &["cannot attach", copy.path_str()]);
     target.finish();
 }
+
+/// A library name nothing provides is one error naming every place looked in; a wildcard
+/// matching no function and a malformed one are one error each; `probed list` of a bad
+/// pattern too. Nothing is attached (the runs fail before tracing).
+#[test]
+fn library_and_wildcard_errors() {
+    if !common::require_bpf("library_and_wildcard_errors") {
+        return;
+    }
+    let end = common::run_probed(&["trace", "uprobe:libprobed-nope:f"]);
+    assert_one_line_error(
+        &end,
+        &[
+            "library `libprobed-nope` not found (looked in",
+            "/etc/ld.so.cache",
+            "/usr/lib/x86_64-linux-gnu",
+        ],
+    );
+    let target = common::trace_target();
+    let spec = format!("uprobe:{}:nothing_here_*", target.display());
+    let end = common::run_probed(&["trace", &spec]);
+    assert_one_line_error(&end, &["no function in", "matches `nothing_here_*`"]);
+    let spec = format!("uprobe:{}:probed_[ad", target.display());
+    let end = common::run_probed(&["trace", &spec]);
+    assert_one_line_error(&end, &["unclosed `[`"]);
+    let spec = format!("uprobe:{}:probed_*+4", target.display());
+    let end = common::run_probed(&["trace", &spec]);
+    assert_one_line_error(&end, &["a wildcard cannot take +OFFSET"]);
+    let end = common::run_probed(&["list", "uprobe:libc"]);
+    assert_one_line_error(&end, &["cannot parse `uprobe:libc`"]);
+    let end = common::run_probed(&["list", "uprobe:libc:probed_nothing_*"]);
+    assert_one_line_error(&end, &["nothing in", "matches"]);
+}

@@ -120,6 +120,13 @@ impl ElfImage {
                 name: symbol.to_owned(),
             });
         }
+        self.attach_found(sym, plus)
+    }
+
+    /// The attach point `plus` bytes into `sym`, a function symbol of this file (found by
+    /// name, or by a wildcard: [`SymbolTable::matching`](super::SymbolTable::matching)).
+    pub fn attach_found(&self, sym: &Symbol, plus: u64) -> Result<AttachTarget, AttachError> {
+        let path = self.path().to_owned();
         if sym.size != 0 && plus >= sym.size {
             return Err(AttachError::OutsideSymbol {
                 path,

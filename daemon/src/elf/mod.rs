@@ -11,6 +11,8 @@
 //! - [`open_source`]: the exact file a process maps, by (device, inode), even if its path
 //!   was replaced or lives in a container.
 //! - [`resolve_attach`] / [`resolve_attach_offset`]: `SPEC` attach points → file offsets.
+//! - [`read_notes`]: USDT probes (`.note.stapsdt`).
+//! - [`SymbolTable::matching`]: the functions a wildcard names, one per address.
 
 mod attach;
 mod build_id;
@@ -18,10 +20,12 @@ mod demangle;
 mod error;
 mod image;
 mod locate;
+mod pattern;
 mod reader;
 mod segments;
 mod suggest;
 mod symbols;
+mod usdt;
 
 pub use attach::{AttachError, AttachTarget, resolve_attach, resolve_attach_offset};
 pub use build_id::BuildId;
@@ -30,8 +34,10 @@ pub use error::ElfError;
 pub use image::{ElfImage, ElfType};
 pub use locate::{FileSource, LocateError, Mapping, open_source};
 pub(crate) use locate::{OVERLAYFS_SUPER_MAGIC, fs_magic};
+pub use pattern::{PatternMatch, name_matches};
 pub use segments::{LoadSegment, Segments};
 pub use symbols::{Symbol, SymbolBinding, SymbolKind, SymbolTable};
+pub use usdt::{UsdtError, UsdtNote, parse_notes, read_notes};
 
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -168,6 +168,7 @@ mod tests {
             ended_by: "signal",
             probes: vec![crate::output::ProbeSummary {
                 probe: "uprobe:/bin/x:f".into(),
+                file: String::new(),
                 hits: 10,
                 printed: 3,
                 rate_limited: 5,

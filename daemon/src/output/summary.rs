@@ -11,6 +11,8 @@ pub struct ProbeSummary {
     pub probe: String,
     /// The probe id.
     pub probe_id: u32,
+    /// The probed file (a library name resolved to its path).
+    pub file: String,
     /// Times the probe fired while the run admitted hits (counted in BPF, before the self
     /// filter, the namespace filter and the rate limit): `hits = printed + not_printed +
     /// lost + rate_limited + filtered + self_excluded + dropped_at_stop`.

@@ -86,6 +86,16 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// A probe's name in the summary table: its SPEC, and the file when the SPEC does not show
+/// it (a library name: `uprobe:libc:malloc [/usr/lib/x86_64-linux-gnu/libc.so.6]`).
+fn probe_column(p: &super::ProbeSummary) -> String {
+    if p.file.is_empty() || p.probe.contains(&p.file) {
+        p.probe.clone()
+    } else {
+        format!("{} [{}]", p.probe, p.file)
+    }
+}
+
 /// Writes the per-probe summary table.
 pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
     writeln!(out)?;
@@ -138,7 +148,7 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
             p.filtered,
             p.self_excluded,
             p.dropped_at_stop,
-            p.probe
+            probe_column(p)
         )?;
     }
     if !s.resolver.is_empty() {
@@ -194,6 +204,7 @@ mod tests {
             duration_s: 1.0,
             probes: vec![ProbeSummary {
                 probe: "uprobe:/bin/x:f".into(),
+                file: String::new(),
                 hits: 7,
                 printed: 2,
                 rate_limited: 4,

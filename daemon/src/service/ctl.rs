@@ -121,6 +121,12 @@ fn print_reply(out: &mut impl Write, request: &Request, reply: &Value) -> std::i
                         extra.push(format!("{key}={}", s(&p[key])));
                     }
                 }
+                // A library name's resolved file (a path SPEC shows its own).
+                if let Some(file) = p["file"].as_str()
+                    && !s(&p["spec"]).contains(file)
+                {
+                    extra.push(format!("file={file}"));
+                }
                 if p["stack"] == Value::Bool(true) {
                     extra.push("stack".into());
                 }

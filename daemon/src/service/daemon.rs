@@ -220,7 +220,11 @@ impl Daemon {
             .probes
             .reserve()
             .ok_or_else(|| format!("too many probes: at most {MAX_PROBES}"))?;
-        match probes::prepare_one(id, spec, root.as_ref()) {
+        let scope = probes::Scope {
+            container: root.as_ref(),
+            pid: def.pid,
+        };
+        match probes::prepare_one(id, spec, scope) {
             Ok(probe) => Ok(Planned {
                 def: def.clone(),
                 probe,
@@ -504,9 +508,14 @@ impl Daemon {
         self.probes
             .iter()
             .map(|(id, e)| {
+                let file = self
+                    .pipeline
+                    .probe(id)
+                    .map(|(p, _)| p.module_path().display().to_string());
                 json!({
                     "id": id,
                     "spec": e.def.spec,
+                    "file": file,
                     "origin": e.origin,
                     "state": state(e),
                     "disabled_reason": e.disabled,

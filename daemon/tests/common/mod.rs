@@ -552,7 +552,11 @@ pub fn assert_summary_adds_up(summary: &serde_json::Value) {
              dropped_at_stop in {p}"
         );
         // The resolver's place of every hit agreed with the kernel's (the probe's).
-        assert_eq!(num(p, "probe_mismatch"), 0, "the resolver misplaced hits: {p}");
+        assert_eq!(
+            num(p, "probe_mismatch"),
+            0,
+            "the resolver misplaced hits: {p}"
+        );
     }
 }
 
