@@ -241,12 +241,13 @@ fn flood_and_stop(
     let out = dir.path.join("hits.jsonl");
     let mut targets: Vec<Child> = (0..2)
         .map(|_| {
-            let mut child = Command::new(&copy.path)
-                .args(["--loop", "20", "--wait"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start target");
+            let mut child = spawn_retrying_etxtbsy(|| {
+                let mut cmd = Command::new(&copy.path);
+                cmd.args(["--loop", "20", "--wait"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped());
+                cmd
+            });
             let mut line = String::new();
             BufReader::new(child.stdout.as_mut().expect("stdout"))
                 .read_line(&mut line)
@@ -292,6 +293,21 @@ fn flood_and_stop(
     }
     let (_, _, summary) = read_output(&out);
     (finished, summary, spec, since_sigint)
+}
+
+/// Starts the command `make` builds, again (up to 10 times) while exec fails with ETXTBSY: a
+/// just-copied binary stays "busy" while a child forked meanwhile by another test thread
+/// still holds the copy's write descriptor (until that child execs).
+fn spawn_retrying_etxtbsy(mut make: impl FnMut() -> Command) -> Child {
+    for _ in 0..10 {
+        match make().spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                thread::sleep(Duration::from_millis(100));
+            }
+            other => return other.expect("start target"),
+        }
+    }
+    make().spawn().expect("start target")
 }
 
 /// `probed daemon` with the malloc return probe and stacks, while another process hammers
