@@ -240,13 +240,7 @@ impl Tracer {
     /// before its first hit for that hit's sequence to mean anything.
     fn start_change_tracker(&mut self) -> Result<(), AttachError> {
         tracepoints::ensure_tracefs()?;
-        let config = TrackConfig {
-            exit_group_dead_offset: tracepoints::exit_group_dead_offset(),
-            mm_exe_file: crate::track::offsets::mm_exe_file(),
-            offsets: crate::track::offsets::kernel_offsets(),
-            path_offsets: crate::track::path_offsets::path_offsets(),
-            pid_offsets: crate::track::offsets::pid_offsets(),
-        };
+        let config = crate::track::offsets::track_config(tracepoints::exit_group_dead_offset());
         let map = self
             .ebpf
             .map_mut(TRACK_CONFIG_MAP)
@@ -620,6 +614,13 @@ impl Tracer {
     /// while it drains: each close waits for the kernel (RCU grace periods: ~1 s in all under
     /// load, measured), and the reports the queued hits need are already in the ring.
     pub fn close_tracker_in_background(&mut self) -> std::thread::JoinHandle<()> {
+        let links = self.take_tracker_links();
+        std::thread::spawn(move || close_links(links))
+    }
+
+    /// Takes the change tracker's links (tracepoints and the fork raw tracepoint) out of
+    /// the tracer: dropping them detaches the tracker.
+    fn take_tracker_links(&mut self) -> Vec<Box<dyn Send>> {
         let mut links: Vec<Box<dyn Send>> = Vec::new();
         for (program, link) in std::mem::take(&mut self.tracker_links) {
             if let Ok(tp) = self.tracepoint(program)
@@ -637,7 +638,7 @@ impl Tracer {
         {
             links.push(Box::new(link));
         }
-        std::thread::spawn(move || close_links(links))
+        links
     }
 
     /// Number of attached probes.
@@ -696,22 +697,7 @@ impl Drop for Tracer {
                 links.push(Box::new(link));
             }
         }
-        for (program, link) in std::mem::take(&mut self.tracker_links) {
-            if let Ok(tp) = self.tracepoint(program)
-                && let Ok(link) = tp.take_link(link)
-            {
-                links.push(Box::new(link));
-            }
-        }
-        if let Some(link) = self.fork_link.take()
-            && let Some(Ok(fork)) = self
-                .ebpf
-                .program_mut(FORK_PROGRAM)
-                .map(<&mut RawTracePoint>::try_from)
-            && let Ok(link) = fork.take_link(link)
-        {
-            links.push(Box::new(link));
-        }
+        links.extend(self.take_tracker_links());
         close_links(links);
     }
 }

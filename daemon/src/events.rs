@@ -111,21 +111,10 @@ impl EventStream {
     /// Hands at most `max` events still in the ring to `f` without waiting. Returns how
     /// many, and whether the ring was left empty.
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(Event)) -> Drained {
-        let ring = self.ring.get_mut();
-        let mut n = 0;
-        while n < max {
-            let Some(item) = ring.next() else {
-                return Drained { n, empty: true };
-            };
-            match decode(&item) {
-                Some(event) => {
-                    n += 1;
-                    f(event);
-                }
-                None => self.malformed += 1,
-            }
-        }
-        Drained { n, empty: false }
+        self.drain_while(max, |event| {
+            f(event);
+            true
+        })
     }
 
     /// Hands at most `max` events to `f` while it returns true. Returns how many, and whether

@@ -11,11 +11,15 @@
 //!    so that `hits = printed + not_printed + lost + rate_limited + filtered +
 //!    self_excluded + dropped_at_stop` stays exact.
 
-use std::time::Duration;
+use std::{io::Write, time::Duration};
 
 use tokio::signal::unix::Signal;
 
-use crate::events::{Event, EventStream, max_records};
+use crate::{
+    events::{EventStream, max_records},
+    pipeline::Pipeline,
+    resolve::SeqSource,
+};
 
 /// How long a stop processes what is left in the ring buffer by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,45 +50,60 @@ impl DrainEnd {
     }
 }
 
-/// Processes what is in the ring buffer, a batch at a time, until `unread` hit records were
-/// read (`handle` says whether an event was one), the ring is empty, `timeout` passes, or
-/// `sigint`/`sigterm` arrives again.
-pub async fn drain(
+/// Steps 3 and 4 for `pipeline`: processes what is in the ring buffer, a batch at a time,
+/// until `unread` more hit records were read (the pipeline counts them), the ring is empty,
+/// `timeout` passes, or `sigint`/`sigterm` arrives again; then counts what is left as
+/// dropped_at_stop (a warning says so). `ring_bytes` bounds that count's reading.
+pub async fn finish<W: Write, S: SeqSource>(
     stream: &mut EventStream,
+    pipeline: &mut Pipeline<W, S>,
+    unread: u64,
     timeout: Duration,
+    ring_bytes: u32,
     sigint: &mut Signal,
     sigterm: &mut Signal,
-    unread: u64,
-    mut handle: impl FnMut(Event) -> bool,
 ) -> DrainEnd {
+    let target = pipeline.hit_records.saturating_add(unread);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut read = 0u64;
-    if unread == 0 {
-        return DrainEnd::Emptied;
-    }
-    loop {
+    let end = loop {
+        if pipeline.hit_records >= target {
+            break DrainEnd::Emptied;
+        }
         // Checked here too: a timer due now is only seen at the runtime's next timer turn.
         if tokio::time::Instant::now() >= deadline {
-            return DrainEnd::Deadline;
+            break DrainEnd::Deadline;
         }
         tokio::select! {
             biased;
-            _ = sigint.recv() => return DrainEnd::Interrupted,
-            _ = sigterm.recv() => return DrainEnd::Interrupted,
-            () = tokio::time::sleep_until(deadline) => return DrainEnd::Deadline,
+            _ = sigint.recv() => break DrainEnd::Interrupted,
+            _ = sigterm.recv() => break DrainEnd::Interrupted,
+            () = tokio::time::sleep_until(deadline) => break DrainEnd::Deadline,
             drained = async {
                 stream.drain_while(BATCH, |event| {
-                    read += u64::from(handle(event));
-                    read < unread
+                    pipeline.handle_event(&event);
+                    pipeline.hit_records < target
                 })
             } => {
-                if drained.empty || read >= unread {
-                    return DrainEnd::Emptied;
+                if drained.empty {
+                    break DrainEnd::Emptied;
                 }
             }
         }
         yield_to_drivers().await;
+    };
+    let left = stream
+        .drain(max_records(ring_bytes), |event| {
+            pipeline.count_dropped(&event)
+        })
+        .n;
+    if end != DrainEnd::Emptied {
+        tracing::warn!(
+            ended = end.as_str(),
+            events_left = left,
+            "stopped before every hit in the ring buffer was processed (counted as dropped_at_stop)"
+        );
     }
+    end
 }
 
 /// Lets the runtime look at its drivers (signals, timers, sockets) after a batch.
@@ -96,11 +115,4 @@ pub async fn drain(
 /// later). `yield_now` defers the task until the runtime has polled its drivers.
 pub async fn yield_to_drivers() {
     tokio::task::yield_now().await;
-}
-
-/// Reads what is left in the ring without processing it, handing each event to `count`;
-/// returns how many events were read. Bounded by the ring's capacity: the probes no longer
-/// admit hits, so what arrives now are change reports, which need no counting.
-pub fn count_rest(stream: &mut EventStream, ring_bytes: u32, count: impl FnMut(Event)) -> usize {
-    stream.drain(max_records(ring_bytes), count).n
 }

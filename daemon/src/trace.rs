@@ -20,7 +20,7 @@ use crate::{
     attach::{AttachRequest, Tracer},
     cli::{Aggregate, TraceArgs},
     container::ContainerRoot,
-    events::{Event, EventStream},
+    events::EventStream,
     output::{Aggregations, Latency, StackCounts, Summary, Writer, folded::FlamegraphError},
     pidns::PidNamespace,
     pipeline::{Pipeline, Stop},
@@ -264,29 +264,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let unread = pipeline
         .unread_hits(|id| tracer.stats(id))
         .unwrap_or(u64::MAX);
-    let drain_end = stop::drain(
+    let drain_end = stop::finish(
         &mut stream,
+        &mut pipeline,
+        unread,
         args.drain_timeout(),
+        probed_common::RING_BYTES,
         &mut sigint,
         &mut sigterm,
-        unread,
-        |event| {
-            let hit = matches!(event, Event::Hit(_) | Event::Stack(_));
-            pipeline.handle_event(&event);
-            hit
-        },
     )
     .await;
-    stop::count_rest(&mut stream, probed_common::RING_BYTES, |event| {
-        pipeline.count_dropped(&event)
-    });
     tracing::debug!(took = ?stopping.elapsed(), ended = drain_end.as_str(), "ring drained");
-    if drain_end != stop::DrainEnd::Emptied {
-        tracing::warn!(
-            ended = drain_end.as_str(),
-            "stopped before every hit in the ring buffer was processed (counted as dropped_at_stop)"
-        );
-    }
     if stream.malformed > 0 {
         tracing::error!(
             count = stream.malformed,

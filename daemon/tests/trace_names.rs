@@ -10,21 +10,6 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use common::{Probed, Target, num, parse_json};
 
-/// The libc the process `pid` maps, canonical.
-fn mapped_libc(pid: u32) -> PathBuf {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let path = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            PathBuf::from(p)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
-        })
-        .expect("libc in the target's maps");
-    PathBuf::from(path).canonicalize().expect("canonical libc")
-}
-
 /// `uprobe:libc:malloc --pid P` resolves libc through P's own mappings, says which file it
 /// is, and counts exactly the N mallocs of each of the fixture's rounds.
 #[test]
@@ -44,7 +29,7 @@ fn library_name_counts_malloc_exactly() {
     }
     let end = probed.stop(libc::SIGINT);
     assert!(end.status.success(), "{end:?}");
-    let libc_path = mapped_libc(target.pid);
+    let libc_path = common::mapped_libc(&target.pid.to_string());
     let said = end
         .stderr
         .iter()

@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard},
     thread,
@@ -27,21 +27,6 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The C library this test process runs with (the one every process on the host maps).
-fn libc_path() -> PathBuf {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read own maps");
-    let path = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            Path::new(p)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
-        })
-        .expect("libc in own maps");
-    PathBuf::from(path).canonicalize().expect("canonical libc")
 }
 
 /// Starts the malloc hammer for `seconds`; returns once it runs.
@@ -97,7 +82,7 @@ fn malloc_return_probe_ends_and_never_traces_itself() {
         return;
     }
     let _serial = one_at_a_time();
-    let libc = libc_path();
+    let libc = common::mapped_libc("self");
     let spec = format!("uretprobe:{}:malloc", libc.display());
     let dir = PrivateDir::new("trace_stop_malloc");
     let outs = [dir.path.join("a.jsonl"), dir.path.join("b.jsonl")];
@@ -159,82 +144,98 @@ fn malloc_return_probe_ends_and_never_traces_itself() {
 
 /// Two targets calling a probed function in tight loops with `--stack`, while probed is
 /// frozen (SIGSTOP) so the ring buffer fills and hits arrive faster than they can be
-/// printed; SIGINT right after it thaws: exit 0 within the 2 s drain deadline plus slack,
-/// and the summary adds up exactly (`lost` > 0: the ring overflowed).
+/// printed; SIGINT as it thaws: exit 0 within the 2 s drain deadline plus slack, and the
+/// summary adds up exactly (`lost` > 0: the ring overflowed).
 #[test]
 fn flood_then_sigint_stops_within_the_deadline() {
     if !require_bpf("flood_then_sigint_stops_within_the_deadline") {
         return;
     }
     let _serial = one_at_a_time();
-    let (finished, summary, spec, since_sigint) = flood_and_stop("flood_sigint", &[], 1);
-    assert!(
-        finished.status.success(),
-        "exit {:?}: {:?}",
-        finished.status,
-        finished.stderr
-    );
-    assert!(
-        since_sigint < Duration::from_millis(3_500),
-        "exit {since_sigint:?} after SIGINT (deadline 2 s)"
-    );
-    let p = probe_summary(&summary, &spec);
+    let flood = flood_and_stop("flood_sigint", &[], &[libc::SIGINT]);
+    let p = flood.stopped_within(Duration::from_millis(3_500));
     assert!(num(p, "lost") > 0, "the ring never overflowed: {p}");
     assert!(num(p, "printed") > 0, "{p}");
-    assert_summary_adds_up(&summary);
 }
 
 /// As above with `--drain-timeout 0`: what the ring holds at the stop is not processed but
-/// counted, per probe, as dropped_at_stop — and the summary still adds up.
+/// counted, per probe, as dropped_at_stop — and the summary still adds up. (Closing the
+/// tracker's ~20 links takes the kernel ~1 s under load: the slack.)
 #[test]
 fn drain_deadline_counts_what_is_left() {
     if !require_bpf("drain_deadline_counts_what_is_left") {
         return;
     }
     let _serial = one_at_a_time();
-    let (finished, summary, spec, since_sigint) =
-        flood_and_stop("flood_deadline", &["--drain-timeout", "0"], 1);
-    assert!(finished.status.success(), "{:?}", finished.stderr);
-    assert!(
-        since_sigint < Duration::from_millis(2_500),
-        "exit {since_sigint:?} after SIGINT with no drain (closing the tracker's ~20 links \
-         takes the kernel ~1 s under load)"
-    );
-    let p = probe_summary(&summary, &spec);
+    let flood = flood_and_stop("flood_deadline", &["--drain-timeout", "0"], &[libc::SIGINT]);
+    let p = flood.stopped_within(Duration::from_millis(2_500));
     assert!(
         num(p, "dropped_at_stop") > 0,
         "nothing left at the stop: {p}"
     );
-    assert_summary_adds_up(&summary);
 }
 
-/// A second SIGINT during the stop's drain exits at once (a 30 s drain deadline is not
-/// waited for), with the summary of what was read and exact accounting.
+/// A second signal ends the stop's drain at once: SIGINT and SIGTERM are both pending when
+/// probed thaws with a full ring, the first stops the run, the second finds the drain (whose
+/// deadline is 30 s) and ends it before it processes anything — so the full ring is counted
+/// as dropped_at_stop, which a drain that ignored the second signal would have left at 0.
 #[test]
-fn second_sigint_exits_at_once() {
-    if !require_bpf("second_sigint_exits_at_once") {
+fn second_signal_ends_the_drain_at_once() {
+    if !require_bpf("second_signal_ends_the_drain_at_once") {
         return;
     }
     let _serial = one_at_a_time();
-    let (finished, summary, _spec, since_sigint) =
-        flood_and_stop("flood_twice", &["--drain-timeout", "30"], 2);
-    assert!(finished.status.success(), "{:?}", finished.stderr);
-    assert!(
-        since_sigint < Duration::from_millis(3_500),
-        "exit {since_sigint:?} after two SIGINTs"
+    let flood = flood_and_stop(
+        "flood_twice",
+        &["--drain-timeout", "30"],
+        &[libc::SIGINT, libc::SIGTERM],
     );
-    assert_summary_adds_up(&summary);
+    let p = flood.stopped_within(Duration::from_millis(3_500));
+    assert!(num(p, "dropped_at_stop") > 0, "the drain went on: {p}");
+    assert!(
+        flood
+            .finished
+            .stderr
+            .iter()
+            .any(|l| l.contains("ended=\"interrupted\"")),
+        "{:?}",
+        flood.finished.stderr
+    );
+}
+
+/// What a flood run left: probed's output and exit, its summary, the SPEC, and the time
+/// from its thaw (with the signals pending) to its exit.
+struct Flood {
+    finished: common::Finished,
+    summary: Value,
+    spec: String,
+    since_signal: Duration,
+}
+
+impl Flood {
+    /// Asserts exit 0 within `limit` of the signals and exact accounting; the probe's
+    /// summary.
+    fn stopped_within(&self, limit: Duration) -> &Value {
+        assert!(
+            self.finished.status.success(),
+            "exit {:?}: {:?}",
+            self.finished.status,
+            self.finished.stderr
+        );
+        assert!(
+            self.since_signal < limit,
+            "exit {:?} after the signal",
+            self.since_signal
+        );
+        assert_summary_adds_up(&self.summary);
+        probe_summary(&self.summary, &self.spec)
+    }
 }
 
 /// Runs the flood: two looping targets, probed tracing them with stacks into a file, probed
-/// frozen for a second once hits flow, then `sigints` SIGINTs (20 ms apart) as it thaws.
-/// Returns what probed printed, its summary, the SPEC and the time from the first SIGINT to
-/// its exit.
-fn flood_and_stop(
-    name: &str,
-    extra: &[&str],
-    sigints: usize,
-) -> (common::Finished, Value, String, Duration) {
+/// frozen for a second once hits flow (the ring fills), `signals` sent while it is frozen,
+/// then thawed.
+fn flood_and_stop(name: &str, extra: &[&str], signals: &[i32]) -> Flood {
     let copy = TargetCopy::new(name);
     let spec = copy.spec("uprobe", "probed_add");
     let dir = PrivateDir::new(name);
@@ -275,24 +276,26 @@ fn flood_and_stop(
     // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     thread::sleep(Duration::from_millis(1_000));
+    for &signal in signals {
+        // SAFETY: as above. Pending while probed is stopped; delivered at SIGCONT.
+        unsafe { libc::kill(pid, signal) };
+    }
+    let thawed = Instant::now();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    let sigint_at = Instant::now();
-    for i in 0..sigints {
-        if i > 0 {
-            thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-    }
     let finished = probed.wait();
-    let since_sigint = sigint_at.elapsed();
+    let since_signal = thawed.elapsed();
     for mut t in targets {
         let _ = t.kill();
         let _ = t.wait();
     }
     let (_, _, summary) = read_output(&out);
-    (finished, summary, spec, since_sigint)
+    Flood {
+        finished,
+        summary,
+        spec,
+        since_signal,
+    }
 }
 
 /// Starts the command `make` builds, again (up to 10 times) while exec fails with ETXTBSY: a
@@ -320,7 +323,7 @@ fn daemon_stops_within_3s_under_malloc_load() {
         return;
     }
     let _serial = one_at_a_time();
-    let libc = libc_path();
+    let libc = common::mapped_libc("self");
     let spec = format!("uretprobe:{}:malloc", libc.display());
     let dir = PrivateDir::new("daemon_stop_malloc");
     let hits = dir.path.join("hits.jsonl");

@@ -22,7 +22,7 @@ use tokio::{
 use crate::{
     attach::Tracer,
     config,
-    events::{Event, EventStream},
+    events::EventStream,
     metrics,
     pipeline::Pipeline,
     resolve::{Config as ResolverConfig, Resolver},
@@ -230,29 +230,16 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     let Daemon {
         stream, pipeline, ..
     } = &mut daemon;
-    let end = crate::stop::drain(
+    crate::stop::finish(
         stream,
+        pipeline,
+        unread,
         timeout,
+        DAEMON_RING_BYTES,
         &mut sigint,
         &mut sigterm,
-        unread,
-        |event| {
-            let hit = matches!(event, Event::Hit(_) | Event::Stack(_));
-            pipeline.handle_event(&event);
-            hit
-        },
     )
     .await;
-    let left = crate::stop::count_rest(stream, DAEMON_RING_BYTES, |event| {
-        pipeline.count_dropped(&event)
-    });
-    if end != crate::stop::DrainEnd::Emptied {
-        tracing::warn!(
-            ended = end.as_str(),
-            events_left = left,
-            "stopped before every hit in the ring buffer was processed (counted as dropped_at_stop)"
-        );
-    }
     if let Err(err) = daemon.pipeline.flush() {
         tracing::error!(error = %err, "flushing outputs at exit failed");
     }

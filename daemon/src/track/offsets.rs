@@ -1,7 +1,7 @@
 //! Kernel structure offsets for the tracker's `bpf_probe_read_kernel` reads, from the
 //! running kernel's BTF (aya-ebpf has no CO-RE relocations).
 
-use probed_common::{KernelOffsets, PidOffsets};
+use probed_common::{KernelOffsets, PathOffsets, PidOffsets, TrackConfig};
 
 use crate::btf::{Btf, OffsetError};
 
@@ -25,36 +25,51 @@ pub enum KernelOffsetsError {
     },
 }
 
-/// The offsets of the running kernel, or all-unknown (`valid == 0`) with a warning, in which
-/// case the tracker reports changes without mapping identities and the resolver rescans
-/// instead of replaying.
-pub fn kernel_offsets() -> KernelOffsets {
+/// Everything the BPF side reads by offset, from one parse of the running kernel's BTF
+/// (~5 ms here). Each part that the kernel's structures do not fit is left all-unknown
+/// (`valid == 0`, or 0) with a warning saying what is lost; without BTF at all, one warning
+/// and every part unknown.
+pub fn track_config(exit_group_dead_offset: u32) -> TrackConfig {
+    let mut config = TrackConfig {
+        exit_group_dead_offset,
+        mm_exe_file: 0,
+        offsets: KernelOffsets::default(),
+        path_offsets: PathOffsets::default(),
+        pid_offsets: PidOffsets::default(),
+    };
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
         Err(err) => {
-            tracing::warn!(error = %err, "no kernel BTF: address-space changes will be rescanned, not replayed");
-            return KernelOffsets::default();
+            tracing::warn!(error = %err, "no kernel BTF: address-space changes will be rescanned, not replayed; no namespace pids, no paths in reports, probed recognized by its pid only");
+            return config;
         }
     };
     match from_btf(&btf) {
-        Ok(offsets) => offsets,
+        Ok(offsets) => config.offsets = offsets,
         Err(err) => {
-            tracing::warn!(error = %err, "kernel BTF lacks a member the tracker reads: changes will be rescanned, not replayed");
-            KernelOffsets::default()
+            tracing::warn!(error = %err, "kernel BTF lacks a member the tracker reads: changes will be rescanned, not replayed")
         }
     }
-}
-
-/// `mm_struct.exe_file`, for recognizing processes that run probed's executable in BPF
-/// (`ebpf/src/self_filter.rs`), or 0 (unknown: probed is then recognized by its tgid only).
-pub fn mm_exe_file() -> u32 {
-    let found = Btf::from_sys_fs()
-        .map_err(|e| e.to_string())
-        .and_then(|btf| mm_exe_file_from_btf(&btf).map_err(|e| e.to_string()));
-    found.unwrap_or_else(|err| {
-        tracing::warn!(error = %err, "cannot read a process's executable in BPF: other probed processes will not be excluded");
-        0
-    })
+    match mm_exe_file_from_btf(&btf) {
+        Ok(offset) => config.mm_exe_file = offset,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read a process's executable in BPF: other probed processes will not be excluded")
+        }
+    }
+    match pid_offsets_from_btf(&btf) {
+        Ok(offsets) => config.pid_offsets = offsets,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read namespace pids: hits will carry no ns_pid/ns_tid")
+        }
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    match crate::track::path_offsets::from_btf(&btf, &release) {
+        Ok(offsets) => config.path_offsets = offsets,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot name mapped files in BPF: replayed mappings are named from /proc, checked by identity")
+        }
+    }
+    config
 }
 
 /// `mm_struct.exe_file` from `btf`, checked to be a pointer-wide field.
@@ -105,18 +120,6 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
         inode_sb: u64_at("inode", &["i_sb"])?,
         sb_dev: u32_at("super_block", &["s_dev"])?,
         dentry_name: dentry_name + qstr_name,
-    })
-}
-
-/// The offsets for the namespace pids of hits, or all-unknown (`valid == 0`) with a warning:
-/// hits then carry no `ns_pid`/`ns_tid`, and nothing else changes.
-pub fn pid_offsets() -> PidOffsets {
-    let result = Btf::from_sys_fs()
-        .map_err(|e| e.to_string())
-        .and_then(|btf| pid_offsets_from_btf(&btf).map_err(|e| e.to_string()));
-    result.unwrap_or_else(|err| {
-        tracing::warn!(error = %err, "cannot read namespace pids: hits will carry no ns_pid/ns_tid");
-        PidOffsets::default()
     })
 }
 

@@ -8,20 +8,6 @@ use crate::{
     track::offsets::{KernelOffsetsError, check_width},
 };
 
-/// The offsets of the running kernel, or all-unknown (`valid == 0`) with a warning: reports
-/// then carry no paths, and the daemon names replayed mappings only from identity-checked
-/// sources (probe files, scans, /proc/PID/map_files checked by stat).
-pub fn path_offsets() -> PathOffsets {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let result = Btf::from_sys_fs()
-        .map_err(|e| e.to_string())
-        .and_then(|btf| from_btf(&btf, &release).map_err(|e| e.to_string()));
-    result.unwrap_or_else(|err| {
-        tracing::warn!(error = %err, "cannot name mapped files in BPF: replayed mappings are named from /proc, checked by identity");
-        PathOffsets::default()
-    })
-}
-
 /// Every offset the walk reads, with the widths checked; `release` is the kernel release
 /// (`uname -r`, /proc/sys/kernel/osrelease), which decides `FMODE_BACKING`.
 pub fn from_btf(btf: &Btf, release: &str) -> Result<PathOffsets, KernelOffsetsError> {

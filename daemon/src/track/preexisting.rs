@@ -35,10 +35,7 @@ pub fn track_mapping_processes<S: SeqSource>(
     let self_pid = std::process::id();
     let own_exe = crate::self_filter::exe_of("self").ok();
     let mut tracked = 0;
-    for pid in pids
-        .into_iter()
-        .filter(|&p| p != self_pid && !crate::self_filter::runs_probed(p, own_exe))
-    {
+    for pid in pids.into_iter().filter(|&p| p != self_pid) {
         let Ok(text) = std::fs::read(format!("/proc/{pid}/maps")) else {
             continue;
         };
@@ -46,6 +43,10 @@ pub fn track_mapping_processes<S: SeqSource>(
             files.contains(&FileId::from_major_minor(line.major, line.minor, line.ino))
         });
         if only.is_none() && !maps_probed_file {
+            continue;
+        }
+        // Only now, for the few processes that would be tracked: a stat of their executable.
+        if crate::self_filter::runs_probed(pid, own_exe) {
             continue;
         }
         let Some(generation) = generations.get_or_assign(pid) else {

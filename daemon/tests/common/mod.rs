@@ -560,6 +560,21 @@ pub fn assert_summary_adds_up(summary: &serde_json::Value) {
     }
 }
 
+/// The C library process `pid` (`"self"`: this test) maps, canonical.
+pub fn mapped_libc(pid: &str) -> PathBuf {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    let path = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .expect("libc in the maps");
+    PathBuf::from(path).canonicalize().expect("canonical libc")
+}
+
 /// Runs a binutils tool and returns its stdout.
 fn binutils(tool: &str, args: &[&str], file: &Path) -> String {
     let out = Command::new(tool)
