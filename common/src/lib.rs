@@ -95,6 +95,12 @@ pub const PROC_EXIT: u32 = 2;
 /// parent's address space (`parent_*` say whose, as of which sequence).
 pub const PROC_FORK: u32 = 3;
 
+/// `TRACK_MODE` index 0: the tracker runs on syscall tracepoints (hits capture nothing).
+pub const TRACK_MODE_SYSCALLS: u32 = 0;
+/// `TRACK_MODE` index 0: the tracker runs on mmap_lock tracepoints (hits capture their
+/// mappings when the daemon's picture is behind).
+pub const TRACK_MODE_LOCK: u32 = 1;
+
 /// Number of change-sequence slots (a power of two). A process uses slot
 /// [`seq_slot`]`(pid)`; processes whose pids share a slot share its sequence, which only
 /// costs them extra fallbacks, never a wrong answer.

@@ -76,6 +76,11 @@ pub struct TraceArgs {
     /// Print every hit even with --aggregate or --latency.
     #[arg(long)]
     pub print_hits: bool,
+    /// How address-space changes are learned: `lock` (mmap_lock tracepoints; costs other
+    /// processes nothing), `syscalls` (syscall tracepoints; slows every syscall on the host),
+    /// `auto` (lock where the kernel has it).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tracker: crate::track::TrackerChoice,
 }
 
 /// What `--aggregate` counts hits by.

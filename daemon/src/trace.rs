@@ -126,7 +126,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut tracer = Tracer::load()?;
+    let mut tracer = Tracer::load(args.tracker)?;
     for probe in &probes {
         if args.captures_stacks() {
             tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_STACK)?;
@@ -283,6 +283,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     let mut summary = Summary {
         ended_by: ended_by.as_str(),
+        tracker: tracer.tracker_mode().0.as_str(),
         duration_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };

@@ -245,7 +245,7 @@ fn limited_and_unlimited_probes_in_one_object() {
     const SLACK: u64 = 2;
     let copy = TargetCopy::new("trl_lib");
     let mut target = Target::start(&copy.path, &[&M.to_string()]);
-    let mut tracer = Tracer::load().expect("load BPF");
+    let mut tracer = Tracer::load(probed::track::TrackerChoice::Auto).expect("load BPF");
     assert!(matches!(
         tracer.set_rate_limit(
             0,
@@ -315,7 +315,7 @@ fn one_bucket_across_cpus() {
     const SLACK: u64 = 2;
     let copy = TargetCopy::new("trl_cpus");
     let mut target = Target::start(&copy.path, &[&(M / 2).to_string(), "2"]);
-    let mut tracer = Tracer::load().expect("load BPF");
+    let mut tracer = Tracer::load(probed::track::TrackerChoice::Auto).expect("load BPF");
     let seen = run_one_object(&mut tracer, &copy, &mut target, R, B);
     let simulated = check_seen(&seen, R, B);
     let got = seen.limited.len() as u64;

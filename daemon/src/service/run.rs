@@ -80,7 +80,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut tracer = Tracer::load_with_ring(DAEMON_RING_BYTES)?;
+    let mut tracer = Tracer::load_with_ring(DAEMON_RING_BYTES, config.tracker)?;
     let (seq, generations, tracked) = tracer.take_tracker()?;
     let stream = EventStream::new(tracer.take_ring()?)?;
     let generations = Arc::new(generations);

@@ -29,6 +29,21 @@ pub const ENTER_PROGRAMS: [&str; 6] = [
     "probed_other_enter",
 ];
 
+/// The tracepoints lock mode attaches to (as raw tracepoints): category, name.
+pub const LOCK_TRACEPOINTS: [(&str, &str); 2] = [
+    ("mmap_lock", "mmap_lock_acquire_returned"),
+    ("mmap_lock", "mmap_lock_released"),
+];
+
+/// The first lock-mode tracepoint this kernel lacks, as `category:name`; `None` if it has
+/// them all.
+pub fn lock_tracepoints_missing() -> Option<String> {
+    LOCK_TRACEPOINTS
+        .iter()
+        .find(|(c, n)| !exists(c, n))
+        .map(|(c, n)| format!("{c}:{n}"))
+}
+
 /// Where tracefs is normally mounted.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
