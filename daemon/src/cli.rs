@@ -76,9 +76,9 @@ pub struct TraceArgs {
     /// Print every hit even with --aggregate or --latency.
     #[arg(long)]
     pub print_hits: bool,
-    /// How address-space changes are learned: `lock` (mmap_lock tracepoints; costs other
-    /// processes nothing), `syscalls` (syscall tracepoints; slows every syscall on the host),
-    /// `auto` (lock where the kernel has it).
+    /// How address-space changes are learned: `lock` (mmap_lock tracepoints; leaves other
+    /// processes' syscalls alone), `syscalls` (syscall tracepoints; slows every syscall on
+    /// the host), `auto` (currently `syscalls`; lock mode is opt-in).
     #[arg(long, value_enum, default_value = "auto")]
     pub tracker: crate::track::TrackerChoice,
 }

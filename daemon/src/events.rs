@@ -9,8 +9,9 @@ use std::{io, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
 use probed_common::{
-    ChangeEvent, EVENT_CHANGE, EVENT_HIT, EVENT_PROC, EVENT_STACK_HIT, HitEvent, ProcEvent,
-    StackHitEvent,
+    CapturedHitEvent, CapturedStackEvent, ChangeEvent, EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK,
+    EVENT_CHANGE, EVENT_FILE_NAME, EVENT_HIT, EVENT_LOCK_CHANGE, EVENT_PROC, EVENT_STACK_HIT,
+    FileNameEvent, HitEvent, LockChangeEvent, OP_OTHER, ProcEvent, StackHitEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -28,6 +29,25 @@ pub enum Event {
     Change(ChangeEvent),
     /// A probe that captures stacks fired (boxed: a kilobyte of frames).
     Stack(Box<StackHitEvent>),
+    /// Lock mode: a hit with the kernel's mapping of its address (capture.rs in ebpf/).
+    CapturedHit(CapturedHitEvent),
+    /// Lock mode: a stack hit with the kernel's mapping of every frame (boxed: 7 KiB).
+    CapturedStack(Box<CapturedStackEvent>),
+    /// Lock mode: the path of a file a capture names.
+    FileName(FileNameEvent),
+}
+
+impl Event {
+    /// The hit this event carries, if it is one (with or without stack or captures).
+    pub fn hit(&self) -> Option<&HitEvent> {
+        match self {
+            Event::Hit(h) => Some(h),
+            Event::Stack(e) => Some(&e.hit),
+            Event::CapturedHit(e) => Some(&e.hit),
+            Event::CapturedStack(e) => Some(&e.stack.hit),
+            Event::Proc(_) | Event::Change(_) | Event::FileName(_) => None,
+        }
+    }
 }
 
 /// Decodes one ring buffer item by its leading type word. Unknown types and items shorter
@@ -39,6 +59,31 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_PROC => read::<ProcEvent>(bytes).map(Event::Proc),
         EVENT_CHANGE => read::<ChangeEvent>(bytes).map(Event::Change),
         EVENT_STACK_HIT => read::<StackHitEvent>(bytes).map(|e| Event::Stack(Box::new(e))),
+        EVENT_CAPTURED_HIT => read::<CapturedHitEvent>(bytes).map(Event::CapturedHit),
+        EVENT_CAPTURED_STACK => {
+            read::<CapturedStackEvent>(bytes).map(|e| Event::CapturedStack(Box::new(e)))
+        }
+        EVENT_FILE_NAME => read::<FileNameEvent>(bytes).map(Event::FileName),
+        // Lock mode's small report is the change report the daemon already handles: a
+        // change it cannot replay (OP_OTHER), so it rescans.
+        EVENT_LOCK_CHANGE => read::<LockChangeEvent>(bytes).map(|e| {
+            Event::Change(ChangeEvent {
+                event: EVENT_CHANGE,
+                op: OP_OTHER,
+                pid: e.pid,
+                tid: e.tid,
+                ticket: e.ticket,
+                proc_gen: e.proc_gen,
+                ts_ns: e.ts_ns,
+                lost_reports: e.lost_reports,
+                ret: 0,
+                args: [0; 4],
+                flags: 0,
+                vma: probed_common::VmaInfo::default(),
+                name: [0; probed_common::NAME_LEN],
+                path: probed_common::FilePath::EMPTY,
+            })
+        }),
         _ => None,
     }
 }

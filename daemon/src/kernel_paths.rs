@@ -68,18 +68,33 @@ pub fn choices() -> Vec<Choice> {
     out
 }
 
-/// The change tracker's hooks. Only syscall tracepoints are implemented; say what else the
-/// kernel would allow, so a choice to add fentry is an informed one.
+/// The change tracker's hooks under `--tracker auto` (the default): syscall tracepoints
+/// for now, and whether `--tracker lock` would be available on this kernel.
 fn tracker_hooks() -> Choice {
     let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    tracker_hooks_for(
+        crate::track::tracepoints::lock_tracepoints_missing(),
+        kprobes,
+    )
+}
+
+/// [`tracker_hooks`] from what the kernel has: the first missing lock tracepoint, if any.
+pub fn tracker_hooks_for(missing_lock_tracepoint: Option<String>, kprobes: bool) -> Choice {
+    let lock = match missing_lock_tracepoint {
+        None => "available with --tracker lock: raw tracepoints mmap_lock_acquire_returned \
+                 and mmap_lock_released, hits capture their mappings (bpf_find_vma); adds \
+                 nothing to other processes' syscalls, but is opt-in (it loses hits under \
+                 floods where syscall mode does not)"
+            .to_string(),
+        Some(missing) => format!("unavailable: no tracepoint {missing}"),
+    };
     Choice {
         part: "tracker hooks",
-        chosen: "syscall tracepoints (mmap, munmap, mremap, mprotect, pkey_mprotect, brk, shmat, \
-                 shmdt, remap_file_pages; enter and exit) and sched exec/fork/exit"
+        chosen: "syscalls: syscall tracepoints (mmap, munmap, mremap, mprotect, pkey_mprotect, \
+                 brk, shmat, shmdt, remap_file_pages; enter and exit) and sched exec/fork/exit"
             .into(),
         why: format!(
-            "the one hook set probed implements; present on every kernel with tracepoints \
-             (kprobes on this kernel: {})",
+            "--tracker auto; lock mode {lock} (kprobes on this kernel: {})",
             if kprobes { "yes" } else { "no" }
         ),
     }

@@ -188,7 +188,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let symbolizer = Arc::new(Symbolizer::new());
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
         .with_pid_filter(args.pid.map(NonZeroU32::get))
-        .with_aggregations(aggregations(&args), args.prints_hits());
+        .with_aggregations(aggregations(&args), args.prints_hits())
+        .with_lock_mode(tracer.tracker_mode().0 == track::TrackerMode::Lock);
     let started = Instant::now();
     eprintln!(
         "probed: tracing {} probe(s){}{}; Ctrl-C to stop",
@@ -305,6 +306,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 /// buffer fills: someone is watching, or a pipe reader is waiting) and says whether the run
 /// is over.
 fn after_batch<W: Write, S: SeqSource>(pipeline: &mut Pipeline<W, S>) -> Option<EndedBy> {
+    pipeline.end_batch();
     if pipeline.flush().is_err() {
         return Some(EndedBy::OutputClosed);
     }

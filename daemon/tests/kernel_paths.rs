@@ -80,7 +80,21 @@ fn self_check_names_the_kernel_and_the_paths() {
         path_line(&stdout, "container pids").contains("read in BPF"),
         "{stdout}"
     );
-    assert!(path_line(&stdout, "tracker hooks").contains("syscall tracepoints"));
+    // auto = syscall tracepoints (lock mode is opt-in), and self-check says whether lock
+    // mode is available here; the mode that really ran agrees.
+    let lock =
+        std::path::Path::new("/sys/kernel/tracing/events/mmap_lock/mmap_lock_released").is_dir();
+    let hooks = path_line(&stdout, "tracker hooks");
+    assert!(hooks.contains("syscall tracepoints"), "{stdout}");
+    assert_eq!(
+        hooks.contains("lock mode available with --tracker lock"),
+        lock,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: change tracker runs in syscalls mode"),
+        "{stdout}"
+    );
     assert!(stdout.contains("ok: BPF programs load and pass the verifier"));
 }
 

@@ -570,6 +570,7 @@ impl Daemon {
             "processes_tracked": mirrors - exited,
             "exited_retained": exited,
             "resolver": resolver,
+            "tracker": self.pipeline.tracker_name(),
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
             "malformed_events": self.stream.malformed,

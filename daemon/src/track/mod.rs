@@ -9,6 +9,7 @@
 //! - [`tracepoints`]: which kernel tracepoints the tracker attaches to, and tracefs set-up.
 //! - [`mode`]: which of them (`--tracker lock|syscalls|auto`).
 
+pub mod captured;
 pub mod changes;
 mod generations;
 mod maps_source;

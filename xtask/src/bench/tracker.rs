@@ -46,7 +46,7 @@ use serde_json::{Value, json};
 use crate::{exec, paths};
 
 /// Rounds of (none, tracked in each mode).
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 /// Seconds the mapping workload runs per run.
 const RUN_SECS: f64 = 3.0;
 /// Seconds each tax workload runs per run.
@@ -67,6 +67,7 @@ const TAX_WORKLOADS: [(&str, &str); 2] =
 /// One run of the mapping workload.
 #[derive(Clone, Debug, Default)]
 struct Run {
+    round: usize,
     /// The tracker mode probed ran with; `None`: the workload ran alone.
     mode: Option<String>,
     ops: u64,
@@ -82,6 +83,7 @@ struct Run {
 /// One run of a tax workload.
 #[derive(Clone, Debug)]
 struct TaxRun {
+    round: usize,
     workload: &'static str,
     /// The tracker mode of the probed running meanwhile; `None`: no probed.
     mode: Option<String>,
@@ -145,7 +147,8 @@ pub fn run(modes: &[String]) -> Result<()> {
     let idle_spec = format!("uprobe:{}:bench_tick", workload.display());
     for round in 0..ROUNDS {
         for mode in states(round) {
-            let run = run_workload(&workload, &mapped, mode.as_deref(), &hits_file)?;
+            let mut run = run_workload(&workload, &mapped, mode.as_deref(), &hits_file)?;
+            run.round = round;
             eprintln!(
                 "tracker: round {}/{ROUNDS} churn {:<10} {:>10.0} iterations/s  ({} iterations, {} ticks)",
                 round + 1,
@@ -158,7 +161,8 @@ pub fn run(modes: &[String]) -> Result<()> {
         }
         for (name, arg) in TAX_WORKLOADS {
             for mode in states(round + 1) {
-                let run = run_tax(&tax, arg, name, mode, &idle_spec, &hits_file)?;
+                let mut run = run_tax(&tax, arg, name, mode, &idle_spec, &hits_file)?;
+                run.round = round;
                 eprintln!(
                     "tracker: round {}/{ROUNDS} {name:<19} {:<10} {:>12.0} calls/s",
                     round + 1,
@@ -278,6 +282,7 @@ fn run_tax(
         None => None,
     };
     Ok(TaxRun {
+        round: 0,
         workload,
         mode,
         rate,
@@ -457,6 +462,22 @@ fn mode_report(
     };
     let (rate_none, rate_tracked) = (rate(None), rate(Some(mode)));
     let ratio = rate_none / rate_tracked;
+    // As for the taxes: the median of per-round paired ratios.
+    let tracked_over_none = {
+        let rounds = runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
+        harness::median(
+            (0..rounds)
+                .filter_map(|round| {
+                    let rate = |m: Option<&str>| {
+                        runs.iter()
+                            .find(|r| r.round == round && r.mode.as_deref() == m)
+                            .map(|r| r.rate)
+                    };
+                    Some(rate(Some(mode))? / rate(None)?)
+                })
+                .collect(),
+        )
+    };
     let tracked: Vec<&Run> = runs
         .iter()
         .filter(|r| r.mode.as_deref() == Some(mode))
@@ -498,10 +519,30 @@ fn mode_report(
                 .collect(),
         )
     };
+    // The ratio is the median of each round's paired ratio (with / without, measured one
+    // right after the other): on a shared machine whose load drifts by several times within
+    // minutes, pairing cancels the drift that a ratio of medians would keep.
+    let paired = |w: &str| {
+        let rounds = tax_runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
+        harness::median(
+            (0..rounds)
+                .filter_map(|round| {
+                    let rate = |m: Option<&str>| {
+                        tax_runs
+                            .iter()
+                            .find(|r| r.round == round && r.workload == w && r.mode.as_deref() == m)
+                            .map(|r| r.rate)
+                    };
+                    Some(rate(Some(mode))? / rate(None)?)
+                })
+                .collect(),
+        )
+    };
     let mut taxes = serde_json::Map::new();
     for (name, _) in TAX_WORKLOADS {
         let (with, without) = (tax_rate(name, Some(mode)), tax_rate(name, None));
-        taxes.insert(name.into(), json!(with / without));
+        taxes.insert(name.into(), json!(paired(name)));
+        taxes.insert(format!("{name}_ratio_of_medians"), json!(with / without));
         taxes.insert(format!("{name}_rate_with"), json!(with));
         taxes.insert(format!("{name}_rate_without"), json!(without));
     }
@@ -516,12 +557,12 @@ fn mode_report(
     let fast_or_mirror = (fast + mirror) as f64 / hits.max(1) as f64;
     let tax_getppid = taxes["tax_getppid"].as_f64().unwrap_or(f64::NAN);
     let tax_mmap = taxes["tax_mmap_untracked"].as_f64().unwrap_or(f64::NAN);
-    let tracked_over_none = rate_tracked / rate_none;
     let mut out = json!({
         "rate_none": rate_none,
         "rate_tracked": rate_tracked,
         "rate_none_over_tracked": ratio,
         "rate_tracked_over_none": tracked_over_none,
+        "rate_tracked_over_none_ratio_of_medians": rate_tracked / rate_none,
         "fast_path_share": fast_share,
         "fast_or_mirror_share": fast_or_mirror,
         "fast_path_hits": fast,
@@ -591,6 +632,7 @@ fn report(
         .collect();
     Ok(json!({
         "modes": per_mode,
+        "ratios": "tax_* and rate_tracked_over_none: median over rounds of the round's paired ratio (with probed / without); *_ratio_of_medians: ratio of the medians of rates",
         "rate_unit": "churn: workload iterations/s (one read+exec file mmap + munmap each, an anonymous mmap + munmap every 4th); tax: calls/s (getppid, or anonymous 64 KiB mmap + munmap) of a process probed does not track",
         "fast_path_share_counts": "hits answered via=fast (speculative, sequence-validated lookup) / all hits of the loop target",
         "other_tracers_running": others,
@@ -607,7 +649,7 @@ fn report(
 
 fn print_table(modes: &[String], report: &Value) {
     println!(
-        "\ntracker: {ROUNDS} interleaved rounds; churn {RUN_SECS} s, tax {TAX_SECS} s per run; medians"
+        "\ntracker: {ROUNDS} interleaved rounds; churn {RUN_SECS} s, tax {TAX_SECS} s per run; medians of per-round paired ratios"
     );
     println!(
         "{:<10}{:>14}{:>20}{:>14}{:>13}{:>11}{:>12}",
