@@ -246,6 +246,17 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         }
     }
 
+    /// Lock mode: (captured, failed, captured frames, failed frames) so far.
+    pub fn captures(&self) -> [u64; 4] {
+        let l = &self.lock;
+        [
+            l.captured,
+            l.capture_failed,
+            l.captured_frames,
+            l.capture_failed_frames,
+        ]
+    }
+
     /// The tracker mode's name (`lock`, `syscalls`) for `ctl stats`.
     pub fn tracker_name(&self) -> &'static str {
         if self.lock_mode { "lock" } else { "syscalls" }

@@ -9,8 +9,9 @@
 //!   `write` test), with hits capturing their own mappings when the daemon's picture is
 //!   behind (see ARCHITECTURE.md, "Lock mode").
 //! - `auto` (default): `syscalls` for now. Lock mode answers exactly (0 wrong in every
-//!   exactness test) but under hit floods loses hits to a full ring buffer where syscall mode
-//!   does not, so it is opt-in until that is fixed (see ARCHITECTURE.md, "Lock mode").
+//!   exactness test) but has open issues (trace_stop under floods; published pictures
+//!   evicted under churn), so it is opt-in until they are fixed (ARCHITECTURE.md, "Lock
+//!   mode", Status).
 
 use serde::{Deserialize, Serialize};
 
