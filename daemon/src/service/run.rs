@@ -87,6 +87,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     let maps = GenCheckedMaps::new(generations.clone());
     let resolver_config = ResolverConfig {
         reported_changes: true,
+        history: crate::trace::history_for(tracer.tracker_mode().0),
         ..ResolverConfig::default()
     };
     let resolver = Arc::new(Resolver::with_config(seq, maps, resolver_config));
