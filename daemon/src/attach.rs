@@ -289,9 +289,10 @@ impl Tracer {
                 self.attach_lock()?;
                 (TrackerMode::Lock, "asked for (--tracker lock)".into())
             }
-            // Lock mode is exact (0 wrong answers in every exactness test) but has open issues
-            // (ARCHITECTURE.md, "Lock mode", Status): until they are fixed it is opt-in, and
-            // auto keeps the syscall tracker, saying whether lock mode would be available.
+            // Lock mode is exact (0 wrong answers in every exactness test) but its flood tests
+            // are not yet shown to pass (ARCHITECTURE.md, "Lock mode", Status): until then it
+            // is opt-in, and auto keeps the syscall tracker, saying whether lock mode would be
+            // available.
             TrackerChoice::Auto => {
                 self.attach_syscalls()?;
                 let lock = match tracepoints::lock_tracepoints_missing() {

@@ -83,8 +83,8 @@ pub fn tracker_hooks_for(missing_lock_tracepoint: Option<String>, kprobes: bool)
     let lock = match missing_lock_tracepoint {
         None => "available with --tracker lock: raw tracepoints mmap_lock_acquire_returned \
                  and mmap_lock_released, hits capture their mappings (bpf_find_vma); adds \
-                 nothing to other processes' syscalls; opt-in while its open issues stand \
-                 (ARCHITECTURE.md)"
+                 nothing to other processes' syscalls; opt-in until its flood tests are shown \
+                 to pass (ARCHITECTURE.md)"
             .to_string(),
         Some(missing) => format!("unavailable: no tracepoint {missing}"),
     };
