@@ -370,14 +370,18 @@ fn attach_request(probe: &Probe) -> AttachRequest {
 
 /// A `--pid` that names no live process is an error before anything is attached.
 pub(crate) fn check_alive(pid: NonZeroU32) -> anyhow::Result<()> {
-    let Ok(raw) = i32::try_from(pid.get()) else {
-        anyhow::bail!("no process with pid {pid}");
-    };
-    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
-    let alive = unsafe { libc::kill(raw, 0) } == 0
-        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !alive {
+    if !is_alive(pid) {
         anyhow::bail!("no process with pid {pid} (it may have exited)");
     }
     Ok(())
+}
+
+/// Whether `pid` names a live process (one we may not signal counts).
+pub(crate) fn is_alive(pid: NonZeroU32) -> bool {
+    let Ok(raw) = i32::try_from(pid.get()) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
+    let signalled = unsafe { libc::kill(raw, 0) } == 0;
+    signalled || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
