@@ -796,3 +796,7 @@ fn preload(symbolizer: &Symbolizer, probe: &Probe) {
         symbolizer.preload(probe.target.id, c.image.clone());
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
