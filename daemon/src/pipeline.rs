@@ -48,7 +48,8 @@ pub struct ProbeCounts {
     pub printed: u64,
     /// Hits that arrived after the run stopped taking hits.
     pub not_printed: u64,
-    /// Hits whose address could not be resolved, by reason.
+    /// Stack frames of this probe's hits that could not be resolved, by reason (a hit's own
+    /// address always resolves: the probe answers where the resolver cannot, `by_probe`).
     pub unresolved: BTreeMap<&'static str, u64>,
     /// Hits answered by the probe's own location, by the resolver's reason.
     pub by_probe: BTreeMap<&'static str, u64>,
@@ -460,6 +461,16 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let Some(slot) = self.probes[id].as_mut() else {
             return self.stop.is_none();
         };
+        // A hit always resolves (the probe answers where the resolver cannot); its frames
+        // may not: those are the probe's `unresolved`, by reason (unnamed files apart: their
+        // mapping was found, see `unnamed`).
+        for frame in stack.iter().flatten() {
+            if let Some(reason) = frame.unresolved
+                && reason != UNNAMED
+            {
+                *slot.counts.unresolved.entry(reason).or_default() += 1;
+            }
+        }
         let probe = &slot.probe;
         let comm = comm_str(&hit.comm);
         let is_return = hit.kind == KIND_RETURN;
@@ -766,6 +777,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("rescan_retries", c.rescan_retries),
             ("rescan_failures", c.rescan_failures),
             ("stacks_truncated", self.stacks_truncated),
+            ("unknown_probe", self.unknown_probe),
         ]
     }
 

@@ -84,12 +84,10 @@ fn hit_at(ip: u64, seq: u64) -> HitEvent {
     }
 }
 
-/// Runs one hit of malloc through a pipeline whose resolver sees libc's text mapped with
-/// file offset `mapped_pgoff` (the hit's address computed from the true one, `true_pgoff`);
-/// returns probe 0's `probe_mismatch` and the JSON line written.
-fn one_hit(true_pgoff: u64, mapped_pgoff: u64) -> (u64, String) {
+/// A pipeline over a resolver that sees libc's text mapped with file offset `mapped_pgoff`
+/// for [`PID`]; also the sequence the hit must carry and the output.
+fn pipeline(mapped_pgoff: u64) -> (Pipeline<Shared, UserSeq>, u64, Shared) {
     let probe = malloc_probe();
-    let ip = BASE + probe.file_offset - true_pgoff;
     let proc = ProcKey::new(PID, GEN);
     let seq = UserSeq::with_capacity(4);
     seq.register(proc).unwrap();
@@ -99,13 +97,22 @@ fn one_hit(true_pgoff: u64, mapped_pgoff: u64) -> (u64, String) {
     resolver.track(proc).unwrap();
     let out = Shared::default();
     let writer = Writer::new(out.clone(), Format::Json);
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         vec![probe],
         writer,
         None,
         &resolver,
         Arc::new(Symbolizer::new()),
     );
+    (pipeline, at, out)
+}
+
+/// Runs one hit of malloc through a pipeline whose resolver sees libc's text mapped with
+/// file offset `mapped_pgoff` (the hit's address computed from the true one, `true_pgoff`);
+/// returns probe 0's `probe_mismatch` and the JSON line written.
+fn one_hit(true_pgoff: u64, mapped_pgoff: u64) -> (u64, String) {
+    let (mut pipeline, at, out) = pipeline(mapped_pgoff);
+    let ip = BASE + pipeline.probe(0).unwrap().0.file_offset - true_pgoff;
     assert!(pipeline.handle(&hit_at(ip, at), None));
     let mismatch = pipeline.probe(0).unwrap().1.probe_mismatch;
     let out = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
@@ -129,4 +136,32 @@ fn a_wrong_picture_is_caught() {
     let (mismatch, out) = one_hit(0, 0x1000);
     assert_eq!(mismatch, 1, "{out}");
     assert!(out.contains("\"via\":\"mirror\""), "{out}");
+}
+
+/// A frame that resolves nowhere is counted as its probe's `unresolved`, by reason; the hit
+/// itself still resolves.
+#[test]
+fn unresolved_frames_are_counted_per_probe() {
+    let (mut pipeline, at, _out) = pipeline(0);
+    let ip = BASE + pipeline.probe(0).unwrap().0.file_offset;
+    // A user address nothing is mapped at in the picture.
+    let frames = [ip, 0x5555_0000_1234];
+    assert!(pipeline.handle(&hit_at(ip, at), Some(&frames)));
+    let counts = pipeline.probe(0).unwrap().1;
+    assert_eq!(counts.unresolved.get("unmapped"), Some(&1), "{counts:?}");
+    assert_eq!(counts.printed, 1);
+    assert_eq!(counts.probe_mismatch, 0);
+}
+
+/// A hit naming a probe the pipeline does not have is counted, and reported with the
+/// resolver's counters (summary, `ctl stats`).
+#[test]
+fn hits_of_unknown_probes_are_counted() {
+    let (mut pipeline, at, _out) = pipeline(0);
+    let mut hit = hit_at(BASE, at);
+    hit.probe_id = 9;
+    assert!(pipeline.handle(&hit, None));
+    assert_eq!(pipeline.unknown_probe, 1);
+    let reported = pipeline.resolver_counters();
+    assert!(reported.contains(&("unknown_probe", 1)), "{reported:?}");
 }
