@@ -129,7 +129,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut tracer = Tracer::load()?;
     for probe in &probes {
         if args.captures_stacks() {
-            tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_STACK)?;
+            tracer.set_probe_flags(probe.id, stack_flags(args.stack_mode()))?;
         }
         if let Some(limit) = args.rate_limit() {
             tracer.set_rate_limit(probe.id, Some(limit))?;
@@ -188,7 +188,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let symbolizer = Arc::new(Symbolizer::new());
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
         .with_pid_filter(args.pid.map(NonZeroU32::get))
-        .with_aggregations(aggregations(&args), args.prints_hits());
+        .with_aggregations(aggregations(&args), args.prints_hits())
+        .with_stack_mode(args.stack_mode());
     let started = Instant::now();
     eprintln!(
         "probed: tracing {} probe(s){}{}; Ctrl-C to stop",
@@ -380,4 +381,15 @@ pub(crate) fn check_alive(pid: NonZeroU32) -> anyhow::Result<()> {
         anyhow::bail!("no process with pid {pid} (it may have exited)");
     }
     Ok(())
+}
+
+/// The BPF probe flags of a stack mode: the kernel's frame-pointer walk, or registers and a
+/// stack copy for the daemon's unwinder.
+pub fn stack_flags(mode: crate::unwind::StackMode) -> u32 {
+    match mode {
+        crate::unwind::StackMode::Fp => probed_common::PROBE_FLAG_STACK,
+        crate::unwind::StackMode::Auto | crate::unwind::StackMode::Dwarf => {
+            probed_common::PROBE_FLAG_STACK | probed_common::PROBE_FLAG_STACK_COPY
+        }
+    }
 }
