@@ -159,6 +159,9 @@ pub struct Unwinder {
     bare: UnwinderX86_64<Vec<u8>>,
     /// Walks ended, by reason (indexed like [`StopReason::ALL`]).
     stops: [u64; StopReason::ALL.len()],
+    /// The most stack above sp a walk that reached its outermost frame read: what the copy
+    /// must hold for such stacks (sizing `STACK_COPY_PAGES`).
+    max_used: u64,
 }
 
 impl Default for Unwinder {
@@ -182,14 +185,17 @@ impl Unwinder {
             cache: CacheX86_64::new(),
             bare: UnwinderX86_64::new(),
             stops: [0; StopReason::ALL.len()],
+            max_used: 0,
         }
     }
 
-    /// Walks ended per reason, as (counter name, count).
+    /// Walks ended per reason, as (counter name, count), and the most stack a whole walk
+    /// used (`stack_used_max`, bytes above sp).
     pub fn stop_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         StopReason::ALL
             .iter()
             .map(|r| (r.counter(), self.stops[r.index()]))
+            .chain([("stack_used_max", self.max_used)])
     }
 
     /// Unwinds from `start`, at most `max` frames; `locate` places a code address (the
@@ -271,10 +277,14 @@ impl Unwinder {
             }
         };
         self.stops[stop.index()] += 1;
+        let stack_used = deepest.saturating_sub(start.sp);
+        if stop == StopReason::End {
+            self.max_used = self.max_used.max(stack_used);
+        }
         Walk {
             frames,
             stop,
-            stack_used: deepest - start.sp,
+            stack_used,
         }
     }
 }
