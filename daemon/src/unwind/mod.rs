@@ -162,6 +162,8 @@ pub struct Unwinder {
     /// The most stack above sp a walk that reached its outermost frame read: what the copy
     /// must hold for such stacks (sizing `STACK_COPY_PAGES`).
     max_used: u64,
+    /// Frames found by all walks.
+    frames: u64,
 }
 
 impl Default for Unwinder {
@@ -186,16 +188,20 @@ impl Unwinder {
             bare: UnwinderX86_64::new(),
             stops: [0; StopReason::ALL.len()],
             max_used: 0,
+            frames: 0,
         }
     }
 
-    /// Walks ended per reason, as (counter name, count), and the most stack a whole walk
-    /// used (`stack_used_max`, bytes above sp).
+    /// Walks ended per reason, as (counter name, count), the most stack a whole walk used
+    /// (`stack_used_max`, bytes above sp) and the frames found (`unwound_frames`).
     pub fn stop_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         StopReason::ALL
             .iter()
             .map(|r| (r.counter(), self.stops[r.index()]))
-            .chain([("stack_used_max", self.max_used)])
+            .chain([
+                ("stack_used_max", self.max_used),
+                ("unwound_frames", self.frames),
+            ])
     }
 
     /// Unwinds from `start`, at most `max` frames; `locate` places a code address (the
@@ -277,6 +283,7 @@ impl Unwinder {
             }
         };
         self.stops[stop.index()] += 1;
+        self.frames += frames.len() as u64;
         let stack_used = deepest.saturating_sub(start.sp);
         if stop == StopReason::End {
             self.max_used = self.max_used.max(stack_used);
