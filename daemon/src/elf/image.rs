@@ -15,7 +15,7 @@ use object::{
 
 use super::{
     BuildId, ElfError, LoadSegment, Segments, Symbol, SymbolBinding, SymbolKind, SymbolTable,
-    build_id,
+    build_id, debug_file,
     reader::{self, PosReader, ReadAt, Stamp},
 };
 use crate::file_id::FileId;
@@ -59,6 +59,8 @@ pub struct ElfImage {
     symbols: SymbolTable,
     /// `NT_GNU_BUILD_ID`, if the file has one.
     build_id: Option<BuildId>,
+    /// The separate debug file whose symbols were merged in (debug_file.rs), if any.
+    debug_file: Option<PathBuf>,
 }
 
 impl ElfImage {
@@ -101,7 +103,7 @@ impl ElfImage {
         if Stamp::of(&after) != before {
             return Err(changed());
         }
-        let (elf_type, segments, symbols, build_id) = match (parsed, io_error) {
+        let parsed = match (parsed, io_error) {
             (Ok(parsed), _) => parsed,
             // A short read with an unchanged stamp: the file shrank and was restored, or the
             // file system lies; either way what was read cannot be trusted.
@@ -116,14 +118,41 @@ impl ElfImage {
             }
             (Err(e), None) => return Err(e.into_error(path)),
         };
+        let Parsed {
+            elf_type,
+            segments,
+            mut symbols,
+            build_id,
+            has_symtab,
+            debuglink,
+        } = parsed;
+        // Only .dynsym (a distribution binary): the full table may be in a debug file.
+        let mut debug_file = None;
+        if !has_symtab
+            && let Some((found, extra)) = debug_symbols(
+                path,
+                build_id.as_ref(),
+                debuglink.as_ref(),
+                Path::new(debug_file::DEBUG_ROOT),
+            )
+        {
+            symbols.extend(extra);
+            debug_file = Some(found);
+        }
         Ok(Self {
             path: path.to_owned(),
             id,
             elf_type,
             segments,
-            symbols,
+            symbols: SymbolTable::new(symbols),
             build_id,
+            debug_file,
         })
+    }
+
+    /// The separate debug file whose symbols were merged in, if one was found.
+    pub fn debug_file(&self) -> Option<&Path> {
+        self.debug_file.as_deref()
     }
 
     /// The path the file was opened as.
@@ -196,7 +225,53 @@ impl From<object::read::Error> for ParseError {
     }
 }
 
-type Parsed = (ElfType, Segments, SymbolTable, Option<BuildId>);
+/// What one parse of an ELF file gives.
+struct Parsed {
+    elf_type: ElfType,
+    segments: Segments,
+    /// `.symtab` and `.dynsym`, not merged yet.
+    symbols: Vec<Symbol>,
+    build_id: Option<BuildId>,
+    /// Whether the file has a `.symtab` (else only `.dynsym`: look for a debug file).
+    has_symtab: bool,
+    /// `.gnu_debuglink`, if present.
+    debuglink: Option<debug_file::DebugLink>,
+}
+
+/// The symbols of the first debug file of `path` found that passes its check (see
+/// debug_file.rs), with its path. A candidate that fails to open, parse or check is passed
+/// over (logged at debug level): a missing debug file only means fewer names.
+fn debug_symbols(
+    path: &Path,
+    build_id: Option<&BuildId>,
+    link: Option<&debug_file::DebugLink>,
+    root: &Path,
+) -> Option<(PathBuf, Vec<Symbol>)> {
+    for (candidate, check) in debug_file::candidates(path, build_id, link, root) {
+        let Ok((file, meta)) = reader::open(&candidate) else {
+            continue;
+        };
+        let cache = ReadCache::new(PosReader::new(&file, meta.len()));
+        let Ok(parsed) = parse(&cache) else {
+            tracing::debug!(file = %candidate.display(), "debug file does not parse");
+            continue;
+        };
+        let ids_agree = match (build_id, parsed.build_id.as_ref()) {
+            (Some(a), Some(b)) => a == b,
+            (None, _) | (_, None) => check != debug_file::Check::BuildId,
+        };
+        let crc_ok = match check {
+            debug_file::Check::BuildId => true,
+            debug_file::Check::Crc(crc) => debug_file::file_crc(&candidate).ok() == Some(crc),
+        };
+        if !(ids_agree && crc_ok) {
+            tracing::debug!(file = %candidate.display(), "debug file belongs to another build");
+            continue;
+        }
+        return Some((candidate, parsed.symbols));
+    }
+    None
+}
 
 fn parse<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<Parsed, ParseError> {
     let data = cache;
@@ -249,8 +324,19 @@ fn parse<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<Parsed, ParseError> {
 
     let sections = header.sections(endian, data)?;
     let mut symbols = Vec::new();
+    let mut has_symtab = false;
+    let mut debuglink = None;
     for section in sections.iter() {
         let sh_type = section.sh_type(endian);
+        if sh_type == elf::SHT_PROGBITS
+            && sections.section_name(endian, section).ok() == Some(b".gnu_debuglink".as_slice())
+        {
+            debuglink = section
+                .data(endian, data)
+                .ok()
+                .and_then(debug_file::DebugLink::parse);
+        }
+        has_symtab |= sh_type == elf::SHT_SYMTAB;
         if sh_type != elf::SHT_SYMTAB && sh_type != elf::SHT_DYNSYM {
             continue;
         }
@@ -260,12 +346,14 @@ fn parse<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<Parsed, ParseError> {
         let strings = strtab.data(endian, data)?;
         symbols.extend(table.iter().filter_map(|sym| convert(sym, strings)));
     }
-    Ok((
+    Ok(Parsed {
         elf_type,
-        Segments::new(loads),
-        SymbolTable::new(symbols),
+        segments: Segments::new(loads),
+        symbols,
         build_id,
-    ))
+        has_symtab,
+        debuglink,
+    })
 }
 
 /// The symbol `sym` if it is a defined, addressed function or data object with a name.
