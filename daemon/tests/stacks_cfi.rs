@@ -124,3 +124,58 @@ fn chain_without_frame_pointers_unwinds_at_return() {
         check(hit, &exe, &want);
     }
 }
+
+/// With libc's debug file installed (Debian: libc6-dbg, found by build-id), libc's static
+/// `_int_malloc` attaches by name (`uprobe:libc:_int_malloc`), and every frame inside libc
+/// is named: `_int_malloc`, then the libc functions that called it, then the program's main.
+#[test]
+fn libc_static_functions_by_debug_file() {
+    if !common::require_bpf("libc_static_functions_by_debug_file") {
+        return;
+    }
+    let bin = probed::fixtures::build("malloc_count.c", "malloc_count", &["-O2"])
+        .expect("build malloc_count");
+    let mut target = Target::start(&bin, &["200"]);
+    let libc = common::mapped_libc(&target.pid.to_string());
+    let id = common::build_id(&libc);
+    let debug = format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
+    assert!(
+        Path::new(&debug).exists(),
+        "{debug} is missing: install libc6-dbg (the debug file of {})",
+        libc.display()
+    );
+    let pid = target.pid.to_string();
+    let probed = Probed::start(&[
+        "trace",
+        "uprobe:libc:_int_malloc",
+        "--pid",
+        &pid,
+        "--stack",
+        "--format",
+        "json",
+    ]);
+    target.go();
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    target.finish();
+    let (hits, _) = common::parse_json(&end.stdout);
+    assert!(!hits.is_empty(), "no hit of _int_malloc: {:?}", end.stdout);
+    let libc_path = libc.to_str().expect("UTF-8");
+    for hit in &hits {
+        let stack = hit["stack"].as_array().expect("a stack");
+        assert_eq!(stack[0]["symbol"], "_int_malloc", "{hit}");
+        let main = stack
+            .iter()
+            .position(|f| f["symbol"] == "main")
+            .unwrap_or_else(|| panic!("no main: {hit}"));
+        assert!(main >= 2, "{hit}");
+        for frame in &stack[..main] {
+            assert_eq!(frame["module"], libc_path, "{hit}");
+            assert!(
+                frame["symbol"].is_string(),
+                "an unnamed libc frame: {frame} in {hit}"
+            );
+        }
+        assert_eq!(hit["stack_stop"], "end", "{hit}");
+    }
+}

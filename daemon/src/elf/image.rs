@@ -627,4 +627,92 @@ mod tests {
         assert!(code_has_mark(&path, off, alpha.size, ALPHA_MARK));
         fs::remove_dir_all(dir).ok();
     }
+
+    fn objcopy(args: &[&str]) {
+        let out = std::process::Command::new("objcopy")
+            .args(args)
+            .output()
+            .expect("run objcopy (binutils)");
+        assert!(out.status.success(), "objcopy {args:?}: {out:?}");
+    }
+
+    /// A binary stripped of `.symtab` whose debug file (objcopy --only-keep-debug) is named
+    /// by `.gnu_debuglink` in `.debug/` gets its static function back, and says where from;
+    /// a debug file whose CRC does not match is refused; found by build-id under a debug
+    /// root, the build-id is checked.
+    #[test]
+    fn symbols_from_separate_debug_files() {
+        let dir = scratch_dir("debuglink");
+        let full = dir.join("prog.full");
+        fs::copy(Fixture::Pie.path(), &full).unwrap();
+        fs::create_dir_all(dir.join(".debug")).unwrap();
+        let debug = dir.join(".debug/prog.debug");
+        objcopy(&[
+            "--only-keep-debug",
+            full.to_str().unwrap(),
+            debug.to_str().unwrap(),
+        ]);
+        let prog = dir.join("prog");
+        let link = format!("--add-gnu-debuglink={}", debug.display());
+        objcopy(&[
+            "--strip-all",
+            &link,
+            full.to_str().unwrap(),
+            prog.to_str().unwrap(),
+        ]);
+
+        let has_local = |image: &ElfImage| image.symbols().find("elf_fn_local").is_some();
+        let image = ElfImage::open(&prog).unwrap();
+        assert!(
+            has_local(&image),
+            "elf_fn_local not found through .gnu_debuglink"
+        );
+        assert_eq!(image.debug_file(), Some(debug.as_path()));
+        // Its address is the full binary's.
+        let want = ElfImage::open(&full).unwrap();
+        assert_eq!(
+            image.symbols().find("elf_fn_local").map(|s| s.addr),
+            want.symbols().find("elf_fn_local").map(|s| s.addr)
+        );
+
+        // Another build's debug file under the same name: the CRC no longer matches.
+        let mut bytes = fs::read(&debug).unwrap();
+        bytes.push(0);
+        fs::write(&debug, &bytes).unwrap();
+        let image = ElfImage::open(&prog).unwrap();
+        assert!(!has_local(&image) && image.debug_file().is_none());
+
+        // By build-id under a debug root (no debuglink match needed), build-id checked.
+        let id = image
+            .build_id()
+            .expect("the fixture has a build-id")
+            .to_string();
+        let root = dir.join("root");
+        let by_id = root
+            .join(".build-id")
+            .join(&id[..2])
+            .join(format!("{}.debug", &id[2..]));
+        fs::create_dir_all(by_id.parent().unwrap()).unwrap();
+        objcopy(&[
+            "--only-keep-debug",
+            full.to_str().unwrap(),
+            by_id.to_str().unwrap(),
+        ]);
+        let found = debug_symbols(&prog, image.build_id(), None, &root).expect("found by build-id");
+        assert_eq!(found.0, by_id);
+        assert!(found.1.iter().any(|s| &*s.name == "elf_fn_local"));
+        let other = BuildId::new(&[1, 2, 3, 4]);
+        let other_hex = other.to_string();
+        let wrong = root
+            .join(".build-id")
+            .join(&other_hex[..2])
+            .join(format!("{}.debug", &other_hex[2..]));
+        fs::create_dir_all(wrong.parent().unwrap()).unwrap();
+        fs::copy(&by_id, &wrong).unwrap();
+        assert!(
+            debug_symbols(&prog, Some(&other), None, &root).is_none(),
+            "a debug file of another build-id was used"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

@@ -649,6 +649,14 @@ pub fn return_offsets(bin: &Path, caller: &str, callee: Option<&str>) -> Vec<u64
     offsets
 }
 
+/// The GNU build-id of `bin` in hex, from `readelf -n`.
+pub fn build_id(bin: &Path) -> String {
+    binutils("readelf", &["-n"], bin)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("readelf: no build-id in {}", bin.display()))
+}
+
 /// The file offset of `symbol` in `bin`, found with nm and readelf.
 pub fn symbol_file_offset(bin: &Path, symbol: &str) -> u64 {
     vaddr_to_file_offset(bin, symbol_vaddr(bin, symbol))
