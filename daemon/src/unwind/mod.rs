@@ -295,3 +295,70 @@ impl Unwinder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0x7fff_0000_0000;
+    const MIN: u64 = 0x10000;
+    const LIMIT: u64 = 1 << 47;
+
+    /// A 4 KiB stack copy holding a frame-pointer chain: at bp, the caller's bp and the
+    /// return address.
+    fn stack(chain: &[(u64, u64, u64)]) -> Vec<u8> {
+        let mut s = vec![0u8; 4096];
+        for &(at, saved_bp, ret) in chain {
+            let off = (at - BASE) as usize;
+            s[off..off + 8].copy_from_slice(&saved_bp.to_le_bytes());
+            s[off + 8..off + 16].copy_from_slice(&ret.to_le_bytes());
+        }
+        s
+    }
+
+    fn walk(s: &[u8], mode: StackMode) -> Walk {
+        let start = Start {
+            ip: 0x5000_0000,
+            sp: BASE + 0x100,
+            bp: BASE + 0x200,
+            stack_base: BASE,
+            stack: s,
+        };
+        Unwinder::new().walk(start, mode, 127, MIN, LIMIT, |_| {
+            Located::Without(StopReason::NoModule)
+        })
+    }
+
+    /// Without CFI, `auto` steps by frame pointer to the end of the chain (bp 0); `dwarf`
+    /// stops at the first frame and says why.
+    #[test]
+    fn frame_pointer_fallback_and_dwarf_stop() {
+        let s = stack(&[
+            (BASE + 0x200, BASE + 0x300, 0x5000_1000),
+            (BASE + 0x300, 0, 0x5000_2000),
+        ]);
+        let w = walk(&s, StackMode::Auto);
+        assert_eq!(w.frames, [0x5000_0000, 0x5000_1000, 0x5000_2000]);
+        assert_eq!(w.stop, StopReason::End);
+        let w = walk(&s, StackMode::Dwarf);
+        assert_eq!(w.frames, [0x5000_0000]);
+        assert_eq!(w.stop, StopReason::NoModule);
+    }
+
+    /// A chain leaving the copy ends with `stack_copy_end` (frames found so far kept); an
+    /// impossible return address with `bad_return_address`; no copy with `no_stack_copy`.
+    #[test]
+    fn stop_reasons() {
+        let s = stack(&[
+            (BASE + 0x200, BASE + 0x300, 0x5000_1000),
+            (BASE + 0x300, BASE + 0x1100, 0x5000_2000),
+        ]);
+        let w = walk(&s, StackMode::Auto);
+        assert_eq!(w.frames.len(), 3);
+        assert_eq!(w.stop, StopReason::StackCopyEnd);
+        let s = stack(&[(BASE + 0x200, BASE + 0x300, 0x10)]);
+        assert_eq!(walk(&s, StackMode::Auto).stop, StopReason::BadReturnAddress);
+        let w = walk(&[], StackMode::Auto);
+        assert_eq!((w.frames.len(), w.stop), (1, StopReason::NoStackCopy));
+    }
+}
