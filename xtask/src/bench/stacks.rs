@@ -409,36 +409,17 @@ fn report(
                 .collect(),
         )
     };
-    let frames_per_hit = harness::median(
-        of(Mode::Stack)
-            .map(|r| r.frames() as f64 / r.handled.max(1) as f64)
-            .collect(),
-    );
-    let frames_per_sec = harness::median(
-        of(Mode::Stack)
-            .map(|r| r.frames() as f64 / LOOP_SECS)
-            .collect(),
-    );
-    let frames_per_cpu_sec = harness::median(
-        of(Mode::Stack)
-            .map(|r| r.frames() as f64 / (r.cpu_ns as f64 / 1e9))
-            .collect(),
-    );
-    let cfi_frames_per_hit = harness::median(
-        of(Mode::CfiStack)
-            .map(|r| r.frames() as f64 / r.handled.max(1) as f64)
-            .collect(),
-    );
-    let cfi_frames_per_sec = harness::median(
-        of(Mode::CfiStack)
-            .map(|r| r.frames() as f64 / LOOP_SECS)
-            .collect(),
-    );
-    let cfi_frames_per_cpu_sec = harness::median(
-        of(Mode::CfiStack)
-            .map(|r| r.frames() as f64 / (r.cpu_ns as f64 / 1e9))
-            .collect(),
-    );
+    // A median over the runs of `mode` of a per-run figure.
+    let median = |mode: Mode, f: fn(&Run) -> f64| harness::median(of(mode).map(f).collect());
+    let per_hit = |r: &Run| r.frames() as f64 / r.handled.max(1) as f64;
+    let per_sec = |r: &Run| r.frames() as f64 / LOOP_SECS;
+    let per_cpu_sec = |r: &Run| r.frames() as f64 / (r.cpu_ns as f64 / 1e9);
+    let frames_per_hit = median(Mode::Stack, per_hit);
+    let frames_per_sec = median(Mode::Stack, per_sec);
+    let frames_per_cpu_sec = median(Mode::Stack, per_cpu_sec);
+    let cfi_frames_per_hit = median(Mode::CfiStack, per_hit);
+    let cfi_frames_per_sec = median(Mode::CfiStack, per_sec);
+    let cfi_frames_per_cpu_sec = median(Mode::CfiStack, per_cpu_sec);
     let cfi_lost: u64 = of(Mode::CfiStack).map(|r| r.lost).sum();
     let stack_runs: Vec<&Run> = runs
         .iter()
