@@ -5,6 +5,9 @@
 //! implements `aya::Pod` so the daemon can read these out of BPF maps.
 #![no_std]
 
+mod stack_copy;
+pub use stack_copy::*;
+
 /// Most probes one run can attach; the size of the per-probe statistics array in BPF.
 /// A probe id is the index into that array and the attach cookie of the uprobe.
 pub const MAX_PROBES: u32 = 4096;

@@ -9,8 +9,8 @@ use std::{io, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
 use probed_common::{
-    ChangeEvent, EVENT_CHANGE, EVENT_HIT, EVENT_PROC, EVENT_STACK_HIT, HitEvent, ProcEvent,
-    StackHitEvent,
+    ChangeEvent, EVENT_CHANGE, EVENT_HIT, EVENT_PROC, EVENT_STACK_COPY_HIT, EVENT_STACK_HIT,
+    HitEvent, ProcEvent, StackCopyHitEvent, StackHitEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -28,6 +28,8 @@ pub enum Event {
     Change(ChangeEvent),
     /// A probe that captures stacks fired (boxed: a kilobyte of frames).
     Stack(Box<StackHitEvent>),
+    /// A probe that unwinds stacks in the daemon fired (boxed: 16 KiB of stack copy).
+    StackCopy(Box<StackCopyHitEvent>),
 }
 
 /// Decodes one ring buffer item by its leading type word. Unknown types and items shorter
@@ -39,6 +41,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_PROC => read::<ProcEvent>(bytes).map(Event::Proc),
         EVENT_CHANGE => read::<ChangeEvent>(bytes).map(Event::Change),
         EVENT_STACK_HIT => read::<StackHitEvent>(bytes).map(|e| Event::Stack(Box::new(e))),
+        EVENT_STACK_COPY_HIT => {
+            read::<StackCopyHitEvent>(bytes).map(|e| Event::StackCopy(Box::new(e)))
+        }
         _ => None,
     }
 }

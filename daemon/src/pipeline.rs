@@ -7,7 +7,8 @@
 use std::{collections::BTreeMap, io::Write, sync::Arc};
 
 use probed_common::{
-    ChangeEvent, HitEvent, KIND_RETURN, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent,
+    ChangeEvent, HitEvent, KIND_RETURN, MAX_FRAMES, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent,
+    STACK_COPY_BYTES, StackCopyHitEvent,
 };
 
 use crate::{
@@ -26,6 +27,7 @@ use crate::{
         changes::{self, Replay},
         paths::{self, PathIndex},
     },
+    unwind::{Located, StackMode, Start, StopReason, Tables, Unwinder},
 };
 
 /// The reason given for an address whose mapping was found but whose file no source could
@@ -123,6 +125,12 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     aggregations: Aggregations,
     /// Whether hits are written one by one (off when aggregations take the output).
     print_hits: bool,
+    /// How copied stacks are unwound (`auto` or `dwarf`; `fp` stacks come walked).
+    stack_mode: StackMode,
+    /// The CFI unwinder of copied stacks, with its stop counts.
+    unwinder: Unwinder,
+    /// Unwind tables per file.
+    unwind_tables: Tables,
 }
 
 impl<W: Write, S: SeqSource> Pipeline<W, S> {
@@ -163,7 +171,17 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             hit_records: 0,
             aggregations: Aggregations::default(),
             print_hits: true,
+            stack_mode: StackMode::Auto,
+            unwinder: Unwinder::new(),
+            unwind_tables: Tables::default(),
         }
+    }
+
+    /// Unwinds copied stacks in `mode` (`dwarf`: CFI only; otherwise CFI where a module has
+    /// it, frame pointers elsewhere).
+    pub fn with_stack_mode(mut self, mode: StackMode) -> Self {
+        self.stack_mode = mode;
+        self
     }
 
     /// Feeds every handled hit to `aggregations`; writes hits one by one only if
@@ -268,6 +286,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let lost = match event {
             Event::Hit(e) => e.lost_reports,
             Event::Stack(e) => e.hit.lost_reports,
+            Event::StackCopy(e) => e.hit.lost_reports,
             Event::Proc(e) => e.lost_reports,
             Event::Change(e) => e.lost_reports,
         };
@@ -285,7 +304,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             self.lost_reports = lost;
             self.reader.resolver().distrust_all();
         }
-        if matches!(event, Event::Hit(_) | Event::Stack(_)) {
+        if matches!(event, Event::Hit(_) | Event::Stack(_) | Event::StackCopy(_)) {
             self.hit_records += 1;
         }
         match event {
@@ -294,6 +313,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 let n = (e.nframes as usize).min(e.frames.len());
                 self.handle(&e.hit, Some(&e.frames[..n]))
             }
+            Event::StackCopy(e) => self.handle_stack_copy(e),
             Event::Proc(proc) => {
                 self.handle_proc(proc);
                 self.stop.is_none()
@@ -308,12 +328,13 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// Counts an event left in the ring buffer at a stop's deadline, unprocessed: a hit
     /// counts as its probe's `dropped_at_stop`.
     pub fn count_dropped(&mut self, event: &Event) {
-        if matches!(event, Event::Hit(_) | Event::Stack(_)) {
+        if matches!(event, Event::Hit(_) | Event::Stack(_) | Event::StackCopy(_)) {
             self.hit_records += 1;
         }
         let id = match event {
             Event::Hit(hit) => hit.probe_id,
             Event::Stack(e) => e.hit.probe_id,
+            Event::StackCopy(e) => e.hit.probe_id,
             Event::Proc(_) | Event::Change(_) => return,
         };
         match self.probes.get_mut(id as usize).and_then(Option::as_mut) {
@@ -400,10 +421,71 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         self.stop
     }
 
-    /// Handles one hit; returns false once the run should stop taking hits.
     /// Handles one hit (with its user stack, innermost first, if captured); returns false
     /// once the run should stop taking hits.
     pub fn handle(&mut self, hit: &HitEvent, frames: Option<&[u64]>) -> bool {
+        self.handle_walked(hit, frames, None)
+    }
+
+    /// Handles a hit with a stack copy: unwinds it (unwind/), then handles it with the
+    /// frames found.
+    pub fn handle_stack_copy(&mut self, e: &StackCopyHitEvent) -> bool {
+        let len = (e.stack_len as usize).min(STACK_COPY_BYTES);
+        let start = Start {
+            ip: e.ip,
+            sp: e.sp,
+            bp: e.bp,
+            stack_base: e.stack_base,
+            stack: &e.stack[..len],
+        };
+        let frames = self.unwind(&e.hit, start);
+        self.handle_walked(&e.hit, Some(&frames.0), Some(frames.1))
+    }
+
+    /// Unwinds a copied stack against the hit's own picture of its address space.
+    fn unwind(&mut self, hit: &HitEvent, start: Start<'_>) -> (Vec<u64>, StopReason) {
+        let proc = ProcKey::new(hit.pid, hit.proc_gen);
+        let (seq, pid) = (hit.seq, hit.pid);
+        let mode = self.stack_mode;
+        let reader = &mut self.reader;
+        let tables = &mut self.unwind_tables;
+        let walk = self.unwinder.walk(
+            start,
+            mode,
+            MAX_FRAMES,
+            crate::stack_check::mmap_min_addr(),
+            crate::stack_check::user_limit(),
+            |addr| {
+                reader.resolve_with(proc, addr, Some(seq), |r| {
+                    let Ok(found) = r.outcome else {
+                        return Located::Without(StopReason::NoModule);
+                    };
+                    let vma = found.vma;
+                    if paths::is_unnamed(&vma.path) {
+                        return Located::Without(StopReason::NoModule);
+                    }
+                    let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+                    match tables.get(&source) {
+                        Ok(table) => match table.vaddr(found.file_offset) {
+                            Some(vaddr) => Located::Cfi(table, vaddr),
+                            None => Located::Without(StopReason::NoCfi),
+                        },
+                        Err(_) => Located::Without(StopReason::NoCfi),
+                    }
+                })
+            },
+        );
+        (walk.frames, walk.stop)
+    }
+
+    /// [`Pipeline::handle`] for a stack walked by the kernel (`unwound` None: frame
+    /// pointers, cut at the first impossible frame) or unwound here (`Some(why it ended)`).
+    fn handle_walked(
+        &mut self,
+        hit: &HitEvent,
+        frames: Option<&[u64]>,
+        unwound: Option<StopReason>,
+    ) -> bool {
         let id = hit.probe_id as usize;
         let Some(slot) = self.probes.get_mut(id).and_then(Option::as_mut) else {
             self.unknown_probe += 1;
@@ -448,16 +530,16 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         // A frame-pointer walk through code without frame pointers ends in junk: cut it at
         // the first frame that cannot be a user code address (stack_check.rs).
         let (frames, stack_truncated) = match frames {
-            Some(frames) => {
+            Some(frames) if unwound.is_none() => {
                 let valid = crate::stack_check::valid_prefix(frames);
                 (Some(&frames[..valid]), valid < frames.len())
             }
-            None => (None, false),
+            other => (other, false),
         };
         if stack_truncated {
             self.stacks_truncated += 1;
         }
-        let stack = frames.map(|frames| self.resolve_stack(proc, hit, frames));
+        let stack = frames.map(|frames| self.resolve_stack(proc, hit, frames, unwound.is_none()));
         let Some(slot) = self.probes[id].as_mut() else {
             return self.stop.is_none();
         };
@@ -498,6 +580,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             seq: hit.seq,
             stack,
             stack_truncated,
+            stack_stop: unwound.map(StopReason::as_str),
         };
         self.aggregations.add(&record);
         if self.print_hits {
@@ -598,9 +681,18 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// Resolves every frame of a hit's user stack through the resolver, as of the hit's
     /// sequence: frames in libraries since unloaded, or of a process since gone, resolve
     /// against the picture of the hit's time.
-    fn resolve_stack(&mut self, proc: ProcKey, hit: &HitEvent, frames: &[u64]) -> Vec<Frame> {
+    /// `fp_walk`: the frames are the kernel's frame-pointer walk, which misses the caller
+    /// of a function probed at its first instruction (added here from `ret_addr`).
+    fn resolve_stack(
+        &mut self,
+        proc: ProcKey,
+        hit: &HitEvent,
+        frames: &[u64],
+        fp_walk: bool,
+    ) -> Vec<Frame> {
         let mut out = Vec::with_capacity(frames.len() + 1);
-        let at_entry = hit.kind != KIND_RETURN
+        let at_entry = fp_walk
+            && hit.kind != KIND_RETURN
             && self
                 .probes
                 .get(hit.probe_id as usize)
@@ -779,6 +871,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("stacks_truncated", self.stacks_truncated),
             ("unknown_probe", self.unknown_probe),
         ]
+        .into_iter()
+        .chain(self.unwinder.stop_counts())
+        .chain([("unwind_table_loads", self.unwind_tables.loads)])
+        .collect()
     }
 
     /// Flushes buffered hits to the output.

@@ -15,13 +15,13 @@ use aya_ebpf::{
 };
 use probed_common::{
     ARG_REGS, EVENT_HIT, EVENT_STACK_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_FRAMES,
-    MAX_PROBES, PROBE_FLAG_STACK, PROBE_FLAGS_LIMITS, StackHitEvent,
+    MAX_PROBES, PROBE_FLAG_STACK, PROBE_FLAG_STACK_COPY, PROBE_FLAGS_LIMITS, StackHitEvent,
 };
 
 use crate::{
     limit,
     maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
-    self_filter, track,
+    self_filter, stack, track,
 };
 
 /// Records a uprobe hit with the first six integer arguments.
@@ -119,8 +119,11 @@ fn record(
     } else {
         ret_addr
     };
+    let with_copy = with_stack && flags & PROBE_FLAG_STACK_COPY != 0;
     let hit = HitEvent {
-        event: if with_stack {
+        event: if with_copy {
+            probed_common::EVENT_STACK_COPY_HIT
+        } else if with_stack {
             EVENT_STACK_HIT
         } else {
             EVENT_HIT
@@ -141,7 +144,10 @@ fn record(
         ns_pid,
         ns_tid,
     };
-    if with_stack {
+    if with_copy {
+        // Registers and a stack copy for the daemon's CFI unwinder (stack.rs).
+        stack::record(hit, regs, stats);
+    } else if with_stack {
         let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {
             // SAFETY: as above.
             unsafe { (*stats).lost += 1 };

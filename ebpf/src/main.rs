@@ -15,6 +15,7 @@ mod limit;
 mod maps;
 mod path;
 mod self_filter;
+mod stack;
 mod track;
 
 use aya_ebpf::{

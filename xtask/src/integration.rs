@@ -42,6 +42,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("gcc", "fixtures are compiled from C at test time"),
     ("g++", "C++ fixtures (demangling)"),
     ("libc6-dev", "C headers for the fixtures"),
+    (
+        "libc6-dbg",
+        "libc's separate debug file: probes and frame names of libc's static functions",
+    ),
     ("binutils", "ELF facts from nm, readelf and objdump"),
     ("bpftool", "no BPF program or link may be left loaded"),
     ("bpftrace", "hit counts are compared with bpftrace's"),

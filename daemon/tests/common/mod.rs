@@ -617,6 +617,46 @@ pub fn vaddr_to_file_offset(bin: &Path, vaddr: u64) -> u64 {
         .unwrap_or_else(|| panic!("readelf: {vaddr:#x} in no PT_LOAD of {}", bin.display()))
 }
 
+/// Offsets into `caller` of the instructions after its calls (to `callee`, if named: any
+/// call otherwise), from objdump: where a return into `caller` lands.
+pub fn return_offsets(bin: &Path, caller: &str, callee: Option<&str>) -> Vec<u64> {
+    let start = symbol_vaddr(bin, caller);
+    let out = Command::new("objdump")
+        .args([
+            "-d",
+            "--no-show-raw-insn",
+            &format!("--disassemble={caller}"),
+        ])
+        .arg(bin)
+        .output()
+        .expect("run objdump");
+    let text = String::from_utf8(out.stdout).expect("UTF-8 objdump output");
+    let insns: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let (addr, rest) = l.trim_start().split_once(":\t")?;
+            Some((u64::from_str_radix(addr, 16).ok()?, rest))
+        })
+        .collect();
+    let offsets: Vec<u64> = insns
+        .windows(2)
+        .filter(|w| {
+            w[0].1.starts_with("call") && callee.is_none_or(|c| w[0].1.contains(&format!("<{c}")))
+        })
+        .map(|w| w[1].0 - start)
+        .collect();
+    assert!(!offsets.is_empty(), "no call in {caller}: {text}");
+    offsets
+}
+
+/// The GNU build-id of `bin` in hex, from `readelf -n`.
+pub fn build_id(bin: &Path) -> String {
+    binutils("readelf", &["-n"], bin)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("readelf: no build-id in {}", bin.display()))
+}
+
 /// The file offset of `symbol` in `bin`, found with nm and readelf.
 pub fn symbol_file_offset(bin: &Path, symbol: &str) -> u64 {
     vaddr_to_file_offset(bin, symbol_vaddr(bin, symbol))
