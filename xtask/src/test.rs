@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the whole suite — unit tests and loom models on the host, the root/BPF
-//! integration tests in a privileged container (`integration.rs`); `--kernel LINE` runs their
-//! kernel-dependent part in a guest of Debian's 6.1 or 6.12 kernel (`vm/suite.rs`).
+//! integration tests in a privileged container (`integration.rs`), and their kernel-dependent
+//! part in guests of Debian's 6.1 and 6.12 kernels (`vm/suite.rs`); `--kernel LINE` runs only
+//! that line's guest.
 //!
 //! Integration tests attach real uprobes, so they need root (or CAP_SYS_ADMIN +
 //! CAP_SYS_PTRACE: see daemon/src/privileges.rs) and the real BPF object embedded in probed.
@@ -14,8 +15,8 @@ use crate::{build_ebpf, exec::exec, integration, paths, setup, vm};
 /// Builds the BPF object and every test executable against a probed that embeds it; runs
 /// the unit and doc tests on the host, the integration tests in the test container (or, with
 /// `host`, everything on the host through `cargo test`; `fixtures` says where the
-/// containerized tests keep their files) and the kernel suites (only those with `kernels`;
-/// see [`KERNELS_IN_FULL_RUN`]), then, for a full run (no `args`), the loom models of the
+/// containerized tests keep their files) and both kernel suites (only the `kernels` given,
+/// when some are; see [`KERNELS_IN_FULL_RUN`]), then, for a full run (no `args`), the loom models of the
 /// resolver's sequence and snapshot publication. `args` go to the test executables (a name
 /// filter, `--nocapture`, …).
 pub fn run(
