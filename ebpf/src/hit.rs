@@ -97,7 +97,18 @@ fn record(
     // bpf_get_func_ip (which reports the probed address for both kinds, kernel >= 6.4).
     // SAFETY: bpf_get_func_ip only reads the current program's run context.
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
-    let ip = if ip == 0 { regs.rip } else { ip };
+    let ip = if ip != 0 {
+        ip
+    } else if kind == KIND_RETURN {
+        // Before 6.4 bpf_get_func_ip gives uprobe programs 0: ask the kernel's uretprobe
+        // bookkeeping instead; without its offsets, the registers' ip (the caller's).
+        match crate::kread::uretprobe_func() {
+            0 => regs.rip,
+            func => func,
+        }
+    } else {
+        regs.rip
+    };
     let tid = pid_tgid as u32;
     // The pids the process sees itself by, inside its container (see kread::ns_pids).
     let (ns_pid, ns_tid) = crate::kread::ns_pids(tgid, tid);
