@@ -5,6 +5,9 @@
 //! implements `aya::Pod` so the daemon can read these out of BPF maps.
 #![no_std]
 
+mod stack_copy;
+pub use stack_copy::*;
+
 /// Most probes one run can attach; the size of the per-probe statistics array in BPF.
 /// A probe id is the index into that array and the attach cookie of the uprobe.
 pub const MAX_PROBES: u32 = 4096;
@@ -264,6 +267,29 @@ pub struct TrackConfig {
     pub path_offsets: PathOffsets,
     /// Offsets for the namespace pids of hits.
     pub pid_offsets: PidOffsets,
+    /// Offsets for a uretprobe hit's function address where `bpf_get_func_ip` cannot give it.
+    pub ret_offsets: RetOffsets,
+}
+
+/// Byte offsets for reading, at a uretprobe hit, the address of the function returning:
+/// `current->utask->return_instances->func`. Only needed where `bpf_get_func_ip` returns 0
+/// for uprobe programs (Linux < 6.4), where the registers' ip at a uretprobe is the return
+/// address in the caller. The kernel's uretprobe trampoline handler runs the return
+/// consumers while the head of the task's `return_instances` stack is the instance being
+/// returned from (for a chain of tail calls between probed functions, the chain's first:
+/// see ARCHITECTURE.md, "Return-probe addresses"). Own `valid` flag: a kernel lacking these
+/// members keeps the registers' ip.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetOffsets {
+    /// 1 when every offset below is known.
+    pub valid: u32,
+    /// `task_struct.utask` (a `struct uprobe_task *`).
+    pub task_utask: u32,
+    /// `uprobe_task.return_instances` (a `struct return_instance *`).
+    pub utask_return_instances: u32,
+    /// `return_instance.func` (unsigned long: the probed function's address).
+    pub ri_func: u32,
 }
 
 /// Byte offsets for naming a mapped file in BPF at the moment its mapping is reported: the
@@ -722,7 +748,8 @@ const _: () = assert!(core::mem::size_of::<FileNameEvent>() == 8 + 48 + NAME_LEN
 const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 144 + 8 + 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<PidOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<PathOffsets>() == 72);
-const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 72 + 24);
+const _: () = assert!(core::mem::size_of::<RetOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 72 + 24 + 16);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 40);
 const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 32);

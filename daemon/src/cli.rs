@@ -49,10 +49,19 @@ pub struct TraceArgs {
     /// A second SIGINT or SIGTERM ends the run at once.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     pub drain_timeout: f64,
-    /// Capture the user stack with every hit (frame-pointer walk, up to 127 frames), each
-    /// frame resolved to module, symbol and offset.
-    #[arg(long)]
-    pub stack: bool,
+    /// Capture the user stack with every hit (up to 127 frames), each frame resolved to
+    /// module, symbol and offset. `auto` (the default): BPF copies 16 KiB of the stack and
+    /// probed unwinds it with each module's .eh_frame, by frame pointer where a module has
+    /// none; `dwarf`: .eh_frame only; `fp`: the kernel's frame-pointer walk (no copy).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "auto"
+    )]
+    pub stack: Option<crate::unwind::StackMode>,
     /// Write output to this file instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -108,7 +117,14 @@ impl TraceArgs {
 
     /// Whether probes capture stacks: `--stack`, or an aggregation that needs them.
     pub fn captures_stacks(&self) -> bool {
-        self.stack || self.aggregate == Some(Aggregate::Stack) || self.flamegraph.is_some()
+        self.stack.is_some()
+            || self.aggregate == Some(Aggregate::Stack)
+            || self.flamegraph.is_some()
+    }
+
+    /// How stacks are walked (`--stack=MODE`; `auto` when an aggregation asks for stacks).
+    pub fn stack_mode(&self) -> crate::unwind::StackMode {
+        self.stack.unwrap_or_default()
     }
 
     /// The per-probe rate limit asked for (`--rate-limit`, `--burst`).

@@ -10,8 +10,9 @@ use std::{io, os::fd::AsRawFd};
 use aya::maps::{MapData, RingBuf};
 use probed_common::{
     CapturedHitEvent, CapturedStackEvent, ChangeEvent, EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK,
-    EVENT_CHANGE, EVENT_FILE_NAME, EVENT_HIT, EVENT_LOCK_CHANGE, EVENT_PROC, EVENT_STACK_HIT,
-    FileNameEvent, HitEvent, LockChangeEvent, OP_OTHER, ProcEvent, StackHitEvent,
+    EVENT_CHANGE, EVENT_FILE_NAME, EVENT_HIT, EVENT_LOCK_CHANGE, EVENT_PROC, EVENT_STACK_COPY_HIT,
+    EVENT_STACK_HIT, FileNameEvent, HitEvent, LockChangeEvent, OP_OTHER, ProcEvent,
+    StackCopyHitEvent, StackHitEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -35,6 +36,8 @@ pub enum Event {
     CapturedStack(Box<CapturedStackEvent>),
     /// Lock mode: the path of a file a capture names.
     FileName(FileNameEvent),
+    /// A probe that unwinds stacks in the daemon fired (boxed: 16 KiB of stack copy).
+    StackCopy(Box<StackCopyHitEvent>),
 }
 
 impl Event {
@@ -45,6 +48,7 @@ impl Event {
             Event::Stack(e) => Some(&e.hit),
             Event::CapturedHit(e) => Some(&e.hit),
             Event::CapturedStack(e) => Some(&e.stack.hit),
+            Event::StackCopy(e) => Some(&e.hit),
             Event::Proc(_) | Event::Change(_) | Event::FileName(_) => None,
         }
     }
@@ -84,6 +88,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 path: probed_common::FilePath::EMPTY,
             })
         }),
+        EVENT_STACK_COPY_HIT => {
+            read::<StackCopyHitEvent>(bytes).map(|e| Event::StackCopy(Box::new(e)))
+        }
         _ => None,
     }
 }

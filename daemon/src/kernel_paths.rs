@@ -4,7 +4,7 @@
 //! Every answer comes from the kernel itself (its BTF, tracefs, a harmless perf-event
 //! probe), never from the version number: distribution kernels backport features.
 
-use probed_common::{KernelOffsets, PidOffsets};
+use probed_common::{KernelOffsets, PidOffsets, RetOffsets};
 
 use crate::btf::Btf;
 
@@ -61,7 +61,14 @@ pub fn choices() -> Vec<Choice> {
     out.push(process_exit(
         crate::track::tracepoints::exit_group_dead_offset(),
     ));
-    out.push(return_address(has("bpf_trace_run_ctx", "is_uprobe")));
+    let ret_offsets = match &btf {
+        Ok(btf) => crate::track::offsets::ret_offsets_from_btf(btf).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("no kernel BTF: {e}")),
+    };
+    out.push(return_address(
+        has("bpf_trace_run_ctx", "is_uprobe"),
+        ret_offsets,
+    ));
     out.push(rescan(has("procmap_query", "size")));
     out.push(attach(has("bpf_uprobe_multi_link", "uprobes")));
     out.push(privilege(crate::privileges::uprobes_need_sys_admin()));
@@ -139,24 +146,41 @@ pub fn process_exit(group_dead_offset: u32) -> Choice {
 
 /// Where a uretprobe hit's `addr` comes from. `ebpf/src/hit.rs` asks `bpf_get_func_ip`,
 /// which answers for uprobe programs only since Linux 6.4 (`bpf_trace_run_ctx.is_uprobe`
-/// in the BTF); before, it returns 0 and the program falls back to the registers' ip, which
-/// at a uretprobe is the return address in the caller (found on Debian's 6.1: return hits
-/// named the caller's symbol).
-pub fn return_address(func_ip_for_uprobes: bool) -> Choice {
+/// in the BTF); before, it returns 0, and the program reads the function's address from the
+/// kernel's uretprobe bookkeeping (`current->utask->return_instances->func`, offsets from
+/// the BTF). Without those offsets it falls back to the registers' ip, which at a uretprobe
+/// is the return address in the caller (found on Debian's 6.1 before the bookkeeping read:
+/// return hits named the caller's symbol).
+pub fn return_address(
+    func_ip_for_uprobes: bool,
+    ret_offsets: Result<RetOffsets, String>,
+) -> Choice {
     if func_ip_for_uprobes {
-        Choice {
+        return Choice {
             part: "return-probe address",
             chosen: "the probed function's (bpf_get_func_ip)".into(),
             why: "bpf_get_func_ip answers for uprobe programs (Linux >= 6.4)".into(),
-        }
-    } else {
-        Choice {
+        };
+    }
+    match ret_offsets {
+        Ok(_) => Choice {
+            part: "return-probe address",
+            chosen: "the probed function's (utask->return_instances->func)".into(),
+            why: "bpf_get_func_ip returns 0 for uprobe programs before Linux 6.4; the BTF has \
+                  task_struct.utask, uprobe_task.return_instances, return_instance.func \
+                  (a tail call from one uretprobed function to another: both returns carry \
+                  the first's address)"
+                .into(),
+        },
+        Err(e) => Choice {
             part: "return-probe address",
             chosen: "the return address (registers' ip): WRONG for uretprobe hits".into(),
-            why: "bpf_get_func_ip returns 0 for uprobe programs before Linux 6.4; return hits \
-                  carry the caller's address and symbol (known defect, not fixed yet)"
-                .into(),
-        }
+            why: format!(
+                "bpf_get_func_ip returns 0 for uprobe programs before Linux 6.4, and the \
+                 kernel's uretprobe bookkeeping cannot be read ({e}): return hits carry the \
+                 caller's address and symbol"
+            ),
+        },
     }
 }
 
@@ -238,6 +262,16 @@ mod tests {
         assert!(p.chosen.starts_with("none"));
         assert!(rescan(false).why.contains("absent"));
         assert!(attach(true).why.contains("present"));
+        let r = return_address(false, Err("`uprobe_task` has no member `x`".into()));
+        assert!(r.chosen.contains("WRONG"));
+        assert!(r.why.contains("uprobe_task"));
+        let r = return_address(false, Ok(RetOffsets::default()));
+        assert!(r.chosen.contains("utask->return_instances->func"));
+        assert!(
+            return_address(true, Err(String::new()))
+                .chosen
+                .contains("bpf_get_func_ip")
+        );
     }
 
     #[test]

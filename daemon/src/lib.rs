@@ -38,3 +38,4 @@ pub mod stop;
 pub mod symbolize;
 pub mod trace;
 pub mod track;
+pub mod unwind;

@@ -12,7 +12,7 @@ use std::{
 
 use probed_common::{
     CAPTURE_FAILED, ChangeEvent, HitEvent, KIND_RETURN, MAX_FRAMES, OP_OTHER, PROC_EXEC, PROC_EXIT,
-    PROC_FORK, ProcEvent, VmaInfo,
+    PROC_FORK, ProcEvent, STACK_COPY_BYTES, StackCopyHitEvent, VmaInfo,
 };
 
 use crate::{
@@ -32,6 +32,7 @@ use crate::{
         changes::{self, Replay},
         paths::{self, PathIndex},
     },
+    unwind::{Located, StackMode, Start, StopReason, Tables, Unwinder},
 };
 
 /// Lock mode: the mappings a hit captured (ebpf/src/capture.rs), by frame index; index
@@ -123,7 +124,8 @@ pub struct ProbeCounts {
     pub printed: u64,
     /// Hits that arrived after the run stopped taking hits.
     pub not_printed: u64,
-    /// Hits whose address could not be resolved, by reason.
+    /// Stack frames of this probe's hits that could not be resolved, by reason (a hit's own
+    /// address always resolves: the probe answers where the resolver cannot, `by_probe`).
     pub unresolved: BTreeMap<&'static str, u64>,
     /// Hits answered by the probe's own location, by the resolver's reason.
     pub by_probe: BTreeMap<&'static str, u64>,
@@ -201,6 +203,12 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     lock: LockState,
     /// Whether the tracker runs in lock mode (changes are rescanned, not replayed).
     lock_mode: bool,
+    /// How copied stacks are unwound (`auto` or `dwarf`; `fp` stacks come walked).
+    stack_mode: StackMode,
+    /// The CFI unwinder of copied stacks, with its stop counts.
+    unwinder: Unwinder,
+    /// Unwind tables per file.
+    unwind_tables: Tables,
 }
 
 impl<W: Write, S: SeqSource> Pipeline<W, S> {
@@ -243,6 +251,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             print_hits: true,
             lock: LockState::default(),
             lock_mode: false,
+            stack_mode: StackMode::Auto,
+            unwinder: Unwinder::new(),
+            unwind_tables: Tables::default(),
         }
     }
 
@@ -300,6 +311,13 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 }
             }
         }
+    }
+
+    /// Unwinds copied stacks in `mode` (`dwarf`: CFI only; otherwise CFI where a module has
+    /// it, frame pointers elsewhere).
+    pub fn with_stack_mode(mut self, mode: StackMode) -> Self {
+        self.stack_mode = mode;
+        self
     }
 
     /// Feeds every handled hit to `aggregations`; writes hits one by one only if
@@ -404,6 +422,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let lost = match event {
             Event::Hit(e) => e.lost_reports,
             Event::Stack(e) => e.hit.lost_reports,
+            Event::StackCopy(e) => e.hit.lost_reports,
             Event::Proc(e) => e.lost_reports,
             Event::Change(e) => e.lost_reports,
             Event::CapturedHit(e) => e.hit.lost_reports,
@@ -455,6 +474,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 captured::learn(e, &self.paths);
                 self.stop.is_none()
             }
+            Event::StackCopy(e) => self.handle_stack_copy(e),
             Event::Proc(proc) => {
                 self.handle_proc(proc);
                 self.stop.is_none()
@@ -574,11 +594,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         self.stop
     }
 
-    /// Handles one hit; returns false once the run should stop taking hits.
     /// Handles one hit (with its user stack, innermost first, if captured); returns false
     /// once the run should stop taking hits.
     pub fn handle(&mut self, hit: &HitEvent, frames: Option<&[u64]>) -> bool {
-        self.handle_inner(hit, frames, None)
+        self.handle_inner(hit, frames, None, None)
     }
 
     /// Lock mode: handles a hit that carries the kernel's mappings of its addresses: each
@@ -601,14 +620,69 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             self.lock.stale.insert(proc);
             self.refresh_stale();
         }
-        self.handle_inner(hit, frames, Some(captures))
+        self.handle_inner(hit, frames, Some(captures), None)
     }
 
+    /// Handles a hit with a stack copy: unwinds it (unwind/), then handles it with the
+    /// frames found.
+    pub fn handle_stack_copy(&mut self, e: &StackCopyHitEvent) -> bool {
+        let len = (e.stack_len as usize).min(STACK_COPY_BYTES);
+        let start = Start {
+            ip: e.ip,
+            sp: e.sp,
+            bp: e.bp,
+            stack_base: e.stack_base,
+            stack: &e.stack[..len],
+        };
+        let frames = self.unwind(&e.hit, start);
+        self.handle_inner(&e.hit, Some(&frames.0), None, Some(frames.1))
+    }
+
+    /// Unwinds a copied stack against the hit's own picture of its address space.
+    fn unwind(&mut self, hit: &HitEvent, start: Start<'_>) -> (Vec<u64>, StopReason) {
+        let proc = ProcKey::new(hit.pid, hit.proc_gen);
+        let (seq, pid) = (hit.seq, hit.pid);
+        let mode = self.stack_mode;
+        let reader = &mut self.reader;
+        let tables = &mut self.unwind_tables;
+        let walk = self.unwinder.walk(
+            start,
+            mode,
+            MAX_FRAMES,
+            crate::stack_check::mmap_min_addr(),
+            crate::stack_check::user_limit(),
+            |addr| {
+                reader.resolve_with(proc, addr, Some(seq), |r| {
+                    let Ok(found) = r.outcome else {
+                        return Located::Without(StopReason::NoModule);
+                    };
+                    let vma = found.vma;
+                    if paths::is_unnamed(&vma.path) {
+                        return Located::Without(StopReason::NoModule);
+                    }
+                    let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+                    match tables.get(&source) {
+                        Ok(table) => match table.vaddr(found.file_offset) {
+                            Some(vaddr) => Located::Cfi(table, vaddr),
+                            None => Located::Without(StopReason::NoCfi),
+                        },
+                        Err(_) => Located::Without(StopReason::NoCfi),
+                    }
+                })
+            },
+        );
+        (walk.frames, walk.stop)
+    }
+
+    /// Handles a hit: its stack walked by the kernel (`unwound` None: frame pointers, cut at
+    /// the first impossible frame) or unwound here (`Some(why it ended)`); in lock mode with
+    /// the kernel's mappings of its addresses (`captures`).
     fn handle_inner(
         &mut self,
         hit: &HitEvent,
         frames: Option<&[u64]>,
         captures: Option<Captures<'_>>,
+        unwound: Option<StopReason>,
     ) -> bool {
         let id = hit.probe_id as usize;
         let Some(slot) = self.probes.get_mut(id).and_then(Option::as_mut) else {
@@ -668,19 +742,30 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         // A frame-pointer walk through code without frame pointers ends in junk: cut it at
         // the first frame that cannot be a user code address (stack_check.rs).
         let (frames, stack_truncated) = match frames {
-            Some(frames) => {
+            Some(frames) if unwound.is_none() => {
                 let valid = crate::stack_check::valid_prefix(frames);
                 (Some(&frames[..valid]), valid < frames.len())
             }
-            None => (None, false),
+            other => (other, false),
         };
         if stack_truncated {
             self.stacks_truncated += 1;
         }
-        let stack = frames.map(|frames| self.resolve_stack(proc, hit, frames, captures));
+        let stack =
+            frames.map(|frames| self.resolve_stack(proc, hit, frames, captures, unwound.is_none()));
         let Some(slot) = self.probes[id].as_mut() else {
             return self.stop.is_none();
         };
+        // A hit always resolves (the probe answers where the resolver cannot); its frames
+        // may not: those are the probe's `unresolved`, by reason (unnamed files apart: their
+        // mapping was found, see `unnamed`).
+        for frame in stack.iter().flatten() {
+            if let Some(reason) = frame.unresolved
+                && reason != UNNAMED
+            {
+                *slot.counts.unresolved.entry(reason).or_default() += 1;
+            }
+        }
         let probe = &slot.probe;
         let comm = comm_str(&hit.comm);
         let is_return = hit.kind == KIND_RETURN;
@@ -708,6 +793,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             seq: hit.seq,
             stack,
             stack_truncated,
+            stack_stop: unwound.map(StopReason::as_str),
         };
         self.aggregations.add(&record);
         if self.print_hits {
@@ -810,15 +896,19 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// Resolves every frame of a hit's user stack through the resolver, as of the hit's
     /// sequence: frames in libraries since unloaded, or of a process since gone, resolve
     /// against the picture of the hit's time.
+    /// `fp_walk`: the frames are the kernel's frame-pointer walk, which misses the caller
+    /// of a function probed at its first instruction (added here from `ret_addr`).
     fn resolve_stack(
         &mut self,
         proc: ProcKey,
         hit: &HitEvent,
         frames: &[u64],
         captures: Option<Captures<'_>>,
+        fp_walk: bool,
     ) -> Vec<Frame> {
         let mut out = Vec::with_capacity(frames.len() + 1);
-        let at_entry = hit.kind != KIND_RETURN
+        let at_entry = fp_walk
+            && hit.kind != KIND_RETURN
             && self
                 .probes
                 .get(hit.probe_id as usize)
@@ -975,7 +1065,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("capture_failed_frames", self.lock.capture_failed_frames),
             ("stale_rescans", self.lock.stale_rescans),
             ("mirror_published", self.lock.published_count),
+            ("unknown_probe", self.unknown_probe),
         ]
+        .into_iter()
+        .chain(self.unwinder.stop_counts())
+        .chain([("unwind_table_loads", self.unwind_tables.loads)])
+        .collect()
     }
 
     /// Flushes buffered hits to the output.
@@ -1136,3 +1231,7 @@ fn preload(symbolizer: &Symbolizer, probe: &Probe) {
         symbolizer.preload(probe.target.id, c.image.clone());
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

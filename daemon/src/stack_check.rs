@@ -32,7 +32,7 @@ pub fn mmap_min_addr() -> u64 {
 
 /// The end of user space: 2^47, or 2^56 on a CPU with 5-level paging (`la57`). The CPU
 /// flag is enough: a kernel that does not use it only makes the limit later than needed.
-fn user_limit() -> u64 {
+pub fn user_limit() -> u64 {
     static LIMIT: OnceLock<u64> = OnceLock::new();
     *LIMIT.get_or_init(|| {
         let la57 = std::fs::read_to_string("/proc/cpuinfo")

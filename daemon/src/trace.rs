@@ -126,10 +126,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut tracer = Tracer::load(args.tracker)?;
+    // Stack copies are 16 KiB a hit: their runs get a ring that holds a burst of them.
+    let ring_bytes = if args.captures_stacks() && args.stack_mode() != crate::unwind::StackMode::Fp
+    {
+        probed_common::STACK_COPY_RING_BYTES
+    } else {
+        probed_common::RING_BYTES
+    };
+    let mut tracer = Tracer::load_with_ring(ring_bytes, args.tracker)?;
     for probe in &probes {
         if args.captures_stacks() {
-            tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_STACK)?;
+            tracer.set_probe_flags(probe.id, stack_flags(args.stack_mode()))?;
         }
         if let Some(limit) = args.rate_limit() {
             tracer.set_rate_limit(probe.id, Some(limit))?;
@@ -190,7 +197,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
         .with_pid_filter(args.pid.map(NonZeroU32::get))
         .with_aggregations(aggregations(&args), args.prints_hits())
-        .with_lock_mode(tracer.tracker_mode().0 == track::TrackerMode::Lock);
+        .with_lock_mode(tracer.tracker_mode().0 == track::TrackerMode::Lock)
+        .with_stack_mode(args.stack_mode());
     let started = Instant::now();
     eprintln!(
         "probed: tracing {} probe(s){}{}; Ctrl-C to stop",
@@ -271,7 +279,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         &mut pipeline,
         unread,
         args.drain_timeout(),
-        probed_common::RING_BYTES,
+        ring_bytes,
         &mut sigint,
         &mut sigterm,
     )
@@ -385,14 +393,29 @@ fn attach_request(probe: &Probe) -> AttachRequest {
 
 /// A `--pid` that names no live process is an error before anything is attached.
 pub(crate) fn check_alive(pid: NonZeroU32) -> anyhow::Result<()> {
-    let Ok(raw) = i32::try_from(pid.get()) else {
-        anyhow::bail!("no process with pid {pid}");
-    };
-    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
-    let alive = unsafe { libc::kill(raw, 0) } == 0
-        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !alive {
+    if !is_alive(pid) {
         anyhow::bail!("no process with pid {pid} (it may have exited)");
     }
     Ok(())
+}
+
+/// Whether `pid` names a live process (one we may not signal counts).
+pub(crate) fn is_alive(pid: NonZeroU32) -> bool {
+    let Ok(raw) = i32::try_from(pid.get()) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
+    let signalled = unsafe { libc::kill(raw, 0) } == 0;
+    signalled || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The BPF probe flags of a stack mode: the kernel's frame-pointer walk, or registers and a
+/// stack copy for the daemon's unwinder.
+pub fn stack_flags(mode: crate::unwind::StackMode) -> u32 {
+    match mode {
+        crate::unwind::StackMode::Fp => probed_common::PROBE_FLAG_STACK,
+        crate::unwind::StackMode::Auto | crate::unwind::StackMode::Dwarf => {
+            probed_common::PROBE_FLAG_STACK | probed_common::PROBE_FLAG_STACK_COPY
+        }
+    }
 }

@@ -57,7 +57,7 @@ fn self_check_names_the_kernel_and_the_paths() {
         "return-probe address",
         (6, 4),
         "the probed function's (bpf_get_func_ip)",
-        "the return address (registers' ip)",
+        "the probed function's (utask->return_instances->func)",
     );
     says(
         "rescan path",

@@ -9,7 +9,6 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -38,38 +37,6 @@ fn chain_exe_with_lib(lib: &Path) -> PathBuf {
     probed::fixtures::build("stacks_chain.c", "stacks_chain_lib", &flags).expect("build")
 }
 
-/// Offsets into `caller` of the instructions after its calls (to `callee`, if named: any
-/// call otherwise), from objdump: where a return into `caller` lands.
-fn return_offsets(bin: &Path, caller: &str, callee: Option<&str>) -> Vec<u64> {
-    let start = common::symbol_vaddr(bin, caller);
-    let out = Command::new("objdump")
-        .args([
-            "-d",
-            "--no-show-raw-insn",
-            &format!("--disassemble={caller}"),
-        ])
-        .arg(bin)
-        .output()
-        .expect("run objdump");
-    let text = String::from_utf8(out.stdout).expect("UTF-8 objdump output");
-    let insns: Vec<(u64, &str)> = text
-        .lines()
-        .filter_map(|l| {
-            let (addr, rest) = l.trim_start().split_once(":\t")?;
-            Some((u64::from_str_radix(addr, 16).ok()?, rest))
-        })
-        .collect();
-    let offsets: Vec<u64> = insns
-        .windows(2)
-        .filter(|w| {
-            w[0].1.starts_with("call") && callee.is_none_or(|c| w[0].1.contains(&format!("<{c}")))
-        })
-        .map(|w| w[1].0 - start)
-        .collect();
-    assert!(!offsets.is_empty(), "no call in {caller}: {text}");
-    offsets
-}
-
 /// One expected frame: symbol, module, and the offsets it may have in its symbol.
 struct Want<'a> {
     symbol: &'a str,
@@ -92,14 +59,16 @@ impl<'a> Want<'a> {
         Self {
             symbol: caller,
             module,
-            offsets: return_offsets(module, caller, callee),
+            offsets: common::return_offsets(module, caller, callee),
         }
     }
 }
 
 /// Asserts that the stack of `hit` starts with exactly `want` (innermost first), with each
 /// frame's address where `pid` maps it (when `pid` is given: the process still maps the
-/// module), and that the frames past main are all in libc.
+/// module), and that the frames past main are all in libc — but for the program's `_start`
+/// as the last frame of a stack unwound by CFI (`--stack`, `auto`), which reaches the entry
+/// point (its `stack_stop` then says `end`) where the frame-pointer walk stops in libc.
 fn check_stack(hit: &Value, want: &[Want<'_>], pid: Option<u32>) {
     let stack = hit["stack"]
         .as_array()
@@ -126,7 +95,19 @@ fn check_stack(hit: &Value, want: &[Want<'_>], pid: Option<u32>) {
             assert_eq!(frame["addr"], format!("{addr:#x}"), "frame {i} of {hit}");
         }
     }
-    for frame in &stack[want.len()..] {
+    let unwound = hit.get("stack_stop").is_some();
+    let mut past_main = &stack[want.len()..];
+    if unwound {
+        assert_eq!(hit["stack_stop"], "end", "{hit}");
+        let last = stack.last().expect("frames");
+        assert_eq!(last["symbol"], "_start", "{hit}");
+        assert_eq!(
+            last["module"],
+            want[want.len() - 1].module.to_str().expect("UTF-8")
+        );
+        past_main = &past_main[..past_main.len() - 1];
+    }
+    for frame in past_main {
         let module = frame["module"].as_str().unwrap_or_default();
         assert!(
             module.ends_with("/libc.so.6"),
@@ -175,17 +156,32 @@ fn maps(pid: u32, file: &Path) -> bool {
 
 /// In a PIE executable, every hit's stack is stacks_leaf (offset 0: it sets up a frame, so
 /// the caller is found from the return address on the stack top), chain_b, chain_a and main
-/// at their return offsets, at the addresses the process maps them at, then libc.
+/// at their return offsets, at the addresses the process maps them at, then libc: unwound
+/// from a stack copy by CFI (`--stack`, mode `auto`).
 #[test]
 fn pie_chain_matches_exactly() {
     if !common::require_bpf("pie_chain_matches_exactly") {
         return;
     }
+    pie_chain("--stack");
+}
+
+/// The same with the kernel's frame-pointer walk (`--stack=fp`): no stack copy, no
+/// `stack_stop`, the frames past main in libc.
+#[test]
+fn pie_chain_matches_exactly_fp() {
+    if !common::require_bpf("pie_chain_matches_exactly_fp") {
+        return;
+    }
+    pie_chain("--stack=fp");
+}
+
+fn pie_chain(stack_arg: &str) {
     let exe = chain_exe().canonicalize().expect("canonical path");
     let mut target = Target::start(&exe, &["calls", "20"]);
     let spec = format!("uprobe:{}:stacks_leaf", exe.display());
     let pid = target.pid.to_string();
-    let probed = Probed::start(&["trace", &spec, "--pid", &pid, "--stack", "--format", "json"]);
+    let probed = Probed::start(&["trace", &spec, "--pid", &pid, stack_arg, "--format", "json"]);
     target.go();
     let end = probed.stop(libc::SIGINT);
     assert!(end.status.success(), "{end:?}");
@@ -199,6 +195,11 @@ fn pie_chain_matches_exactly() {
     ];
     for hit in &lines.hits {
         check_stack(hit, &want, Some(target.pid));
+        assert_eq!(
+            hit.get("stack_stop").is_some(),
+            stack_arg != "--stack=fp",
+            "{hit}"
+        );
     }
     target.finish();
 }

@@ -137,7 +137,18 @@ fn churn_names_libraries(dir: &Path) {
     );
     let spec = format!("uprobe:{}:callback", exe.display());
     let pid = target.pid.to_string();
-    let probed = Probed::start(&["trace", &spec, "--pid", &pid, "--stack", "--format", "json"]);
+    // The frame-pointer walk (the fixtures keep frame pointers): this test is about naming
+    // the frames of libraries replaced under churn, 5,000 hits in a burst; stack copies
+    // (`--stack`'s CFI) are stacks_cfi's.
+    let probed = Probed::start(&[
+        "trace",
+        &spec,
+        "--pid",
+        &pid,
+        "--stack=fp",
+        "--format",
+        "json",
+    ]);
     let done = target.go();
     let end = probed.stop(libc::SIGINT);
     target.finish();

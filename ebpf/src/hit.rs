@@ -15,13 +15,13 @@ use aya_ebpf::{
 };
 use probed_common::{
     ARG_REGS, EVENT_HIT, EVENT_STACK_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_FRAMES,
-    MAX_PROBES, PROBE_FLAG_STACK, PROBE_FLAGS_LIMITS, StackHitEvent,
+    MAX_PROBES, PROBE_FLAG_STACK, PROBE_FLAG_STACK_COPY, PROBE_FLAGS_LIMITS, StackHitEvent,
 };
 
 use crate::{
     limit,
     maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
-    self_filter, track,
+    self_filter, stack, track,
 };
 
 /// Records a uprobe hit with the first six integer arguments. Returns true if the hit waits
@@ -93,7 +93,18 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
     // bpf_get_func_ip (which reports the probed address for both kinds, kernel >= 6.4).
     // SAFETY: bpf_get_func_ip only reads the current program's run context.
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx) };
-    let ip = if ip == 0 { regs.rip } else { ip };
+    let ip = if ip != 0 {
+        ip
+    } else if kind == KIND_RETURN {
+        // Before 6.4 bpf_get_func_ip gives uprobe programs 0: ask the kernel's uretprobe
+        // bookkeeping instead; without its offsets, the registers' ip (the caller's).
+        match crate::kread::uretprobe_func() {
+            0 => regs.rip,
+            func => func,
+        }
+    } else {
+        regs.rip
+    };
     let tid = pid_tgid as u32;
     // The pids the process sees itself by, inside its container (see kread::ns_pids).
     let (ns_pid, ns_tid) = crate::kread::ns_pids(tgid, tid);
@@ -115,8 +126,11 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
     } else {
         ret_addr
     };
+    let with_copy = with_stack && flags & PROBE_FLAG_STACK_COPY != 0;
     let hit = HitEvent {
-        event: if with_stack {
+        event: if with_copy {
+            probed_common::EVENT_STACK_COPY_HIT
+        } else if with_stack {
             EVENT_STACK_HIT
         } else {
             EVENT_HIT
@@ -137,6 +151,13 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
         ns_pid,
         ns_tid,
     };
+    if with_copy {
+        // Registers and a stack copy for the daemon's CFI unwinder (stack.rs). Not captured
+        // in lock mode: the frames are only known once unwound in the daemon, whose module
+        // lookups then go through the picture of the hit's sequence (or fail, counted).
+        stack::record(hit, regs, stats);
+        return false;
+    }
     // Lock mode, and the daemon's picture of this process is not of this sequence: the hit
     // carries the kernel's mappings of its addresses (capture.rs).
     if crate::capture::needed(tgid, seq) {

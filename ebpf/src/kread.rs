@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
-use probed_common::{KernelOffsets, NAME_LEN, PidOffsets, VmaInfo};
+use probed_common::{KernelOffsets, NAME_LEN, PidOffsets, RetOffsets, VmaInfo};
 
 use crate::maps::TRACK_CONFIG;
 
@@ -151,4 +151,37 @@ pub fn ns_pids(tgid: u32, tid: u32) -> (u32, u32) {
     let leader = read_u64(task, o.task_group_leader);
     let leader_pid = read_u64(leader, o.task_thread_pid);
     (read_u32(leader_pid, at), ns_tid)
+}
+
+/// The uretprobe bookkeeping offsets, if the daemon found them all.
+#[inline(always)]
+fn ret_offsets() -> Option<&'static RetOffsets> {
+    TRACK_CONFIG
+        .get(0)
+        .map(|c| &c.ret_offsets)
+        .filter(|o| o.valid == 1)
+}
+
+/// At a uretprobe hit, the address of the function returning, from the kernel's own record of
+/// it: `current->utask->return_instances->func`. The trampoline handler runs the return
+/// consumers before it pops the task's `return_instances`, so its head is the instance
+/// returning (for a chain of tail calls between probed functions: the chain's first, the
+/// known limit). 0 when the offsets are unknown or a read fails.
+#[inline(always)]
+pub fn uretprobe_func() -> u64 {
+    let Some(o) = ret_offsets() else {
+        return 0;
+    };
+    // SAFETY: bpf_get_current_task has no preconditions; the value is only an address read
+    // through bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    let utask = read_u64(task, o.task_utask);
+    if utask == 0 {
+        return 0;
+    }
+    let ri = read_u64(utask, o.utask_return_instances);
+    if ri == 0 {
+        return 0;
+    }
+    read_u64(ri, o.ri_func)
 }

@@ -17,6 +17,7 @@ mod lock;
 mod maps;
 mod path;
 mod self_filter;
+mod stack;
 mod track;
 
 use aya_ebpf::{

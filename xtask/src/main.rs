@@ -37,13 +37,14 @@ enum Command {
         args: Vec<String>,
     },
     /// Run every test: unit tests and loom models on the host, root/BPF integration tests in
-    /// a privileged container.
+    /// a privileged container, the kernel suites in QEMU guests of Debian's 6.1 and 6.12.
     Test {
         /// Run the integration tests on the host too (`cargo test`), without a container.
         #[arg(long)]
         host: bool,
         /// Where the containerized integration tests keep their files (fixtures, target
-        /// copies): a tmpfs /tmp, the container's overlayfs root, or both, one pass each.
+        /// copies): a tmpfs /tmp, the container's overlayfs root, or both (every executable on
+        /// tmpfs, then those that depend on mapped files' identities on overlayfs).
         #[arg(long, value_enum, default_value = "both")]
         fixtures: integration::Fixtures,
         /// Only the kernel suite in a guest of this Debian kernel (6.1, 6.12); may be repeated.
@@ -59,7 +60,8 @@ enum Command {
         #[arg(long = "test", value_name = "NAME")]
         only: Vec<String>,
         /// Where the tests keep their files: a tmpfs /tmp, the container's overlayfs root,
-        /// or both, one pass each.
+        /// or both (every executable on tmpfs, then those that depend on mapped files'
+        /// identities on overlayfs).
         #[arg(long, value_enum, default_value = "both")]
         fixtures: integration::Fixtures,
         /// Arguments for the test executables (a test name filter, `--nocapture`, …).

@@ -25,10 +25,16 @@ pub fn run(line: &str, argv: &[String]) -> anyhow::Result<i32> {
     let kernel = kernel::install(kernel::line(line)?)?;
     let guest = guest::Guest::prepare(kernel)?;
     let cwd = std::env::current_dir()?;
-    let env: Vec<(String, String)> = ["PATH", "RUST_LOG", "RUST_BACKTRACE", "CI"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect();
+    let env: Vec<(String, String)> = [
+        "PATH",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+        "CI",
+        "PROBED_TEST_TIME_SCALE",
+    ]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+    .collect();
     let outcome = guest.run(&argv.join(" "), argv, &cwd, &env, None, |l| println!("{l}"))?;
     eprintln!(
         "xtask: guest {} exited {:?} after {:.1} s (boot included)",

@@ -15,7 +15,7 @@ use object::{
 
 use super::{
     BuildId, ElfError, LoadSegment, Segments, Symbol, SymbolBinding, SymbolKind, SymbolTable,
-    build_id,
+    build_id, debug_file,
     reader::{self, PosReader, ReadAt, Stamp},
 };
 use crate::file_id::FileId;
@@ -59,6 +59,8 @@ pub struct ElfImage {
     symbols: SymbolTable,
     /// `NT_GNU_BUILD_ID`, if the file has one.
     build_id: Option<BuildId>,
+    /// The separate debug file whose symbols were merged in (debug_file.rs), if any.
+    debug_file: Option<PathBuf>,
 }
 
 impl ElfImage {
@@ -101,7 +103,7 @@ impl ElfImage {
         if Stamp::of(&after) != before {
             return Err(changed());
         }
-        let (elf_type, segments, symbols, build_id) = match (parsed, io_error) {
+        let parsed = match (parsed, io_error) {
             (Ok(parsed), _) => parsed,
             // A short read with an unchanged stamp: the file shrank and was restored, or the
             // file system lies; either way what was read cannot be trusted.
@@ -116,14 +118,41 @@ impl ElfImage {
             }
             (Err(e), None) => return Err(e.into_error(path)),
         };
+        let Parsed {
+            elf_type,
+            segments,
+            mut symbols,
+            build_id,
+            has_symtab,
+            debuglink,
+        } = parsed;
+        // Only .dynsym (a distribution binary): the full table may be in a debug file.
+        let mut debug_file = None;
+        if !has_symtab
+            && let Some((found, extra)) = debug_symbols(
+                path,
+                build_id.as_ref(),
+                debuglink.as_ref(),
+                Path::new(debug_file::DEBUG_ROOT),
+            )
+        {
+            symbols.extend(extra);
+            debug_file = Some(found);
+        }
         Ok(Self {
             path: path.to_owned(),
             id,
             elf_type,
             segments,
-            symbols,
+            symbols: SymbolTable::new(symbols),
             build_id,
+            debug_file,
         })
+    }
+
+    /// The separate debug file whose symbols were merged in, if one was found.
+    pub fn debug_file(&self) -> Option<&Path> {
+        self.debug_file.as_deref()
     }
 
     /// The path the file was opened as.
@@ -196,7 +225,53 @@ impl From<object::read::Error> for ParseError {
     }
 }
 
-type Parsed = (ElfType, Segments, SymbolTable, Option<BuildId>);
+/// What one parse of an ELF file gives.
+struct Parsed {
+    elf_type: ElfType,
+    segments: Segments,
+    /// `.symtab` and `.dynsym`, not merged yet.
+    symbols: Vec<Symbol>,
+    build_id: Option<BuildId>,
+    /// Whether the file has a `.symtab` (else only `.dynsym`: look for a debug file).
+    has_symtab: bool,
+    /// `.gnu_debuglink`, if present.
+    debuglink: Option<debug_file::DebugLink>,
+}
+
+/// The symbols of the first debug file of `path` found that passes its check (see
+/// debug_file.rs), with its path. A candidate that fails to open, parse or check is passed
+/// over (logged at debug level): a missing debug file only means fewer names.
+fn debug_symbols(
+    path: &Path,
+    build_id: Option<&BuildId>,
+    link: Option<&debug_file::DebugLink>,
+    root: &Path,
+) -> Option<(PathBuf, Vec<Symbol>)> {
+    for (candidate, check) in debug_file::candidates(path, build_id, link, root) {
+        let Ok((file, meta)) = reader::open(&candidate) else {
+            continue;
+        };
+        let cache = ReadCache::new(PosReader::new(&file, meta.len()));
+        let Ok(parsed) = parse(&cache) else {
+            tracing::debug!(file = %candidate.display(), "debug file does not parse");
+            continue;
+        };
+        let ids_agree = match (build_id, parsed.build_id.as_ref()) {
+            (Some(a), Some(b)) => a == b,
+            (None, _) | (_, None) => check != debug_file::Check::BuildId,
+        };
+        let crc_ok = match check {
+            debug_file::Check::BuildId => true,
+            debug_file::Check::Crc(crc) => debug_file::file_crc(&candidate).ok() == Some(crc),
+        };
+        if !(ids_agree && crc_ok) {
+            tracing::debug!(file = %candidate.display(), "debug file belongs to another build");
+            continue;
+        }
+        return Some((candidate, parsed.symbols));
+    }
+    None
+}
 
 fn parse<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<Parsed, ParseError> {
     let data = cache;
@@ -249,8 +324,19 @@ fn parse<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<Parsed, ParseError> {
 
     let sections = header.sections(endian, data)?;
     let mut symbols = Vec::new();
+    let mut has_symtab = false;
+    let mut debuglink = None;
     for section in sections.iter() {
         let sh_type = section.sh_type(endian);
+        if sh_type == elf::SHT_PROGBITS
+            && sections.section_name(endian, section).ok() == Some(b".gnu_debuglink".as_slice())
+        {
+            debuglink = section
+                .data(endian, data)
+                .ok()
+                .and_then(debug_file::DebugLink::parse);
+        }
+        has_symtab |= sh_type == elf::SHT_SYMTAB;
         if sh_type != elf::SHT_SYMTAB && sh_type != elf::SHT_DYNSYM {
             continue;
         }
@@ -260,12 +346,14 @@ fn parse<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<Parsed, ParseError> {
         let strings = strtab.data(endian, data)?;
         symbols.extend(table.iter().filter_map(|sym| convert(sym, strings)));
     }
-    Ok((
+    Ok(Parsed {
         elf_type,
-        Segments::new(loads),
-        SymbolTable::new(symbols),
+        segments: Segments::new(loads),
+        symbols,
         build_id,
-    ))
+        has_symtab,
+        debuglink,
+    })
 }
 
 /// The symbol `sym` if it is a defined, addressed function or data object with a name.
@@ -538,5 +626,93 @@ mod tests {
         let off = image.vaddr_to_file_offset(alpha.addr).unwrap();
         assert!(code_has_mark(&path, off, alpha.size, ALPHA_MARK));
         fs::remove_dir_all(dir).ok();
+    }
+
+    fn objcopy(args: &[&str]) {
+        let out = std::process::Command::new("objcopy")
+            .args(args)
+            .output()
+            .expect("run objcopy (binutils)");
+        assert!(out.status.success(), "objcopy {args:?}: {out:?}");
+    }
+
+    /// A binary stripped of `.symtab` whose debug file (objcopy --only-keep-debug) is named
+    /// by `.gnu_debuglink` in `.debug/` gets its static function back, and says where from;
+    /// a debug file whose CRC does not match is refused; found by build-id under a debug
+    /// root, the build-id is checked.
+    #[test]
+    fn symbols_from_separate_debug_files() {
+        let dir = scratch_dir("debuglink");
+        let full = dir.join("prog.full");
+        fs::copy(Fixture::Pie.path(), &full).unwrap();
+        fs::create_dir_all(dir.join(".debug")).unwrap();
+        let debug = dir.join(".debug/prog.debug");
+        objcopy(&[
+            "--only-keep-debug",
+            full.to_str().unwrap(),
+            debug.to_str().unwrap(),
+        ]);
+        let prog = dir.join("prog");
+        let link = format!("--add-gnu-debuglink={}", debug.display());
+        objcopy(&[
+            "--strip-all",
+            &link,
+            full.to_str().unwrap(),
+            prog.to_str().unwrap(),
+        ]);
+
+        let has_local = |image: &ElfImage| image.symbols().find("elf_fn_local").is_some();
+        let image = ElfImage::open(&prog).unwrap();
+        assert!(
+            has_local(&image),
+            "elf_fn_local not found through .gnu_debuglink"
+        );
+        assert_eq!(image.debug_file(), Some(debug.as_path()));
+        // Its address is the full binary's.
+        let want = ElfImage::open(&full).unwrap();
+        assert_eq!(
+            image.symbols().find("elf_fn_local").map(|s| s.addr),
+            want.symbols().find("elf_fn_local").map(|s| s.addr)
+        );
+
+        // Another build's debug file under the same name: the CRC no longer matches.
+        let mut bytes = fs::read(&debug).unwrap();
+        bytes.push(0);
+        fs::write(&debug, &bytes).unwrap();
+        let image = ElfImage::open(&prog).unwrap();
+        assert!(!has_local(&image) && image.debug_file().is_none());
+
+        // By build-id under a debug root (no debuglink match needed), build-id checked.
+        let id = image
+            .build_id()
+            .expect("the fixture has a build-id")
+            .to_string();
+        let root = dir.join("root");
+        let by_id = root
+            .join(".build-id")
+            .join(&id[..2])
+            .join(format!("{}.debug", &id[2..]));
+        fs::create_dir_all(by_id.parent().unwrap()).unwrap();
+        objcopy(&[
+            "--only-keep-debug",
+            full.to_str().unwrap(),
+            by_id.to_str().unwrap(),
+        ]);
+        let found = debug_symbols(&prog, image.build_id(), None, &root).expect("found by build-id");
+        assert_eq!(found.0, by_id);
+        assert!(found.1.iter().any(|s| &*s.name == "elf_fn_local"));
+        let other = BuildId::new(&[1, 2, 3, 4]);
+        let other_hex = other.to_string();
+        let wrong = root
+            .join(".build-id")
+            .join(&other_hex[..2])
+            .join(format!("{}.debug", &other_hex[2..]));
+        fs::create_dir_all(wrong.parent().unwrap()).unwrap();
+        fs::copy(&by_id, &wrong).unwrap();
+        assert!(
+            debug_symbols(&prog, Some(&other), None, &root).is_none(),
+            "a debug file of another build-id was used"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -16,6 +16,7 @@
 
 mod attach;
 mod build_id;
+mod debug_file;
 mod demangle;
 mod error;
 mod image;
@@ -29,6 +30,7 @@ mod usdt;
 
 pub use attach::{AttachError, AttachTarget, resolve_attach, resolve_attach_offset};
 pub use build_id::BuildId;
+pub use debug_file::{DEBUG_ROOT, DebugLink};
 pub use demangle::demangle;
 pub use error::ElfError;
 pub use image::{ElfImage, ElfType};

@@ -74,7 +74,7 @@ const WRITE_ERRORS: Family = Family::counter(
 );
 const UNRESOLVED: Family = Family::counter(
     "probed_unresolved_addresses_total",
-    "Hits whose address could not be resolved, by reason.",
+    "Stack frames of the probe's hits whose address could not be resolved, by reason.",
 );
 const BY_PROBE: Family = Family::counter(
     "probed_resolved_by_probe_total",
@@ -123,6 +123,10 @@ const MALFORMED: Family = Family::counter(
 const UNNAMED: Family = Family::counter(
     "probed_unnamed_frames_total",
     "Addresses (hits, stack frames) whose mapping was found but whose file no source could name (printed with its identity).",
+);
+const UNKNOWN_PROBE: Family = Family::counter(
+    "probed_unknown_probe_hits_total",
+    "Hit records naming a probe id the daemon does not have (expected 0: an ABI or cookie mismatch).",
 );
 const RELOADS: Family = Family::counter(
     "probed_config_reloads_total",
@@ -254,6 +258,7 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
         (&EXITED_RETAINED, snapshot.exited_retained),
         (&MALFORMED, snapshot.malformed_events),
         (&UNNAMED, snapshot.unnamed_frames),
+        (&UNKNOWN_PROBE, snapshot.unknown_probe_hits),
     ] {
         w.family(family);
         w.sample(family, &[], Value::Int(value));

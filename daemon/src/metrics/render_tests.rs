@@ -253,7 +253,7 @@ probed_probe_written_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 
 # HELP probed_probe_write_errors_total Hits whose write to the probe's output failed.
 # TYPE probed_probe_write_errors_total counter
 probed_probe_write_errors_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout"} 0
-# HELP probed_unresolved_addresses_total Hits whose address could not be resolved, by reason.
+# HELP probed_unresolved_addresses_total Stack frames of the probe's hits whose address could not be resolved, by reason.
 # TYPE probed_unresolved_addresses_total counter
 probed_unresolved_addresses_total{probe_id="0",spec="uprobe:/bin/t:f",output="stdout",reason="unmapped"} 1
 # HELP probed_resolved_by_probe_total Hits the resolver could not answer (by its reason) that the probe's own location did.
@@ -300,6 +300,9 @@ probed_malformed_events_total 0
 # HELP probed_unnamed_frames_total Addresses (hits, stack frames) whose mapping was found but whose file no source could name (printed with its identity).
 # TYPE probed_unnamed_frames_total counter
 probed_unnamed_frames_total 0
+# HELP probed_unknown_probe_hits_total Hit records naming a probe id the daemon does not have (expected 0: an ABI or cookie mismatch).
+# TYPE probed_unknown_probe_hits_total counter
+probed_unknown_probe_hits_total 0
 # HELP probed_config_reloads_total Configuration reloads, by result (a rejected one keeps the old configuration).
 # TYPE probed_config_reloads_total counter
 probed_config_reloads_total{result="applied"} 2
@@ -400,6 +403,7 @@ fn output_parses_and_reads_back() {
         exited_retained: 2,
         malformed_events: 1,
         unnamed_frames: 3,
+        unknown_probe_hits: 5,
         reload_failures: 9,
         uptime_seconds: 3600.25,
         ..MetricsSnapshot::default()
@@ -492,6 +496,7 @@ fn output_parses_and_reads_back() {
     assert_eq!(value(&samples, "probed_exited_retained", &[]), 2.0);
     assert_eq!(value(&samples, "probed_malformed_events_total", &[]), 1.0);
     assert_eq!(value(&samples, "probed_unnamed_frames_total", &[]), 3.0);
+    assert_eq!(value(&samples, "probed_unknown_probe_hits_total", &[]), 5.0);
 }
 
 /// Counters are printed as exact integers, even above 2^53 where an f64 would round.

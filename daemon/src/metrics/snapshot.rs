@@ -22,6 +22,8 @@ pub struct MetricsSnapshot {
     pub malformed_events: u64,
     /// Addresses (hits, stack frames) whose mapping was found but whose file had no name.
     pub unnamed_frames: u64,
+    /// Hit records naming a probe id the daemon does not have.
+    pub unknown_probe_hits: u64,
     /// Configuration reloads applied (SIGHUP or control socket).
     pub reloads: u64,
     /// Configuration reloads rejected (the old configuration kept running).
@@ -62,7 +64,7 @@ pub struct ProbeMetrics {
     pub written: u64,
     /// Hits whose write to the output failed (the output stays; the daemon goes on).
     pub write_errors: u64,
-    /// Hits whose address could not be resolved, by reason.
+    /// Stack frames of the probe's hits that could not be resolved, by reason.
     pub unresolved: BTreeMap<String, u64>,
     /// Hits the resolver could not answer (by its reason) but the probe's own location did.
     pub resolved_by_probe: BTreeMap<String, u64>,

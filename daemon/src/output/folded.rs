@@ -356,6 +356,7 @@ mod tests {
             seq: 0,
             stack,
             stack_truncated: false,
+            stack_stop: None,
         }
     }
 

@@ -38,6 +38,9 @@ struct HitLine<'a> {
     /// With a stack: whether the walk was cut at an impossible frame.
     #[serde(skip_serializing_if = "Option::is_none")]
     stack_truncated: Option<bool>,
+    /// With an unwound stack: why the walk ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack_stop: Option<&'static str>,
 }
 
 /// Writes one hit as a JSON line.
@@ -67,6 +70,7 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
         seq: hit.seq,
         stack: hit.stack.as_deref(),
         stack_truncated: hit.stack.as_ref().map(|_| hit.stack_truncated),
+        stack_stop: hit.stack_stop,
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -116,6 +120,7 @@ mod tests {
             seq: 0,
             stack: None,
             stack_truncated: false,
+            stack_stop: None,
         }
     }
 

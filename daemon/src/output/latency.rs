@@ -533,6 +533,7 @@ mod tests {
             seq: 0,
             stack: None,
             stack_truncated: false,
+            stack_stop: None,
         }
     }
 

@@ -182,6 +182,7 @@ mod tests {
                 ret_addr: None,
                 seq: 0,
                 stack_truncated: false,
+                stack_stop: None,
                 stack: Some(
                     (0..20)
                         .map(|f| Frame {

@@ -82,6 +82,9 @@ pub struct HitRecord<'a> {
     pub stack: Option<Vec<Frame>>,
     /// Whether the stack walk was cut at an impossible frame (see `pipeline::stack`).
     pub stack_truncated: bool,
+    /// Why an unwound stack (a stack copy, `--stack=auto|dwarf`) ends (`unwind::StopReason`);
+    /// None for the kernel's frame-pointer walk.
+    pub stack_stop: Option<&'static str>,
 }
 
 /// The `comm` bytes of a hit as text (up to the first NUL, lossy UTF-8).

@@ -37,7 +37,7 @@ pub struct ProbeSummary {
     /// Hits the resolver placed elsewhere than their probe's (file, offset), where the
     /// kernel matched them: a wrong answer of the resolver's, so always expected to be 0.
     pub probe_mismatch: u64,
-    /// Hits whose address could not be resolved, by reason.
+    /// Stack frames of the probe's hits that could not be resolved, by reason.
     pub unresolved: BTreeMap<&'static str, u64>,
     /// Hits the resolver could not answer (by its reason) but the probe's own location did:
     /// the kernel matched the hit to the probe's (inode, offset).

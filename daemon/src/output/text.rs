@@ -82,6 +82,10 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     if hit.stack_truncated {
         writeln!(out, "{:>22}(stack cut at an impossible frame)", "")?;
     }
+    // An unwound stack that did not reach its outermost frame says why.
+    if let Some(why) = hit.stack_stop.filter(|&w| w != "end") {
+        writeln!(out, "{:>22}(unwinding stopped: {why})", "")?;
+    }
 
     Ok(())
 }
@@ -193,6 +197,7 @@ mod tests {
             seq: 0,
             stack: None,
             stack_truncated: false,
+            stack_stop: None,
         };
         let mut buf = Vec::new();
         write_hit(&mut buf, &hit).unwrap();

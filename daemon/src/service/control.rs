@@ -23,7 +23,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::reply::Reply;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -95,8 +97,8 @@ pub struct AddRequest {
 pub struct Call {
     /// The request.
     pub request: Request,
-    /// The reply (`{"ok": …}`).
-    pub reply: oneshot::Sender<Value>,
+    /// The reply.
+    pub reply: oneshot::Sender<Reply>,
 }
 
 /// Why the control socket cannot be opened.
@@ -194,11 +196,6 @@ pub fn allowed(uid: u32, own_uid: u32) -> bool {
     uid == 0 || uid == own_uid
 }
 
-/// An error reply.
-pub fn error_reply(message: impl std::fmt::Display) -> Value {
-    json!({"ok": false, "error": message.to_string()})
-}
-
 /// Parses one request line; the error is the reply's message.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let text = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8".to_owned())?;
@@ -228,7 +225,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result
             pid = cred.pid(),
             "control request refused: not root or probed's user"
         );
-        let reply = error_reply(format!(
+        let reply = Reply::error(format!(
             "permission denied: uid {} may not control probed (root only)",
             cred.uid()
         ));
@@ -260,7 +257,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result
         }
         if line.last() != Some(&b'\n') && line.len() > MAX_REQUEST {
             // Part of the request is still unread; the stream cannot be resynchronized.
-            let reply = error_reply(format!("request larger than {MAX_REQUEST} bytes"));
+            let reply = Reply::error(format!("request larger than {MAX_REQUEST} bytes"));
             return send(&mut write, &reply).await;
         }
         let text = line.trim_ascii();
@@ -271,19 +268,19 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send(Call { request, reply: tx }).await.is_err() {
-                    return send(&mut write, &error_reply("probed is stopping")).await;
+                    return send(&mut write, &Reply::error("probed is stopping")).await;
                 }
                 rx.await
-                    .unwrap_or_else(|_| error_reply("probed is stopping"))
+                    .unwrap_or_else(|_| Reply::error("probed is stopping"))
             }
-            Err(message) => error_reply(message),
+            Err(message) => Reply::error(message),
         };
         send(&mut write, &reply).await?;
     }
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Value) -> io::Result<()> {
-    let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(&reply.to_json()).map_err(io::Error::other)?;
     bytes.push(b'\n');
     write.write_all(&bytes).await
 }
@@ -359,7 +356,7 @@ mod tests {
             while let Some(call) = rx.recv().await {
                 let _ = call
                     .reply
-                    .send(json!({"ok": true, "echo": format!("{:?}", call.request)}));
+                    .send(Reply::error(format!("echo {:?}", call.request)));
             }
         };
         let client = async {
@@ -373,15 +370,14 @@ mod tests {
                 serde_json::from_str(&line).unwrap()
             };
             let v = ask(b"{\"cmd\":\"list\"}\n").await;
-            assert_eq!(v["ok"], true);
-            assert_eq!(v["echo"], "List");
+            assert_eq!(v["error"], "echo List");
             let v = ask(b"garbage\n").await;
             assert_eq!(v["ok"], false);
             let v = ask(b"{\"cmd\":\"fly\"}\n").await;
             assert!(v["error"].as_str().unwrap().contains("unknown command"));
             // The connection still works after bad requests.
             let v = ask(b"{\"cmd\":\"stats\"}\n").await;
-            assert_eq!(v["echo"], "Stats");
+            assert_eq!(v["error"], "echo Stats");
             let huge = vec![b'x'; MAX_REQUEST + 10];
             let v = ask(&huge).await;
             assert!(v["error"].as_str().unwrap().contains("larger than"));

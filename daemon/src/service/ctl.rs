@@ -13,7 +13,11 @@ use serde_json::Value;
 
 use crate::{
     config::DEFAULT_CONTROL_SOCKET,
-    service::control::{AddRequest, Request},
+    service::{
+        control::{AddRequest, Request},
+        probe_set::Origin,
+        reply::{self, Added, ListReply, Removed, ReplyError, StatsReply},
+    },
 };
 
 /// How long `probed ctl` waits for the daemon's reply (attaching a probe loads an ELF file).
@@ -58,20 +62,25 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Add(add) => Request::Add(add),
     };
     let reply = call(&args.socket, &request)?;
-    if reply.get("ok") != Some(&Value::Bool(true)) {
-        let message = reply
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("the daemon refused the request");
-        bail!("{message}");
-    }
     let mut out = std::io::stdout().lock();
     if args.json {
+        // Checked as for people (a refusal is an error), printed as it came.
+        check(&request, reply.clone())?;
         writeln!(out, "{reply}")?;
     } else {
-        print_reply(&mut out, &request, &reply)?;
+        print_reply(&mut out, &request, reply)?;
     }
     Ok(())
+}
+
+/// Whether `reply` is a valid answer to `request`.
+fn check(request: &Request, reply: Value) -> Result<(), ReplyError> {
+    match request {
+        Request::List => reply::parse::<ListReply>(reply, "list").map(drop),
+        Request::Stats => reply::parse::<StatsReply>(reply, "stats").map(drop),
+        Request::Add(_) => reply::parse::<Added>(reply, "add").map(drop),
+        Request::Remove { .. } => reply::parse::<Removed>(reply, "remove").map(drop),
+    }
 }
 
 /// One request/reply exchange with the daemon at `socket`.
@@ -99,94 +108,99 @@ pub fn call(socket: &std::path::Path, request: &Request) -> anyhow::Result<Value
 }
 
 /// Prints a reply for people.
-fn print_reply(out: &mut impl Write, request: &Request, reply: &Value) -> std::io::Result<()> {
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
+fn print_reply(out: &mut impl Write, request: &Request, reply: Value) -> anyhow::Result<()> {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     match request {
-        Request::Add(add) => writeln!(out, "added probe {}: {}", s(&reply["id"]), add.spec),
-        Request::Remove { id } => writeln!(out, "removed probe {id}: {}", s(&reply["spec"])),
+        Request::Add(add) => {
+            let added: Added = reply::parse(reply, "add")?;
+            writeln!(out, "added probe {}: {}", added.id, add.spec)?;
+        }
+        Request::Remove { id } => {
+            let removed: Removed = reply::parse(reply, "remove")?;
+            writeln!(out, "removed probe {id}: {}", opt(removed.spec))?;
+        }
         Request::List => {
+            let list: ListReply = reply::parse(reply, "list")?;
             writeln!(
                 out,
                 "{:>4}  {:<8}  {:<6}  {:<10}  SPEC",
                 "ID", "STATE", "ORIGIN", "OUTPUT"
             )?;
-            for p in reply["probes"].as_array().into_iter().flatten() {
+            for p in list.probes {
                 let mut extra = Vec::new();
-                for key in ["pid", "container", "rate_limit", "burst", "disable_above"] {
-                    if !p[key].is_null() {
-                        extra.push(format!("{key}={}", s(&p[key])));
+                let numbers = [
+                    ("pid", p.pid.map(u64::from)),
+                    ("container", p.container.map(u64::from)),
+                    ("rate_limit", p.rate_limit),
+                    ("burst", p.burst),
+                    ("disable_above", p.disable_above),
+                ];
+                for (key, value) in numbers {
+                    if let Some(value) = value {
+                        extra.push(format!("{key}={value}"));
                     }
                 }
                 // A library name's resolved file (a path SPEC shows its own).
-                if let Some(file) = p["file"].as_str()
-                    && !s(&p["spec"]).contains(file)
+                if let Some(file) = &p.file
+                    && !p.spec.contains(file.as_str())
                 {
                     extra.push(format!("file={file}"));
                 }
-                if p["stack"] == Value::Bool(true) {
+                if p.stack {
                     extra.push("stack".into());
                 }
-                if let Some(why) = p["disabled_reason"].as_str() {
+                if let Some(why) = &p.disabled_reason {
                     extra.push(format!("({why})"));
                 }
+                let origin = match p.origin {
+                    Origin::Config => "config",
+                    Origin::Ctl => "ctl",
+                };
                 writeln!(
                     out,
                     "{:>4}  {:<8}  {:<6}  {:<10}  {} {}",
-                    s(&p["id"]),
-                    s(&p["state"]),
-                    s(&p["origin"]),
-                    s(&p["output"]),
-                    s(&p["spec"]),
+                    p.id,
+                    p.state,
+                    origin,
+                    p.output,
+                    p.spec,
                     extra.join(" ")
                 )?;
             }
-            Ok(())
         }
         Request::Stats => {
+            let stats: StatsReply = reply::parse(reply, "stats")?;
             writeln!(
                 out,
                 "uptime {:.0} s, {} probe(s) attached, {} process(es) tracked, {} reload(s), {} \
                  rejected",
-                reply["uptime_s"].as_f64().unwrap_or(0.0),
-                s(&reply["attached"]),
-                s(&reply["processes_tracked"]),
-                s(&reply["reloads"]),
-                s(&reply["reload_failures"]),
+                stats.uptime_s,
+                stats.attached,
+                stats.processes_tracked,
+                stats.reloads,
+                stats.reload_failures,
             )?;
             writeln!(
                 out,
                 "{:>4}  {:>12}  {:>8}  {:>12}  {:>10}  SPEC",
                 "ID", "HITS", "LOST", "WRITTEN", "UNRESOLVED"
             )?;
-            for p in reply["probes"].as_array().into_iter().flatten() {
-                let unresolved: u64 = p["unresolved"]
-                    .as_object()
-                    .map(|m| m.values().filter_map(Value::as_u64).sum())
-                    .unwrap_or(0);
+            for p in &stats.probes {
+                let unresolved: u64 = p.unresolved.values().sum();
                 writeln!(
                     out,
                     "{:>4}  {:>12}  {:>8}  {:>12}  {:>10}  {}",
-                    s(&p["id"]),
-                    s(&p["hits"]),
-                    s(&p["lost"]),
-                    s(&p["written"]),
-                    unresolved,
-                    s(&p["spec"])
+                    p.id, p.hits, p.lost, p.written, unresolved, p.spec
                 )?;
             }
-            if let Some(resolver) = reply["resolver"].as_object() {
-                let parts: Vec<String> = resolver
-                    .iter()
-                    .filter(|(_, v)| v.as_u64() != Some(0))
-                    .map(|(k, v)| format!("{k}={}", s(v)))
-                    .collect();
-                writeln!(out, "resolver: {}", parts.join(" "))?;
-            }
-            Ok(())
+            let parts: Vec<String> = stats
+                .resolver
+                .iter()
+                .filter(|(_, v)| **v != 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(out, "resolver: {}", parts.join(" "))?;
         }
     }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! control requests, detach runaways, drain the ring buffer. Owned by one task (run.rs).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
@@ -11,12 +11,11 @@ use std::{
 
 use aya::programs::uprobe::UProbeLink;
 use probed_common::{MAX_PROBES, PROBE_FLAG_STACK};
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     attach::{AttachRequest, RateLimit, Tracer},
-    config::{self, Config, ConfigError, ProbeConfig, ProbeDef, STDOUT_OUTPUT, Source},
+    config::{self, Config, ProbeConfig, ProbeDef, Source},
     container::ContainerRoot,
     events::EventStream,
     output::sink::Sink,
@@ -25,10 +24,11 @@ use crate::{
     probes::{self, Probe},
     resolve::ProbeId,
     service::{
-        control::{AddRequest, Call, Request, error_reply},
+        op_error::{ApplyError, ProbeOpError},
         outputs::Outputs,
         probe_set::{Entry, Origin, ProbeSet},
         reload,
+        reply::{Removed, Reply},
         runaway::RateMeter,
     },
     spec::ProbeSpec,
@@ -62,7 +62,7 @@ pub struct Daemon {
     generations: Arc<Generations>,
     tracked: Tracked,
     pub(super) probes: ProbeSet,
-    outputs: Outputs,
+    pub(super) outputs: Outputs,
     /// The config file (reloaded from this path).
     pub config_path: PathBuf,
     meter: RateMeter,
@@ -77,7 +77,7 @@ pub struct Daemon {
     /// Where closers report.
     closed_tx: mpsc::UnboundedSender<Closed>,
     /// `ctl remove` replies waiting for a close, by probe.
-    waiting: HashMap<u32, Vec<oneshot::Sender<Value>>>,
+    pub(super) waiting: HashMap<u32, Vec<oneshot::Sender<Reply>>>,
     /// How long a stop processes what is left in the ring (the config's `drain_timeout`,
     /// as of the last applied config).
     pub drain_timeout: std::time::Duration,
@@ -121,10 +121,7 @@ impl Daemon {
     pub fn apply_config(&mut self, source: &Source, config: &Config) -> Result<String, ApplyError> {
         let wanted: Vec<ProbeDef> = config.probes.iter().map(ProbeConfig::def).collect();
         let diff = reload::diff(&self.probes, &wanted);
-        let opened = self
-            .outputs
-            .open(config)
-            .map_err(|e| ApplyError::Check(e.to_string()))?;
+        let opened = self.outputs.open(config)?;
         let mut planned: Vec<Planned> = Vec::new();
         for def in &diff.add {
             let at = config
@@ -132,17 +129,17 @@ impl Daemon {
                 .iter()
                 .find(|p| p.def() == *def)
                 .map(|p| p.spec.span());
-            let result = self.plan(def).map_err(|message| match at {
-                Some(span) => source.error_at(span, message).to_string(),
-                None => message,
-            });
-            match result {
+            match self.plan(def) {
                 Ok(p) => planned.push(p),
-                Err(message) => {
+                Err(err) => {
                     for p in &planned {
                         self.probes.release(p.probe.id);
                     }
-                    return Err(ApplyError::Check(message));
+                    // A config probe is reported at its place in the file.
+                    return Err(match at {
+                        Some(span) => ApplyError::Probe(source.error_at(span, err.one_line())),
+                        None => ApplyError::Unplaced(err),
+                    });
                 }
             }
         }
@@ -161,7 +158,7 @@ impl Daemon {
         for p in planned {
             let spec = p.def.spec.clone();
             if let Err(err) = self.attach(p, Origin::Config) {
-                failed.push(format!("{spec}: {err}"));
+                failed.push((spec, err));
             }
             // Each attach holds the loop for a uprobe registration: take (a batch of) the hits
             // that arrived meanwhile before the next one, so a long reload does not fill the
@@ -180,7 +177,7 @@ impl Daemon {
                 drop(pipeline.set_writer(sink, writer))
             });
         if !failed.is_empty() {
-            return Err(ApplyError::Attach(failed.join("; ")));
+            return Err(ApplyError::Attach(failed));
         }
         Ok(format!(
             "{added} probe(s) attached, {} detached, {} unchanged",
@@ -201,25 +198,19 @@ impl Daemon {
 
     /// Checks a probe against its file and reserves its id. (Its output was checked by the
     /// config's load, or by [`Daemon::answer`] for `ctl add`.)
-    pub fn plan(&mut self, def: &ProbeDef) -> Result<Planned, String> {
-        let spec: ProbeSpec = def.spec.parse().map_err(|e| format!("{e}"))?;
-        if let Some(pid) = def.pid {
-            crate::trace::check_alive(pid).map_err(|e| format!("{e:#}"))?;
+    pub fn plan(&mut self, def: &ProbeDef) -> Result<Planned, ProbeOpError> {
+        let spec: ProbeSpec = def.spec.parse()?;
+        if let Some(pid) = def.pid
+            && !crate::trace::is_alive(pid)
+        {
+            return Err(ProbeOpError::NoProcess(pid));
         }
-        let root = def
-            .container
-            .map(ContainerRoot::of_pid)
-            .transpose()
-            .map_err(|e| format!("container: {e}"))?;
-        let pidns = def
-            .container
-            .map(PidNamespace::of_pid)
-            .transpose()
-            .map_err(|e| format!("container: {e}"))?;
+        let root = def.container.map(ContainerRoot::of_pid).transpose()?;
+        let pidns = def.container.map(PidNamespace::of_pid).transpose()?;
         let (id, reused) = self
             .probes
             .reserve()
-            .ok_or_else(|| format!("too many probes: at most {MAX_PROBES}"))?;
+            .ok_or(ProbeOpError::TooMany { max: MAX_PROBES })?;
         let scope = probes::Scope {
             container: root.as_ref(),
             pid: def.pid,
@@ -233,13 +224,13 @@ impl Daemon {
             }),
             Err(err) => {
                 self.probes.release(id);
-                Err(err.to_string())
+                Err(err.into())
             }
         }
     }
 
     /// Attaches a planned probe and starts taking its hits.
-    pub fn attach(&mut self, planned: Planned, origin: Origin) -> Result<u32, String> {
+    pub fn attach(&mut self, planned: Planned, origin: Origin) -> Result<u32, ProbeOpError> {
         let Planned {
             def,
             mut probe,
@@ -277,7 +268,7 @@ impl Daemon {
         probe.release_file();
         if let Err(err) = result {
             self.probes.release(id);
-            return Err(crate::cli::one_line(&anyhow::Error::new(err)));
+            return Err(err.into());
         }
         let resolver = self.pipeline.resolver().clone();
         resolver
@@ -376,7 +367,10 @@ impl Daemon {
         }
         tracing::info!(probe = id, spec = %entry.def.spec, "probe removed");
         for reply in self.waiting.remove(&id).unwrap_or_default() {
-            let _ = reply.send(json!({"ok": true, "id": id, "spec": entry.def.spec}));
+            let _ = reply.send(Reply::Removed(Removed {
+                id,
+                spec: Some(entry.def.spec.clone()),
+            }));
         }
     }
 
@@ -449,175 +443,8 @@ impl Daemon {
         runaway.len()
     }
 
-    /// Answers a control call: at once, or — for `remove` — once the probe is detached.
-    pub fn answer(&mut self, call: Call) {
-        if let Request::Remove { id } = call.request {
-            if self.start_remove(id) {
-                if self.probes.get(id).is_some() {
-                    self.waiting.entry(id).or_default().push(call.reply);
-                    return;
-                }
-                // Finished at once (it was already detached).
-                let _ = call.reply.send(json!({"ok": true, "id": id}));
-            } else {
-                let _ = call
-                    .reply
-                    .send(error_reply(format!("no probe with id {id}")));
-            }
-            return;
-        }
-        let reply = self.reply(call.request);
-        let _ = call.reply.send(reply);
-    }
-
-    /// The reply to a request answered at once.
-    fn reply(&mut self, request: Request) -> Value {
-        match request {
-            Request::List => json!({"ok": true, "probes": self.list()}),
-            Request::Stats => self.stats(),
-            Request::Add(add) => {
-                let def = def_of(add);
-                if self
-                    .probes
-                    .iter()
-                    .any(|(_, e)| e.def == def && e.origin == Origin::Ctl && !e.removing)
-                {
-                    return error_reply(format!(
-                        "the same probe is already attached: {}",
-                        def.spec
-                    ));
-                }
-                if self.outputs.sink(&def.output).is_none() {
-                    return error_reply(format!(
-                        "no output named `{}` (expected one of: {})",
-                        def.output,
-                        self.outputs.names().join(", ")
-                    ));
-                }
-                match self.plan(&def).and_then(|p| self.attach(p, Origin::Ctl)) {
-                    Ok(id) => json!({"ok": true, "id": id}),
-                    Err(message) => error_reply(message),
-                }
-            }
-            Request::Remove { id } => error_reply(format!("probe {id}: removal is asynchronous")),
-        }
-    }
-
-    /// Every probe, for `ctl list`.
-    fn list(&self) -> Vec<Value> {
-        self.probes
-            .iter()
-            .map(|(id, e)| {
-                let file = self
-                    .pipeline
-                    .probe(id)
-                    .map(|(p, _)| p.module_path().display().to_string());
-                json!({
-                    "id": id,
-                    "spec": e.def.spec,
-                    "file": file,
-                    "origin": e.origin,
-                    "state": state(e),
-                    "disabled_reason": e.disabled,
-                    "output": e.def.output,
-                    "pid": e.def.pid,
-                    "container": e.def.container,
-                    "rate_limit": e.def.rate_limit,
-                    "burst": e.def.burst,
-                    "disable_above": e.def.disable_above,
-                    "stack": e.def.stack,
-                })
-            })
-            .collect()
-    }
-
-    /// Counters, for `ctl stats`.
-    fn stats(&self) -> Value {
-        let mut probes = Vec::new();
-        for (id, entry) in self.probes.iter() {
-            let bpf = self.tracer.stats(id).unwrap_or_default();
-            let counts = self
-                .pipeline
-                .probe(id)
-                .map(|(_, c)| c.clone())
-                .unwrap_or_default();
-            probes.push(json!({
-                "id": id,
-                "spec": entry.def.spec,
-                "state": state(entry),
-                "hits": bpf.hits,
-                "lost": bpf.lost,
-                "rate_limited": bpf.rate_limited,
-                "filtered": bpf.filtered,
-                "self_excluded": bpf.self_excluded,
-                "dropped_at_stop": counts.dropped_at_stop,
-                "probe_mismatch": counts.probe_mismatch,
-                "written": counts.printed,
-                "write_errors": counts.write_errors,
-                "unresolved": counts.unresolved,
-                "resolved_by_probe": counts.by_probe,
-            }));
-        }
-        let resolver: BTreeMap<&str, u64> = self.pipeline.resolver_counters().into_iter().collect();
-        // Live processes, as the metrics count them; pictures of exited ones kept for queued
-        // hits apart.
-        let (mirrors, exited) = self.pipeline.resolver().population();
-        json!({
-            "ok": true,
-            "uptime_s": self.started.elapsed().as_secs_f64(),
-            "probes": probes,
-            "attached": self.probes.attached(),
-            "processes_tracked": mirrors - exited,
-            "exited_retained": exited,
-            "resolver": resolver,
-            "tracker": self.pipeline.tracker_name(),
-            "reloads": self.reloads,
-            "reload_failures": self.reload_failures,
-            "malformed_events": self.stream.malformed,
-        })
-    }
-
     /// The control socket path of the running config.
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
-}
-
-/// A probe's state as listed.
-fn state(entry: &Entry) -> &'static str {
-    if entry.removing {
-        "detaching"
-    } else if entry.disabled.is_some() {
-        "disabled"
-    } else {
-        "attached"
-    }
-}
-
-/// A `ctl add` request as a probe definition.
-fn def_of(add: AddRequest) -> ProbeDef {
-    ProbeDef {
-        spec: add.spec,
-        output: add.output.unwrap_or_else(|| STDOUT_OUTPUT.to_owned()),
-        pid: add.pid,
-        container: add.container,
-        rate_limit: add.rate_limit,
-        burst: add.burst,
-        disable_above: add.disable_above,
-        stack: add.stack,
-    }
-}
-
-/// Why a config could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// The file does not load.
-    #[error(transparent)]
-    Config(ConfigError),
-    /// A probe or output does not check out; nothing was changed.
-    #[error("{0}")]
-    Check(String),
-    /// The kernel refused some attachments; the rest was applied.
-    #[error("some probes could not be attached: {0}")]
-    Attach(String),
 }

@@ -6,13 +6,16 @@
 //! control socket and the metrics endpoint only send it requests and wait for replies, so
 //! nothing is shared and nothing needs a lock.
 
+pub mod answer;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod notify;
+pub mod op_error;
 pub mod outputs;
 pub mod probe_set;
 pub mod reload;
+pub mod reply;
 pub mod run;
 pub mod runaway;
 pub mod scrape;

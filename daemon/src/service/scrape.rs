@@ -50,6 +50,7 @@ impl Daemon {
             exited_retained: exited as u64,
             malformed_events: self.stream.malformed,
             unnamed_frames: self.pipeline.unnamed(),
+            unknown_probe_hits: self.pipeline.unknown_probe,
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             uptime_seconds: self.started.elapsed().as_secs_f64(),

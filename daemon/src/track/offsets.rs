@@ -1,7 +1,7 @@
 //! Kernel structure offsets for the tracker's `bpf_probe_read_kernel` reads, from the
 //! running kernel's BTF (aya-ebpf has no CO-RE relocations).
 
-use probed_common::{KernelOffsets, PathOffsets, PidOffsets, TrackConfig};
+use probed_common::{KernelOffsets, PathOffsets, PidOffsets, RetOffsets, TrackConfig};
 
 use crate::btf::{Btf, OffsetError};
 
@@ -36,6 +36,7 @@ pub fn track_config(exit_group_dead_offset: u32) -> TrackConfig {
         offsets: KernelOffsets::default(),
         path_offsets: PathOffsets::default(),
         pid_offsets: PidOffsets::default(),
+        ret_offsets: RetOffsets::default(),
     };
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
@@ -60,6 +61,14 @@ pub fn track_config(exit_group_dead_offset: u32) -> TrackConfig {
         Ok(offsets) => config.pid_offsets = offsets,
         Err(err) => {
             tracing::warn!(error = %err, "cannot read namespace pids: hits will carry no ns_pid/ns_tid")
+        }
+    }
+    match ret_offsets_from_btf(&btf) {
+        Ok(offsets) => config.ret_offsets = offsets,
+        Err(err) => {
+            // Only matters where bpf_get_func_ip gives uprobes nothing (Linux < 6.4): there,
+            // return hits keep the registers' ip (the caller's return address).
+            tracing::debug!(error = %err, "cannot read the uretprobe bookkeeping in BPF")
         }
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -155,6 +164,23 @@ pub fn pid_offsets_from_btf(btf: &Btf) -> Result<PidOffsets, KernelOffsetsError>
     })
 }
 
+/// `task_struct.utask`, `uprobe_task.return_instances` and `return_instance.func`: where a
+/// uretprobe hit finds its function's address when `bpf_get_func_ip` cannot give it (see
+/// [`RetOffsets`]). All three are pointer-wide.
+pub fn ret_offsets_from_btf(btf: &Btf) -> Result<RetOffsets, KernelOffsetsError> {
+    let u64_at = |ty: &str, path: &[&str]| -> Result<u32, KernelOffsetsError> {
+        let m = btf.member(ty, path)?;
+        check_width(ty, path, m.size, 8)?;
+        Ok(m.offset)
+    };
+    Ok(RetOffsets {
+        valid: 1,
+        task_utask: u64_at("task_struct", &["utask"])?,
+        utask_return_instances: u64_at("uprobe_task", &["return_instances"])?,
+        ri_func: u64_at("return_instance", &["func"])?,
+    })
+}
+
 pub(crate) fn check_width(
     ty: &str,
     path: &[&str],
@@ -205,6 +231,13 @@ mod tests {
         );
         assert!(p.pid_numbers > p.pid_level, "{p:?}");
         assert_ne!(p.task_thread_pid, p.task_group_leader);
+        let r = ret_offsets_from_btf(&btf).unwrap();
+        assert_eq!(r.valid, 1);
+        assert_ne!(r.task_utask, 0, "{r:?}");
+        assert!(
+            r.ri_func > 0,
+            "return_instance opens with its uprobe (an hprobe in newer kernels), func follows: {r:?}"
+        );
         assert_eq!(
             o.file_dentry,
             btf.member_offset("file", &["f_path"]).unwrap()

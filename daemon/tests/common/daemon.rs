@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ATTACH_TIMEOUT, Finished, PrivateDir, drain, line_channel, probed_bin, run_to_end};
+use super::{Finished, PrivateDir, attach_timeout, drain, line_channel, probed_bin, run_to_end};
 
 /// The line probed prints on stderr once every probe of the config is attached.
 pub const RUNNING: &str = "probed: daemon running";
@@ -67,7 +67,7 @@ impl Daemon {
             errors,
             seen_errors: Vec::new(),
         };
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let deadline = Instant::now() + attach_timeout();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match daemon.errors.recv_timeout(left) {

@@ -29,11 +29,29 @@ use std::{
 };
 
 /// How long a target may take to print a line it owes.
-const TARGET_LINE_TIMEOUT: Duration = Duration::from_secs(60);
+fn target_line_timeout() -> Duration {
+    scaled(60)
+}
 /// How long probed may take to attach (it loads ELF files and the BPF object first).
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) fn attach_timeout() -> Duration {
+    scaled(20)
+}
 /// How long probed may take to exit once told to.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+fn exit_timeout() -> Duration {
+    scaled(30)
+}
+
+/// `secs` times `PROBED_TEST_TIME_SCALE` (a whole factor, default 1): the kernel suites set
+/// it in their emulated guests, where everything runs many times slower (`xtask/src/vm/
+/// suite.rs`); these are limits for a wedged process, not expectations of speed.
+fn scaled(secs: u64) -> Duration {
+    let factor = std::env::var("PROBED_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    Duration::from_secs(secs * factor)
+}
 
 /// The probed binary cargo built for this test run.
 pub fn probed_bin() -> PathBuf {
@@ -225,7 +243,7 @@ impl Target {
         loop {
             let line = self
                 .lines
-                .recv_timeout(TARGET_LINE_TIMEOUT)
+                .recv_timeout(target_line_timeout())
                 .expect("target finishes its calls");
             let last = line.starts_with("done ") || line.starts_with("calls ");
             out.push(line);
@@ -353,7 +371,7 @@ impl Probed {
             .expect("start probed");
         let lines = line_channel(child.stdout.take().expect("stdout"));
         let errors = line_channel(child.stderr.take().expect("stderr"));
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let deadline = Instant::now() + attach_timeout();
         let mut early_errors = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -400,7 +418,7 @@ impl Probed {
 
     /// Waits (up to 30 s) for probed to exit on its own; returns what it printed.
     pub fn wait(mut self) -> Finished {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let deadline = Instant::now() + exit_timeout();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
@@ -408,7 +426,7 @@ impl Probed {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("probed did not exit within {EXIT_TIMEOUT:?}");
+                panic!("probed did not exit within {:?}", exit_timeout());
             }
             thread::sleep(Duration::from_millis(10));
         };
@@ -455,10 +473,10 @@ pub fn run_to_end(cmd: &mut Command) -> Finished {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }
-        if started.elapsed() > EXIT_TIMEOUT {
+        if started.elapsed() > exit_timeout() {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not exit within {EXIT_TIMEOUT:?}");
+            panic!("{cmd:?} did not exit within {:?}", exit_timeout());
         }
         thread::sleep(Duration::from_millis(10));
     };
@@ -615,6 +633,46 @@ pub fn vaddr_to_file_offset(bin: &Path, vaddr: u64) -> u64 {
             (start <= vaddr && vaddr < start + filesz).then(|| vaddr - start + offset)
         })
         .unwrap_or_else(|| panic!("readelf: {vaddr:#x} in no PT_LOAD of {}", bin.display()))
+}
+
+/// Offsets into `caller` of the instructions after its calls (to `callee`, if named: any
+/// call otherwise), from objdump: where a return into `caller` lands.
+pub fn return_offsets(bin: &Path, caller: &str, callee: Option<&str>) -> Vec<u64> {
+    let start = symbol_vaddr(bin, caller);
+    let out = Command::new("objdump")
+        .args([
+            "-d",
+            "--no-show-raw-insn",
+            &format!("--disassemble={caller}"),
+        ])
+        .arg(bin)
+        .output()
+        .expect("run objdump");
+    let text = String::from_utf8(out.stdout).expect("UTF-8 objdump output");
+    let insns: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let (addr, rest) = l.trim_start().split_once(":\t")?;
+            Some((u64::from_str_radix(addr, 16).ok()?, rest))
+        })
+        .collect();
+    let offsets: Vec<u64> = insns
+        .windows(2)
+        .filter(|w| {
+            w[0].1.starts_with("call") && callee.is_none_or(|c| w[0].1.contains(&format!("<{c}")))
+        })
+        .map(|w| w[1].0 - start)
+        .collect();
+    assert!(!offsets.is_empty(), "no call in {caller}: {text}");
+    offsets
+}
+
+/// The GNU build-id of `bin` in hex, from `readelf -n`.
+pub fn build_id(bin: &Path) -> String {
+    binutils("readelf", &["-n"], bin)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("readelf: no build-id in {}", bin.display()))
 }
 
 /// The file offset of `symbol` in `bin`, found with nm and readelf.

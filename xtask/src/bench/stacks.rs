@@ -8,7 +8,12 @@
 //! - `hits`: under `probed trace --format json` without stacks (the per-hit baseline);
 //! - `stack`: with `--stack`, every frame resolved and written as JSON;
 //! - `aggregate`: with `--stack --aggregate stack` (frames resolved, stacks counted, no
-//!   per-hit lines).
+//!   per-hit lines);
+//! - `cfi_none`, `cfi_hits`, `cfi_stack`: the same workload built without frame pointers
+//!   (`-fomit-frame-pointer`), alone, without stacks, and with `--stack=auto` (BPF copies
+//!   16 KiB of stack per hit; the daemon unwinds it with .eh_frame). Its frames are the
+//!   unwinder's count (`unwound_frames`), since the unwinder's own lookups are resolver
+//!   lookups too. The fp modes run `--stack=fp`.
 //!
 //! Every probed is attached before the first call and stopped after the last, so hits must
 //! equal calls, and `lost` must stay 0 ("no loss with stacks on"). Resolver lookups (one per
@@ -67,10 +72,24 @@ enum Mode {
     Hits,
     Stack,
     Aggregate,
+    /// The workload built without frame pointers, alone.
+    CfiNone,
+    /// … under probed without stacks.
+    CfiHits,
+    /// … with `--stack` (auto: a 16 KiB stack copy per hit, unwound with .eh_frame).
+    CfiStack,
 }
 
 impl Mode {
-    const ALL: [Self; 4] = [Self::None, Self::Hits, Self::Stack, Self::Aggregate];
+    const ALL: [Self; 7] = [
+        Self::None,
+        Self::Hits,
+        Self::Stack,
+        Self::Aggregate,
+        Self::CfiNone,
+        Self::CfiHits,
+        Self::CfiStack,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -78,16 +97,25 @@ impl Mode {
             Self::Hits => "hits",
             Self::Stack => "stack",
             Self::Aggregate => "aggregate",
+            Self::CfiNone => "cfi_none",
+            Self::CfiHits => "cfi_hits",
+            Self::CfiStack => "cfi_stack",
         }
+    }
+
+    /// Whether the run uses the workload built without frame pointers.
+    fn cfi(self) -> bool {
+        matches!(self, Self::CfiNone | Self::CfiHits | Self::CfiStack)
     }
 
     /// probed's options beyond the SPEC, if probed runs.
     fn args(self) -> Option<&'static [&'static str]> {
         match self {
-            Self::None => None,
-            Self::Hits => Some(&[]),
-            Self::Stack => Some(&["--stack"]),
-            Self::Aggregate => Some(&["--stack", "--aggregate", "stack"]),
+            Self::None | Self::CfiNone => None,
+            Self::Hits | Self::CfiHits => Some(&[]),
+            Self::Stack => Some(&["--stack=fp"]),
+            Self::Aggregate => Some(&["--stack=fp", "--aggregate", "stack"]),
+            Self::CfiStack => Some(&["--stack=auto"]),
         }
     }
 }
@@ -105,13 +133,20 @@ struct Run {
     /// Resolver lookups and fast-path answers.
     lookups: u64,
     fast: u64,
+    /// Frames of stacks unwound in the daemon (CFI mode; the unwinder's own lookups are
+    /// resolver lookups too, so frames are not lookups − hits there).
+    unwound: u64,
     /// probed's CPU after attaching, ns.
     cpu_ns: u64,
 }
 
 impl Run {
     fn frames(&self) -> u64 {
-        self.lookups.saturating_sub(self.handled)
+        if self.mode == Mode::CfiStack {
+            self.unwound
+        } else {
+            self.lookups.saturating_sub(self.handled)
+        }
     }
 }
 
@@ -127,13 +162,22 @@ pub fn run() -> Result<()> {
             .arg(&workload)
             .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
     )?;
+    // The same workload as distributions build: no frame pointers (only .eh_frame).
+    let workload_cfi = out_dir.join("stacks_bench_nofp");
+    exec::exec(
+        Command::new("cc")
+            .args(["-O1", "-fomit-frame-pointer", "-fno-inline", "-o"])
+            .arg(&workload_cfi)
+            .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
+    )?;
     let out_file = harness::hits_file("stacks");
 
     let mut runs = Vec::new();
     for round in 0..ROUNDS {
         for i in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(round + i) % Mode::ALL.len()];
-            let run = run_mode(mode, &workload, &out_file, None)?;
+            let bin = if mode.cfi() { &workload_cfi } else { &workload };
+            let run = run_mode(mode, bin, &out_file, None)?;
             eprintln!(
                 "stacks: round {}/{ROUNDS} {:<9} {:>9.0} calls/s  hits {:>8}  lost {}  frames {:>9}  cpu {:.2} s",
                 round + 1,
@@ -175,6 +219,7 @@ fn run_mode(mode: Mode, workload: &Path, out_file: &Path, perf_data: Option<&Pat
             lost: 0,
             lookups: 0,
             fast: 0,
+            unwound: 0,
             cpu_ns: 0,
         });
     };
@@ -224,6 +269,7 @@ fn run_mode(mode: Mode, workload: &Path, out_file: &Path, perf_data: Option<&Pat
         lost: probe["lost"].as_u64().unwrap_or(0),
         lookups: get("fast_path") + fallbacks,
         fast: get("fast_path"),
+        unwound: get("unwound_frames"),
         cpu_ns: cpu_ns.saturating_sub(startup_cpu_ns),
     })
 }
@@ -363,21 +409,18 @@ fn report(
                 .collect(),
         )
     };
-    let frames_per_hit = harness::median(
-        of(Mode::Stack)
-            .map(|r| r.frames() as f64 / r.handled.max(1) as f64)
-            .collect(),
-    );
-    let frames_per_sec = harness::median(
-        of(Mode::Stack)
-            .map(|r| r.frames() as f64 / LOOP_SECS)
-            .collect(),
-    );
-    let frames_per_cpu_sec = harness::median(
-        of(Mode::Stack)
-            .map(|r| r.frames() as f64 / (r.cpu_ns as f64 / 1e9))
-            .collect(),
-    );
+    // A median over the runs of `mode` of a per-run figure.
+    let median = |mode: Mode, f: fn(&Run) -> f64| harness::median(of(mode).map(f).collect());
+    let per_hit = |r: &Run| r.frames() as f64 / r.handled.max(1) as f64;
+    let per_sec = |r: &Run| r.frames() as f64 / LOOP_SECS;
+    let per_cpu_sec = |r: &Run| r.frames() as f64 / (r.cpu_ns as f64 / 1e9);
+    let frames_per_hit = median(Mode::Stack, per_hit);
+    let frames_per_sec = median(Mode::Stack, per_sec);
+    let frames_per_cpu_sec = median(Mode::Stack, per_cpu_sec);
+    let cfi_frames_per_hit = median(Mode::CfiStack, per_hit);
+    let cfi_frames_per_sec = median(Mode::CfiStack, per_sec);
+    let cfi_frames_per_cpu_sec = median(Mode::CfiStack, per_cpu_sec);
+    let cfi_lost: u64 = of(Mode::CfiStack).map(|r| r.lost).sum();
     let stack_runs: Vec<&Run> = runs
         .iter()
         .filter(|r| matches!(r.mode, Mode::Stack | Mode::Aggregate))
@@ -385,10 +428,11 @@ fn report(
     let lookups: u64 = stack_runs.iter().map(|r| r.lookups).sum();
     let fast: u64 = stack_runs.iter().map(|r| r.fast).sum();
     let fast_path_share = fast as f64 / lookups.max(1) as f64;
-    let lost: u64 = runs.iter().map(|r| r.lost).sum();
+    // The no-loss goal is the frame-pointer modes' (CFI's 16 KiB records are reported apart).
+    let lost: u64 = runs.iter().filter(|r| !r.mode.cfi()).map(|r| r.lost).sum();
     let every_call_hit = runs
         .iter()
-        .filter(|r| r.mode != Mode::None)
+        .filter(|r| !matches!(r.mode, Mode::None) && !r.mode.cfi())
         .all(|r| r.hits == r.calls && r.handled == r.hits);
     let share = |k: &str| shares.get(k).copied().unwrap_or(0.0);
     let per_lookup = |k: &str| share(k) * profiled.cpu_ns as f64 / profiled.lookups.max(1) as f64;
@@ -426,6 +470,19 @@ fn report(
             "hits": cpu_per_hit(Mode::Hits),
             "stack": cpu_per_hit(Mode::Stack),
             "aggregate": cpu_per_hit(Mode::Aggregate),
+            "cfi_hits": cpu_per_hit(Mode::CfiHits),
+            "cfi_stack": cpu_per_hit(Mode::CfiStack),
+        },
+        "cfi": {
+            "frames_per_hit": cfi_frames_per_hit,
+            "frames_per_sec": cfi_frames_per_sec,
+            "frames_per_daemon_cpu_sec": cfi_frames_per_cpu_sec,
+            "lost": cfi_lost,
+            "hits_per_call": harness::median(
+                of(Mode::CfiStack)
+                    .map(|r| r.hits as f64 / r.calls.max(1) as f64)
+                    .collect(),
+            ),
         },
         "marginal_daemon_ns_per_frame": {
             "stack_json": marginal(Mode::Stack),
@@ -436,6 +493,9 @@ fn report(
             "hits": rate(Mode::Hits),
             "stack": rate(Mode::Stack),
             "aggregate": rate(Mode::Aggregate),
+            "cfi_none": rate(Mode::CfiNone),
+            "cfi_hits": rate(Mode::CfiHits),
+            "cfi_stack": rate(Mode::CfiStack),
         },
         "lost": lost,
         "every_call_hit": every_call_hit,
@@ -470,7 +530,13 @@ fn print_table(r: &Value) {
     );
     println!("{:<11}{:>12}{:>18}", "mode", "calls/s", "daemon ns/hit");
     println!("{:<11}{:>12.0}{:>18}", "none", f(&["rate", "none"]), "-");
-    for m in ["hits", "stack", "aggregate"] {
+    println!(
+        "{:<11}{:>12.0}{:>18}",
+        "cfi_none",
+        f(&["rate", "cfi_none"]),
+        "-"
+    );
+    for m in ["hits", "stack", "aggregate", "cfi_hits", "cfi_stack"] {
         println!(
             "{m:<11}{:>12.0}{:>18.0}",
             f(&["rate", m]),
@@ -498,7 +564,14 @@ fn print_table(r: &Value) {
         f(&["marginal_daemon_ns_per_frame", "stack_aggregated"])
     );
     println!(
-        "no loss with stacks: lost {} ({})",
+        "CFI (no frame pointers, --stack=auto): {:.1} frames per hit, frames/s {:.0} (daemon capacity {:.0} frames per CPU-second), lost {}",
+        f(&["cfi", "frames_per_hit"]),
+        f(&["cfi", "frames_per_sec"]),
+        f(&["cfi", "frames_per_daemon_cpu_sec"]),
+        r["cfi"]["lost"]
+    );
+    println!(
+        "no loss with stacks (fp modes): lost {} ({})",
         r["lost"],
         met("no_loss_with_stacks")
     );

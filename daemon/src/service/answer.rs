@@ -1,0 +1,173 @@
+//! The daemon's answers to control calls (`ctl list`, `stats`, `add`, `remove`), as typed
+//! replies (reply.rs).
+
+use std::collections::BTreeMap;
+
+use super::{
+    control::{AddRequest, Call, Request},
+    daemon::Daemon,
+    probe_set::{Entry, Origin},
+    reply::{Added, ListReply, ProbeRow, ProbeStatsRow, Removed, Reply, StatsReply},
+};
+use crate::config::{ProbeDef, STDOUT_OUTPUT};
+
+impl Daemon {
+    /// Answers a control call: at once, or — for `remove` — once the probe is detached.
+    pub fn answer(&mut self, call: Call) {
+        if let Request::Remove { id } = call.request {
+            if self.start_remove(id) {
+                if self.probes.get(id).is_some() {
+                    self.waiting.entry(id).or_default().push(call.reply);
+                    return;
+                }
+                // Finished at once (it was already detached).
+                let _ = call.reply.send(Reply::Removed(Removed { id, spec: None }));
+            } else {
+                let _ = call
+                    .reply
+                    .send(Reply::error(format!("no probe with id {id}")));
+            }
+            return;
+        }
+        let reply = self.reply(call.request);
+        let _ = call.reply.send(reply);
+    }
+
+    /// The reply to a request answered at once.
+    fn reply(&mut self, request: Request) -> Reply {
+        match request {
+            Request::List => Reply::List(ListReply {
+                probes: self.list(),
+            }),
+            Request::Stats => Reply::Stats(Box::new(self.stats())),
+            Request::Add(add) => {
+                let def = def_of(add);
+                if self
+                    .probes
+                    .iter()
+                    .any(|(_, e)| e.def == def && e.origin == Origin::Ctl && !e.removing)
+                {
+                    return Reply::error(format!(
+                        "the same probe is already attached: {}",
+                        def.spec
+                    ));
+                }
+                if self.outputs.sink(&def.output).is_none() {
+                    return Reply::error(format!(
+                        "no output named `{}` (expected one of: {})",
+                        def.output,
+                        self.outputs.names().join(", ")
+                    ));
+                }
+                match self.plan(&def).and_then(|p| self.attach(p, Origin::Ctl)) {
+                    Ok(id) => Reply::Added(Added { id }),
+                    Err(err) => Reply::error(err.one_line()),
+                }
+            }
+            Request::Remove { id } => Reply::error(format!("probe {id}: removal is asynchronous")),
+        }
+    }
+
+    /// Every probe, for `ctl list`.
+    fn list(&self) -> Vec<ProbeRow> {
+        self.probes
+            .iter()
+            .map(|(id, e)| ProbeRow {
+                id,
+                spec: e.def.spec.clone(),
+                file: self
+                    .pipeline
+                    .probe(id)
+                    .map(|(p, _)| p.module_path().display().to_string()),
+                origin: e.origin,
+                state: state(e).to_owned(),
+                disabled_reason: e.disabled.clone(),
+                output: e.def.output.clone(),
+                pid: e.def.pid.map(|p| p.get()),
+                container: e.def.container.map(|p| p.get()),
+                rate_limit: e.def.rate_limit.map(|r| r.get()),
+                burst: e.def.burst.map(|b| b.get()),
+                disable_above: e.def.disable_above.map(|d| d.get()),
+                stack: e.def.stack,
+            })
+            .collect()
+    }
+
+    /// Counters, for `ctl stats`.
+    fn stats(&self) -> StatsReply {
+        let owned = |m: &BTreeMap<&'static str, u64>| -> BTreeMap<String, u64> {
+            m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+        };
+        let mut probes = Vec::new();
+        for (id, entry) in self.probes.iter() {
+            let bpf = self.tracer.stats(id).unwrap_or_default();
+            let counts = self
+                .pipeline
+                .probe(id)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            probes.push(ProbeStatsRow {
+                id,
+                spec: entry.def.spec.clone(),
+                state: state(entry).to_owned(),
+                hits: bpf.hits,
+                lost: bpf.lost,
+                rate_limited: bpf.rate_limited,
+                filtered: bpf.filtered,
+                self_excluded: bpf.self_excluded,
+                dropped_at_stop: counts.dropped_at_stop,
+                probe_mismatch: counts.probe_mismatch,
+                written: counts.printed,
+                write_errors: counts.write_errors,
+                unresolved: owned(&counts.unresolved),
+                resolved_by_probe: owned(&counts.by_probe),
+            });
+        }
+        let resolver = self
+            .pipeline
+            .resolver_counters()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        // Live processes, as the metrics count them; pictures of exited ones kept for queued
+        // hits apart.
+        let (mirrors, exited) = self.pipeline.resolver().population();
+        StatsReply {
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            probes,
+            attached: self.probes.attached(),
+            processes_tracked: mirrors - exited,
+            exited_retained: exited,
+            resolver,
+            tracker: self.pipeline.tracker_name().to_owned(),
+            reloads: self.reloads,
+            reload_failures: self.reload_failures,
+            malformed_events: self.stream.malformed,
+        }
+    }
+}
+
+/// A probe's state as listed.
+fn state(entry: &Entry) -> &'static str {
+    if entry.removing {
+        "detaching"
+    } else if entry.disabled.is_some() {
+        "disabled"
+    } else {
+        "attached"
+    }
+}
+
+/// A `ctl add` request as a probe definition.
+fn def_of(add: AddRequest) -> ProbeDef {
+    ProbeDef {
+        spec: add.spec,
+        output: add.output.unwrap_or_else(|| STDOUT_OUTPUT.to_owned()),
+        pid: add.pid,
+        container: add.container,
+        rate_limit: add.rate_limit,
+        burst: add.burst,
+        disable_above: add.disable_above,
+        stack: add.stack,
+    }
+}
