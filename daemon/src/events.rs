@@ -32,6 +32,27 @@ pub enum Event {
     StackCopy(Box<StackCopyHitEvent>),
 }
 
+impl Event {
+    /// The hit this event carries, with or without a stack; `None` for tracker reports.
+    pub fn hit(&self) -> Option<&HitEvent> {
+        match self {
+            Event::Hit(hit) => Some(hit),
+            Event::Stack(e) => Some(&e.hit),
+            Event::StackCopy(e) => Some(&e.hit),
+            Event::Proc(_) | Event::Change(_) => None,
+        }
+    }
+
+    /// The tracker's lost-report count the event was stamped with.
+    pub fn lost_reports(&self) -> u32 {
+        match self {
+            Event::Proc(e) => e.lost_reports,
+            Event::Change(e) => e.lost_reports,
+            hit => hit.hit().map_or(0, |h| h.lost_reports),
+        }
+    }
+}
+
 /// Decodes one ring buffer item by its leading type word. Unknown types and items shorter
 /// than their type (an ABI mismatch) are refused rather than read past their end.
 pub fn decode(bytes: &[u8]) -> Option<Event> {

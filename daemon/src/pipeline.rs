@@ -283,13 +283,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     /// Handles one ring buffer event; returns false once the run should stop taking hits.
     pub fn handle_event(&mut self, event: &Event) -> bool {
-        let lost = match event {
-            Event::Hit(e) => e.lost_reports,
-            Event::Stack(e) => e.hit.lost_reports,
-            Event::StackCopy(e) => e.hit.lost_reports,
-            Event::Proc(e) => e.lost_reports,
-            Event::Change(e) => e.lost_reports,
-        };
+        let lost = event.lost_reports();
         if lost != self.lost_reports {
             // Seen in the first event reserved after the loss: before any hit whose sequence
             // includes the lost change. Folded: under a flood every event can carry a new
@@ -304,7 +298,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             self.lost_reports = lost;
             self.reader.resolver().distrust_all();
         }
-        if matches!(event, Event::Hit(_) | Event::Stack(_) | Event::StackCopy(_)) {
+        if event.hit().is_some() {
             self.hit_records += 1;
         }
         match event {
@@ -328,16 +322,13 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// Counts an event left in the ring buffer at a stop's deadline, unprocessed: a hit
     /// counts as its probe's `dropped_at_stop`.
     pub fn count_dropped(&mut self, event: &Event) {
-        if matches!(event, Event::Hit(_) | Event::Stack(_) | Event::StackCopy(_)) {
-            self.hit_records += 1;
-        }
-        let id = match event {
-            Event::Hit(hit) => hit.probe_id,
-            Event::Stack(e) => e.hit.probe_id,
-            Event::StackCopy(e) => e.hit.probe_id,
-            Event::Proc(_) | Event::Change(_) => return,
-        };
-        match self.probes.get_mut(id as usize).and_then(Option::as_mut) {
+        let Some(hit) = event.hit() else { return };
+        self.hit_records += 1;
+        match self
+            .probes
+            .get_mut(hit.probe_id as usize)
+            .and_then(Option::as_mut)
+        {
             Some(slot) => slot.counts.dropped_at_stop += 1,
             None => self.unknown_probe += 1,
         }
