@@ -41,7 +41,7 @@ pub enum Event {
 }
 
 impl Event {
-    /// The hit this event carries, if it is one (with or without stack or captures).
+    /// The hit this event carries, with or without stack or captures; `None` for tracker reports.
     pub fn hit(&self) -> Option<&HitEvent> {
         match self {
             Event::Hit(h) => Some(h),
@@ -50,6 +50,16 @@ impl Event {
             Event::CapturedStack(e) => Some(&e.stack.hit),
             Event::StackCopy(e) => Some(&e.hit),
             Event::Proc(_) | Event::Change(_) | Event::FileName(_) => None,
+        }
+    }
+
+    /// The tracker's lost-report count the event was stamped with; `None` for a file name
+    /// report, which carries no stamp.
+    pub fn lost_reports(&self) -> Option<u32> {
+        match self {
+            Event::Proc(e) => Some(e.lost_reports),
+            Event::Change(e) => Some(e.lost_reports),
+            hit => hit.hit().map(|h| h.lost_reports),
         }
     }
 }

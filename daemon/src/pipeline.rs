@@ -419,16 +419,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     /// Handles one ring buffer event; returns false once the run should stop taking hits.
     pub fn handle_event(&mut self, event: &Event) -> bool {
-        let lost = match event {
-            Event::Hit(e) => e.lost_reports,
-            Event::Stack(e) => e.hit.lost_reports,
-            Event::StackCopy(e) => e.hit.lost_reports,
-            Event::Proc(e) => e.lost_reports,
-            Event::Change(e) => e.lost_reports,
-            Event::CapturedHit(e) => e.hit.lost_reports,
-            Event::CapturedStack(e) => e.stack.hit.lost_reports,
-            Event::FileName(_) => self.lost_reports,
-        };
+        let lost = event.lost_reports().unwrap_or(self.lost_reports);
         if lost != self.lost_reports {
             // Seen in the first event reserved after the loss: before any hit whose sequence
             // includes the lost change. Folded: under a flood every event can carry a new
@@ -491,8 +482,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     pub fn count_dropped(&mut self, event: &Event) {
         let Some(hit) = event.hit() else { return };
         self.hit_records += 1;
-        let id = hit.probe_id;
-        match self.probes.get_mut(id as usize).and_then(Option::as_mut) {
+        match self
+            .probes
+            .get_mut(hit.probe_id as usize)
+            .and_then(Option::as_mut)
+        {
             Some(slot) => slot.counts.dropped_at_stop += 1,
             None => self.unknown_probe += 1,
         }

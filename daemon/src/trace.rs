@@ -127,8 +127,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
 
     // Stack copies are 16 KiB a hit: their runs get a ring that holds a burst of them.
-    let ring_bytes = if args.captures_stacks() && args.stack_mode() != crate::unwind::StackMode::Fp
-    {
+    let ring_bytes = if args.captures_stacks() && args.stack_mode().copies_stack() {
         probed_common::STACK_COPY_RING_BYTES
     } else {
         probed_common::RING_BYTES
@@ -412,10 +411,9 @@ pub(crate) fn is_alive(pid: NonZeroU32) -> bool {
 /// The BPF probe flags of a stack mode: the kernel's frame-pointer walk, or registers and a
 /// stack copy for the daemon's unwinder.
 pub fn stack_flags(mode: crate::unwind::StackMode) -> u32 {
-    match mode {
-        crate::unwind::StackMode::Fp => probed_common::PROBE_FLAG_STACK,
-        crate::unwind::StackMode::Auto | crate::unwind::StackMode::Dwarf => {
-            probed_common::PROBE_FLAG_STACK | probed_common::PROBE_FLAG_STACK_COPY
-        }
+    if mode.copies_stack() {
+        probed_common::PROBE_FLAG_STACK | probed_common::PROBE_FLAG_STACK_COPY
+    } else {
+        probed_common::PROBE_FLAG_STACK
     }
 }

@@ -52,10 +52,11 @@ pub fn run(
     Ok(())
 }
 
-/// Whether a full `cargo xtask test` (what .ci/run runs) also runs the kernel suites: it
-/// does. Measured (README "Kernels"): with the overlay pass cut to the executables it
-/// concerns (integration.rs, `OVERLAY_PASS`), the two suites fit CI's hour.
-const KERNELS_IN_FULL_RUN: bool = true;
+/// Whether a full `cargo xtask test` (what .ci/run runs) also runs the kernel suites: not yet.
+/// In the last whole ci-local run (README "Kernels") the 6.1 suite hit its 660 s budget in
+/// stacks_cfi and the 6.12 guest ended during stacks_basic after 79 s; run them with
+/// `cargo xtask test --kernel 6.1 --kernel 6.12` until that is understood.
+const KERNELS_IN_FULL_RUN: bool = false;
 
 /// Every kernel line's suite, each run even when another failed (so one CI run reports both);
 /// fails naming the lines that failed. A guest that cannot be prepared or booted is a

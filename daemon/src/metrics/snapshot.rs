@@ -37,8 +37,8 @@ pub struct MetricsSnapshot {
     pub captures: [u64; 4],
 }
 
-/// One probe's counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One probe's counters: what a scrape reports, and the counter part of a `ctl stats` row.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeMetrics {
     /// The probe id (stable for the probe's lifetime; also its BPF cookie).
     pub id: u32,

@@ -1,8 +1,6 @@
 //! The daemon's answers to control calls (`ctl list`, `stats`, `add`, `remove`), as typed
 //! replies (reply.rs).
 
-use std::collections::BTreeMap;
-
 use super::{
     control::{AddRequest, Call, Request},
     daemon::Daemon,
@@ -95,34 +93,14 @@ impl Daemon {
 
     /// Counters, for `ctl stats`.
     fn stats(&self) -> StatsReply {
-        let owned = |m: &BTreeMap<&'static str, u64>| -> BTreeMap<String, u64> {
-            m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
-        };
-        let mut probes = Vec::new();
-        for (id, entry) in self.probes.iter() {
-            let bpf = self.tracer.stats(id).unwrap_or_default();
-            let counts = self
-                .pipeline
-                .probe(id)
-                .map(|(_, c)| c.clone())
-                .unwrap_or_default();
-            probes.push(ProbeStatsRow {
-                id,
-                spec: entry.def.spec.clone(),
+        let probes = self
+            .probes
+            .iter()
+            .map(|(id, entry)| ProbeStatsRow {
                 state: state(entry).to_owned(),
-                hits: bpf.hits,
-                lost: bpf.lost,
-                rate_limited: bpf.rate_limited,
-                filtered: bpf.filtered,
-                self_excluded: bpf.self_excluded,
-                dropped_at_stop: counts.dropped_at_stop,
-                probe_mismatch: counts.probe_mismatch,
-                written: counts.printed,
-                write_errors: counts.write_errors,
-                unresolved: owned(&counts.unresolved),
-                resolved_by_probe: owned(&counts.by_probe),
-            });
-        }
+                counters: self.probe_metrics(id, entry),
+            })
+            .collect();
         let resolver = self
             .pipeline
             .resolver_counters()

@@ -185,7 +185,8 @@ fn print_reply(out: &mut impl Write, request: &Request, reply: Value) -> anyhow:
                 "{:>4}  {:>12}  {:>8}  {:>12}  {:>10}  SPEC",
                 "ID", "HITS", "LOST", "WRITTEN", "UNRESOLVED"
             )?;
-            for p in &stats.probes {
+            for row in &stats.probes {
+                let p = &row.counters;
                 let unresolved: u64 = p.unresolved.values().sum();
                 writeln!(
                     out,

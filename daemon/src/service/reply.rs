@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::probe_set::Origin;
+use crate::metrics::ProbeMetrics;
 
 /// One probe as `ctl list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,37 +51,14 @@ pub struct ListReply {
     pub probes: Vec<ProbeRow>,
 }
 
-/// One probe's counters, for `ctl stats`: BPF's and the pipeline's.
+/// One probe's row of `ctl stats`: its state and the counters a metrics scrape reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeStatsRow {
-    /// The probe's id.
-    pub id: u32,
-    /// Its SPEC.
-    pub spec: String,
     /// `attached`, `disabled` or `detaching`.
     pub state: String,
-    /// Firings counted in BPF.
-    pub hits: u64,
-    /// Hits lost to a full ring buffer.
-    pub lost: u64,
-    /// Hits over the rate limit.
-    pub rate_limited: u64,
-    /// Hits of processes outside the probe's pid namespace.
-    pub filtered: u64,
-    /// Hits of probed's own processes.
-    pub self_excluded: u64,
-    /// Hits left in the ring at a stop's deadline.
-    pub dropped_at_stop: u64,
-    /// Hits the resolver placed elsewhere than their probe (must stay 0).
-    pub probe_mismatch: u64,
-    /// Hits written.
-    pub written: u64,
-    /// Hits whose write failed.
-    pub write_errors: u64,
-    /// Addresses that could not be resolved, by reason.
-    pub unresolved: BTreeMap<String, u64>,
-    /// Hits answered by the probe's own location, by the resolver's reason.
-    pub resolved_by_probe: BTreeMap<String, u64>,
+    /// Id, SPEC, output and counters (BPF's and the pipeline's), as in metrics.
+    #[serde(flatten)]
+    pub counters: ProbeMetrics,
 }
 
 /// `ctl stats`.
@@ -233,10 +211,13 @@ mod tests {
         let stats = StatsReply {
             uptime_s: 1.5,
             probes: vec![ProbeStatsRow {
-                id: 3,
-                hits: 10,
-                unresolved: [("unmapped".to_owned(), 2)].into(),
-                ..Default::default()
+                state: "attached".into(),
+                counters: ProbeMetrics {
+                    id: 3,
+                    hits: 10,
+                    unresolved: [("unmapped".to_owned(), 2)].into(),
+                    ..Default::default()
+                },
             }],
             resolver: [("fast".to_owned(), 7)].into(),
             ..Default::default()

@@ -83,29 +83,19 @@ pub fn track_config(exit_group_dead_offset: u32) -> TrackConfig {
 
 /// `mm_struct.exe_file` from `btf`, checked to be a pointer-wide field.
 pub fn mm_exe_file_from_btf(btf: &Btf) -> Result<u32, KernelOffsetsError> {
-    let m = btf.member("mm_struct", &["exe_file"])?;
-    check_width("mm_struct", &["exe_file"], m.size, 8)?;
-    Ok(m.offset)
+    sized_member(btf, "mm_struct", &["exe_file"], 8)
 }
 
 /// Every offset the tracker needs, with the width it reads checked.
 pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
-    let u64_at = |ty: &str, path: &[&str]| -> Result<u32, KernelOffsetsError> {
-        let m = btf.member(ty, path)?;
-        check_width(ty, path, m.size, 8)?;
-        Ok(m.offset)
-    };
+    let u64_at = |ty: &str, path: &[&str]| sized_member(btf, ty, path, 8);
     // Nested members are looked up one struct at a time: f_path is a `struct path`, d_name a
     // `struct qstr`.
     let file_path = btf.member_offset("file", &["f_path"])?;
     let path_dentry = u64_at("path", &["dentry"])?;
     let dentry_name = btf.member_offset("dentry", &["d_name"])?;
     let qstr_name = u64_at("qstr", &["name"])?;
-    let u32_at = |ty: &str, path: &[&str]| -> Result<u32, KernelOffsetsError> {
-        let m = btf.member(ty, path)?;
-        check_width(ty, path, m.size, 4)?;
-        Ok(m.offset)
-    };
+    let u32_at = |ty: &str, path: &[&str]| sized_member(btf, ty, path, 4);
     Ok(KernelOffsets {
         valid: 1,
         task_mm: u64_at("task_struct", &["mm"])?,
@@ -135,11 +125,7 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, KernelOffsetsError> {
 /// `task_struct.thread_pid`, `task_struct.group_leader`, `pid.level`, `pid.numbers` and the
 /// size of a `struct upid`, with the widths BPF reads checked.
 pub fn pid_offsets_from_btf(btf: &Btf) -> Result<PidOffsets, KernelOffsetsError> {
-    let sized = |ty: &str, path: &[&str], want: u32| -> Result<u32, KernelOffsetsError> {
-        let m = btf.member(ty, path)?;
-        check_width(ty, path, m.size, want)?;
-        Ok(m.offset)
-    };
+    let sized = |ty: &str, path: &[&str], want: u32| sized_member(btf, ty, path, want);
     // `numbers` is a flexible array (`numbers[]`, size 0 in BTF): only its offset matters.
     let numbers = btf.member_offset("pid", &["numbers"])?;
     // BPF reads `nr` at the start of each `struct upid`; its stride is the struct's size,
@@ -168,11 +154,7 @@ pub fn pid_offsets_from_btf(btf: &Btf) -> Result<PidOffsets, KernelOffsetsError>
 /// uretprobe hit finds its function's address when `bpf_get_func_ip` cannot give it (see
 /// [`RetOffsets`]). All three are pointer-wide.
 pub fn ret_offsets_from_btf(btf: &Btf) -> Result<RetOffsets, KernelOffsetsError> {
-    let u64_at = |ty: &str, path: &[&str]| -> Result<u32, KernelOffsetsError> {
-        let m = btf.member(ty, path)?;
-        check_width(ty, path, m.size, 8)?;
-        Ok(m.offset)
-    };
+    let u64_at = |ty: &str, path: &[&str]| sized_member(btf, ty, path, 8);
     Ok(RetOffsets {
         valid: 1,
         task_utask: u64_at("task_struct", &["utask"])?,
@@ -181,19 +163,22 @@ pub fn ret_offsets_from_btf(btf: &Btf) -> Result<RetOffsets, KernelOffsetsError>
     })
 }
 
-pub(crate) fn check_width(
+/// The offset of member `path` of struct `ty`, checked to be `want` bytes wide (the width BPF
+/// reads it with).
+pub(crate) fn sized_member(
+    btf: &Btf,
     ty: &str,
     path: &[&str],
-    size: u32,
     want: u32,
-) -> Result<(), KernelOffsetsError> {
-    if size == want {
-        Ok(())
+) -> Result<u32, KernelOffsetsError> {
+    let m = btf.member(ty, path)?;
+    if m.size == want {
+        Ok(m.offset)
     } else {
         Err(KernelOffsetsError::Width {
             ty: ty.to_string(),
             member: path.join("."),
-            size,
+            size: m.size,
             want,
         })
     }

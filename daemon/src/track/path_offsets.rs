@@ -5,17 +5,13 @@ use probed_common::PathOffsets;
 
 use crate::{
     btf::Btf,
-    track::offsets::{KernelOffsetsError, check_width},
+    track::offsets::{KernelOffsetsError, sized_member},
 };
 
 /// Every offset the walk reads, with the widths checked; `release` is the kernel release
 /// (`uname -r`, /proc/sys/kernel/osrelease), which decides `FMODE_BACKING`.
 pub fn from_btf(btf: &Btf, release: &str) -> Result<PathOffsets, KernelOffsetsError> {
-    let sized = |ty: &str, path: &[&str], want: u32| -> Result<u32, KernelOffsetsError> {
-        let m = btf.member(ty, path)?;
-        check_width(ty, path, m.size, want)?;
-        Ok(m.offset)
-    };
+    let sized = |ty: &str, path: &[&str], want: u32| sized_member(btf, ty, path, want);
     let f_path = btf.member_offset("file", &["f_path"])?;
     let path_mnt = sized("path", &["mnt"], 8)?;
     let path_dentry = sized("path", &["dentry"], 8)?;

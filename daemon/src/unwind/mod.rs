@@ -33,6 +33,12 @@ pub enum StackMode {
 }
 
 impl StackMode {
+    /// Whether BPF copies registers and the stack for the daemon's unwinder (`auto`,
+    /// `dwarf`), rather than walking frame pointers itself (`fp`).
+    pub fn copies_stack(self) -> bool {
+        self != Self::Fp
+    }
+
     /// The name the CLI takes.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,8 +117,9 @@ impl StopReason {
         }
     }
 
+    /// The reason's slot in counters: [`StopReason::ALL`] lists them in declaration order.
     fn index(self) -> usize {
-        Self::ALL.iter().position(|&r| r == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -343,6 +350,14 @@ mod tests {
         let w = walk(&s, StackMode::Dwarf);
         assert_eq!(w.frames, [0x5000_0000]);
         assert_eq!(w.stop, StopReason::NoModule);
+    }
+
+    /// Counters are indexed in [`StopReason::ALL`]'s order.
+    #[test]
+    fn counter_slots_follow_all() {
+        for (i, r) in StopReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
     }
 
     /// A chain leaving the copy ends with `stack_copy_end` (frames found so far kept); an

@@ -41,7 +41,7 @@ use std::{
     fs::File,
     io::{Read, Seek, SeekFrom, Write},
     os::unix::process::ExitStatusExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -155,21 +155,19 @@ pub fn run() -> Result<()> {
     crate::build::run()?;
     let out_dir = paths::bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
-    let workload = out_dir.join("stacks_bench");
-    exec::exec(
-        Command::new("cc")
-            .args(["-O1", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
-            .arg(&workload)
-            .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
-    )?;
+    let compile = |name: &str, frame_pointer: &str| -> Result<PathBuf> {
+        let out = out_dir.join(name);
+        exec::exec(
+            Command::new("cc")
+                .args(["-O1", frame_pointer, "-fno-inline", "-o"])
+                .arg(&out)
+                .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
+        )?;
+        Ok(out)
+    };
+    let workload = compile("stacks_bench", "-fno-omit-frame-pointer")?;
     // The same workload as distributions build: no frame pointers (only .eh_frame).
-    let workload_cfi = out_dir.join("stacks_bench_nofp");
-    exec::exec(
-        Command::new("cc")
-            .args(["-O1", "-fomit-frame-pointer", "-fno-inline", "-o"])
-            .arg(&workload_cfi)
-            .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
-    )?;
+    let workload_cfi = compile("stacks_bench_nofp", "-fomit-frame-pointer")?;
     let out_file = harness::hits_file("stacks");
 
     let mut runs = Vec::new();

@@ -205,6 +205,32 @@ fn kvm() -> (bool, &'static str) {
     }
 }
 
+/// The script lines that put a tmpfs on the guest's /tmp. A workspace under /tmp (a CI
+/// checkout, `ci-local`'s clone) would be hidden by it: the host's /tmp is first bound aside
+/// and the workspace bound back at its own path on the tmpfs.
+fn tmp_mounts(workspace: &Path) -> String {
+    let mut s = String::new();
+    let under_tmp = workspace
+        .strip_prefix("/tmp")
+        .ok()
+        .filter(|r| !r.as_os_str().is_empty());
+    if under_tmp.is_some() {
+        s.push_str("mkdir -p /run/probed-host-tmp\n");
+        s.push_str("mount --bind /tmp /run/probed-host-tmp\n");
+    }
+    s.push_str("mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
+    if let Some(rel) = under_tmp {
+        let ws = quote(&workspace.to_string_lossy());
+        let aside = quote(
+            &Path::new("/run/probed-host-tmp")
+                .join(rel)
+                .to_string_lossy(),
+        );
+        s.push_str(&format!("mkdir -p {ws}\nmount --bind {aside} {ws}\n"));
+    }
+    s
+}
+
 /// Numbers the scripts of one xtask process.
 static SCRIPTS: AtomicU32 = AtomicU32::new(0);
 
@@ -221,7 +247,7 @@ fn write_script(argv: &[String], cwd: &Path, env: &[(String, String)]) -> anyhow
     // virtme-ng's /tmp is an overlay; BPF reads a mapped overlay file's backing inode, not
     // the one stat shows (README "Containers and Kubernetes"), and the tests compile their
     // fixtures into /tmp: a tmpfs, as on real hosts.
-    s.push_str("mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
+    s.push_str(&tmp_mounts(&paths::root()));
     s.push_str(
         "[ -d /sys/fs/bpf ] && ! mountpoint -q /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf\n",
     );
@@ -315,5 +341,24 @@ mod tests {
         assert!(s.contains("\ncd '/work/x y'\n"), "{s}");
         assert!(s.ends_with("\n'echo' 'a '\\''b'\\'''\n"), "{s}");
         assert!(s.contains("mount -t tmpfs"), "{s}");
+    }
+
+    /// A workspace under /tmp stays visible over the guest's tmpfs /tmp; others need nothing.
+    #[test]
+    fn workspace_under_tmp_is_bound_back() {
+        let s = tmp_mounts(Path::new("/tmp/ci.x/project"));
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "mkdir -p /run/probed-host-tmp",
+                "mount --bind /tmp /run/probed-host-tmp",
+                "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+                "mkdir -p '/tmp/ci.x/project'",
+                "mount --bind '/run/probed-host-tmp/ci.x/project' '/tmp/ci.x/project'",
+            ]
+        );
+        let s = tmp_mounts(Path::new("/work/main"));
+        assert_eq!(s, "mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
     }
 }
