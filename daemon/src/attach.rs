@@ -186,6 +186,9 @@ pub enum AttachError {
     /// `reset_probe` on a probe that is still attached.
     #[error("probe {0} is still attached; detach it before resetting it")]
     StillAttached(u32),
+    /// `--tracker lock` on a kernel whose mmap_lock tracepoints cannot serve it.
+    #[error("--tracker lock is not available on this kernel: {0}; use --tracker syscalls or auto")]
+    LockUnavailable(String),
     /// The self filter (probed never traces itself) could not be installed or set.
     #[error(transparent)]
     SelfFilter(#[from] crate::self_filter::SelfFilterError),
@@ -277,34 +280,15 @@ impl Tracer {
         }
         self.attach_raw(FORK_PROGRAM, "sched_process_fork")?;
         self.attach_tracepoints(points)?;
-        self.tracker_mode = match choice {
-            TrackerChoice::Syscalls => {
-                self.attach_syscalls()?;
-                (
-                    TrackerMode::Syscalls,
-                    "asked for (--tracker syscalls)".into(),
-                )
-            }
-            TrackerChoice::Lock => {
-                self.attach_lock()?;
-                (TrackerMode::Lock, "asked for (--tracker lock)".into())
-            }
-            // Lock mode is exact (0 wrong answers in every exactness test) but its flood tests
-            // are not yet shown to pass (ARCHITECTURE.md, "Lock mode", Status): until then it
-            // is opt-in, and auto keeps the syscall tracker, saying whether lock mode would be
-            // available.
-            TrackerChoice::Auto => {
-                self.attach_syscalls()?;
-                let lock = match tracepoints::lock_tracepoints_missing() {
-                    None => "available with --tracker lock".to_string(),
-                    Some(missing) => format!("unavailable: no tracepoint {missing}"),
-                };
-                (
-                    TrackerMode::Syscalls,
-                    format!("auto: syscall tracepoints (lock mode {lock})"),
-                )
-            }
-        };
+        let unavailable = tracepoints::lock_mode_unavailable();
+        let (mode, why) = choice
+            .decide(unavailable.as_deref())
+            .map_err(AttachError::LockUnavailable)?;
+        match mode {
+            TrackerMode::Syscalls => self.attach_syscalls()?,
+            TrackerMode::Lock => self.attach_lock()?,
+        }
+        self.tracker_mode = (mode, why);
         self.write_tracker_mode()?;
         Ok(())
     }

@@ -75,33 +75,36 @@ pub fn choices() -> Vec<Choice> {
     out
 }
 
-/// The change tracker's hooks under `--tracker auto` (the default): syscall tracepoints
-/// for now, and whether `--tracker lock` would be available on this kernel.
+/// The change tracker's hooks under `--tracker auto` (the default).
 fn tracker_hooks() -> Choice {
     let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
     tracker_hooks_for(
-        crate::track::tracepoints::lock_tracepoints_missing(),
+        crate::track::tracepoints::lock_mode_unavailable(),
         kprobes,
     )
 }
 
-/// [`tracker_hooks`] from what the kernel has: the first missing lock tracepoint, if any.
-pub fn tracker_hooks_for(missing_lock_tracepoint: Option<String>, kprobes: bool) -> Choice {
-    let lock = match missing_lock_tracepoint {
-        None => "available with --tracker lock: raw tracepoints mmap_lock_acquire_returned \
-                 and mmap_lock_released, hits capture their mappings (bpf_find_vma); adds \
-                 nothing to other processes' syscalls; opt-in until its flood tests are shown \
-                 to pass (ARCHITECTURE.md)"
-            .to_string(),
-        Some(missing) => format!("unavailable: no tracepoint {missing}"),
+/// [`tracker_hooks`] from what the kernel has: why lock mode cannot run, if it cannot.
+pub fn tracker_hooks_for(lock_unavailable: Option<String>, kprobes: bool) -> Choice {
+    let (mode, why) = crate::track::TrackerChoice::Auto
+        .decide(lock_unavailable.as_deref())
+        .expect("auto always decides");
+    let chosen = match mode {
+        crate::track::TrackerMode::Lock => {
+            "lock: raw tracepoints mmap_lock_acquire_returned and mmap_lock_released (write \
+             sections of tracked processes), hits capture their mappings (bpf_find_vma), \
+             sched exec/fork/exit; other processes' syscalls keep the fast path"
+        }
+        crate::track::TrackerMode::Syscalls => {
+            "syscalls: syscall tracepoints (mmap, munmap, mremap, mprotect, pkey_mprotect, \
+             brk, shmat, shmdt, remap_file_pages; enter and exit) and sched exec/fork/exit"
+        }
     };
     Choice {
         part: "tracker hooks",
-        chosen: "syscalls: syscall tracepoints (mmap, munmap, mremap, mprotect, pkey_mprotect, \
-                 brk, shmat, shmdt, remap_file_pages; enter and exit) and sched exec/fork/exit"
-            .into(),
+        chosen: chosen.into(),
         why: format!(
-            "--tracker auto; lock mode {lock} (kprobes on this kernel: {})",
+            "--tracker {why} (kprobes on this kernel: {})",
             if kprobes { "yes" } else { "no" }
         ),
     }

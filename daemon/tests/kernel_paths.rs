@@ -80,19 +80,17 @@ fn self_check_names_the_kernel_and_the_paths() {
         path_line(&stdout, "container pids").contains("read in BPF"),
         "{stdout}"
     );
-    // auto = syscall tracepoints (lock mode is opt-in), and self-check says whether lock
-    // mode is available here; the mode that really ran agrees.
-    let lock =
-        std::path::Path::new("/sys/kernel/tracing/events/mmap_lock/mmap_lock_released").is_dir();
-    let hooks = path_line(&stdout, "tracker hooks");
-    assert!(hooks.contains("syscall tracepoints"), "{stdout}");
-    assert_eq!(
-        hooks.contains("lock mode available with --tracker lock"),
-        lock,
-        "{stdout}"
+    // auto = lock mode from 6.14 (the mmap_lock tracepoints without memcg_path), syscall
+    // tracepoints before; the mode that really ran agrees.
+    says(
+        "tracker hooks",
+        (6, 14),
+        "lock: raw tracepoints mmap_lock_acquire_returned",
+        "syscalls: syscall tracepoints",
     );
+    let mode = if v >= (6, 14) { "lock" } else { "syscalls" };
     assert!(
-        stdout.contains("ok: change tracker runs in syscalls mode"),
+        stdout.contains(&format!("ok: change tracker runs in {mode} mode")),
         "{stdout}"
     );
     assert!(stdout.contains("ok: BPF programs load and pass the verifier"));

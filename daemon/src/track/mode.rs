@@ -8,10 +8,9 @@
 //!   every mapping change; nothing else on the host pays more than a static-key branch and a
 //!   `write` test), with hits capturing their own mappings when the daemon's picture is
 //!   behind (see ARCHITECTURE.md, "Lock mode").
-//! - `auto` (default): `syscalls` for now. Lock mode answered exactly (0 wrong) in every
-//!   exactness test, but the suite's no-loss flood tests could not be shown to pass in either
-//!   mode on the loaded machine it was built on, so it stays opt-in until they are run on a
-//!   quiet one (ARCHITECTURE.md, "Lock mode", Status).
+//! - `auto` (default): `lock` where the kernel has the Linux 6.14+ `mmap_lock` tracepoints,
+//!   `syscalls` elsewhere (older events pass a memcg path: other arguments, and a cgroup path
+//!   built per lock operation; tracepoints.rs, `lock_mode_unavailable`).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrackerChoice {
-    /// `syscalls` for now (lock mode is opt-in; see the module documentation).
+    /// `lock` where the kernel allows it, else `syscalls`.
     #[default]
     Auto,
     /// mmap_lock raw tracepoints and hit-time captures.
@@ -51,5 +50,54 @@ impl TrackerMode {
 impl std::fmt::Display for TrackerMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl TrackerChoice {
+    /// The mode to run and the reason to show for it, given why lock mode cannot run on this
+    /// kernel (`None`: it can). `Err` (the reason) when lock mode was asked for and cannot run.
+    pub fn decide(self, lock_unavailable: Option<&str>) -> Result<(TrackerMode, String), String> {
+        match (self, lock_unavailable) {
+            (TrackerChoice::Syscalls, _) => Ok((
+                TrackerMode::Syscalls,
+                "asked for (--tracker syscalls)".into(),
+            )),
+            (TrackerChoice::Lock, None) => {
+                Ok((TrackerMode::Lock, "asked for (--tracker lock)".into()))
+            }
+            (TrackerChoice::Lock, Some(why)) => Err(why.to_string()),
+            (TrackerChoice::Auto, None) => Ok((
+                TrackerMode::Lock,
+                "auto: the kernel has the 6.14+ mmap_lock tracepoints".into(),
+            )),
+            (TrackerChoice::Auto, Some(why)) => Ok((
+                TrackerMode::Syscalls,
+                format!("auto: lock mode unavailable ({why})"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Auto takes lock mode where it can run and syscalls elsewhere; an explicit lock request
+    /// on a kernel without it is refused with the reason, never silently downgraded.
+    #[test]
+    fn decisions() {
+        let old = Some("tracepoint mmap_lock:mmap_lock_released has the pre-6.14 arguments");
+        assert_eq!(TrackerChoice::Auto.decide(None).unwrap().0, TrackerMode::Lock);
+        let (mode, why) = TrackerChoice::Auto.decide(old).unwrap();
+        assert_eq!(mode, TrackerMode::Syscalls);
+        assert!(why.contains("pre-6.14"), "{why}");
+        assert_eq!(TrackerChoice::Lock.decide(None).unwrap().0, TrackerMode::Lock);
+        assert!(TrackerChoice::Lock.decide(old).unwrap_err().contains("pre-6.14"));
+        for lock in [None, old] {
+            assert_eq!(
+                TrackerChoice::Syscalls.decide(lock).unwrap().0,
+                TrackerMode::Syscalls
+            );
+        }
     }
 }
