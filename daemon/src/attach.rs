@@ -30,7 +30,7 @@ use crate::{
     pidns::PidNamespace,
     privileges,
     spec::ProbeKind,
-    track::{BpfSeq, Generations, Tracked, TrackerChoice, TrackerMode, tracepoints},
+    track::{BpfSeq, Generations, Tracked, TrackerMode, TrackerRequest, tracepoints},
 };
 
 /// Name of the entry program in the BPF object.
@@ -187,7 +187,7 @@ pub enum AttachError {
     #[error("probe {0} is still attached; detach it before resetting it")]
     StillAttached(u32),
     /// `--tracker lock` on a kernel whose mmap_lock tracepoints cannot serve it.
-    #[error("--tracker lock is not available on this kernel: {0}; use --tracker syscalls or auto")]
+    #[error("--tracker lock cannot be used: {0}")]
     LockUnavailable(String),
     /// The self filter (probed never traces itself) could not be installed or set.
     #[error(transparent)]
@@ -210,14 +210,17 @@ pub struct Tracer {
 
 impl Tracer {
     /// Checks privileges, loads the embedded BPF object and its two programs.
-    pub fn load(tracker: TrackerChoice) -> Result<Self, AttachError> {
+    pub fn load(tracker: impl Into<TrackerRequest>) -> Result<Self, AttachError> {
         Self::load_with_ring(probed_common::RING_BYTES, tracker)
     }
 
     /// As [`Tracer::load`], with a hit ring buffer of `ring_bytes` (a power of two, a
     /// multiple of the page size). The daemon uses a larger one: attaching a probe holds its
     /// event loop for a kernel uprobe registration, and the ring absorbs the hits meanwhile.
-    pub fn load_with_ring(ring_bytes: u32, tracker: TrackerChoice) -> Result<Self, AttachError> {
+    pub fn load_with_ring(
+        ring_bytes: u32,
+        tracker: impl Into<TrackerRequest>,
+    ) -> Result<Self, AttachError> {
         let object = bpf_object::bytes()?;
         privileges::check()?;
         let mut ebpf = EbpfLoader::new()
@@ -244,7 +247,7 @@ impl Tracer {
             raw_links: Vec::new(),
             tracker_mode: (TrackerMode::Syscalls, String::new()),
         };
-        tracer.start_change_tracker(tracker)?;
+        tracer.start_change_tracker(tracker.into())?;
         Ok(tracer)
     }
 
@@ -256,7 +259,7 @@ impl Tracer {
     /// Loads and attaches the address-space change tracker (ebpf/src/track.rs). It runs for
     /// every process: uprobes may fire in any of them, and a process must be tracked from
     /// before its first hit for that hit's sequence to mean anything.
-    fn start_change_tracker(&mut self, choice: TrackerChoice) -> Result<(), AttachError> {
+    fn start_change_tracker(&mut self, request: TrackerRequest) -> Result<(), AttachError> {
         tracepoints::ensure_tracefs()?;
         let config = crate::track::offsets::track_config(tracepoints::exit_group_dead_offset());
         let map = self
@@ -281,8 +284,9 @@ impl Tracer {
         self.attach_raw(FORK_PROGRAM, "sched_process_fork")?;
         self.attach_tracepoints(points)?;
         let unavailable = tracepoints::lock_mode_unavailable();
-        let (mode, why) = choice
-            .decide(unavailable.as_deref())
+        let (mode, why) = request
+            .choice
+            .decide(unavailable.as_deref(), request.copied_stacks)
             .map_err(AttachError::LockUnavailable)?;
         match mode {
             TrackerMode::Syscalls => self.attach_syscalls()?,

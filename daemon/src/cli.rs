@@ -86,9 +86,9 @@ pub struct TraceArgs {
     #[arg(long)]
     pub print_hits: bool,
     /// How address-space changes are learned: `lock` (mmap_lock tracepoints; leaves other
-    /// processes' syscalls alone), `syscalls` (syscall tracepoints; slows every syscall on
-    /// the host), `auto` (currently `syscalls`; lock mode is opt-in).
-    #[arg(long, value_enum, default_value = "auto")]
+    /// processes' syscalls alone; Linux 6.14+), `syscalls` (syscall tracepoints; slows every
+    /// syscall on the host), `auto` (`lock` where the kernel allows it, else `syscalls`).
+    #[arg(long, value_enum, default_value = "auto", env = "PROBED_TRACKER")]
     pub tracker: crate::track::TrackerChoice,
 }
 

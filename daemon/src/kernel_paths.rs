@@ -78,16 +78,13 @@ pub fn choices() -> Vec<Choice> {
 /// The change tracker's hooks under `--tracker auto` (the default).
 fn tracker_hooks() -> Choice {
     let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
-    tracker_hooks_for(
-        crate::track::tracepoints::lock_mode_unavailable(),
-        kprobes,
-    )
+    tracker_hooks_for(crate::track::tracepoints::lock_mode_unavailable(), kprobes)
 }
 
 /// [`tracker_hooks`] from what the kernel has: why lock mode cannot run, if it cannot.
 pub fn tracker_hooks_for(lock_unavailable: Option<String>, kprobes: bool) -> Choice {
     let (mode, why) = crate::track::TrackerChoice::Auto
-        .decide(lock_unavailable.as_deref())
+        .decide(lock_unavailable.as_deref(), false)
         .expect("auto always decides");
     let chosen = match mode {
         crate::track::TrackerMode::Lock => {

@@ -127,12 +127,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
 
     // Stack copies are 16 KiB a hit: their runs get a ring that holds a burst of them.
-    let ring_bytes = if args.captures_stacks() && args.stack_mode().copies_stack() {
+    let copies = args.captures_stacks() && args.stack_mode().copies_stack();
+    let ring_bytes = if copies {
         probed_common::STACK_COPY_RING_BYTES
     } else {
         probed_common::RING_BYTES
     };
-    let mut tracer = Tracer::load_with_ring(ring_bytes, args.tracker)?;
+    let tracker = crate::track::TrackerRequest {
+        choice: args.tracker,
+        copied_stacks: copies,
+    };
+    let mut tracer = Tracer::load_with_ring(ring_bytes, tracker)?;
     for probe in &probes {
         if args.captures_stacks() {
             tracer.set_probe_flags(probe.id, stack_flags(args.stack_mode()))?;

@@ -23,5 +23,5 @@ pub mod tracepoints;
 
 pub use generations::{Generations, Tracked};
 pub use maps_source::GenCheckedMaps;
-pub use mode::{TrackerChoice, TrackerMode};
+pub use mode::{TrackerChoice, TrackerMode, TrackerRequest};
 pub use seq::{BpfSeq, MapSeqError};

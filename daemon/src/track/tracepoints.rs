@@ -44,7 +44,13 @@ pub const LOCK_TRACEPOINTS: [(&str, &str); 2] = [
 /// syscall mode. The tracefs format says which: the old events carry a `memcg_path` field.
 pub fn lock_mode_unavailable() -> Option<String> {
     let format = |c: &str, n: &str| {
-        std::fs::read_to_string(Path::new(TRACEFS).join("events").join(c).join(n).join("format"))
+        std::fs::read_to_string(
+            Path::new(TRACEFS)
+                .join("events")
+                .join(c)
+                .join(n)
+                .join("format"),
+        )
     };
     LOCK_TRACEPOINTS.iter().find_map(|(c, n)| {
         if !exists(c, n) {
