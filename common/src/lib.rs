@@ -36,6 +36,29 @@ pub const EVENT_CHANGE: u32 = 3;
 /// First field of every ring buffer item: a [`StackHitEvent`] (a hit with its user stack).
 pub const EVENT_STACK_HIT: u32 = 4;
 
+/// First field of every ring buffer item: a [`CapturedHitEvent`] (lock mode: a hit with the
+/// kernel's mapping of its address, taken at the hit).
+pub const EVENT_CAPTURED_HIT: u32 = 5;
+/// First field of every ring buffer item: a [`CapturedStackEvent`] (lock mode: a hit with its
+/// user stack and the kernel's mapping of every frame, taken at the hit).
+pub const EVENT_CAPTURED_STACK: u32 = 6;
+/// First field of every ring buffer item: a [`FileNameEvent`] (lock mode: the path of a file
+/// a capture names, written before the capture, once per file the daemon does not know).
+pub const EVENT_FILE_NAME: u32 = 7;
+
+/// First field of every ring buffer item: a [`LockChangeEvent`] (lock mode: a write section
+/// of a tracked process's address space ended; the daemon rescans).
+pub const EVENT_LOCK_CHANGE: u32 = 8;
+
+/// [`CapturedHitEvent::status`] and [`CapturedStackEvent::status`] values.
+/// The mapping could not be read (`bpf_find_vma` try-locks the address space: a writer held
+/// it, or the helper failed).
+pub const CAPTURE_FAILED: u8 = 0;
+/// A mapping contains the address (`vma` is filled).
+pub const CAPTURE_FOUND: u8 = 1;
+/// No mapping contains the address.
+pub const CAPTURE_UNMAPPED: u8 = 2;
+
 /// Most user stack frames captured per hit (what `bpf_get_stack` can return).
 pub const MAX_FRAMES: usize = 127;
 
@@ -98,6 +121,12 @@ pub const PROC_EXIT: u32 = 2;
 /// parent's address space (`parent_*` say whose, as of which sequence).
 pub const PROC_FORK: u32 = 3;
 
+/// `TRACK_MODE` index 0: the tracker runs on syscall tracepoints (hits capture nothing).
+pub const TRACK_MODE_SYSCALLS: u32 = 0;
+/// `TRACK_MODE` index 0: the tracker runs on mmap_lock tracepoints (hits capture their
+/// mappings when the daemon's picture is behind).
+pub const TRACK_MODE_LOCK: u32 = 1;
+
 /// Number of change-sequence slots (a power of two). A process uses slot
 /// [`seq_slot`]`(pid)`; processes whose pids share a slot share its sequence, which only
 /// costs them extra fallbacks, never a wrong answer.
@@ -124,6 +153,15 @@ pub struct SeqSlot {
     pub begins: u64,
     /// Changes ended.
     pub ends: u64,
+    /// Lock mode: the (even) sequence of the newest picture the daemon holds of process
+    /// `mirror_pid`, written by the daemon (the only writer of these two fields, which BPF
+    /// only reads). A hit stamped with exactly this sequence needs no capture. `u64::MAX`:
+    /// none.
+    pub mirror: u64,
+    /// The process `mirror` describes (slots are shared by hash).
+    pub mirror_pid: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
 }
 
 /// The sequence a reader reports for a slot read as (`ends`, then `begins`).
@@ -469,6 +507,74 @@ pub struct StackHitEvent {
     pub frames: [u64; MAX_FRAMES],
 }
 
+/// Lock mode: a write section of a tracked process's `mmap_lock` ended (released, or
+/// downgraded to a read lock). What changed is not known: the daemon takes it as an
+/// unreplayable change (`OP_OTHER`) with this ticket and rescans. Small on purpose: a process
+/// that maps and unmaps all the time sends one per change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockChangeEvent {
+    /// [`EVENT_LOCK_CHANGE`].
+    pub event: u32,
+    /// Thread-group id.
+    pub pid: u32,
+    /// The thread that held the lock.
+    pub tid: u32,
+    /// See [`ChangeEvent::lost_reports`].
+    pub lost_reports: u32,
+    /// The slot's `begins` value the section took.
+    pub ticket: u64,
+    /// The process's generation.
+    pub proc_gen: u64,
+    /// `bpf_ktime_get_ns()` at the end of the section.
+    pub ts_ns: u64,
+}
+
+/// Lock mode: a hit whose process's sequence was not the daemon's picture, with the mapping
+/// of its address as the kernel had it at the hit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapturedHitEvent {
+    /// The hit; its `event` is [`EVENT_CAPTURED_HIT`].
+    pub hit: HitEvent,
+    /// `CAPTURE_*` for `ip`.
+    pub status: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// The mapping containing `hit.ip`, if `status == CAPTURE_FOUND`.
+    pub vma: VmaInfo,
+}
+
+/// Lock mode: a hit with its user stack, and the kernel's mapping of every frame at the hit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapturedStackEvent {
+    /// The hit and its frames; `stack.hit.event` is [`EVENT_CAPTURED_STACK`].
+    pub stack: StackHitEvent,
+    /// `CAPTURE_*` per frame (index `MAX_FRAMES`: `stack.hit.ret_addr`), then padding.
+    pub status: [u8; MAX_FRAMES + 1],
+    /// The mapping of each frame (index `MAX_FRAMES`: of `stack.hit.ret_addr`), where
+    /// `status` says `CAPTURE_FOUND`.
+    pub vmas: [VmaInfo; MAX_FRAMES + 1],
+}
+
+/// Lock mode: the path of a mapped file, written before the first capture naming it (the
+/// daemon's identity → path index did not know it: see `KNOWN_FILES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileNameEvent {
+    /// [`EVENT_FILE_NAME`].
+    pub event: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// The mapping the file was seen in (its `dev`, `ino` are the file's kernel identity).
+    pub vma: VmaInfo,
+    /// The file's name (last component), NUL-terminated.
+    pub name: [u8; NAME_LEN],
+    /// The file's full path and user-visible identity.
+    pub path: FilePath,
+}
+
 /// A process lifecycle event: exec or exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -612,6 +718,14 @@ mod pod {
     unsafe impl aya::Pod for super::FileKey {}
     // SAFETY: StackHitEvent is #[repr(C)], integers only, no padding (size asserted below).
     unsafe impl aya::Pod for super::StackHitEvent {}
+    // SAFETY: as above, for CapturedHitEvent.
+    unsafe impl aya::Pod for super::CapturedHitEvent {}
+    // SAFETY: as above, for CapturedStackEvent.
+    unsafe impl aya::Pod for super::CapturedStackEvent {}
+    // SAFETY: as above, for FileNameEvent.
+    unsafe impl aya::Pod for super::FileNameEvent {}
+    // SAFETY: as above, for LockChangeEvent.
+    unsafe impl aya::Pod for super::LockChangeEvent {}
 }
 
 // The layouts are part of the BPF ABI: a field added without updating these sizes is a bug.
@@ -623,7 +737,14 @@ const _: () = assert!(
 const _: () =
     assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN + 24 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
-const _: () = assert!(core::mem::size_of::<SeqSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<SeqSlot>() == 32);
+const _: () = assert!(core::mem::size_of::<LockChangeEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<CapturedHitEvent>() == 144 + 8 + 48);
+const _: () = assert!(
+    core::mem::size_of::<CapturedStackEvent>()
+        == core::mem::size_of::<StackHitEvent>() + (MAX_FRAMES + 1) + (MAX_FRAMES + 1) * 48
+);
+const _: () = assert!(core::mem::size_of::<FileNameEvent>() == 8 + 48 + NAME_LEN + 24 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 144 + 8 + 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<PidOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<PathOffsets>() == 72);

@@ -7,7 +7,7 @@
 use crate::HitEvent;
 
 /// First field of every ring buffer item: a [`StackCopyHitEvent`].
-pub const EVENT_STACK_COPY_HIT: u32 = 5;
+pub const EVENT_STACK_COPY_HIT: u32 = 9;
 
 /// `PROBE_FLAGS` bit: with [`crate::PROBE_FLAG_STACK`], write a [`StackCopyHitEvent`]
 /// (registers and a stack copy) instead of the kernel's frame-pointer walk.

@@ -30,7 +30,7 @@ use crate::{
     pidns::PidNamespace,
     privileges,
     spec::ProbeKind,
-    track::{BpfSeq, Generations, Tracked, tracepoints},
+    track::{BpfSeq, Generations, Tracked, TrackerMode, TrackerRequest, tracepoints},
 };
 
 /// Name of the entry program in the BPF object.
@@ -43,6 +43,8 @@ const EVENTS_MAP: &str = "EVENTS";
 const SEQS_MAP: &str = "SEQS";
 /// Name of the pid → generation map.
 const PROC_GEN_MAP: &str = "PROC_GEN";
+/// Name of the tracker mode array (one u32: `TRACK_MODE_*`).
+const TRACK_MODE_MAP: &str = "TRACK_MODE";
 /// Name of the tracker settings array.
 const TRACK_CONFIG_MAP: &str = "TRACK_CONFIG";
 /// Name of the set of tracked processes.
@@ -60,6 +62,11 @@ const MM_EXIT_PROGRAM: &str = "probed_mm_exit";
 const EXEC_PROGRAM: &str = "probed_exec";
 const EXIT_PROGRAM: &str = "probed_exit";
 const FORK_PROGRAM: &str = "probed_fork";
+/// Lock mode's programs and the raw tracepoints they attach to.
+const LOCK_PROGRAMS: [(&str, &str); 2] = [
+    ("probed_lock_acquired", "mmap_lock_acquire_returned"),
+    ("probed_lock_released", "mmap_lock_released"),
+];
 /// Name of the per-probe counters map.
 const STATS_MAP: &str = "PROBE_STATS";
 
@@ -179,6 +186,9 @@ pub enum AttachError {
     /// `reset_probe` on a probe that is still attached.
     #[error("probe {0} is still attached; detach it before resetting it")]
     StillAttached(u32),
+    /// `--tracker lock` on a kernel whose mmap_lock tracepoints cannot serve it.
+    #[error("--tracker lock cannot be used: {0}")]
+    LockUnavailable(String),
     /// The self filter (probed never traces itself) could not be installed or set.
     #[error(transparent)]
     SelfFilter(#[from] crate::self_filter::SelfFilterError),
@@ -192,20 +202,25 @@ pub struct Tracer {
     links: HashMap<u32, (ProbeKind, UProbeLinkId)>,
     /// The change tracker's tracepoint links: (program, link).
     tracker_links: Vec<(&'static str, TracePointLinkId)>,
-    /// The fork raw tracepoint's link.
-    fork_link: Option<RawTracePointLinkId>,
+    /// The raw tracepoint links: fork, and in lock mode the mmap_lock ones: (program, link).
+    raw_links: Vec<(&'static str, RawTracePointLinkId)>,
+    /// The change tracker's hooks, and why they were chosen.
+    tracker_mode: (TrackerMode, String),
 }
 
 impl Tracer {
     /// Checks privileges, loads the embedded BPF object and its two programs.
-    pub fn load() -> Result<Self, AttachError> {
-        Self::load_with_ring(probed_common::RING_BYTES)
+    pub fn load(tracker: impl Into<TrackerRequest>) -> Result<Self, AttachError> {
+        Self::load_with_ring(probed_common::RING_BYTES, tracker)
     }
 
     /// As [`Tracer::load`], with a hit ring buffer of `ring_bytes` (a power of two, a
     /// multiple of the page size). The daemon uses a larger one: attaching a probe holds its
     /// event loop for a kernel uprobe registration, and the ring absorbs the hits meanwhile.
-    pub fn load_with_ring(ring_bytes: u32) -> Result<Self, AttachError> {
+    pub fn load_with_ring(
+        ring_bytes: u32,
+        tracker: impl Into<TrackerRequest>,
+    ) -> Result<Self, AttachError> {
         let object = bpf_object::bytes()?;
         privileges::check()?;
         let mut ebpf = EbpfLoader::new()
@@ -229,16 +244,22 @@ impl Tracer {
             ebpf,
             links: HashMap::new(),
             tracker_links: Vec::new(),
-            fork_link: None,
+            raw_links: Vec::new(),
+            tracker_mode: (TrackerMode::Syscalls, String::new()),
         };
-        tracer.start_change_tracker()?;
+        tracer.start_change_tracker(tracker.into())?;
         Ok(tracer)
+    }
+
+    /// The change tracker's hooks, and why they were chosen.
+    pub fn tracker_mode(&self) -> (TrackerMode, &str) {
+        (self.tracker_mode.0, &self.tracker_mode.1)
     }
 
     /// Loads and attaches the address-space change tracker (ebpf/src/track.rs). It runs for
     /// every process: uprobes may fire in any of them, and a process must be tracked from
     /// before its first hit for that hit's sequence to mean anything.
-    fn start_change_tracker(&mut self) -> Result<(), AttachError> {
+    fn start_change_tracker(&mut self, request: TrackerRequest) -> Result<(), AttachError> {
         tracepoints::ensure_tracefs()?;
         let config = crate::track::offsets::track_config(tracepoints::exit_group_dead_offset());
         let map = self
@@ -251,6 +272,50 @@ impl Tracer {
             .set(0, config, 0)
             .map_err(|e| AttachError::TrackConfig(Box::new(e)))?;
 
+        // Exec, exit (tracepoints) and fork (raw tracepoint) in every mode: none of them puts
+        // anyone's syscalls on the slow path.
+        let points: Vec<(&'static str, &'static str, String)> = vec![
+            (EXEC_PROGRAM, "sched", "sched_process_exec".into()),
+            (EXIT_PROGRAM, "sched", "sched_process_exit".into()),
+        ];
+        for name in [EXEC_PROGRAM, EXIT_PROGRAM] {
+            self.load_tracepoint(name)?;
+        }
+        self.attach_raw(FORK_PROGRAM, "sched_process_fork")?;
+        self.attach_tracepoints(points)?;
+        let unavailable = tracepoints::lock_mode_unavailable();
+        let (mode, why) = request
+            .choice
+            .decide(unavailable.as_deref(), request.copied_stacks)
+            .map_err(AttachError::LockUnavailable)?;
+        match mode {
+            TrackerMode::Syscalls => self.attach_syscalls()?,
+            TrackerMode::Lock => self.attach_lock()?,
+        }
+        self.tracker_mode = (mode, why);
+        self.write_tracker_mode()?;
+        Ok(())
+    }
+
+    /// Tells BPF which mode runs (`TRACK_MODE`): the hit programs capture mappings only in
+    /// lock mode. Absent from objects without lock mode: nothing to tell.
+    fn write_tracker_mode(&mut self) -> Result<(), AttachError> {
+        let Some(map) = self.ebpf.map_mut(TRACK_MODE_MAP) else {
+            return Ok(());
+        };
+        let mut array: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|_| AttachError::Map(TRACK_MODE_MAP))?;
+        let mode = match self.tracker_mode.0 {
+            TrackerMode::Lock => probed_common::TRACK_MODE_LOCK,
+            TrackerMode::Syscalls => probed_common::TRACK_MODE_SYSCALLS,
+        };
+        array
+            .set(0, mode, 0)
+            .map_err(|e| AttachError::TrackConfig(Box::new(e)))
+    }
+
+    /// Syscall mode: the mapping syscalls' enter and exit tracepoints.
+    fn attach_syscalls(&mut self) -> Result<(), AttachError> {
         let mut points: Vec<(&'static str, &'static str, String)> = Vec::new();
         for (syscall, enter) in tracepoints::SYSCALLS {
             for (program, prefix) in [(enter, "sys_enter_"), (MM_EXIT_PROGRAM, "sys_exit_")] {
@@ -262,38 +327,36 @@ impl Tracer {
                 }
             }
         }
-        points.push((EXEC_PROGRAM, "sched", "sched_process_exec".into()));
-        points.push((EXIT_PROGRAM, "sched", "sched_process_exit".into()));
-        for name in tracepoints::ENTER_PROGRAMS.into_iter().chain([
-            MM_EXIT_PROGRAM,
-            EXEC_PROGRAM,
-            EXIT_PROGRAM,
-        ]) {
-            self.tracepoint(name)?
-                .load()
-                .map_err(|source| AttachError::ProgramLoad {
-                    name,
-                    source: Box::new(source),
-                })?;
+        for name in tracepoints::ENTER_PROGRAMS
+            .into_iter()
+            .chain([MM_EXIT_PROGRAM])
+        {
+            self.load_tracepoint(name)?;
         }
-        let fork: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(FORK_PROGRAM)
-            .ok_or(AttachError::Program(FORK_PROGRAM))?
-            .try_into()
-            .map_err(|_| AttachError::Program(FORK_PROGRAM))?;
-        fork.load().map_err(|source| AttachError::ProgramLoad {
-            name: FORK_PROGRAM,
-            source: Box::new(source),
-        })?;
-        let fork_link =
-            fork.attach("sched_process_fork")
-                .map_err(|source| AttachError::Tracepoint {
-                    category: "raw",
-                    name: "sched_process_fork".into(),
-                    source: Box::new(source),
-                })?;
-        self.fork_link = Some(fork_link);
+        self.attach_tracepoints(points)
+    }
+
+    /// Lock mode: the mmap_lock raw tracepoints.
+    fn attach_lock(&mut self) -> Result<(), AttachError> {
+        for (program, point) in LOCK_PROGRAMS {
+            self.attach_raw(program, point)?;
+        }
+        Ok(())
+    }
+
+    fn load_tracepoint(&mut self, name: &'static str) -> Result<(), AttachError> {
+        self.tracepoint(name)?
+            .load()
+            .map_err(|source| AttachError::ProgramLoad {
+                name,
+                source: Box::new(source),
+            })
+    }
+
+    fn attach_tracepoints(
+        &mut self,
+        points: Vec<(&'static str, &'static str, String)>,
+    ) -> Result<(), AttachError> {
         for (program, category, name) in points {
             let link = self
                 .tracepoint(program)?
@@ -305,6 +368,33 @@ impl Tracer {
                 })?;
             self.tracker_links.push((program, link));
         }
+        Ok(())
+    }
+
+    /// Loads `program` (a raw tracepoint program) and attaches it to `point`.
+    fn attach_raw(
+        &mut self,
+        program: &'static str,
+        point: &'static str,
+    ) -> Result<(), AttachError> {
+        let raw: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(AttachError::Program(program))?
+            .try_into()
+            .map_err(|_| AttachError::Program(program))?;
+        raw.load().map_err(|source| AttachError::ProgramLoad {
+            name: program,
+            source: Box::new(source),
+        })?;
+        let link = raw
+            .attach(point)
+            .map_err(|source| AttachError::Tracepoint {
+                category: "raw",
+                name: point.into(),
+                source: Box::new(source),
+            })?;
+        self.raw_links.push((program, link));
         Ok(())
     }
 
@@ -629,14 +719,15 @@ impl Tracer {
                 links.push(Box::new(link));
             }
         }
-        if let Some(link) = self.fork_link.take()
-            && let Some(Ok(fork)) = self
+        for (program, link) in std::mem::take(&mut self.raw_links) {
+            if let Some(Ok(raw)) = self
                 .ebpf
-                .program_mut(FORK_PROGRAM)
+                .program_mut(program)
                 .map(<&mut RawTracePoint>::try_from)
-            && let Ok(link) = fork.take_link(link)
-        {
-            links.push(Box::new(link));
+                && let Ok(link) = raw.take_link(link)
+            {
+                links.push(Box::new(link));
+            }
         }
         links
     }

@@ -85,6 +85,11 @@ pub struct TraceArgs {
     /// Print every hit even with --aggregate or --latency.
     #[arg(long)]
     pub print_hits: bool,
+    /// How address-space changes are learned: `lock` (mmap_lock tracepoints; leaves other
+    /// processes' syscalls alone; Linux 6.14+), `syscalls` (syscall tracepoints; slows every
+    /// syscall on the host), `auto` (`lock` where the kernel allows it, else `syscalls`).
+    #[arg(long, value_enum, default_value = "auto", env = "PROBED_TRACKER")]
+    pub tracker: crate::track::TrackerChoice,
 }
 
 /// What `--aggregate` counts hits by.

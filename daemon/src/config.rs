@@ -43,6 +43,10 @@ pub struct Config {
     /// counting the rest as dropped_at_stop (default 2).
     #[serde(default)]
     pub drain_timeout: Option<Spanned<f64>>,
+    /// How address-space changes are learned (`lock`, `syscalls`, `auto`; default `auto`);
+    /// read at start only.
+    #[serde(default)]
+    pub tracker: crate::track::TrackerChoice,
     /// The Prometheus endpoint; absent = none.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,

@@ -9,8 +9,10 @@ use std::{io, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
 use probed_common::{
-    ChangeEvent, EVENT_CHANGE, EVENT_HIT, EVENT_PROC, EVENT_STACK_COPY_HIT, EVENT_STACK_HIT,
-    HitEvent, ProcEvent, StackCopyHitEvent, StackHitEvent,
+    CapturedHitEvent, CapturedStackEvent, ChangeEvent, EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK,
+    EVENT_CHANGE, EVENT_FILE_NAME, EVENT_HIT, EVENT_LOCK_CHANGE, EVENT_PROC, EVENT_STACK_COPY_HIT,
+    EVENT_STACK_HIT, FileNameEvent, HitEvent, LockChangeEvent, OP_OTHER, ProcEvent,
+    StackCopyHitEvent, StackHitEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -28,27 +30,36 @@ pub enum Event {
     Change(ChangeEvent),
     /// A probe that captures stacks fired (boxed: a kilobyte of frames).
     Stack(Box<StackHitEvent>),
+    /// Lock mode: a hit with the kernel's mapping of its address (capture.rs in ebpf/).
+    CapturedHit(CapturedHitEvent),
+    /// Lock mode: a stack hit with the kernel's mapping of every frame (boxed: 7 KiB).
+    CapturedStack(Box<CapturedStackEvent>),
+    /// Lock mode: the path of a file a capture names.
+    FileName(FileNameEvent),
     /// A probe that unwinds stacks in the daemon fired (boxed: 16 KiB of stack copy).
     StackCopy(Box<StackCopyHitEvent>),
 }
 
 impl Event {
-    /// The hit this event carries, with or without a stack; `None` for tracker reports.
+    /// The hit this event carries, with or without stack or captures; `None` for tracker reports.
     pub fn hit(&self) -> Option<&HitEvent> {
         match self {
-            Event::Hit(hit) => Some(hit),
+            Event::Hit(h) => Some(h),
             Event::Stack(e) => Some(&e.hit),
+            Event::CapturedHit(e) => Some(&e.hit),
+            Event::CapturedStack(e) => Some(&e.stack.hit),
             Event::StackCopy(e) => Some(&e.hit),
-            Event::Proc(_) | Event::Change(_) => None,
+            Event::Proc(_) | Event::Change(_) | Event::FileName(_) => None,
         }
     }
 
-    /// The tracker's lost-report count the event was stamped with.
-    pub fn lost_reports(&self) -> u32 {
+    /// The tracker's lost-report count the event was stamped with; `None` for a file name
+    /// report, which carries no stamp.
+    pub fn lost_reports(&self) -> Option<u32> {
         match self {
-            Event::Proc(e) => e.lost_reports,
-            Event::Change(e) => e.lost_reports,
-            hit => hit.hit().map_or(0, |h| h.lost_reports),
+            Event::Proc(e) => Some(e.lost_reports),
+            Event::Change(e) => Some(e.lost_reports),
+            hit => hit.hit().map(|h| h.lost_reports),
         }
     }
 }
@@ -62,6 +73,31 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_PROC => read::<ProcEvent>(bytes).map(Event::Proc),
         EVENT_CHANGE => read::<ChangeEvent>(bytes).map(Event::Change),
         EVENT_STACK_HIT => read::<StackHitEvent>(bytes).map(|e| Event::Stack(Box::new(e))),
+        EVENT_CAPTURED_HIT => read::<CapturedHitEvent>(bytes).map(Event::CapturedHit),
+        EVENT_CAPTURED_STACK => {
+            read::<CapturedStackEvent>(bytes).map(|e| Event::CapturedStack(Box::new(e)))
+        }
+        EVENT_FILE_NAME => read::<FileNameEvent>(bytes).map(Event::FileName),
+        // Lock mode's small report is the change report the daemon already handles: a
+        // change it cannot replay (OP_OTHER), so it rescans.
+        EVENT_LOCK_CHANGE => read::<LockChangeEvent>(bytes).map(|e| {
+            Event::Change(ChangeEvent {
+                event: EVENT_CHANGE,
+                op: OP_OTHER,
+                pid: e.pid,
+                tid: e.tid,
+                ticket: e.ticket,
+                proc_gen: e.proc_gen,
+                ts_ns: e.ts_ns,
+                lost_reports: e.lost_reports,
+                ret: 0,
+                args: [0; 4],
+                flags: 0,
+                vma: probed_common::VmaInfo::default(),
+                name: [0; probed_common::NAME_LEN],
+                path: probed_common::FilePath::EMPTY,
+            })
+        }),
         EVENT_STACK_COPY_HIT => {
             read::<StackCopyHitEvent>(bytes).map(|e| Event::StackCopy(Box::new(e)))
         }

@@ -75,18 +75,33 @@ pub fn choices() -> Vec<Choice> {
     out
 }
 
-/// The change tracker's hooks. Only syscall tracepoints are implemented; say what else the
-/// kernel would allow, so a choice to add fentry is an informed one.
+/// The change tracker's hooks under `--tracker auto` (the default).
 fn tracker_hooks() -> Choice {
     let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    tracker_hooks_for(crate::track::tracepoints::lock_mode_unavailable(), kprobes)
+}
+
+/// [`tracker_hooks`] from what the kernel has: why lock mode cannot run, if it cannot.
+pub fn tracker_hooks_for(lock_unavailable: Option<String>, kprobes: bool) -> Choice {
+    let (mode, why) = crate::track::TrackerChoice::Auto
+        .decide(lock_unavailable.as_deref(), false)
+        .expect("auto always decides");
+    let chosen = match mode {
+        crate::track::TrackerMode::Lock => {
+            "lock: raw tracepoints mmap_lock_acquire_returned and mmap_lock_released (write \
+             sections of tracked processes), hits capture their mappings (bpf_find_vma), \
+             sched exec/fork/exit; other processes' syscalls keep the fast path"
+        }
+        crate::track::TrackerMode::Syscalls => {
+            "syscalls: syscall tracepoints (mmap, munmap, mremap, mprotect, pkey_mprotect, \
+             brk, shmat, shmdt, remap_file_pages; enter and exit) and sched exec/fork/exit"
+        }
+    };
     Choice {
         part: "tracker hooks",
-        chosen: "syscall tracepoints (mmap, munmap, mremap, mprotect, pkey_mprotect, brk, shmat, \
-                 shmdt, remap_file_pages; enter and exit) and sched exec/fork/exit"
-            .into(),
+        chosen: chosen.into(),
         why: format!(
-            "the one hook set probed implements; present on every kernel with tracepoints \
-             (kprobes on this kernel: {})",
+            "--tracker {why} (kprobes on this kernel: {})",
             if kprobes { "yes" } else { "no" }
         ),
     }

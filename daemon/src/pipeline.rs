@@ -4,11 +4,15 @@
 //! One pipeline runs on the task that drains the ring buffer. It owns a resolver
 //! [`Reader`] (the lock-free fast path) and borrows the shared [`Symbolizer`].
 
-use std::{collections::BTreeMap, io::Write, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::Write,
+    sync::Arc,
+};
 
 use probed_common::{
-    ChangeEvent, HitEvent, KIND_RETURN, MAX_FRAMES, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent,
-    STACK_COPY_BYTES, StackCopyHitEvent,
+    CAPTURE_FAILED, ChangeEvent, HitEvent, KIND_RETURN, MAX_FRAMES, OP_OTHER, PROC_EXEC, PROC_EXIT,
+    PROC_FORK, ProcEvent, STACK_COPY_BYTES, StackCopyHitEvent, VmaInfo,
 };
 
 use crate::{
@@ -20,15 +24,85 @@ use crate::{
         Aggregations, Frame, HitRecord, ProbeSummary, Resolved, Summary, Writer, record::comm_str,
     },
     probes::Probe,
-    resolve::{ProcKey, Reader, Resolver, SeqSource, Snapshot},
+    resolve::{Hit, ProcKey, Reader, Reason, Resolution, Resolver, SeqSource, Snapshot, Via},
     spec::ProbeKind,
     symbolize::Symbolizer,
     track::{
+        captured::{self, Captured},
         changes::{self, Replay},
         paths::{self, PathIndex},
     },
     unwind::{Located, StackMode, Start, StopReason, Tables, Unwinder},
 };
+
+/// Lock mode: the mappings a hit captured (ebpf/src/capture.rs), by frame index; index
+/// `MAX_FRAMES` holds the extra capture (an entry probe's caller return address, or a
+/// return probe's function address).
+#[derive(Clone, Copy, Debug)]
+pub struct Captures<'a> {
+    /// `CAPTURE_*` per index.
+    pub status: &'a [u8],
+    /// The mapping per index.
+    pub vmas: &'a [VmaInfo],
+}
+
+impl<'a> Captures<'a> {
+    fn get(&self, i: usize) -> (u8, Option<&'a VmaInfo>) {
+        (
+            self.status.get(i).copied().unwrap_or(CAPTURE_FAILED),
+            self.vmas.get(i),
+        )
+    }
+}
+
+/// Lock mode: processes whose pictures are behind (a write section of their address space
+/// ended, or a hit had to capture), rescanned at most once per drained batch, and the
+/// sequence last published to BPF per process.
+#[derive(Debug, Default)]
+struct LockState {
+    stale: HashSet<ProcKey>,
+    published: HashMap<ProcKey, u64>,
+    /// Hit addresses answered from captures, and hit captures that failed.
+    captured: u64,
+    capture_failed: u64,
+    /// The same for stack frames.
+    captured_frames: u64,
+    capture_failed_frames: u64,
+    /// Rescans made for stale processes, and pictures published to BPF.
+    stale_rescans: u64,
+    published_count: u64,
+    /// Processes rescanned in this batch already (a captured hit of a process without a
+    /// published picture rescans it at once, but once per batch).
+    rescanned: HashSet<ProcKey>,
+    /// Pictures made from captures, by process and mapping: consecutive hits in one
+    /// mapping reuse one picture (cleared when it grows past `PICTURE_CACHE`).
+    pictures: HashMap<(u32, [u64; 6]), Arc<Captured>>,
+}
+
+/// Most capture pictures kept (see `LockState::pictures`).
+const PICTURE_CACHE: usize = 1024;
+
+impl LockState {
+    /// The picture a capture of `pid` makes (cached: see `pictures`).
+    fn picture(&mut self, status: u8, vma: &VmaInfo, pid: u32, paths: &PathIndex) -> Arc<Captured> {
+        if status != probed_common::CAPTURE_FOUND {
+            return Arc::new(captured::picture(status, vma, pid, paths));
+        }
+        let key = (
+            pid,
+            [vma.start, vma.end, vma.pgoff, vma.flags, vma.dev, vma.ino],
+        );
+        if let Some(p) = self.pictures.get(&key) {
+            return p.clone();
+        }
+        if self.pictures.len() >= PICTURE_CACHE {
+            self.pictures.clear();
+        }
+        let p = Arc::new(captured::picture(status, vma, pid, paths));
+        self.pictures.insert(key, p.clone());
+        p
+    }
+}
 
 /// The reason given for an address whose mapping was found but whose file no source could
 /// name (see `track::paths`).
@@ -125,6 +199,10 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     aggregations: Aggregations,
     /// Whether hits are written one by one (off when aggregations take the output).
     print_hits: bool,
+    /// Lock mode's bookkeeping (unused in syscall mode).
+    lock: LockState,
+    /// Whether the tracker runs in lock mode (changes are rescanned, not replayed).
+    lock_mode: bool,
     /// How copied stacks are unwound (`auto` or `dwarf`; `fp` stacks come walked).
     stack_mode: StackMode,
     /// The CFI unwinder of copied stacks, with its stop counts.
@@ -171,9 +249,67 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             hit_records: 0,
             aggregations: Aggregations::default(),
             print_hits: true,
+            lock: LockState::default(),
+            lock_mode: false,
             stack_mode: StackMode::Auto,
             unwinder: Unwinder::new(),
             unwind_tables: Tables::default(),
+        }
+    }
+
+    /// Lock mode: (captured, failed, captured frames, failed frames) so far.
+    pub fn captures(&self) -> [u64; 4] {
+        let l = &self.lock;
+        [
+            l.captured,
+            l.capture_failed,
+            l.captured_frames,
+            l.capture_failed_frames,
+        ]
+    }
+
+    /// The tracker mode's name (`lock`, `syscalls`) for `ctl stats`.
+    pub fn tracker_name(&self) -> &'static str {
+        if self.lock_mode { "lock" } else { "syscalls" }
+    }
+
+    /// Lock mode: changes are reported without contents, so changed processes are rescanned
+    /// after each batch and their pictures' sequences published to BPF (`end_batch`).
+    pub fn with_lock_mode(mut self, lock_mode: bool) -> Self {
+        self.lock_mode = lock_mode;
+        self
+    }
+
+    /// Lock mode, after each drained batch: rescans each process whose picture is behind
+    /// (once, however many changes it reported in the batch) and publishes the sequence of
+    /// the full picture now held, so that BPF lets hits of that sequence skip their captures.
+    /// A rescan is taken only if the sequence was even and unchanged across the read (the
+    /// mirror's own rule); otherwise nothing is published and hits keep capturing.
+    pub fn end_batch(&mut self) {
+        self.lock.rescanned.clear();
+        self.refresh_stale();
+    }
+
+    fn refresh_stale(&mut self) {
+        if self.lock.stale.is_empty() {
+            return;
+        }
+        let resolver = self.reader.resolver().clone();
+        for proc in std::mem::take(&mut self.lock.stale) {
+            self.lock.stale_rescans += 1;
+            match resolver.track(proc) {
+                Ok(snap) if !snap.is_partial() && snap.seq().is_multiple_of(2) => {
+                    if self.lock.published.insert(proc, snap.seq()) != Some(snap.seq()) {
+                        resolver.seq().publish(proc, snap.seq());
+                        self.lock.published_count += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(%proc, error = %err, "rescan of a changed process failed");
+                    self.lock.published.remove(&proc);
+                }
+            }
         }
     }
 
@@ -283,7 +419,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     /// Handles one ring buffer event; returns false once the run should stop taking hits.
     pub fn handle_event(&mut self, event: &Event) -> bool {
-        let lost = event.lost_reports();
+        let lost = event.lost_reports().unwrap_or(self.lost_reports);
         if lost != self.lost_reports {
             // Seen in the first event reserved after the loss: before any hit whose sequence
             // includes the lost change. Folded: under a flood every event can carry a new
@@ -306,6 +442,28 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             Event::Stack(e) => {
                 let n = (e.nframes as usize).min(e.frames.len());
                 self.handle(&e.hit, Some(&e.frames[..n]))
+            }
+            Event::CapturedHit(e) => {
+                let status = [e.status as u8];
+                let vmas = [e.vma];
+                // The one capture is of the hit's address: index 0 for the hit itself.
+                let captures = Captures {
+                    status: &status,
+                    vmas: &vmas,
+                };
+                self.handle_captured(&e.hit, None, captures)
+            }
+            Event::CapturedStack(e) => {
+                let n = (e.stack.nframes as usize).min(e.stack.frames.len());
+                let captures = Captures {
+                    status: &e.status,
+                    vmas: &e.vmas,
+                };
+                self.handle_captured(&e.stack.hit, Some(&e.stack.frames[..n]), captures)
+            }
+            Event::FileName(e) => {
+                captured::learn(e, &self.paths);
+                self.stop.is_none()
             }
             Event::StackCopy(e) => self.handle_stack_copy(e),
             Event::Proc(proc) => {
@@ -349,6 +507,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let resolver = self.reader.resolver().clone();
         match event.what {
             PROC_EXEC => {
+                if self.lock_mode {
+                    self.lock.stale.insert(proc);
+                }
                 if let Some(base) = changes::exec_base(event, &self.paths) {
                     resolver.add_base(proc, event.ticket, base);
                 }
@@ -356,13 +517,23 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                     tracing::debug!(%proc, error = %err, "eager snapshot after exec failed");
                 }
             }
-            PROC_EXIT => resolver.exited(proc),
-            PROC_FORK => resolver.fork(
-                ProcKey::new(event.parent_pid, event.parent_gen),
-                event.parent_seq,
-                proc,
-                event.ticket,
-            ),
+            PROC_EXIT => {
+                self.lock.stale.remove(&proc);
+                self.lock.pictures.retain(|k, _| k.0 != event.pid);
+                self.lock.published.remove(&proc);
+                resolver.exited(proc);
+            }
+            PROC_FORK => {
+                if self.lock_mode {
+                    self.lock.stale.insert(proc);
+                }
+                resolver.fork(
+                    ProcKey::new(event.parent_pid, event.parent_gen),
+                    event.parent_seq,
+                    proc,
+                    event.ticket,
+                )
+            }
             _ => {}
         }
     }
@@ -374,6 +545,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         }
         let proc = ProcKey::new(event.pid, event.proc_gen);
         let resolver = self.reader.resolver().clone();
+        if self.lock_mode && event.op == OP_OTHER {
+            // Lock mode reports every change this way (and syscall mode its few unreplayable
+            // ones): rescanned after the batch, once however many there were.
+            self.lock.stale.insert(proc);
+        }
         if !resolver.is_tracked(proc) {
             // BPF reports only processes it tracks: this one just started being tracked (it
             // mapped a probed file). Start its pictures from what the report says (a partial
@@ -415,7 +591,30 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// Handles one hit (with its user stack, innermost first, if captured); returns false
     /// once the run should stop taking hits.
     pub fn handle(&mut self, hit: &HitEvent, frames: Option<&[u64]>) -> bool {
-        self.handle_walked(hit, frames, None)
+        self.handle_inner(hit, frames, None, None)
+    }
+
+    /// Lock mode: handles a hit that carries the kernel's mappings of its addresses: each
+    /// address resolves from its capture (`via: captured`), never from a picture of another
+    /// time; a failed capture is counted (`capture_failed`), never guessed.
+    pub fn handle_captured(
+        &mut self,
+        hit: &HitEvent,
+        frames: Option<&[u64]>,
+        captures: Captures<'_>,
+    ) -> bool {
+        let proc = ProcKey::new(hit.pid, hit.proc_gen);
+        if hit.seq.is_multiple_of(2)
+            && self.lock.published.get(&proc) != Some(&hit.seq)
+            && self.lock.rescanned.insert(proc)
+        {
+            // BPF had no published picture of this sequence: get one now (once per batch),
+            // so that the next hits of a process that stopped changing stop capturing
+            // (a flood of captured hits would otherwise fill the ring before the batch ends).
+            self.lock.stale.insert(proc);
+            self.refresh_stale();
+        }
+        self.handle_inner(hit, frames, Some(captures), None)
     }
 
     /// Handles a hit with a stack copy: unwinds it (unwind/), then handles it with the
@@ -430,7 +629,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             stack: &e.stack[..len],
         };
         let frames = self.unwind(&e.hit, start);
-        self.handle_walked(&e.hit, Some(&frames.0), Some(frames.1))
+        self.handle_inner(&e.hit, Some(&frames.0), None, Some(frames.1))
     }
 
     /// Unwinds a copied stack against the hit's own picture of its address space.
@@ -469,12 +668,14 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         (walk.frames, walk.stop)
     }
 
-    /// [`Pipeline::handle`] for a stack walked by the kernel (`unwound` None: frame
-    /// pointers, cut at the first impossible frame) or unwound here (`Some(why it ended)`).
-    fn handle_walked(
+    /// Handles a hit: its stack walked by the kernel (`unwound` None: frame pointers, cut at
+    /// the first impossible frame) or unwound here (`Some(why it ended)`); in lock mode with
+    /// the kernel's mappings of its addresses (`captures`).
+    fn handle_inner(
         &mut self,
         hit: &HitEvent,
         frames: Option<&[u64]>,
+        captures: Option<Captures<'_>>,
         unwound: Option<StopReason>,
     ) -> bool {
         let id = hit.probe_id as usize;
@@ -487,7 +688,21 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return false;
         }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
-        let (mut resolved, mut via, place) = self.resolve(proc, hit.pid, hit.seq, hit.ip, 0);
+        let (mut resolved, mut via, place) = match captures {
+            None => self.resolve(proc, hit.pid, hit.seq, hit.ip, 0),
+            Some(c) => {
+                // Which capture is the hit's address: the only one of a plain hit; in a
+                // stack, frame 0 for an entry probe (the probed instruction), the extra one
+                // for a return probe (whose frame 0 is the return address).
+                let cap = match frames {
+                    None => c.get(0),
+                    Some(_) if hit.kind == KIND_RETURN => c.get(MAX_FRAMES),
+                    Some(f) if f.first() == Some(&hit.ip) => c.get(0),
+                    Some(_) => (CAPTURE_FAILED, None),
+                };
+                self.resolve_captured(hit, cap, hit.ip, 0)
+            }
+        };
         // A free oracle on every hit: the kernel matched it to the probe's (inode, offset)
         // when it fired, so where the resolver put it must be that same place.
         if let Some((file, file_offset)) = place
@@ -530,7 +745,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         if stack_truncated {
             self.stacks_truncated += 1;
         }
-        let stack = frames.map(|frames| self.resolve_stack(proc, hit, frames, unwound.is_none()));
+        let stack =
+            frames.map(|frames| self.resolve_stack(proc, hit, frames, captures, unwound.is_none()));
         let Some(slot) = self.probes[id].as_mut() else {
             return self.stop.is_none();
         };
@@ -643,29 +859,31 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let unnamed = &mut self.unnamed;
         let lookup = addr.wrapping_sub(back);
         self.reader.resolve_with(proc, lookup, Some(seq), |r| {
-            let via = r.via.as_str();
-            let found = match r.outcome {
-                Ok(found) => found,
-                Err(reason) => return (Err(reason.as_str()), via, None),
-            };
-            let vma = found.vma;
-            let place = Some((vma.file, found.file_offset));
-            if paths::is_unnamed(&vma.path) {
-                *unnamed += 1;
-                return (Err(UNNAMED), via, place);
-            }
-            let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
-            let module = vma.path.to_string_lossy().into_owned();
-            let resolved = symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
-                Ok(sym) => Ok(Resolved {
-                    module,
-                    symbol: Some(sym.symbol.demangled().to_owned()),
-                    offset: Some(sym.offset + back),
-                    file_offset: found.file_offset + back,
-                }),
-                Err(why) => Err(why.as_str()),
-            });
-            (resolved, via, place)
+            hit_answer(symbolizer, unnamed, pid, back, r)
+        })
+    }
+
+    /// Lock mode: an address answered from its capture (`cap`: status and mapping).
+    fn resolve_captured(
+        &mut self,
+        hit: &HitEvent,
+        cap: (u8, Option<&VmaInfo>),
+        addr: u64,
+        back: u64,
+    ) -> (
+        Result<Resolved, &'static str>,
+        &'static str,
+        Option<(FileId, u64)>,
+    ) {
+        let lookup = addr.wrapping_sub(back);
+        let picture = match cap {
+            (status, Some(vma)) => self.lock.picture(status, vma, hit.pid, &self.paths),
+            (_, None) => Arc::new(Captured::Failed),
+        };
+        let symbolizer = &self.symbolizer;
+        let unnamed = &mut self.unnamed;
+        with_captured(&mut self.lock, false, hit.seq, &picture, lookup, |r| {
+            hit_answer(symbolizer, unnamed, hit.pid, back, r)
         })
     }
 
@@ -679,6 +897,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         proc: ProcKey,
         hit: &HitEvent,
         frames: &[u64],
+        captures: Option<Captures<'_>>,
         fp_walk: bool,
     ) -> Vec<Frame> {
         let mut out = Vec::with_capacity(frames.len() + 1);
@@ -696,74 +915,48 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             // other frame is a return address, looked up one byte back so that a call at the
             // very end of a function is not attributed to the next one.
             let back = u64::from(i > 0 || hit.kind == KIND_RETURN);
-            out.push(self.resolve_frame(proc, hit, addr, back));
+            out.push(self.resolve_frame(proc, hit, addr, back, captures.map(|c| c.get(i))));
             if i == 0 && at_entry && hit.ret_addr != 0 && frames.get(1) != Some(&hit.ret_addr) {
                 // At a function's first instruction the caller has not been given a frame
                 // yet (no push rbp): the frame-pointer walk skips it, so BPF read its return
                 // address from the top of the stack. Kernels since 6.11 add it themselves
                 // when that instruction is `push %rbp` (perf_callchain_user's fix-up for
                 // uprobes at function entry): then it is already the next frame.
-                out.push(self.resolve_frame(proc, hit, hit.ret_addr, 1));
+                let cap = captures.map(|c| c.get(MAX_FRAMES));
+                out.push(self.resolve_frame(proc, hit, hit.ret_addr, 1, cap));
             }
         }
         out
     }
 
-    /// One stack frame: its mapping (as of the hit's sequence) and symbol.
-    fn resolve_frame(&mut self, proc: ProcKey, hit: &HitEvent, addr: u64, back: u64) -> Frame {
+    /// One stack frame: its mapping (as of the hit's sequence, or from its capture) and
+    /// symbol.
+    fn resolve_frame(
+        &mut self,
+        proc: ProcKey,
+        hit: &HitEvent,
+        addr: u64,
+        back: u64,
+        capture: Option<(u8, Option<&VmaInfo>)>,
+    ) -> Frame {
+        let pid = hit.pid;
+        let lookup = addr.wrapping_sub(back);
+        if let Some(cap) = capture {
+            let picture = match cap {
+                (status, Some(vma)) => self.lock.picture(status, vma, pid, &self.paths),
+                (_, None) => Arc::new(Captured::Failed),
+            };
+            let symbolizer = &self.symbolizer;
+            let unnamed = &mut self.unnamed;
+            return with_captured(&mut self.lock, true, hit.seq, &picture, lookup, |r| {
+                frame_answer(symbolizer, unnamed, pid, addr, back, r)
+            });
+        }
         let symbolizer = &self.symbolizer;
         let unnamed = &mut self.unnamed;
-        let pid = hit.pid;
-        self.reader
-            .resolve_with(proc, addr.wrapping_sub(back), Some(hit.seq), |r| {
-                let found = match r.outcome {
-                    Ok(found) => found,
-                    Err(reason) => {
-                        return Frame {
-                            addr,
-                            module: None,
-                            symbol: None,
-                            offset: None,
-                            unresolved: Some(reason.as_str()),
-                            file: None,
-                        };
-                    }
-                };
-                let vma = found.vma;
-                if paths::is_unnamed(&vma.path) {
-                    *unnamed += 1;
-                    return Frame {
-                        addr,
-                        module: None,
-                        symbol: None,
-                        offset: None,
-                        unresolved: Some(UNNAMED),
-                        file: Some(vma.file.to_string()),
-                    };
-                }
-                let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
-                let module = Some(vma.path.to_string_lossy().into_owned());
-                symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
-                    Ok(sym) => Frame {
-                        addr,
-                        module,
-                        symbol: Some(sym.symbol.demangled().to_owned()),
-                        offset: Some(sym.offset + back),
-                        unresolved: None,
-                        file: None,
-                    },
-                    // The module is known even when no symbol covers the address (a
-                    // stripped library's internal function).
-                    Err(why) => Frame {
-                        addr,
-                        module,
-                        symbol: None,
-                        offset: None,
-                        unresolved: Some(why.as_str()),
-                        file: None,
-                    },
-                })
-            })
+        self.reader.resolve_with(proc, lookup, Some(hit.seq), |r| {
+            frame_answer(symbolizer, unnamed, pid, addr, back, r)
+        })
     }
 
     /// How many hit records BPF wrote into the ring buffer that this pipeline has not read
@@ -860,6 +1053,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("rescan_retries", c.rescan_retries),
             ("rescan_failures", c.rescan_failures),
             ("stacks_truncated", self.stacks_truncated),
+            ("captured", self.lock.captured),
+            ("capture_failed", self.lock.capture_failed),
+            ("captured_frames", self.lock.captured_frames),
+            ("capture_failed_frames", self.lock.capture_failed_frames),
+            ("stale_rescans", self.lock.stale_rescans),
+            ("mirror_published", self.lock.published_count),
             ("unknown_probe", self.unknown_probe),
         ]
         .into_iter()
@@ -886,6 +1085,137 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         }
         self.flush()
     }
+}
+
+/// Answers `f` from a capture's picture, as the resolver would from a picture of the hit's
+/// time (`via: captured`), counting captures and failed ones.
+fn with_captured<R>(
+    lock: &mut LockState,
+    frame: bool,
+    seq: u64,
+    picture: &Captured,
+    lookup: u64,
+    f: impl FnOnce(Resolution<Hit<'_>>) -> R,
+) -> R {
+    let outcome = match picture {
+        Captured::Picture(snap) => match snap.lookup(lookup) {
+            Some(vma) => Ok(Hit {
+                vma,
+                file_offset: vma.file_offset(lookup),
+                probe: None,
+            }),
+            None => Err(captured::miss_reason(snap.miss(lookup))),
+        },
+        Captured::Unmapped => Err(Reason::Unmapped),
+        Captured::Failed => Err(Reason::CaptureFailed),
+    };
+    let counter = match (matches!(picture, Captured::Failed), frame) {
+        (true, false) => &mut lock.capture_failed,
+        (false, false) => &mut lock.captured,
+        (true, true) => &mut lock.capture_failed_frames,
+        (false, true) => &mut lock.captured_frames,
+    };
+    *counter += 1;
+    f(Resolution {
+        via: Via::Captured,
+        seq: Some(seq),
+        outcome,
+    })
+}
+
+/// A hit's address: the resolver's answer, symbolized.
+fn hit_answer(
+    symbolizer: &Symbolizer,
+    unnamed: &mut u64,
+    pid: u32,
+    back: u64,
+    r: Resolution<Hit<'_>>,
+) -> (
+    Result<Resolved, &'static str>,
+    &'static str,
+    Option<(FileId, u64)>,
+) {
+    let via = r.via.as_str();
+    let found = match r.outcome {
+        Ok(found) => found,
+        Err(reason) => return (Err(reason.as_str()), via, None),
+    };
+    let vma = found.vma;
+    let place = Some((vma.file, found.file_offset));
+    if paths::is_unnamed(&vma.path) {
+        *unnamed += 1;
+        return (Err(UNNAMED), via, place);
+    }
+    let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+    let module = vma.path.to_string_lossy().into_owned();
+    let resolved = symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
+        Ok(sym) => Ok(Resolved {
+            module,
+            symbol: Some(sym.symbol.demangled().to_owned()),
+            offset: Some(sym.offset + back),
+            file_offset: found.file_offset + back,
+        }),
+        Err(why) => Err(why.as_str()),
+    });
+    (resolved, via, place)
+}
+
+/// A stack frame: the resolver's answer, symbolized.
+fn frame_answer(
+    symbolizer: &Symbolizer,
+    unnamed: &mut u64,
+    pid: u32,
+    addr: u64,
+    back: u64,
+    r: Resolution<Hit<'_>>,
+) -> Frame {
+    let found = match r.outcome {
+        Ok(found) => found,
+        Err(reason) => {
+            return Frame {
+                addr,
+                module: None,
+                symbol: None,
+                offset: None,
+                unresolved: Some(reason.as_str()),
+                file: None,
+            };
+        }
+    };
+    let vma = found.vma;
+    if paths::is_unnamed(&vma.path) {
+        *unnamed += 1;
+        return Frame {
+            addr,
+            module: None,
+            symbol: None,
+            offset: None,
+            unresolved: Some(UNNAMED),
+            file: Some(vma.file.to_string()),
+        };
+    }
+    let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+    let module = Some(vma.path.to_string_lossy().into_owned());
+    symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
+        Ok(sym) => Frame {
+            addr,
+            module,
+            symbol: Some(sym.symbol.demangled().to_owned()),
+            offset: Some(sym.offset + back),
+            unresolved: None,
+            file: None,
+        },
+        // The module is known even when no symbol covers the address (a stripped
+        // library's internal function).
+        Err(why) => Frame {
+            addr,
+            module,
+            symbol: None,
+            offset: None,
+            unresolved: Some(why.as_str()),
+            file: None,
+        },
+    })
 }
 
 /// Gives the symbolizer a container probe's file as its SPEC was checked: the container may

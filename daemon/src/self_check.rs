@@ -18,8 +18,12 @@ pub fn run() -> anyhow::Result<()> {
     println!("ok: BPF object embedded");
     crate::privileges::check()?;
     println!("ok: privileges ({})", crate::privileges::NEEDED);
-    let tracer = Tracer::load().context("loading the BPF programs")?;
+    let tracer =
+        Tracer::load(crate::track::TrackerChoice::Auto).context("loading the BPF programs")?;
+    let (mode, why) = tracer.tracker_mode();
+    let why = why.to_owned();
     drop(tracer);
     println!("ok: BPF programs load and pass the verifier");
+    println!("ok: change tracker runs in {mode} mode ({why})");
     Ok(())
 }

@@ -127,12 +127,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
 
     // Stack copies are 16 KiB a hit: their runs get a ring that holds a burst of them.
-    let ring_bytes = if args.captures_stacks() && args.stack_mode().copies_stack() {
+    let copies = args.captures_stacks() && args.stack_mode().copies_stack();
+    let ring_bytes = if copies {
         probed_common::STACK_COPY_RING_BYTES
     } else {
         probed_common::RING_BYTES
     };
-    let mut tracer = Tracer::load_with_ring(ring_bytes)?;
+    let tracker = crate::track::TrackerRequest {
+        choice: args.tracker,
+        copied_stacks: copies,
+    };
+    let mut tracer = Tracer::load_with_ring(ring_bytes, tracker)?;
     for probe in &probes {
         if args.captures_stacks() {
             tracer.set_probe_flags(probe.id, stack_flags(args.stack_mode()))?;
@@ -171,6 +176,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // The tracker reports every mapping change in the same ring buffer as the hits.
     let config = Config {
         reported_changes: true,
+        history: history_for(tracer.tracker_mode().0),
         ..Config::default()
     };
     let resolver = Arc::new(Resolver::with_config(seq, maps, config));
@@ -195,6 +201,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
         .with_pid_filter(args.pid.map(NonZeroU32::get))
         .with_aggregations(aggregations(&args), args.prints_hits())
+        .with_lock_mode(tracer.tracker_mode().0 == track::TrackerMode::Lock)
         .with_stack_mode(args.stack_mode());
     let started = Instant::now();
     eprintln!(
@@ -290,6 +297,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     let mut summary = Summary {
         ended_by: ended_by.as_str(),
+        tracker: tracer.tracker_mode().0.as_str(),
         duration_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };
@@ -311,12 +319,24 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 /// buffer fills: someone is watching, or a pipe reader is waiting) and says whether the run
 /// is over.
 fn after_batch<W: Write, S: SeqSource>(pipeline: &mut Pipeline<W, S>) -> Option<EndedBy> {
+    pipeline.end_batch();
     if pipeline.flush().is_err() {
         return Some(EndedBy::OutputClosed);
     }
     match pipeline.stopped()? {
         Stop::Count => Some(EndedBy::Count),
         Stop::OutputClosed => Some(EndedBy::OutputClosed),
+    }
+}
+
+/// Pictures kept per process. Lock mode adds an unreplayable marker to a process's chain per
+/// write section, so under churn 16 entries would evict the published scan that queued hits
+/// (which skipped their captures because their sequence was the published one) still need:
+/// those would then be counted `no_snapshot_at_seq`. A longer chain keeps them.
+pub fn history_for(mode: track::TrackerMode) -> usize {
+    match mode {
+        track::TrackerMode::Lock => 512,
+        track::TrackerMode::Syscalls => Config::default().history,
     }
 }
 

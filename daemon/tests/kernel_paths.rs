@@ -80,7 +80,19 @@ fn self_check_names_the_kernel_and_the_paths() {
         path_line(&stdout, "container pids").contains("read in BPF"),
         "{stdout}"
     );
-    assert!(path_line(&stdout, "tracker hooks").contains("syscall tracepoints"));
+    // auto = lock mode from 6.14 (the mmap_lock tracepoints without memcg_path), syscall
+    // tracepoints before; the mode that really ran agrees.
+    says(
+        "tracker hooks",
+        (6, 14),
+        "lock: raw tracepoints mmap_lock_acquire_returned",
+        "syscalls: syscall tracepoints",
+    );
+    let mode = if v >= (6, 14) { "lock" } else { "syscalls" };
+    assert!(
+        stdout.contains(&format!("ok: change tracker runs in {mode} mode")),
+        "{stdout}"
+    );
     assert!(stdout.contains("ok: BPF programs load and pass the verifier"));
 }
 

@@ -346,8 +346,14 @@ fn daemon_metrics_match_hits() {
         assert_eq!(before[spec.as_str()].0, 0.0, "{spec} before the calls");
     }
 
-    let round = target.go();
-    assert_eq!(common::reported_sum(&round), common::expected_sum(N as i64));
+    // Two rounds of N calls each. In lock mode (auto on 6.14+) the daemon's first picture of
+    // the target is taken after its first hit, so the first round's hits answer from their
+    // own captures; the second round's take the fast path.
+    for _ in 0..2 {
+        let round = target.go();
+        assert_eq!(common::reported_sum(&round), common::expected_sum(N as i64));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let calls_done = SystemTime::now();
     prom.wait_scraped_after(calls_done, SCRAPE_WAIT);
     daemon.assert_running();
@@ -355,22 +361,30 @@ fn daemon_metrics_match_hits() {
     let hits = by_label(&prom.query("probed_probe_hits_total"), "spec");
     let lost = by_label(&prom.query("probed_probe_lost_total"), "spec");
     for spec in &specs {
-        assert_eq!(hits[spec.as_str()].0, N as f64, "{spec} hits: {hits:?}");
+        assert_eq!(
+            hits[spec.as_str()].0,
+            2.0 * N as f64,
+            "{spec} hits: {hits:?}"
+        );
         assert_eq!(hits[spec.as_str()].1["output"], "stdout", "{hits:?}");
         assert_eq!(lost[spec.as_str()].0, 0.0, "{spec} lost: {lost:?}");
     }
     let fast = single(&prom, "probed_resolver_fast_path_total");
-    assert!(fast > 0.0, "no fast-path resolution in {} hits", 2 * N);
+    assert!(fast > 0.0, "no fast-path resolution in {} hits", 4 * N);
     let fallbacks = single(&prom, "sum(probed_resolver_fallbacks_total)");
-    // Every delivered hit is resolved once: by the fast path or after a fallback.
+    // Lock mode (auto on 6.14+): a hit whose process changed since the daemon's last picture
+    // is answered from its own hit-time capture (or counted as a failed capture).
+    let captured = single(&prom, r#"sum(probed_captures_total{what="hit"})"#);
+    // Every delivered hit is resolved once: by the fast path, after a fallback, or from its
+    // capture.
     assert_eq!(
-        fast + fallbacks,
-        2.0 * N as f64,
-        "fast {fast} + fallbacks {fallbacks}"
+        fast + fallbacks + captured,
+        4.0 * N as f64,
+        "fast {fast} + fallbacks {fallbacks} + captured {captured}"
     );
     eprintln!(
-        "daemon_metrics_match_hits: {N} calls → hits {:?}, lost {:?}, fast path {fast}, \
-         fallbacks {fallbacks}",
+        "daemon_metrics_match_hits: 2×{N} calls → hits {:?}, lost {:?}, fast path {fast}, \
+         fallbacks {fallbacks}, captured {captured}",
         hits.values().map(|v| v.0).collect::<Vec<_>>(),
         lost.values().map(|v| v.0).collect::<Vec<_>>(),
     );
@@ -383,12 +397,15 @@ fn daemon_metrics_match_hits() {
     let deadline = Instant::now() + SCRAPE_WAIT;
     loop {
         let written = by_label(&prom.query("probed_probe_written_total"), "spec");
-        if specs.iter().all(|s| written[s.as_str()].0 == N as f64) {
+        if specs
+            .iter()
+            .all(|s| written[s.as_str()].0 == 2.0 * N as f64)
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "written never reached {N}: {written:?}"
+            "written never reached 2×{N}: {written:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -65,12 +65,18 @@ fn stable_process_takes_the_fast_path() {
 /// the address space as it is now, after every change the queued hits saw. Each hit must
 /// therefore be answered from the picture replayed to its own sequence: every one resolves to
 /// the library its argument names, via `replayed` (the counter says so too), none through a
-/// rescan, and the counters add up.
+/// rescan, and the counters add up. In lock mode the same hits are answered from their own
+/// captures (`via: captured`): the daemon's picture was never of their sequences.
 #[test]
 fn queued_hits_resolve_from_replayed_pictures() {
     if !common::require_bpf("queued_hits_resolve_from_replayed_pictures") {
         return;
     }
+    queued_hits("syscalls");
+    queued_hits("lock");
+}
+
+fn queued_hits(tracker: &str) {
     const ROUNDS: u64 = 300;
     let dir = PrivateDir::new("tk_replayed");
     let target_bin = dir.copy(
@@ -89,7 +95,15 @@ fn queued_hits_resolve_from_replayed_pictures() {
     let specs = libs
         .each_ref()
         .map(|l| format!("uprobe:{}:churn_fn", l.display()));
-    let probed = Probed::start(&["trace", &specs[0], &specs[1], "--format", "json"]);
+    let probed = Probed::start(&[
+        "trace",
+        &specs[0],
+        &specs[1],
+        "--format",
+        "json",
+        "--tracker",
+        tracker,
+    ]);
     let probed_pid = i32::try_from(probed.pid()).expect("pid fits i32");
     // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
     assert_eq!(unsafe { libc::kill(probed_pid, libc::SIGSTOP) }, 0);
@@ -127,7 +141,13 @@ fn queued_hits_resolve_from_replayed_pictures() {
         assert_eq!(h["module"], lib.to_str().expect("UTF-8"), "{h}");
         assert_eq!(h["symbol"], "churn_fn", "{h}");
     }
-    assert_eq!(num(&r, "replayed"), 2 * ROUNDS, "{r}");
-    assert!(num(&r, "changes_replayed") >= 10 * ROUNDS, "{r}");
+    assert_eq!(summary["tracker"], tracker);
+    if tracker == "syscalls" {
+        assert_eq!(num(&r, "replayed"), 2 * ROUNDS, "{r}");
+        assert!(num(&r, "changes_replayed") >= 10 * ROUNDS, "{r}");
+    } else {
+        assert_eq!(num(&r, "captured"), 2 * ROUNDS, "{r}");
+        assert_eq!(via.get("captured").copied(), Some(2 * ROUNDS), "{via:?}");
+    }
     target.finish();
 }

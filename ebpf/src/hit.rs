@@ -24,52 +24,48 @@ use crate::{
     self_filter, stack, track,
 };
 
-/// Records a uprobe hit with the first six integer arguments.
+/// Records a uprobe hit with the first six integer arguments. Returns true if the hit waits
+/// in `CAPTURE_SCRATCH` for its capture (`capture::record_pending`), which the entry point
+/// runs after this returns: a separate call chain, since the verifier bounds each chain's
+/// stack to 512 bytes.
 #[inline(always)]
-pub fn record_entry(ctx: &ProbeContext) {
+pub fn record_entry(ctx: &ProbeContext) -> bool {
     // SAFETY: the kernel hands a uprobe program a valid pt_regs for its whole run.
     let regs = unsafe { &*ctx.regs };
-    let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
-    record(ctx.as_ptr(), KIND_ENTRY, regs, args, 0, 0);
+    record(ctx.as_ptr(), KIND_ENTRY, regs)
 }
 
-/// Records a uretprobe hit with the return value and the address returned to.
+/// Records a uretprobe hit with the return value and the address returned to (see
+/// `record_entry` for the result).
 #[inline(always)]
-pub fn record_return(ctx: &RetProbeContext) {
+pub fn record_return(ctx: &RetProbeContext) -> bool {
     // SAFETY: as above, for a uretprobe.
     let regs = unsafe { &*ctx.regs };
-    record(
-        ctx.as_ptr(),
-        KIND_RETURN,
-        regs,
-        [0; ARG_REGS],
-        regs.rax,
-        regs.rip,
-    );
+    record(ctx.as_ptr(), KIND_RETURN, regs)
 }
 
-#[inline(always)]
-fn record(
-    ctx: *mut core::ffi::c_void,
-    kind: u32,
-    regs: &pt_regs,
-    args: [u64; ARG_REGS],
-    retval: u64,
-    ret_addr: u64,
-) {
+/// Records one hit: entry probes with their six integer arguments, return probes with the
+/// return value and the address returned to. Not inlined (see `record_entry`).
+#[inline(never)]
+fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
+    let (args, retval, ret_addr) = if kind == KIND_ENTRY {
+        ([regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9], 0, 0)
+    } else {
+        ([0; ARG_REGS], regs.rax, regs.rip)
+    };
     // SAFETY: bpf_get_attach_cookie only reads the current program's run context.
     let cookie = unsafe { aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx) };
     let probe_id = cookie as u32;
     if probe_id >= MAX_PROBES {
-        return;
+        return false;
     }
     // A stopping run admits nothing more: the probe is as good as detached (its link may take
     // the kernel tens of milliseconds to close), so the firing is not counted either.
     if self_filter::stopping() {
-        return;
+        return false;
     }
     let Some(stats) = PROBE_STATS.get_ptr_mut(probe_id) else {
-        return;
+        return false;
     };
     // SAFETY: a per-CPU array slot belongs to this CPU while the program runs (preemption is
     // disabled for uprobe programs), so this is the only writer.
@@ -81,7 +77,7 @@ fn record(
     if self_filter::is_probed(tgid) {
         // SAFETY: as above.
         unsafe { (*stats).self_excluded += 1 };
-        return;
+        return false;
     }
 
     // SAFETY: bpf_ktime_get_ns has no preconditions; aya-ebpf marks every raw helper unsafe.
@@ -90,7 +86,7 @@ fn record(
     // Before anything else is done for the hit (tracking the process included): a refused
     // hit costs nothing more.
     if flags & PROBE_FLAGS_LIMITS != 0 && !limit::admit(probe_id, flags, ts_ns, stats) {
-        return;
+        return false;
     }
     // For a uprobe the kernel sets ip to the breakpoint address before running the program;
     // for a uretprobe ip is the return address, so take the function's address from
@@ -156,13 +152,22 @@ fn record(
         ns_tid,
     };
     if with_copy {
-        // Registers and a stack copy for the daemon's CFI unwinder (stack.rs).
+        // Registers and a stack copy for the daemon's CFI unwinder (stack.rs). Not captured
+        // in lock mode: the frames are only known once unwound in the daemon, whose module
+        // lookups then go through the picture of the hit's sequence (or fail, counted).
         stack::record(hit, regs, stats);
-    } else if with_stack {
+        return false;
+    }
+    // Lock mode, and the daemon's picture of this process is not of this sequence: the hit
+    // carries the kernel's mappings of its addresses (capture.rs).
+    if crate::capture::needed(tgid, seq) {
+        return crate::capture::park(&hit);
+    }
+    if with_stack {
         let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {
             // SAFETY: as above.
             unsafe { (*stats).lost += 1 };
-            return;
+            return false;
         };
         let e = entry.as_mut_ptr();
         // Written in place: the event (1 KiB of frames) does not fit the BPF stack. The
@@ -186,9 +191,10 @@ fn record(
         let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
             // SAFETY: as above.
             unsafe { (*stats).lost += 1 };
-            return;
+            return false;
         };
         entry.write(hit);
         entry.submit(crate::maps::wakeup::flags());
     }
+    false
 }

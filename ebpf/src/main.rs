@@ -9,9 +9,11 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod capture;
 mod hit;
 mod kread;
 mod limit;
+mod lock;
 mod maps;
 mod path;
 mod self_filter;
@@ -19,6 +21,7 @@ mod stack;
 mod track;
 
 use aya_ebpf::{
+    EbpfContext,
     macros::{raw_tracepoint, tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
@@ -27,14 +30,18 @@ use probed_common::{OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER
 /// Every uprobe probed attaches runs this.
 #[uprobe]
 pub fn probed_entry(ctx: ProbeContext) -> u32 {
-    hit::record_entry(&ctx);
+    if hit::record_entry(&ctx) {
+        capture::record_pending(ctx.as_ptr());
+    }
     0
 }
 
 /// Every uretprobe probed attaches runs this.
 #[uretprobe]
 pub fn probed_return(ctx: RetProbeContext) -> u32 {
-    hit::record_return(&ctx);
+    if hit::record_return(&ctx) {
+        capture::record_pending(ctx.as_ptr());
+    }
     0
 }
 
@@ -89,6 +96,20 @@ pub fn probed_exit(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn probed_fork(ctx: RawTracePointContext) -> i32 {
     track::fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    0
+}
+
+/// Lock mode: attached to the raw tracepoint mmap_lock_acquire_returned(mm, write, success).
+#[raw_tracepoint(tracepoint = "mmap_lock_acquire_returned")]
+pub fn probed_lock_acquired(ctx: RawTracePointContext) -> i32 {
+    lock::acquired(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2));
+    0
+}
+
+/// Lock mode: attached to the raw tracepoint mmap_lock_released(mm, write).
+#[raw_tracepoint(tracepoint = "mmap_lock_released")]
+pub fn probed_lock_released(ctx: RawTracePointContext) -> i32 {
+    lock::released(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
     0
 }
 

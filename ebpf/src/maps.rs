@@ -140,3 +140,55 @@ pub static PROBED_EXES: HashMap<FileKey, u32> = HashMap::with_max_entries(16, 0)
 /// the kernel tens of milliseconds per link).
 #[map(name = "STOP")]
 pub static STOP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Which hooks the tracker runs on (index 0: `TRACK_MODE_SYSCALLS` or `TRACK_MODE_LOCK`),
+/// written by the daemon before any probe is attached. Hits capture their mappings only in
+/// lock mode.
+#[map(name = "TRACK_MODE")]
+pub static TRACK_MODE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Lock mode: a write section of a tracked process's mmap_lock, open in this thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LockHeld {
+    /// The `mm_struct` write-locked.
+    pub mm: u64,
+    /// The `begins` value the section took.
+    pub ticket: u64,
+    /// The sequence slot bumped.
+    pub slot: u32,
+    /// Padding, zero.
+    pub _reserved: u32,
+}
+
+/// Lock mode: threads holding a tracked process's mmap_lock for writing (tid → section).
+#[map(name = "LOCK_HELD")]
+pub static LOCK_HELD: HashMap<u32, LockHeld> = HashMap::with_max_entries(16384, 0);
+
+/// Lock mode: how many `LOCK_HELD` sections are open (index 0). A read acquire — the most
+/// common mmap_lock event on the host — looks for a downgrade only when this is not 0.
+#[map(name = "OPEN_WRITES")]
+pub static OPEN_WRITES: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Lock mode: file identities (kernel encoding) whose path the daemon knows, or that a
+/// `FileNameEvent` already named. A capture of any other file names it first.
+#[map(name = "KNOWN_FILES")]
+pub static KNOWN_FILES: LruHashMap<FileKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Lock mode: per-CPU room for a stack capture before it is copied into its ring record
+/// (file names must be written into the ring before the capture that needs them).
+#[repr(C)]
+pub struct CaptureScratch {
+    /// The hit waiting for its capture (hit.rs writes it, capture.rs records it).
+    pub hit: probed_common::HitEvent,
+    /// The frames (`bpf_get_stack`).
+    pub frames: [u64; probed_common::MAX_FRAMES],
+    /// `CAPTURE_*` per frame, index `MAX_FRAMES` for the return address read at entry.
+    pub status: [u8; probed_common::MAX_FRAMES + 1],
+    /// The mapping per frame.
+    pub vmas: [probed_common::VmaInfo; probed_common::MAX_FRAMES + 1],
+}
+
+/// Lock mode: see [`CaptureScratch`].
+#[map(name = "CAPTURE_SCRATCH")]
+pub static CAPTURE_SCRATCH: PerCpuArray<CaptureScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -53,6 +53,8 @@ const VM_HUGETLB: u64 = 0x40_0000;
 const ERR_INFLIGHT_FULL: u32 = 0;
 const ERR_CHANGE_LOST: u32 = 1;
 const ERR_TRACKED_FULL: u32 = 2;
+/// Lock mode: `LOCK_HELD` was full (the slot is left odd on purpose).
+pub const ERR_LOCK_HELD_FULL: u32 = 3;
 
 /// Whether `tgid`'s changes are tracked.
 #[inline(always)]
@@ -119,7 +121,7 @@ fn report_lost() {
 }
 
 #[inline(always)]
-fn count_error(index: u32) {
+pub fn count_error(index: u32) {
     if let Some(n) = TRACK_ERRORS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot; this CPU is its only writer while the program runs.
         unsafe { *n += 1 };
@@ -128,13 +130,13 @@ fn count_error(index: u32) {
 
 /// The slot of `tgid` as a pointer into the shared array.
 #[inline(always)]
-fn slot(tgid: u32) -> Option<*mut SeqSlot> {
+pub fn slot(tgid: u32) -> Option<*mut SeqSlot> {
     SEQS.get_ptr_mut(seq_slot(tgid))
 }
 
 /// Atomically adds 1 and returns the new value.
 #[inline(always)]
-fn bump(counter: *mut u64) -> u64 {
+pub fn bump(counter: *mut u64) -> u64 {
     // core's AtomicU64 has no fetch_add on BPF (rustc does not claim CAS there), so the
     // intrinsic is used directly; it compiles to a BPF atomic fetch-add (cpu v3).
     // SAFETY: `counter` points into a live map value; the kernel keeps it mapped while the
@@ -142,9 +144,16 @@ fn bump(counter: *mut u64) -> u64 {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) + 1 }
 }
 
+/// Atomically subtracts 1.
+#[inline(always)]
+pub fn unbump(counter: *mut u64) {
+    // SAFETY: as for `bump`.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, u64::MAX) };
+}
+
 /// A volatile load of a slot counter (single-copy atomic: aligned u64).
 #[inline(always)]
-fn load(counter: *const u64) -> u64 {
+pub fn load(counter: *const u64) -> u64 {
     // SAFETY: `counter` points into a live map value.
     unsafe { counter.read_volatile() }
 }
@@ -312,13 +321,13 @@ fn heap_bounds() -> (u64, u64) {
 
 /// What the find_vma callback fills in (on the BPF stack, as the helper requires).
 #[repr(C)]
-struct VmaCtx {
-    vma: VmaInfo,
-    name: [u8; NAME_LEN],
+pub struct VmaCtx {
+    pub vma: VmaInfo,
+    pub name: [u8; NAME_LEN],
     /// The mapping's `struct file` (0 if anonymous), named after the callback returns.
-    fptr: u64,
-    file: u32,
-    found: u32,
+    pub fptr: u64,
+    pub file: u32,
+    pub found: u32,
 }
 
 /// bpf_find_vma's callback: copies the mapping the kernel found.
@@ -334,7 +343,15 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 
 /// The mapping containing `addr` in the current process, if any.
 #[inline(always)]
-fn find_vma_at(addr: u64, out: &mut VmaCtx) -> bool {
+pub fn find_vma_at(addr: u64, out: &mut VmaCtx) -> bool {
+    find_vma_status(addr, out) == 0 && out.found == 1
+}
+
+/// As [`find_vma_at`], returning bpf_find_vma's result: 0 (found), -ENOENT (no mapping
+/// contains `addr`), -EBUSY (the address space was write-locked: it only try-locks) or
+/// another error.
+#[inline(always)]
+pub fn find_vma_status(addr: u64, out: &mut VmaCtx) -> i64 {
     out.found = 0;
     // SAFETY: bpf_get_current_task_btf returns the current task, valid for this program run;
     // the callback is a static function and `out` a live stack object, as the helper needs.
@@ -346,9 +363,8 @@ fn find_vma_at(addr: u64, out: &mut VmaCtx) -> bool {
             vma_callback as *mut c_void,
             (out as *mut VmaCtx).cast::<c_void>(),
             0,
-        );
+        )
     }
-    out.found == 1
 }
 
 /// A mapping-changing syscall ends: report what changed, then close the change.
@@ -435,6 +451,31 @@ pub fn syscall_exit(ret: i64) {
         None => report_lost(),
     }
     // After the report: a hit that sees this change completed is reserved after it.
+    // SAFETY: `s` points into a live map value.
+    bump(unsafe { &raw mut (*s).ends });
+}
+
+/// Lock mode: a write section of `tgid`'s address space ended (see lock.rs): reports it as a
+/// change the daemon cannot replay (it rescans), then closes it (`ends`), in that order, as
+/// a syscall exit does.
+#[inline(always)]
+pub fn report_rescan(tgid: u32, tid: u32, ticket: u64, s: *mut SeqSlot) {
+    match EVENTS.reserve::<probed_common::LockChangeEvent>(0) {
+        Some(mut entry) => {
+            entry.write(probed_common::LockChangeEvent {
+                event: probed_common::EVENT_LOCK_CHANGE,
+                pid: tgid,
+                tid,
+                lost_reports: lost_reports(),
+                ticket,
+                proc_gen: generation(tgid),
+                // SAFETY: no preconditions.
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+            });
+            entry.submit(wakeup::flags());
+        }
+        None => report_lost(),
+    }
     // SAFETY: `s` points into a live map value.
     bump(unsafe { &raw mut (*s).ends });
 }
@@ -576,7 +617,7 @@ fn emit_exec(
 }
 
 #[inline(always)]
-fn new_vma_ctx() -> VmaCtx {
+pub fn new_vma_ctx() -> VmaCtx {
     VmaCtx {
         vma: VmaInfo::default(),
         name: [0; NAME_LEN],

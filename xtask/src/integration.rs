@@ -123,17 +123,59 @@ pub enum Fixtures {
     Both,
 }
 
+/// One run of the selected executables: where /tmp lives, and the change tracker forced on
+/// every `probed trace` the tests start (`PROBED_TRACKER`), if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// Where /tmp lives.
+    pub tmp: Fixtures,
+    /// `PROBED_TRACKER` in the container; `None`: probed's default (`auto`).
+    pub tracker: Option<&'static str>,
+}
+
+impl Pass {
+    fn name(self) -> String {
+        match self.tracker {
+            None => self.tmp.name().to_string(),
+            Some(t) => format!("{}, PROBED_TRACKER={t}", self.tmp.name()),
+        }
+    }
+}
+
 impl Fixtures {
-    /// Whether this pass (`self`, one of [`Fixtures::passes`] of `mode`) runs `exe`.
-    fn runs(self, mode: Fixtures, exe: &str) -> bool {
-        !(mode == Fixtures::Both && self == Fixtures::Overlay) || OVERLAY_PASS.contains(&exe)
+    /// Whether `pass` (one of [`Fixtures::passes`] of `self`) runs `exe`: `both` runs every
+    /// executable in its first pass, the [`OVERLAY_PASS`] set in the others.
+    fn runs(self, index: usize, exe: &str) -> bool {
+        !(self == Fixtures::Both && index > 0) || OVERLAY_PASS.contains(&exe)
     }
 
-    fn passes(self) -> &'static [Fixtures] {
+    /// The passes of this choice. `both` adds a syscall-tracker overlay pass: on 6.14+
+    /// kernels (CI's) `auto` runs lock mode, so the syscall tracker — the one Debian's 6.1
+    /// and 6.12 run, containers included — would otherwise go untested by the full run.
+    fn passes(self) -> &'static [Pass] {
         match self {
-            Fixtures::Tmpfs => &[Fixtures::Tmpfs],
-            Fixtures::Overlay => &[Fixtures::Overlay],
-            Fixtures::Both => &[Fixtures::Tmpfs, Fixtures::Overlay],
+            Fixtures::Tmpfs => &[Pass {
+                tmp: Fixtures::Tmpfs,
+                tracker: None,
+            }],
+            Fixtures::Overlay => &[Pass {
+                tmp: Fixtures::Overlay,
+                tracker: None,
+            }],
+            Fixtures::Both => &[
+                Pass {
+                    tmp: Fixtures::Tmpfs,
+                    tracker: None,
+                },
+                Pass {
+                    tmp: Fixtures::Overlay,
+                    tracker: None,
+                },
+                Pass {
+                    tmp: Fixtures::Overlay,
+                    tracker: Some("syscalls"),
+                },
+            ],
         }
     }
 
@@ -239,7 +281,7 @@ pub fn run_in_container(
         let mut ran = 0;
         for exe in exes {
             let on_host = ON_HOST.contains(&exe.name.as_str());
-            if (on_host && i > 0) || !pass.runs(fixtures, &exe.name) {
+            if (on_host && i > 0) || !fixtures.runs(i, &exe.name) {
                 continue;
             }
             let mut cmd = if on_host {
@@ -288,7 +330,7 @@ pub fn run_in_container(
 }
 
 /// The `podman run` of one test executable; `sysroot` is the Rust toolchain's.
-fn container(image: &str, sysroot: &Path, exe: &TestExe, fixtures: Fixtures) -> Command {
+fn container(image: &str, sysroot: &Path, exe: &TestExe, pass: Pass) -> Command {
     let mut cmd = Command::new("podman");
     cmd.args([
         "--runtime",
@@ -322,8 +364,11 @@ fn container(image: &str, sysroot: &Path, exe: &TestExe, fixtures: Fixtures) -> 
     // as on the hosts we run on, or the container's own overlayfs root, as in containers,
     // where a mapping holds overlayfs's backing file (the real inode, which BPF reads and
     // uprobes key on) while stat and /proc/PID/maps show the overlay's identity.
-    if fixtures == Fixtures::Tmpfs {
+    if pass.tmp == Fixtures::Tmpfs {
         cmd.args(["--tmpfs", "/tmp:rw,exec,mode=1777"]);
+    }
+    if let Some(tracker) = pass.tracker {
+        cmd.arg("--env").arg(format!("PROBED_TRACKER={tracker}"));
     }
     // What tracing needs: tracefs (the tracker's tracepoints, bpftrace), BTF (probed's
     // offsets), bpffs and debugfs where the host has them.
@@ -555,10 +600,17 @@ mod tests {
             let file = paths::root().join(format!("daemon/tests/{name}.rs"));
             assert!(file.is_file(), "{} is missing", file.display());
         }
-        assert!(Fixtures::Overlay.runs(Fixtures::Both, "tracker_churn"));
-        assert!(!Fixtures::Overlay.runs(Fixtures::Both, "service_daemon"));
-        assert!(Fixtures::Tmpfs.runs(Fixtures::Both, "service_daemon"));
-        assert!(Fixtures::Overlay.runs(Fixtures::Overlay, "service_daemon"));
+        for later in [1, 2] {
+            assert!(Fixtures::Both.runs(later, "tracker_churn"));
+            assert!(!Fixtures::Both.runs(later, "service_daemon"));
+        }
+        assert!(Fixtures::Both.runs(0, "service_daemon"));
+        assert!(Fixtures::Overlay.runs(0, "service_daemon"));
+        // The full run keeps the syscall tracker tested (auto picks lock mode on 6.14+).
+        assert!(Fixtures::Both.passes().contains(&Pass {
+            tmp: Fixtures::Overlay,
+            tracker: Some("syscalls"),
+        }));
     }
 
     #[test]

@@ -20,6 +20,14 @@ const BUILD_INFO: Family = Family::gauge(
     "Always 1; the version label says which probed is running.",
 );
 const UPTIME: Family = Family::gauge("probed_uptime_seconds", "Seconds since the daemon started.");
+const TRACKER_INFO: Family = Family::gauge(
+    "probed_tracker_info",
+    "Always 1; the mode label says which change tracker runs (lock, syscalls).",
+);
+const CAPTURES: Family = Family::counter(
+    "probed_captures_total",
+    "Lock mode: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed).",
+);
 const PROBES_ATTACHED: Family = Family::gauge(
     "probed_probes_attached",
     "Configured probes currently attached (not disabled).",
@@ -165,6 +173,24 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
     w.sample(&BUILD_INFO, &[("version", version)], Value::Int(1));
     w.family(&UPTIME);
     w.sample(&UPTIME, &[], Value::Float(snapshot.uptime_seconds));
+    w.family(&TRACKER_INFO);
+    if !snapshot.tracker.is_empty() {
+        w.sample(&TRACKER_INFO, &[("mode", snapshot.tracker)], Value::Int(1));
+    }
+    w.family(&CAPTURES);
+    let [captured, failed, captured_frames, failed_frames] = snapshot.captures;
+    for (what, result, v) in [
+        ("hit", "captured", captured),
+        ("hit", "failed", failed),
+        ("frame", "captured", captured_frames),
+        ("frame", "failed", failed_frames),
+    ] {
+        w.sample(
+            &CAPTURES,
+            &[("what", what), ("result", result)],
+            Value::Int(v),
+        );
+    }
     w.family(&PROBES_ATTACHED);
     let attached = snapshot.probes.iter().filter(|p| !p.disabled).count();
     w.sample(&PROBES_ATTACHED, &[], Value::Int(attached as u64));

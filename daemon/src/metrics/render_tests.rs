@@ -197,6 +197,7 @@ fn small() -> MetricsSnapshot {
         mirrors: 1,
         reloads: 2,
         uptime_seconds: 1.5,
+        tracker: "syscalls",
         ..MetricsSnapshot::default()
     }
 }
@@ -210,6 +211,15 @@ probed_build_info{version="1.2.3"} 1
 # HELP probed_uptime_seconds Seconds since the daemon started.
 # TYPE probed_uptime_seconds gauge
 probed_uptime_seconds 1.5
+# HELP probed_tracker_info Always 1; the mode label says which change tracker runs (lock, syscalls).
+# TYPE probed_tracker_info gauge
+probed_tracker_info{mode="syscalls"} 1
+# HELP probed_captures_total Lock mode: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed).
+# TYPE probed_captures_total counter
+probed_captures_total{what="hit",result="captured"} 0
+probed_captures_total{what="hit",result="failed"} 0
+probed_captures_total{what="frame",result="captured"} 0
+probed_captures_total{what="frame",result="failed"} 0
 # HELP probed_probes_attached Configured probes currently attached (not disabled).
 # TYPE probed_probes_attached gauge
 probed_probes_attached 1

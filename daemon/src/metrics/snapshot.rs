@@ -30,6 +30,11 @@ pub struct MetricsSnapshot {
     pub reload_failures: u64,
     /// Seconds since the daemon started.
     pub uptime_seconds: f64,
+    /// The change tracker's mode (`lock`, `syscalls`).
+    pub tracker: &'static str,
+    /// Lock mode: addresses answered from hit-time captures and captures that failed, for
+    /// hits and for stack frames: (captured, failed, captured frames, failed frames).
+    pub captures: [u64; 4],
 }
 
 /// One probe's counters: what a scrape reports, and the counter part of a `ctl stats` row.

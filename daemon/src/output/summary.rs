@@ -55,4 +55,6 @@ pub struct Summary {
     pub probes: Vec<ProbeSummary>,
     /// How addresses were resolved: counter name → count (fast path, fallbacks…).
     pub resolver: BTreeMap<String, u64>,
+    /// The change tracker's hooks (`lock` or `syscalls`).
+    pub tracker: &'static str,
 }

@@ -155,6 +155,9 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
             probe_column(p)
         )?;
     }
+    if !s.tracker.is_empty() {
+        writeln!(out, "tracker: {}", s.tracker)?;
+    }
     if !s.resolver.is_empty() {
         let parts: Vec<String> = s.resolver.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "resolver: {}", parts.join(" "))?;
@@ -217,12 +220,14 @@ mod tests {
                 ..Default::default()
             }],
             resolver: Default::default(),
+            tracker: "lock",
         };
         let mut buf = Vec::new();
         write_summary(&mut buf, &summary).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("uprobe:/bin/x:f"), "{text}");
         assert!(text.contains("ended by count"), "{text}");
+        assert!(text.contains("tracker: lock"), "{text}");
         assert!(
             text.contains("LIMITED") && text.contains("FILTERED"),
             "{text}"

@@ -32,11 +32,15 @@ pub enum Reason {
     /// The process's tracking started late (at exec, or at its first mmap of a probed file)
     /// and it exited before a scan: only the mappings seen since are known, not this one.
     Unseen,
+    /// Lock mode: the hit carried a capture of its mapping, but the kernel's mapping could
+    /// not be read at the hit (`bpf_find_vma` only try-locks the address space, and another
+    /// thread held it for writing).
+    CaptureFailed,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Unmapped,
         Reason::NotFileBacked,
         Reason::NotExecutable,
@@ -48,6 +52,7 @@ impl Reason {
         Reason::NoSnapshotAtSeq,
         Reason::ScanFailed,
         Reason::Unseen,
+        Reason::CaptureFailed,
     ];
 
     /// A stable snake_case name for output and metrics.
@@ -64,6 +69,7 @@ impl Reason {
             Reason::NoSnapshotAtSeq => "no_snapshot_at_seq",
             Reason::ScanFailed => "scan_failed",
             Reason::Unseen => "unseen",
+            Reason::CaptureFailed => "capture_failed",
         }
     }
 
@@ -92,6 +98,8 @@ pub enum Via {
     Replayed,
     /// A fresh locked rescan of /proc/PID/maps.
     Rescan,
+    /// Lock mode: the kernel's own mapping of the address, captured by BPF at the hit.
+    Captured,
 }
 
 impl Via {
@@ -103,6 +111,7 @@ impl Via {
             Via::Retained => "retained",
             Via::Replayed => "replayed",
             Via::Rescan => "rescan",
+            Via::Captured => "captured",
         }
     }
 }

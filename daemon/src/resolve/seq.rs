@@ -23,6 +23,11 @@ pub trait SeqSource: Send + Sync {
     /// Ends a speculative read: `true` if the sequence moved since `try_begin` returned `seq`,
     /// i.e. whatever was read in between must not be trusted.
     fn retry(&self, proc: ProcKey, seq: u64) -> bool;
+
+    /// Tells the source's producer that a full picture of `proc` at `seq` is held (lock
+    /// mode: BPF then lets hits stamped `seq` skip their captures). Sources without such a
+    /// producer ignore it.
+    fn publish(&self, _proc: ProcKey, _seq: u64) {}
 }
 
 impl<T: SeqSource + ?Sized> SeqSource for &T {
@@ -35,6 +40,10 @@ impl<T: SeqSource + ?Sized> SeqSource for &T {
     fn retry(&self, proc: ProcKey, seq: u64) -> bool {
         (**self).retry(proc, seq)
     }
+
+    fn publish(&self, proc: ProcKey, seq: u64) {
+        (**self).publish(proc, seq);
+    }
 }
 
 impl<T: SeqSource + ?Sized> SeqSource for std::sync::Arc<T> {
@@ -46,6 +55,10 @@ impl<T: SeqSource + ?Sized> SeqSource for std::sync::Arc<T> {
     #[inline]
     fn retry(&self, proc: ProcKey, seq: u64) -> bool {
         (**self).retry(proc, seq)
+    }
+
+    fn publish(&self, proc: ProcKey, seq: u64) {
+        (**self).publish(proc, seq);
     }
 }
 

@@ -76,6 +76,9 @@ pub struct StatsReply {
     pub exited_retained: usize,
     /// The resolver's counters by name.
     pub resolver: BTreeMap<String, u64>,
+    /// The change tracker's mode (`syscalls` or `lock`).
+    #[serde(default)]
+    pub tracker: String,
     /// Successful reloads.
     pub reloads: u64,
     /// Rejected reloads.

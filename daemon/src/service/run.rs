@@ -80,13 +80,14 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut tracer = Tracer::load_with_ring(DAEMON_RING_BYTES)?;
+    let mut tracer = Tracer::load_with_ring(DAEMON_RING_BYTES, config.tracker)?;
     let (seq, generations, tracked) = tracer.take_tracker()?;
     let stream = EventStream::new(tracer.take_ring()?)?;
     let generations = Arc::new(generations);
     let maps = GenCheckedMaps::new(generations.clone());
     let resolver_config = ResolverConfig {
         reported_changes: true,
+        history: crate::trace::history_for(tracer.tracker_mode().0),
         ..ResolverConfig::default()
     };
     let resolver = Arc::new(Resolver::with_config(seq, maps, resolver_config));
@@ -97,7 +98,8 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         &resolver,
         Arc::new(Symbolizer::new()),
     )
-    .keep_going_on_write_errors();
+    .keep_going_on_write_errors()
+    .with_lock_mode(tracer.tracker_mode().0 == crate::track::TrackerMode::Lock);
     let (mut daemon, mut closed) = Daemon::new(
         tracer,
         pipeline,
@@ -258,6 +260,8 @@ fn notify(result: Result<(), NotifyError>) {
 /// Flushes the outputs after a batch: hits are written as they come, not when a buffer
 /// fills. A failing output is counted per probe by the pipeline; the daemon goes on.
 fn flush(daemon: &mut Daemon) {
+    // Lock mode: pictures of changed processes, once per batch.
+    daemon.pipeline.end_batch();
     if let Err(err) = daemon.pipeline.flush() {
         tracing::debug!(error = %err, "flushing an output failed");
     }

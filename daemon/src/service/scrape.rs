@@ -58,6 +58,8 @@ impl Daemon {
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            tracker: self.pipeline.tracker_name(),
+            captures: self.pipeline.captures(),
         }
     }
 }

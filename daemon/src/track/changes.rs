@@ -86,7 +86,7 @@ fn perms(vm_flags: u64) -> Perms {
 
 /// The mapping a report describes, with its file's identity and path: the path BPF walked
 /// when the report was written if it has one, else one found through `paths` by identity.
-fn mapping(
+pub(crate) fn mapping(
     vma: &VmaInfo,
     has_file: bool,
     name: &[u8],

@@ -7,10 +7,13 @@
 //! - [`GenCheckedMaps`]: a maps source that refuses to answer for a generation that no
 //!   longer holds the pid, so pid reuse cannot alias two processes.
 //! - [`tracepoints`]: which kernel tracepoints the tracker attaches to, and tracefs set-up.
+//! - [`mode`]: which of them (`--tracker lock|syscalls|auto`).
 
+pub mod captured;
 pub mod changes;
 mod generations;
 mod maps_source;
+pub mod mode;
 pub mod offsets;
 pub mod path_offsets;
 pub mod paths;
@@ -20,4 +23,5 @@ pub mod tracepoints;
 
 pub use generations::{Generations, Tracked};
 pub use maps_source::GenCheckedMaps;
+pub use mode::{TrackerChoice, TrackerMode, TrackerRequest};
 pub use seq::{BpfSeq, MapSeqError};

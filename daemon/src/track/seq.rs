@@ -2,11 +2,11 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd},
-    sync::atomic::{AtomicU64, Ordering, fence},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
 
 use aya::maps::MapData;
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{MmapMut, MmapOptions};
 use probed_common::{SEQ_SLOTS, SeqSlot, seq_of, seq_slot};
 
 use crate::resolve::{ProcKey, SeqSource};
@@ -18,40 +18,67 @@ pub struct MapSeqError(#[source] std::io::Error);
 
 /// Reads per-process change sequences straight out of the BPF `SEQS` array.
 ///
-/// The kernel writes each slot with atomic adds; this side reads them with atomic loads
-/// through a `MAP_SHARED`, read-only mapping of the map's memory, so a sequence read costs
-/// two loads and never a syscall (invariant 3).
+/// The kernel writes each slot's counters with atomic adds; this side reads them with atomic
+/// loads through a `MAP_SHARED` mapping of the map's memory, so a sequence read costs two
+/// loads and never a syscall (invariant 3). The mapping is writable for one reason: lock mode
+/// publishes, per slot, the sequence of the picture the daemon holds (`SeqSlot::mirror`),
+/// which only this side writes (atomic stores) and BPF only reads.
 pub struct BpfSeq {
     /// The mapping of `SEQS`; `SEQ_SLOTS` slots of [`SeqSlot`].
-    mmap: Mmap,
+    mmap: MmapMut,
     /// Keeps the map's file descriptor (and so the map) alive as long as the mapping.
     _map: MapData,
 }
 
 impl BpfSeq {
-    /// Maps the `SEQS` array (created with BPF_F_MMAPABLE) read-only.
+    /// Maps the `SEQS` array (created with BPF_F_MMAPABLE).
     pub fn new(map: MapData) -> Result<Self, MapSeqError> {
         let len = SEQ_SLOTS as usize * size_of::<SeqSlot>();
         // SAFETY: the BPF array map's memory stays valid while its fd (kept in `_map`) is
-        // open; it is only ever accessed below through atomic loads, which is sound for
-        // memory another agent (the kernel) updates concurrently with atomic adds.
+        // open; it is only ever accessed below through atomics, which is sound for memory
+        // another agent (the kernel) updates concurrently with atomic adds.
         let mmap = unsafe {
             MmapOptions::new()
                 .len(len)
-                .map(map.fd().as_fd().as_raw_fd())
+                .map_mut(map.fd().as_fd().as_raw_fd())
         }
         .map_err(MapSeqError)?;
         Ok(Self { mmap, _map: map })
     }
 
+    /// The u64 words of `pid`'s slot: begins, ends, mirror, and (mirror_pid, reserved).
+    #[inline(always)]
+    fn words(&self, pid: u32) -> *const AtomicU64 {
+        const WORDS: usize = size_of::<SeqSlot>() / 8;
+        let index = seq_slot(pid) as usize;
+        // SAFETY: index < SEQ_SLOTS and the mapping holds SEQ_SLOTS slots of WORDS u64
+        // each, so the slot is in bounds.
+        unsafe { self.mmap.as_ptr().cast::<AtomicU64>().add(index * WORDS) }
+    }
+
     #[inline(always)]
     fn slot(&self, pid: u32) -> (&AtomicU64, &AtomicU64) {
-        let index = seq_slot(pid) as usize;
-        let base = self.mmap.as_ptr().cast::<AtomicU64>();
-        // SAFETY: index < SEQ_SLOTS and the mapping holds SEQ_SLOTS slots of two u64 each,
-        // page-aligned, so both pointers are in bounds and 8-byte aligned; AtomicU64 has the
-        // layout of u64.
-        unsafe { (&*base.add(index * 2), &*base.add(index * 2 + 1)) }
+        let base = self.words(pid);
+        // SAFETY: `base` is the slot's first word (see `words`), page-aligned mapping, so
+        // both words are in bounds and 8-byte aligned; AtomicU64 has the layout of u64.
+        unsafe { (&*base, &*base.add(1)) }
+    }
+
+    /// Lock mode: tells BPF that the daemon holds a picture of `pid` at sequence `seq`, so
+    /// hits of `pid` stamped `seq` need not capture their mappings (ebpf/src/capture.rs).
+    /// A race with another process sharing the slot only costs captures or counted
+    /// fallbacks: the resolver answers a hit only from a picture of its own sequence.
+    pub fn publish(&self, pid: u32, seq: u64) {
+        let base = self.words(pid);
+        // SAFETY: words 2 and 3 of the slot (see `words`); word 3's low half is
+        // `mirror_pid` (little-endian), 4-byte aligned; only this side writes them.
+        unsafe {
+            let mirror = &*base.add(2);
+            let mirror_pid = &*base.add(3).cast::<AtomicU32>();
+            mirror.store(u64::MAX, Ordering::Release);
+            mirror_pid.store(pid, Ordering::Release);
+            mirror.store(seq, Ordering::Release);
+        }
     }
 
     /// The current sequence of `pid`'s slot, even or odd.
@@ -64,6 +91,10 @@ impl BpfSeq {
 }
 
 impl SeqSource for BpfSeq {
+    fn publish(&self, proc: ProcKey, seq: u64) {
+        BpfSeq::publish(self, proc.pid, seq);
+    }
+
     #[inline(always)]
     fn try_begin(&self, proc: ProcKey) -> Option<u64> {
         let (begins, ends) = self.slot(proc.pid);

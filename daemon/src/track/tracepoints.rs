@@ -29,6 +29,53 @@ pub const ENTER_PROGRAMS: [&str; 6] = [
     "probed_other_enter",
 ];
 
+/// The tracepoints lock mode attaches to (as raw tracepoints): category, name.
+pub const LOCK_TRACEPOINTS: [(&str, &str); 2] = [
+    ("mmap_lock", "mmap_lock_acquire_returned"),
+    ("mmap_lock", "mmap_lock_released"),
+];
+
+/// Why lock mode cannot run on this kernel; `None` if it can.
+///
+/// Its raw tracepoints must exist and have the Linux 6.14+ arguments `(mm, write[, success])`.
+/// Before 6.14 they took a `memcg_path` argument second (the BPF programs would read the
+/// path pointer as `write`), and an enabled event built that cgroup path string for every
+/// mmap_lock operation of every process: both wrong and costly, so such kernels keep
+/// syscall mode. The tracefs format says which: the old events carry a `memcg_path` field.
+pub fn lock_mode_unavailable() -> Option<String> {
+    let format = |c: &str, n: &str| {
+        std::fs::read_to_string(
+            Path::new(TRACEFS)
+                .join("events")
+                .join(c)
+                .join(n)
+                .join("format"),
+        )
+    };
+    LOCK_TRACEPOINTS.iter().find_map(|(c, n)| {
+        if !exists(c, n) {
+            return Some(format!("no tracepoint {c}:{n}"));
+        }
+        lock_format_problem(c, n, &format(c, n).unwrap_or_default())
+    })
+}
+
+/// [`lock_mode_unavailable`]'s check of one tracepoint's tracefs format text.
+pub fn lock_format_problem(category: &str, name: &str, format: &str) -> Option<String> {
+    if format.contains("memcg_path") {
+        return Some(format!(
+            "tracepoint {category}:{name} has the pre-6.14 arguments (a memcg_path, built for \
+             every mmap_lock operation while enabled)"
+        ));
+    }
+    if !format.contains("bool write") {
+        return Some(format!(
+            "tracepoint {category}:{name} has no `write` argument in its tracefs format"
+        ));
+    }
+    None
+}
+
 /// Where tracefs is normally mounted.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -113,5 +160,20 @@ mod tests {
         assert_eq!(field_offset(text, "group_dead"), Some(32));
         assert_eq!(field_offset(text, "pid"), Some(24));
         assert_eq!(field_offset(text, "prio"), None);
+    }
+
+    /// Lock mode is refused on the pre-6.14 events (6.1's and 6.12's format carries a
+    /// memcg_path string) and accepted on 6.14+'s (memcg_id, write, success).
+    #[test]
+    fn lock_formats() {
+        let old = "name: mmap_lock_acquire_returned\nformat:\n\tfield:struct mm_struct * mm;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:__data_loc char[] memcg_path;\toffset:16;\tsize:4;\tsigned:0;\n\tfield:bool write;\toffset:20;\tsize:1;\tsigned:0;\n";
+        let new = "name: mmap_lock_acquire_returned\nformat:\n\tfield:struct mm_struct * mm;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u64 memcg_id;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:bool write;\toffset:24;\tsize:1;\tsigned:0;\n\tfield:bool success;\toffset:25;\tsize:1;\tsigned:0;\n";
+        let problem = lock_format_problem("mmap_lock", "mmap_lock_acquire_returned", old);
+        assert!(problem.is_some_and(|p| p.contains("pre-6.14")));
+        assert_eq!(
+            lock_format_problem("mmap_lock", "mmap_lock_acquire_returned", new),
+            None
+        );
+        assert!(lock_format_problem("mmap_lock", "x", "").is_some());
     }
 }

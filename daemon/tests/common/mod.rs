@@ -965,10 +965,18 @@ pub fn assert_resolver_counters(
         .map(|(k, v)| v.as_u64().unwrap_or_else(|| panic!("{k} not a number")))
         .sum();
     let n = hits.len() as u64;
+    // Lock mode: hits that carried a capture are answered from it (`via: captured`) or, if
+    // it failed, by their probe; they never reach the resolver. 0 in syscall mode.
+    let (captured, capture_failed) = (
+        r.get("captured").and_then(|v| v.as_u64()).unwrap_or(0),
+        r.get("capture_failed")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0),
+    );
     assert_eq!(
-        num(&r, "fast_path") + fallbacks,
+        num(&r, "fast_path") + fallbacks + captured + capture_failed,
         n,
-        "fast_path + fallbacks != hits: {r}"
+        "fast_path + fallbacks + captured + capture_failed != hits: {r}"
     );
     // Each resolver path's count is the hits reported with that `via`, except hits whose
     // mapping the resolver found but whose symbol could not be read (the mapped file gone
@@ -979,20 +987,29 @@ pub fn assert_resolver_counters(
         ("from_mirror", "mirror"),
         ("retained", "retained"),
         ("replayed", "replayed"),
+        ("captured", "captured"),
     ] {
-        let (counted, reported) = (num(&r, counter), by(path));
+        let counted = r.get(counter).and_then(|v| v.as_u64()).unwrap_or(0);
+        let reported = by(path);
         assert!(counted >= reported, "{counter}: {r} vs {via:?}");
         symbol_failures += counted - reported;
     }
     // A hit the resolver could not answer is answered by its probe (`via: probe`).
     assert_eq!(
         fallbacks - num(&r, "from_mirror") - num(&r, "retained") - num(&r, "replayed")
-            + symbol_failures,
+            + symbol_failures
+            + capture_failed,
         by("rescan") + by("probe"),
         "other fallbacks vs rescan and probe hits: {r} vs {via:?}"
     );
     assert_eq!(
-        by("fast") + by("mirror") + by("retained") + by("replayed") + by("rescan") + by("probe"),
+        by("fast")
+            + by("mirror")
+            + by("retained")
+            + by("replayed")
+            + by("rescan")
+            + by("probe")
+            + by("captured"),
         n,
         "a hit with an unknown via: {via:?}"
     );

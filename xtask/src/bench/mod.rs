@@ -14,8 +14,14 @@ pub enum Which {
     /// probed vs bpftrace vs no probe on a C target's call loop → target/probed-bench/e2e.json.
     E2e,
     /// mmap/munmap churn with and without probed tracking it, and the fast-path share of a
-    /// process with stable mappings → target/probed-bench/tracker.json.
-    Tracker,
+    /// process with stable mappings, and the tax on untracked processes' syscalls (getppid,
+    /// anonymous mmap) → target/probed-bench/tracker.json.
+    Tracker {
+        /// probed's tracker modes to measure side by side (comma-separated: syscalls, lock,
+        /// auto).
+        #[arg(long, value_delimiter = ',', default_value = "syscalls,lock")]
+        tracker: Vec<String>,
+    },
     /// Resolved frames per second with ~20-frame user stacks, the resolver's share of daemon
     /// CPU, the fast-path share, no loss → target/probed-bench/stacks.json.
     Stacks,
@@ -26,7 +32,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Resolver => resolver::run(),
         Which::E2e => e2e::run(),
-        Which::Tracker => tracker::run(),
+        Which::Tracker { tracker } => tracker::run(&tracker),
         Which::Stacks => stacks::run(),
     }
 }

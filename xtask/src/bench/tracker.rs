@@ -17,9 +17,18 @@
 //!    first hit, a newer picture), so they are reported apart (`fast_or_mirror_share`), not
 //!    counted in the goal's share.
 //!
-//! Writes target/probed-bench/tracker.json and prints a table. Other tracers (e.g. other
-//! probed instances) running on the host attach the same system-wide syscall tracepoints and
-//! slow every mode down: their number is recorded in the report.
+//! 3. Host tax (issue 11). Processes probed does *not* track make system calls as fast as they
+//!    can (daemon/tests/fixtures/tax_loop.c): `getppid` (a syscall that changes nothing) and
+//!    an anonymous 64 KiB mmap + munmap. Each runs alone and while probed traces a probe in
+//!    another program (`uprobe:tracker_bench:bench_tick`, not running), interleaved;
+//!    `tax_getppid` and `tax_mmap_untracked` are the medians' ratios with / without probed.
+//!    `rate_tracked_over_none` is the churn workload's (1.) tracked / alone ratio.
+//!
+//! Every measurement with probed is made once per tracker mode (`--tracker syscalls,lock`:
+//! probed's `--tracker`), in the same interleaved rounds, so the modes are compared on the
+//! same machine state. Writes target/probed-bench/tracker.json and prints a table. Other
+//! tracers (e.g. other probed instances) running on the host attach system-wide tracepoints
+//! and slow every mode down: their number is recorded in the report.
 
 use super::harness::{self, TOOL_TIMEOUT};
 use std::{
@@ -36,22 +45,31 @@ use serde_json::{Value, json};
 
 use crate::{exec, paths};
 
-/// Rounds of (none, tracked).
-const ROUNDS: usize = 5;
+/// Rounds of (none, tracked in each mode).
+const ROUNDS: usize = 7;
 /// Seconds the mapping workload runs per run.
 const RUN_SECS: f64 = 3.0;
+/// Seconds each tax workload runs per run.
+const TAX_SECS: f64 = 2.0;
 /// Runs of the loop target for the fast-path share, and their length.
 const FAST_RUNS: usize = 2;
 const LOOP_SECS: f64 = 3.0;
-/// How long a tool may take to attach or to exit.
 /// Goals (issue 4).
 const GOAL_RATIO: f64 = 1.10;
 const GOAL_FAST_SHARE: f64 = 0.99;
+/// Goals (issue 11).
+const GOAL_TAX: f64 = 0.98;
+const GOAL_TRACKED_OVER_NONE: f64 = 0.90;
+/// The tax workloads: (name in the report, tax_loop mode).
+const TAX_WORKLOADS: [(&str, &str); 2] =
+    [("tax_getppid", "getppid"), ("tax_mmap_untracked", "mmap")];
 
 /// One run of the mapping workload.
 #[derive(Clone, Debug, Default)]
 struct Run {
-    tracked: bool,
+    round: usize,
+    /// The tracker mode probed ran with; `None`: the workload ran alone.
+    mode: Option<String>,
     ops: u64,
     rate: f64,
     ticks: u64,
@@ -62,8 +80,22 @@ struct Run {
     daemon_cpu_ns: Option<u64>,
 }
 
-/// Runs the benchmark, writes the JSON report and prints a table.
-pub fn run() -> Result<()> {
+/// One run of a tax workload.
+#[derive(Clone, Debug)]
+struct TaxRun {
+    round: usize,
+    workload: &'static str,
+    /// The tracker mode of the probed running meanwhile; `None`: no probed.
+    mode: Option<String>,
+    rate: f64,
+    /// probed's CPU time after attaching, in ns.
+    daemon_cpu_ns: Option<u64>,
+}
+
+/// Runs the benchmark with each of `modes` (probed's `--tracker` values), writes the JSON
+/// report and prints a table.
+pub fn run(modes: &[String]) -> Result<()> {
+    ensure!(!modes.is_empty(), "no tracker mode to measure");
     crate::build::run()?;
     let out_dir = paths::bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
@@ -71,6 +103,7 @@ pub fn run() -> Result<()> {
     let workload = out_dir.join("tracker_bench");
     let mapped = out_dir.join("tracker_bench_mapped.so");
     let loop_target = out_dir.join("tracker_loop_target");
+    let tax = out_dir.join("tax_loop");
     for (out, source, flags) in [
         (&workload, "tracker_bench.c", &["-O2"][..]),
         (
@@ -79,6 +112,7 @@ pub fn run() -> Result<()> {
             &["-O2", "-shared", "-fPIC", "-DWHICH=1"][..],
         ),
         (&loop_target, "trace_target.c", &["-O2", "-pthread"][..]),
+        (&tax, "tax_loop.c", &["-O2"][..]),
     ] {
         exec::exec(
             Command::new("cc")
@@ -95,38 +129,68 @@ pub fn run() -> Result<()> {
         );
     }
     let hits_file = harness::hits_file("tracker");
+    // The order alternates round by round so that drift falls on every state alike.
+    let states = |round: usize| {
+        let mut s: Vec<Option<String>> = std::iter::once(None)
+            .chain(modes.iter().cloned().map(Some))
+            .collect();
+        if round % 2 == 1 {
+            s.reverse();
+        }
+        s
+    };
 
     let mut runs = Vec::new();
+    let mut tax_runs = Vec::new();
+    // probed traces a probe in a program that is not running: the tax runs measure the
+    // tracker alone, on processes it does not track.
+    let idle_spec = format!("uprobe:{}:bench_tick", workload.display());
     for round in 0..ROUNDS {
-        for tracked in [round % 2 == 1, round % 2 == 0] {
-            let run = run_workload(&workload, &mapped, tracked, &hits_file)?;
+        for mode in states(round) {
+            let mut run = run_workload(&workload, &mapped, mode.as_deref(), &hits_file)?;
+            run.round = round;
             eprintln!(
-                "tracker: round {}/{ROUNDS} {:<8} {:>10.0} iterations/s  ({} iterations, {} ticks)",
+                "tracker: round {}/{ROUNDS} churn {:<10} {:>10.0} iterations/s  ({} iterations, {} ticks)",
                 round + 1,
-                if tracked { "tracked" } else { "none" },
+                mode.as_deref().unwrap_or("none"),
                 run.rate,
                 run.ops,
                 run.ticks
             );
             runs.push(run);
         }
+        for (name, arg) in TAX_WORKLOADS {
+            for mode in states(round + 1) {
+                let mut run = run_tax(&tax, arg, name, mode, &idle_spec, &hits_file)?;
+                run.round = round;
+                eprintln!(
+                    "tracker: round {}/{ROUNDS} {name:<19} {:<10} {:>12.0} calls/s",
+                    round + 1,
+                    run.mode.as_deref().unwrap_or("none"),
+                    run.rate,
+                );
+                tax_runs.push(run);
+            }
+        }
     }
     let mut fast_runs = Vec::new();
-    for i in 0..FAST_RUNS {
-        let summary = run_loop(&loop_target, &hits_file)?;
-        let (fast, hits) = fast_and_hits(&summary)?;
-        eprintln!(
-            "tracker: fast-path run {}/{FAST_RUNS}: {fast} of {hits} hits on the fast path",
-            i + 1
-        );
-        fast_runs.push(summary);
+    for mode in modes {
+        for i in 0..FAST_RUNS {
+            let summary = run_loop(&loop_target, mode, &hits_file)?;
+            let (fast, hits) = fast_and_hits(&summary)?;
+            eprintln!(
+                "tracker: fast-path run {}/{FAST_RUNS} ({mode}): {fast} of {hits} hits on the fast path",
+                i + 1
+            );
+            fast_runs.push((mode.clone(), summary));
+        }
     }
 
-    let report = report(&runs, &fast_runs, others)?;
+    let report = report(modes, &runs, &tax_runs, &fast_runs, others)?;
     let out = out_dir.join("tracker.json");
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("write {}", out.display()))?;
-    print_table(&report);
+    print_table(modes, &report);
     println!("\nwrote {}", out.display());
     Ok(())
 }
@@ -150,17 +214,23 @@ fn other_tracers() -> usize {
 }
 
 /// One run of the mapping workload, alone or under probed.
-fn run_workload(workload: &Path, mapped: &Path, tracked: bool, hits_file: &Path) -> Result<Run> {
+fn run_workload(
+    workload: &Path,
+    mapped: &Path,
+    mode: Option<&str>,
+    hits_file: &Path,
+) -> Result<Run> {
     let secs = RUN_SECS.to_string();
     let mut target = Waiting::start(
         workload,
         &[mapped.to_str().context("UTF-8 path")?, &secs, "--wait"],
     )?;
-    let probed = if tracked {
-        let spec = format!("uprobe:{}:bench_tick", workload.display());
-        Some(Tracer::start(&spec, hits_file)?)
-    } else {
-        None
+    let probed = match mode {
+        Some(mode) => {
+            let spec = format!("uprobe:{}:bench_tick", workload.display());
+            Some(Tracer::start(&spec, mode, hits_file)?)
+        }
+        None => None,
     };
     let line = target.go(Duration::from_secs_f64(RUN_SECS))?;
     // ops N rate R ticks T syscalls S
@@ -172,7 +242,7 @@ fn run_workload(workload: &Path, mapped: &Path, tracked: bool, hits_file: &Path)
         _ => bail!("unexpected line from the workload: {line}"),
     };
     let mut run = Run {
-        tracked,
+        mode: mode.map(str::to_owned),
         ops,
         rate,
         ticks,
@@ -187,12 +257,46 @@ fn run_workload(workload: &Path, mapped: &Path, tracked: bool, hits_file: &Path)
     Ok(run)
 }
 
+/// One run of a tax workload, alone (`mode` None) or while probed traces `spec`.
+fn run_tax(
+    tax: &Path,
+    arg: &str,
+    workload: &'static str,
+    mode: Option<String>,
+    spec: &str,
+    hits_file: &Path,
+) -> Result<TaxRun> {
+    let secs = TAX_SECS.to_string();
+    let mut target = Waiting::start(tax, &[arg, &secs, "--wait"])?;
+    let probed = match &mode {
+        Some(mode) => Some(Tracer::start(spec, mode, hits_file)?),
+        None => None,
+    };
+    let line = target.go(Duration::from_secs_f64(TAX_SECS))?;
+    let rate = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["ops", _, "rate", r] => r.parse()?,
+        _ => bail!("unexpected line from tax_loop: {line}"),
+    };
+    let daemon_cpu_ns = match probed {
+        Some(p) => Some(p.finish(hits_file)?.1),
+        None => None,
+    };
+    Ok(TaxRun {
+        round: 0,
+        workload,
+        mode,
+        rate,
+        daemon_cpu_ns,
+    })
+}
+
 /// The loop target under probed; returns probed's summary.
-fn run_loop(target: &Path, hits_file: &Path) -> Result<Value> {
+fn run_loop(target: &Path, mode: &str, hits_file: &Path) -> Result<Value> {
     let secs = LOOP_SECS.to_string();
     let mut t = Waiting::start(target, &["--loop", &secs, "--wait"])?;
     let probed = Tracer::start(
         &format!("uprobe:{}:probed_add", target.display()),
+        mode,
         hits_file,
     )?;
     let line = t.go(Duration::from_secs_f64(LOOP_SECS))?;
@@ -271,9 +375,17 @@ struct Tracer {
 }
 
 impl Tracer {
-    fn start(spec: &str, hits_file: &Path) -> Result<Self> {
+    fn start(spec: &str, mode: &str, hits_file: &Path) -> Result<Self> {
         let mut child = Command::new(paths::probed_bin())
-            .args(["trace", spec, "--format", "json", "--output"])
+            .args([
+                "trace",
+                spec,
+                "--tracker",
+                mode,
+                "--format",
+                "json",
+                "--output",
+            ])
             .arg(hits_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -333,18 +445,43 @@ impl Drop for Tracer {
     }
 }
 
-fn report(runs: &[Run], fast_runs: &[Value], others: usize) -> Result<Value> {
-    let rate = |tracked: bool| {
+/// The report of one tracker mode.
+fn mode_report(
+    mode: &str,
+    runs: &[Run],
+    tax_runs: &[TaxRun],
+    fast_runs: &[(String, Value)],
+) -> Result<Value> {
+    let rate = |m: Option<&str>| {
         harness::median(
             runs.iter()
-                .filter(|r| r.tracked == tracked)
+                .filter(|r| r.mode.as_deref() == m)
                 .map(|r| r.rate)
                 .collect(),
         )
     };
-    let (rate_none, rate_tracked) = (rate(false), rate(true));
+    let (rate_none, rate_tracked) = (rate(None), rate(Some(mode)));
     let ratio = rate_none / rate_tracked;
-    let tracked: Vec<&Run> = runs.iter().filter(|r| r.tracked).collect();
+    // As for the taxes: the median of per-round paired ratios.
+    let tracked_over_none = {
+        let rounds = runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
+        harness::median(
+            (0..rounds)
+                .filter_map(|round| {
+                    let rate = |m: Option<&str>| {
+                        runs.iter()
+                            .find(|r| r.round == round && r.mode.as_deref() == m)
+                            .map(|r| r.rate)
+                    };
+                    Some(rate(Some(mode))? / rate(None)?)
+                })
+                .collect(),
+        )
+    };
+    let tracked: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.mode.as_deref() == Some(mode))
+        .collect();
     let counter = |r: &Run, k: &str| {
         r.summary
             .as_ref()
@@ -358,11 +495,6 @@ fn report(runs: &[Run], fast_runs: &[Value], others: usize) -> Result<Value> {
             .unwrap_or(0)
     };
     let sum = |f: &dyn Fn(&Run) -> u64| tracked.iter().map(|r| f(r)).sum::<u64>();
-    let syscalls_tracked = sum(&|r| r.syscalls);
-    let changes_replayed = sum(&|r| counter(r, "changes_replayed"));
-    let changes_unreplayable = sum(&|r| counter(r, "changes_unreplayable"));
-    let ticks = sum(&|r| r.ticks);
-    let tick_hits = sum(&|r| probe(r, "hits"));
     let tick_unresolved: u64 = tracked
         .iter()
         .filter_map(|r| {
@@ -378,10 +510,44 @@ fn report(runs: &[Run], fast_runs: &[Value], others: usize) -> Result<Value> {
             .filter_map(|r| Some(r.daemon_cpu_ns? as f64 / (RUN_SECS * 1e9)))
             .collect(),
     );
-    let mut fast = 0;
-    let mut mirror = 0;
-    let mut hits = 0;
-    for s in fast_runs {
+    let tax_rate = |w: &str, m: Option<&str>| {
+        harness::median(
+            tax_runs
+                .iter()
+                .filter(|r| r.workload == w && r.mode.as_deref() == m)
+                .map(|r| r.rate)
+                .collect(),
+        )
+    };
+    // The ratio is the median of each round's paired ratio (with / without, measured one
+    // right after the other): on a shared machine whose load drifts by several times within
+    // minutes, pairing cancels the drift that a ratio of medians would keep.
+    let paired = |w: &str| {
+        let rounds = tax_runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
+        harness::median(
+            (0..rounds)
+                .filter_map(|round| {
+                    let rate = |m: Option<&str>| {
+                        tax_runs
+                            .iter()
+                            .find(|r| r.round == round && r.workload == w && r.mode.as_deref() == m)
+                            .map(|r| r.rate)
+                    };
+                    Some(rate(Some(mode))? / rate(None)?)
+                })
+                .collect(),
+        )
+    };
+    let mut taxes = serde_json::Map::new();
+    for (name, _) in TAX_WORKLOADS {
+        let (with, without) = (tax_rate(name, Some(mode)), tax_rate(name, None));
+        taxes.insert(name.into(), json!(paired(name)));
+        taxes.insert(format!("{name}_ratio_of_medians"), json!(with / without));
+        taxes.insert(format!("{name}_rate_with"), json!(with));
+        taxes.insert(format!("{name}_rate_without"), json!(without));
+    }
+    let (mut fast, mut mirror, mut hits) = (0, 0, 0);
+    for (_, s) in fast_runs.iter().filter(|(m, _)| m == mode) {
         let (f, h) = fast_and_hits(s)?;
         fast += f;
         hits += h;
@@ -389,97 +555,149 @@ fn report(runs: &[Run], fast_runs: &[Value], others: usize) -> Result<Value> {
     }
     let fast_share = fast as f64 / hits.max(1) as f64;
     let fast_or_mirror = (fast + mirror) as f64 / hits.max(1) as f64;
+    let tax_getppid = taxes["tax_getppid"].as_f64().unwrap_or(f64::NAN);
+    let tax_mmap = taxes["tax_mmap_untracked"].as_f64().unwrap_or(f64::NAN);
+    let mut out = json!({
+        "rate_none": rate_none,
+        "rate_tracked": rate_tracked,
+        "rate_none_over_tracked": ratio,
+        "rate_tracked_over_none": tracked_over_none,
+        "rate_tracked_over_none_ratio_of_medians": rate_tracked / rate_none,
+        "fast_path_share": fast_share,
+        "fast_or_mirror_share": fast_or_mirror,
+        "fast_path_hits": fast,
+        "fast_path_run_hits": hits,
+        "tracked_syscalls": sum(&|r| r.syscalls),
+        "tracked_changes_replayed": sum(&|r| counter(r, "changes_replayed")),
+        "tracked_changes_unreplayable": sum(&|r| counter(r, "changes_unreplayable")),
+        "tracked_rescans": sum(&|r| counter(r, "rescans")),
+        "tracked_ticks": sum(&|r| r.ticks),
+        "tracked_tick_hits": sum(&|r| probe(r, "hits")),
+        "tracked_tick_unresolved": tick_unresolved,
+        "tracked_tick_via": tracked.iter().filter_map(|r| r.summary.as_ref().map(|s| s["resolver"].clone())).collect::<Vec<_>>(),
+        "daemon_cpu_share_tracked": daemon_cpu_share,
+        "daemon_cpu_share_tax": harness::median(
+            tax_runs
+                .iter()
+                .filter(|r| r.mode.as_deref() == Some(mode))
+                .filter_map(|r| Some(r.daemon_cpu_ns? as f64 / (TAX_SECS * 1e9)))
+                .collect(),
+        ),
+        "goals": {
+            "tax_getppid": {"goal": format!(">= {GOAL_TAX}"), "met": tax_getppid >= GOAL_TAX},
+            "tax_mmap_untracked": {"goal": format!(">= {GOAL_TAX}"), "met": tax_mmap >= GOAL_TAX},
+            "rate_tracked_over_none": {"goal": format!(">= {GOAL_TRACKED_OVER_NONE}"), "met": tracked_over_none >= GOAL_TRACKED_OVER_NONE},
+            "rate_none_over_tracked": {"goal": format!("<= {GOAL_RATIO}"), "met": ratio <= GOAL_RATIO},
+            "fast_path_share": {"goal": format!(">= {GOAL_FAST_SHARE}"), "met": fast_share >= GOAL_FAST_SHARE},
+        },
+    });
+    if let Some(o) = out.as_object_mut() {
+        o.extend(taxes);
+    }
+    Ok(out)
+}
+
+fn report(
+    modes: &[String],
+    runs: &[Run],
+    tax_runs: &[TaxRun],
+    fast_runs: &[(String, Value)],
+    others: usize,
+) -> Result<Value> {
+    let mut per_mode = serde_json::Map::new();
+    for mode in modes {
+        per_mode.insert(mode.clone(), mode_report(mode, runs, tax_runs, fast_runs)?);
+    }
     let run_list: Vec<Value> = runs
         .iter()
         .map(|r| {
             json!({
-                "mode": if r.tracked { "tracked" } else { "none" },
+                "mode": r.mode.as_deref().unwrap_or("none"),
                 "iterations": r.ops, "rate": r.rate, "ticks": r.ticks, "syscalls": r.syscalls,
                 "daemon_cpu_ns": r.daemon_cpu_ns,
                 "resolver": r.summary.as_ref().map(|s| s["resolver"].clone()),
                 "probe": r.summary.as_ref().map(|s| s["probes"][0].clone()),
+                "tracker": r.summary.as_ref().map(|s| s["tracker"].clone()),
+            })
+        })
+        .collect();
+    let tax_list: Vec<Value> = tax_runs
+        .iter()
+        .map(|r| {
+            json!({
+                "workload": r.workload, "mode": r.mode.as_deref().unwrap_or("none"),
+                "rate": r.rate, "daemon_cpu_ns": r.daemon_cpu_ns,
             })
         })
         .collect();
     Ok(json!({
-        "rate_none": rate_none,
-        "rate_tracked": rate_tracked,
-        "rate_none_over_tracked": ratio,
-        "fast_path_share": fast_share,
+        "modes": per_mode,
+        "ratios": "tax_* and rate_tracked_over_none: median over rounds of the round's paired ratio (with probed / without); *_ratio_of_medians: ratio of the medians of rates",
+        "rate_unit": "churn: workload iterations/s (one read+exec file mmap + munmap each, an anonymous mmap + munmap every 4th); tax: calls/s (getppid, or anonymous 64 KiB mmap + munmap) of a process probed does not track",
         "fast_path_share_counts": "hits answered via=fast (speculative, sequence-validated lookup) / all hits of the loop target",
-        "fast_or_mirror_share": fast_or_mirror,
-        "fast_path_hits": fast,
-        "fast_path_run_hits": hits,
-        "rate_unit": "workload iterations/s (one read+exec file mmap + munmap each, an anonymous mmap + munmap every 4th)",
-        "tracked_syscalls": syscalls_tracked,
-        "tracked_changes_replayed": changes_replayed,
-        "tracked_changes_unreplayable": changes_unreplayable,
-        "tracked_ticks": ticks,
-        "tracked_tick_hits": tick_hits,
-        "tracked_tick_unresolved": tick_unresolved,
-        "daemon_cpu_share_tracked": daemon_cpu_share,
         "other_tracers_running": others,
         "rounds": ROUNDS,
         "run_seconds": RUN_SECS,
+        "tax_seconds": TAX_SECS,
         "fast_path_runs": FAST_RUNS,
         "loop_seconds": LOOP_SECS,
-        "goals": {
-            "rate_none_over_tracked": {"goal": format!("<= {GOAL_RATIO}"), "met": ratio <= GOAL_RATIO},
-            "fast_path_share": {"goal": format!(">= {GOAL_FAST_SHARE}"), "met": fast_share >= GOAL_FAST_SHARE},
-        },
         "runs": run_list,
-        "fast_path_summaries": fast_runs,
+        "tax_runs": tax_list,
+        "fast_path_summaries": fast_runs.iter().map(|(m, s)| json!({"mode": m, "summary": s})).collect::<Vec<_>>(),
     }))
 }
 
-fn print_table(r: &Value) {
-    let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-    let u = |k: &str| r[k].as_u64().unwrap_or(0);
-    let met = |g: &str| {
-        if r["goals"][g]["met"].as_bool() == Some(true) {
-            "met"
-        } else {
-            "MISSED"
-        }
-    };
+fn print_table(modes: &[String], report: &Value) {
     println!(
-        "\ntracker: {ROUNDS} rounds x {RUN_SECS} s of mmap/munmap churn, medians of iterations/s"
-    );
-    println!("{:<10}{:>14}{:>12}", "mode", "iterations/s", "vs none");
-    println!("{:<10}{:>14.0}{:>12}", "none", f("rate_none"), "1.000");
-    println!(
-        "{:<10}{:>14.0}{:>12.3}",
-        "tracked",
-        f("rate_tracked"),
-        f("rate_tracked") / f("rate_none")
+        "\ntracker: {ROUNDS} interleaved rounds; churn {RUN_SECS} s, tax {TAX_SECS} s per run; medians of per-round paired ratios"
     );
     println!(
-        "\nrate_none / rate_tracked = {:.3} (goal <= {GOAL_RATIO}: {})",
-        f("rate_none_over_tracked"),
-        met("rate_none_over_tracked")
+        "{:<10}{:>14}{:>20}{:>14}{:>13}{:>11}{:>12}",
+        "mode",
+        "tax_getppid",
+        "tax_mmap_untracked",
+        "tracked/none",
+        "fast share",
+        "rescans",
+        "probed CPU"
     );
-    println!(
-        "tracked runs: {} mapping syscalls, {} changes replayed, {} unreplayable; bench_tick hits {} / calls {} ({} unresolved); probed CPU {:.0}% of a core",
-        u("tracked_syscalls"),
-        u("tracked_changes_replayed"),
-        u("tracked_changes_unreplayable"),
-        u("tracked_tick_hits"),
-        u("tracked_ticks"),
-        u("tracked_tick_unresolved"),
-        100.0 * f("daemon_cpu_share_tracked")
-    );
-    println!(
-        "fast path (loop target, stable mappings, {FAST_RUNS} x {LOOP_SECS} s): {} of {} hits = {:.4} (goal >= {GOAL_FAST_SHARE}: {}); fast or mirror {:.4}",
-        u("fast_path_hits"),
-        u("fast_path_run_hits"),
-        f("fast_path_share"),
-        met("fast_path_share"),
-        f("fast_or_mirror_share")
-    );
-    if u("other_tracers_running") > 0 {
+    for mode in modes {
+        let r = &report["modes"][mode];
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "note: {} other tracer process(es) were running during the benchmark",
-            u("other_tracers_running")
+            "{:<10}{:>14.3}{:>20.3}{:>14.3}{:>13.4}{:>11}{:>11.0}%",
+            mode,
+            f("tax_getppid"),
+            f("tax_mmap_untracked"),
+            f("rate_tracked_over_none"),
+            f("fast_path_share"),
+            r["tracked_rescans"].as_u64().unwrap_or(0),
+            100.0 * f("daemon_cpu_share_tracked"),
         );
+        let goals = r["goals"].as_object().cloned().unwrap_or_default();
+        let missed: Vec<&String> = goals
+            .iter()
+            .filter(|(_, g)| g["met"].as_bool() != Some(true))
+            .map(|(k, _)| k)
+            .collect();
+        println!(
+            "  {mode}: tick hits {} / calls {} ({} unresolved); goals missed: {}",
+            r["tracked_tick_hits"].as_u64().unwrap_or(0),
+            r["tracked_ticks"].as_u64().unwrap_or(0),
+            r["tracked_tick_unresolved"].as_u64().unwrap_or(0),
+            if missed.is_empty() {
+                "none".to_string()
+            } else {
+                missed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    let others = report["other_tracers_running"].as_u64().unwrap_or(0);
+    if others > 0 {
+        println!("note: {others} other tracer process(es) were running during the benchmark");
     }
 }

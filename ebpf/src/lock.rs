@@ -1,0 +1,115 @@
+//! Lock mode's change sequence: write sections of a tracked process's `mmap_lock`.
+//!
+//! Every change of a process's mappings happens under its `mmap_lock` held for writing. The
+//! kernel fires `mmap_lock_acquire_returned(mm, write=true, success)` once the write lock is
+//! taken (before any change) and `mmap_lock_released(mm, write=true)` before it lets it go
+//! (after every change); `mmap_write_downgrade()` (munmap, mremap, brk) ends the write
+//! section with `acquire_returned(mm, write=false, success=true)` instead. These are raw
+//! tracepoints behind static keys: unlike syscall tracepoints they put nobody's syscalls on
+//! the slow path, and every process that is not tracked pays a `write` test (and, for write
+//! acquires, one `TRACKED` lookup).
+//!
+//! A write section of a tracked process, in the thread that holds the lock, with the
+//! process's own mm (not a remote access: exec's new mm, exit_mmap after `current->mm` is
+//! gone), makes the process's slot odd (`begins`) at the acquire and even again at the
+//! release or downgrade (`ends`), after a report the daemon takes as "changed, rescan"
+//! (`OP_OTHER`). What changed is not reported: hits whose sequence the daemon has no picture
+//! of carry the kernel's own mapping of their addresses (capture.rs).
+
+use probed_common::seq_slot;
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task};
+
+use crate::{
+    kread,
+    maps::{LOCK_HELD, LockHeld, OPEN_WRITES},
+    track,
+};
+
+/// Raw tracepoint mmap_lock_acquire_returned(mm, write, success).
+#[inline(always)]
+pub fn acquired(mm: u64, write: u64, success: u64) {
+    // bool arguments: only the low byte is defined.
+    if success & 0xff == 0 {
+        return;
+    }
+    if write & 0xff == 0 {
+        // A read acquire: a downgrade only if a tracked write section is open anywhere
+        // (readers cannot take the lock while a writer holds it, so a successful read
+        // acquire by the section's own thread on its mm is the downgrade).
+        if open_writes() != 0 {
+            end_section(mm);
+        }
+        return;
+    }
+    begin_section(mm);
+}
+
+/// Raw tracepoint mmap_lock_released(mm, write).
+#[inline(always)]
+pub fn released(mm: u64, write: u64) {
+    if write & 0xff == 0 || open_writes() == 0 {
+        return;
+    }
+    end_section(mm);
+}
+
+#[inline(always)]
+fn open_writes() -> u64 {
+    OPEN_WRITES.get_ptr(0).map_or(0, |p| track::load(p))
+}
+
+#[inline(always)]
+fn begin_section(mm: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !track::is_tracked(tgid) {
+        return;
+    }
+    let Some(o) = kread::offsets() else { return };
+    // SAFETY: bpf_get_current_task has no preconditions; used only as an address to read.
+    let task = unsafe { bpf_get_current_task() };
+    if kread::read_u64(task, o.task_mm) != mm {
+        // Another address space (exec building the new one, a remote access): not a
+        // change of this process's current mappings.
+        return;
+    }
+    let Some(s) = track::slot(tgid) else { return };
+    // SAFETY: `s` points into a live map value.
+    let ticket = track::bump(unsafe { &raw mut (*s).begins });
+    let held = LockHeld {
+        mm,
+        ticket,
+        slot: seq_slot(tgid),
+        _reserved: 0,
+    };
+    if LOCK_HELD.insert(&tid, &held, 0).is_err() {
+        // Without the marker the release cannot close the section: the slot stays odd, so
+        // the daemon never trusts a picture of it again (fallbacks, counted). Counted here.
+        track::count_error(track::ERR_LOCK_HELD_FULL);
+        return;
+    }
+    if let Some(n) = OPEN_WRITES.get_ptr_mut(0) {
+        track::bump(n);
+    }
+}
+
+#[inline(always)]
+fn end_section(mm: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: a plain struct copied out at once.
+    let Some(held) = (unsafe { LOCK_HELD.get(&tid) }).copied() else {
+        return;
+    };
+    if held.mm != mm {
+        return;
+    }
+    let _ = LOCK_HELD.remove(&tid);
+    if let Some(n) = OPEN_WRITES.get_ptr_mut(0) {
+        track::unbump(n);
+    }
+    let Some(s) = crate::maps::SEQS.get_ptr_mut(held.slot) else {
+        return;
+    };
+    track::report_rescan(tgid, tid, held.ticket, s);
+}
