@@ -111,5 +111,34 @@ fn end_section(mm: u64) {
     let Some(s) = crate::maps::SEQS.get_ptr_mut(held.slot) else {
         return;
     };
+    if daemon_already_told(s, tgid, held.ticket) {
+        // SAFETY: `s` points into a live map value.
+        track::bump(unsafe { &raw mut (*s).ends });
+        return;
+    }
     track::report_rescan(tgid, tid, held.ticket, s);
+}
+
+/// Whether the daemon already knows its picture of `tgid` is behind, so this section's report
+/// would only repeat it: the daemon's published picture (`mirror`, for `mirror_pid`) is older
+/// than the sequence this section began from (`2 × (ticket − 1)`). Then an earlier section,
+/// the one that moved the sequence past the published picture, saw that picture still current
+/// and reported. Reports only trigger rescans; exactness never rests on them: BPF lets a hit
+/// skip its capture only if its sequence *is* the published one, whose picture the daemon
+/// holds. A process whose rescan could not publish (it changed during the read) is reported
+/// again by its next captured hit (`Pipeline::handle_captured`). Coalescing a churning
+/// process's reports this way takes its ring records and the daemon's work per change down
+/// to one per rescan. When in doubt (no picture published for this process, or the slot
+/// published for another process sharing it) the section reports.
+#[inline(always)]
+fn daemon_already_told(s: *mut probed_common::SeqSlot, tgid: u32, ticket: u64) -> bool {
+    // SAFETY: `s` points into a live map value; the daemon stores these fields atomically.
+    let (mirror, pid) = unsafe {
+        (
+            track::load(&raw const (*s).mirror),
+            (&raw const (*s).mirror_pid).read_volatile(),
+        )
+    };
+    let before = ticket.wrapping_sub(1).wrapping_mul(2);
+    pid == tgid && mirror != u64::MAX && mirror < before
 }
