@@ -160,8 +160,15 @@ pub struct SeqSlot {
     pub mirror: u64,
     /// The process `mirror` describes (slots are shared by hash).
     pub mirror_pid: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// Lock mode, BPF only: the thread in an open write section of this slot's process (its
+    /// mmap_lock held for writing), 0 if none; claimed with a compare-and-swap, so a second
+    /// process sharing the slot falls back to the `LOCK_HELD` hash. The section's ticket
+    /// (`begins` after its start) and address space follow.
+    pub holder_tid: u32,
+    /// Lock mode, BPF only: the open section's ticket (valid while `holder_tid` is set).
+    pub holder_ticket: u64,
+    /// Lock mode, BPF only: the open section's `mm_struct` (valid while `holder_tid` is set).
+    pub holder_mm: u64,
 }
 
 /// The sequence a reader reports for a slot read as (`ends`, then `begins`).
@@ -737,7 +744,7 @@ const _: () = assert!(
 const _: () =
     assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN + 24 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
-const _: () = assert!(core::mem::size_of::<SeqSlot>() == 32);
+const _: () = assert!(core::mem::size_of::<SeqSlot>() == 48);
 const _: () = assert!(core::mem::size_of::<LockChangeEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<CapturedHitEvent>() == 144 + 8 + 48);
 const _: () = assert!(

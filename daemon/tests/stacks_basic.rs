@@ -236,19 +236,33 @@ fn library_chain_matches_exactly() {
 
 /// Hits in a library that is dlclosed right after them resolve exactly, every frame, even
 /// when probed only reads them after the library is gone (probed is stopped meanwhile; two
-/// dlopen/dlclose rounds).
+/// dlopen/dlclose rounds). Stacks copied for the CFI unwinder (`--stack`: syscall tracker).
 #[test]
 fn dlclosed_library_frames_resolve() {
     if !common::require_bpf("dlclosed_library_frames_resolve") {
         return;
     }
+    dlclosed_library_frames("--stack");
+}
+
+/// The same with the kernel's frame-pointer walk (`--stack=fp`): on 6.14+ kernels `auto`
+/// runs lock mode, where each frame carries its own hit-time capture.
+#[test]
+fn dlclosed_library_frames_resolve_fp() {
+    if !common::require_bpf("dlclosed_library_frames_resolve_fp") {
+        return;
+    }
+    dlclosed_library_frames("--stack=fp");
+}
+
+fn dlclosed_library_frames(stack_arg: &str) {
     let lib = leaf_lib().canonicalize().expect("canonical path");
     let exe = chain_exe().canonicalize().expect("canonical path");
     let lib_arg = lib.to_str().expect("UTF-8");
     let mut target = Target::start(&exe, &["dlclose", lib_arg, "5"]);
     let spec = format!("uprobe:{lib_arg}:stacks_leaf");
     let pid = target.pid.to_string();
-    let probed = Probed::start(&["trace", &spec, "--pid", &pid, "--stack", "--format", "json"]);
+    let probed = Probed::start(&["trace", &spec, "--pid", &pid, stack_arg, "--format", "json"]);
     signal(&probed, libc::SIGSTOP);
     target.go();
     target.go();
@@ -258,6 +272,7 @@ fn dlclosed_library_frames_resolve() {
     assert!(end.status.success(), "{end:?}");
     let lines = parse(&end.stdout);
     assert_eq!(lines.hits.len(), 10, "{:?}", end.stdout);
+    assert_tracker(&lines, stack_arg);
     let want = [
         Want::probed("stacks_leaf", &lib),
         Want::returns("chain_b", &exe, None),
@@ -270,14 +285,46 @@ fn dlclosed_library_frames_resolve() {
     target.finish();
 }
 
+/// The tracker `auto` must have chosen for a run with `stack_arg`: lock mode for
+/// frame-pointer stacks where the kernel has the 6.14+ mmap_lock tracepoints, syscalls for
+/// copied stacks (lock mode cannot capture frames found after the hit) and older kernels.
+fn assert_tracker(lines: &Lines, stack_arg: &str) {
+    let format =
+        std::fs::read_to_string("/sys/kernel/tracing/events/mmap_lock/mmap_lock_released/format")
+            .unwrap_or_default();
+    let lock = stack_arg == "--stack=fp"
+        && format.contains("bool write")
+        && !format.contains("memcg_path");
+    let summary = lines.summary.as_ref().expect("a summary");
+    assert_eq!(
+        summary["tracker"],
+        if lock { "lock" } else { "syscalls" },
+        "{summary}"
+    );
+}
+
 /// A process that exits right after its hit resolves exactly, every frame: one traced with
 /// --pid from before probed started, and one started (and exited) while probed was
-/// stopped, known to probed only from the kernel's exec and mapping reports.
+/// stopped, known to probed only from the kernel's exec and mapping reports (`--stack`:
+/// copied stacks, syscall tracker).
 #[test]
 fn exited_process_frames_resolve() {
     if !common::require_bpf("exited_process_frames_resolve") {
         return;
     }
+    exited_process_frames("--stack");
+}
+
+/// The same with frame-pointer stacks (`--stack=fp`: lock mode on 6.14+ kernels).
+#[test]
+fn exited_process_frames_resolve_fp() {
+    if !common::require_bpf("exited_process_frames_resolve_fp") {
+        return;
+    }
+    exited_process_frames("--stack=fp");
+}
+
+fn exited_process_frames(stack_arg: &str) {
     let dir = common::PrivateDir::new("stacks_exit");
     let exe = dir.copy(&chain_exe(), "stacks_exit");
     let want = [
@@ -290,7 +337,7 @@ fn exited_process_frames_resolve() {
 
     let mut target = Target::start(&exe, &["exit"]);
     let pid = target.pid.to_string();
-    let probed = Probed::start(&["trace", &spec, "--pid", &pid, "--stack", "--format", "json"]);
+    let probed = Probed::start(&["trace", &spec, "--pid", &pid, stack_arg, "--format", "json"]);
     signal(&probed, libc::SIGSTOP);
     target.go();
     target.finish();
@@ -299,9 +346,10 @@ fn exited_process_frames_resolve() {
     assert!(end.status.success(), "{end:?}");
     let lines = parse(&end.stdout);
     assert_eq!(lines.hits.len(), 1, "{:?}", end.stdout);
+    assert_tracker(&lines, stack_arg);
     check_stack(&lines.hits[0], &want, None);
 
-    let probed = Probed::start(&["trace", &spec, "--stack", "--format", "json"]);
+    let probed = Probed::start(&["trace", &spec, stack_arg, "--format", "json"]);
     signal(&probed, libc::SIGSTOP);
     let mut target = Target::start(&exe, &["exit"]);
     target.go();

@@ -17,7 +17,8 @@ fn build(source: &str, out: &str, flags: &[&str]) -> PathBuf {
 
 /// A running two-thread target (its address space stays the same while it calls) makes
 /// 2 × 25,000 probed calls: all are counted and resolved, the counters add up with the hit
-/// lines, at least 99% of the hits took the fast path and at most one rescan was needed.
+/// lines, at least 99% of the hits took the fast path (in lock mode: or answered from their
+/// captures before the first picture was published) and at most one rescan was needed.
 #[test]
 fn stable_process_takes_the_fast_path() {
     if !common::require_bpf("stable_process_takes_the_fast_path") {
@@ -49,9 +50,14 @@ fn stable_process_takes_the_fast_path() {
         "every hit resolves to probed_add"
     );
     let fast = num(&r, "fast_path");
+    // Lock mode (auto on 6.14+): the hits BPF records before the daemon has published its
+    // first picture of the process (the first millisecond or so of this flood: 165–571 of
+    // 50,000 in five runs) carry their own captures and answer from them; every later one
+    // takes the fast path.
+    let captured = num(&r, "captured");
     assert!(
-        fast * 100 >= 2 * CALLS * 99,
-        "fast path {fast} of {} hits: {r}",
+        (fast + captured) * 100 >= 2 * CALLS * 99 && fast * 100 >= 2 * CALLS * 95,
+        "fast path {fast} (+ {captured} captured) of {} hits: {r}",
         2 * CALLS
     );
     // The process was scanned once at start; anything else would be another process's exec

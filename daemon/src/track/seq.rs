@@ -46,7 +46,8 @@ impl BpfSeq {
         Ok(Self { mmap, _map: map })
     }
 
-    /// The u64 words of `pid`'s slot: begins, ends, mirror, and (mirror_pid, reserved).
+    /// The u64 words of `pid`'s slot: begins, ends, mirror, (mirror_pid, holder_tid), and the
+    /// BPF-only holder words.
     #[inline(always)]
     fn words(&self, pid: u32) -> *const AtomicU64 {
         const WORDS: usize = size_of::<SeqSlot>() / 8;
