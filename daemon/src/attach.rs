@@ -305,12 +305,8 @@ impl Tracer {
         };
         let mut array: Array<&mut MapData, u32> =
             Array::try_from(map).map_err(|_| AttachError::Map(TRACK_MODE_MAP))?;
-        let mode = match self.tracker_mode.0 {
-            TrackerMode::Lock => probed_common::TRACK_MODE_LOCK,
-            TrackerMode::Syscalls => probed_common::TRACK_MODE_SYSCALLS,
-        };
         array
-            .set(0, mode, 0)
+            .set(0, self.tracker_mode.0.bpf_value(), 0)
             .map_err(|e| AttachError::TrackConfig(Box::new(e)))
     }
 

@@ -28,6 +28,7 @@ use crate::{
     spec::ProbeKind,
     symbolize::Symbolizer,
     track::{
+        TrackerMode,
         captured::{self, Captured},
         changes::{self, Replay},
         paths::{self, PathIndex},
@@ -201,8 +202,8 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     print_hits: bool,
     /// Lock mode's bookkeeping (unused in syscall mode).
     lock: LockState,
-    /// Whether the tracker runs in lock mode (changes are rescanned, not replayed).
-    lock_mode: bool,
+    /// The tracker's hooks (lock mode: changes are rescanned, not replayed).
+    tracker: TrackerMode,
     /// How copied stacks are unwound (`auto` or `dwarf`; `fp` stacks come walked).
     stack_mode: StackMode,
     /// The CFI unwinder of copied stacks, with its stop counts.
@@ -250,7 +251,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             aggregations: Aggregations::default(),
             print_hits: true,
             lock: LockState::default(),
-            lock_mode: false,
+            tracker: TrackerMode::Syscalls,
             stack_mode: StackMode::Auto,
             unwinder: Unwinder::new(),
             unwind_tables: Tables::default(),
@@ -268,16 +269,21 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         ]
     }
 
-    /// The tracker mode's name (`lock`, `syscalls`) for `ctl stats`.
-    pub fn tracker_name(&self) -> &'static str {
-        if self.lock_mode { "lock" } else { "syscalls" }
+    /// The tracker's hooks, for `ctl stats` and the metrics.
+    pub fn tracker(&self) -> TrackerMode {
+        self.tracker
     }
 
-    /// Lock mode: changes are reported without contents, so changed processes are rescanned
-    /// after each batch and their pictures' sequences published to BPF (`end_batch`).
-    pub fn with_lock_mode(mut self, lock_mode: bool) -> Self {
-        self.lock_mode = lock_mode;
+    /// The tracker's hooks. In lock mode changes are reported without contents, so changed
+    /// processes are rescanned after each batch and their pictures' sequences published to
+    /// BPF (`end_batch`).
+    pub fn with_tracker(mut self, tracker: TrackerMode) -> Self {
+        self.tracker = tracker;
         self
+    }
+
+    fn lock_mode(&self) -> bool {
+        self.tracker == TrackerMode::Lock
     }
 
     /// Lock mode, after each drained batch: rescans each process whose picture is behind
@@ -507,7 +513,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let resolver = self.reader.resolver().clone();
         match event.what {
             PROC_EXEC => {
-                if self.lock_mode {
+                if self.lock_mode() {
                     self.lock.stale.insert(proc);
                 }
                 if let Some(base) = changes::exec_base(event, &self.paths) {
@@ -524,7 +530,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 resolver.exited(proc);
             }
             PROC_FORK => {
-                if self.lock_mode {
+                if self.lock_mode() {
                     self.lock.stale.insert(proc);
                 }
                 resolver.fork(
@@ -545,7 +551,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         }
         let proc = ProcKey::new(event.pid, event.proc_gen);
         let resolver = self.reader.resolver().clone();
-        if self.lock_mode && event.op == OP_OTHER {
+        if self.lock_mode() && event.op == OP_OTHER {
             // Lock mode reports every change this way (and syscall mode its few unreplayable
             // ones): rescanned after the batch, once however many there were.
             self.lock.stale.insert(proc);

@@ -176,7 +176,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // The tracker reports every mapping change in the same ring buffer as the hits.
     let config = Config {
         reported_changes: true,
-        history: history_for(tracer.tracker_mode().0),
+        history: tracer.tracker_mode().0.history(),
         ..Config::default()
     };
     let resolver = Arc::new(Resolver::with_config(seq, maps, config));
@@ -201,7 +201,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
         .with_pid_filter(args.pid.map(NonZeroU32::get))
         .with_aggregations(aggregations(&args), args.prints_hits())
-        .with_lock_mode(tracer.tracker_mode().0 == track::TrackerMode::Lock)
+        .with_tracker(tracer.tracker_mode().0)
         .with_stack_mode(args.stack_mode());
     let started = Instant::now();
     eprintln!(
@@ -326,17 +326,6 @@ fn after_batch<W: Write, S: SeqSource>(pipeline: &mut Pipeline<W, S>) -> Option<
     match pipeline.stopped()? {
         Stop::Count => Some(EndedBy::Count),
         Stop::OutputClosed => Some(EndedBy::OutputClosed),
-    }
-}
-
-/// Pictures kept per process. Lock mode adds an unreplayable marker to a process's chain per
-/// write section, so under churn 16 entries would evict the published scan that queued hits
-/// (which skipped their captures because their sequence was the published one) still need:
-/// those would then be counted `no_snapshot_at_seq`. A longer chain keeps them.
-pub fn history_for(mode: track::TrackerMode) -> usize {
-    match mode {
-        track::TrackerMode::Lock => 512,
-        track::TrackerMode::Syscalls => Config::default().history,
     }
 }
 

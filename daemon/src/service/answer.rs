@@ -117,7 +117,7 @@ impl Daemon {
             processes_tracked: mirrors - exited,
             exited_retained: exited,
             resolver,
-            tracker: self.pipeline.tracker_name().to_owned(),
+            tracker: self.pipeline.tracker().as_str().to_owned(),
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             malformed_events: self.stream.malformed,

@@ -87,7 +87,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     let maps = GenCheckedMaps::new(generations.clone());
     let resolver_config = ResolverConfig {
         reported_changes: true,
-        history: crate::trace::history_for(tracer.tracker_mode().0),
+        history: tracer.tracker_mode().0.history(),
         ..ResolverConfig::default()
     };
     let resolver = Arc::new(Resolver::with_config(seq, maps, resolver_config));
@@ -99,7 +99,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         Arc::new(Symbolizer::new()),
     )
     .keep_going_on_write_errors()
-    .with_lock_mode(tracer.tracker_mode().0 == crate::track::TrackerMode::Lock);
+    .with_tracker(tracer.tracker_mode().0);
     let (mut daemon, mut closed) = Daemon::new(
         tracer,
         pipeline,

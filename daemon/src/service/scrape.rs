@@ -58,7 +58,7 @@ impl Daemon {
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            tracker: self.pipeline.tracker_name(),
+            tracker: self.pipeline.tracker().as_str(),
             captures: self.pipeline.captures(),
         }
     }

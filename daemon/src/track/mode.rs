@@ -45,6 +45,25 @@ impl TrackerMode {
             TrackerMode::Syscalls => "syscalls",
         }
     }
+
+    /// The value BPF's `TRACK_MODE` holds for this mode (hits capture only in lock mode).
+    pub const fn bpf_value(self) -> u32 {
+        match self {
+            TrackerMode::Lock => probed_common::TRACK_MODE_LOCK,
+            TrackerMode::Syscalls => probed_common::TRACK_MODE_SYSCALLS,
+        }
+    }
+
+    /// Pictures the resolver keeps per process. Lock mode adds an unreplayable marker to a
+    /// process's chain per reported write section, so under churn 16 entries would evict the
+    /// published scan that queued hits (which skipped their captures because their sequence
+    /// was the published one) still need: those would then be counted `no_snapshot_at_seq`.
+    pub fn history(self) -> usize {
+        match self {
+            TrackerMode::Lock => 512,
+            TrackerMode::Syscalls => crate::resolve::Config::default().history,
+        }
+    }
 }
 
 impl std::fmt::Display for TrackerMode {
