@@ -47,8 +47,19 @@ pub struct Captures<'a> {
     pub vmas: &'a [VmaInfo],
 }
 
+/// One address's capture: its `CAPTURE_*` status and, if there is one, the mapping.
+type Capture<'a> = (u8, Option<&'a VmaInfo>);
+
+/// What resolving a hit's address gives: the symbolized answer or why not, the path taken
+/// (`via`), and where the address was placed (file, offset) for the probe oracle.
+type Answer = (
+    Result<Resolved, &'static str>,
+    &'static str,
+    Option<(FileId, u64)>,
+);
+
 impl<'a> Captures<'a> {
-    fn get(&self, i: usize) -> (u8, Option<&'a VmaInfo>) {
+    fn get(&self, i: usize) -> Capture<'a> {
         (
             self.status.get(i).copied().unwrap_or(CAPTURE_FAILED),
             self.vmas.get(i),
@@ -85,7 +96,10 @@ const PICTURE_CACHE: usize = 1024;
 
 impl LockState {
     /// The picture a capture of `pid` makes (cached: see `pictures`).
-    fn picture(&mut self, status: u8, vma: &VmaInfo, pid: u32, paths: &PathIndex) -> Arc<Captured> {
+    fn picture(&mut self, capture: Capture<'_>, pid: u32, paths: &PathIndex) -> Arc<Captured> {
+        let (status, Some(vma)) = capture else {
+            return Arc::new(Captured::Failed);
+        };
         if status != probed_common::CAPTURE_FOUND {
             return Arc::new(captured::picture(status, vma, pid, paths));
         }
@@ -694,21 +708,16 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             return false;
         }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
-        let (mut resolved, mut via, place) = match captures {
-            None => self.resolve(proc, hit.pid, hit.seq, hit.ip, 0),
-            Some(c) => {
-                // Which capture is the hit's address: the only one of a plain hit; in a
-                // stack, frame 0 for an entry probe (the probed instruction), the extra one
-                // for a return probe (whose frame 0 is the return address).
-                let cap = match frames {
-                    None => c.get(0),
-                    Some(_) if hit.kind == KIND_RETURN => c.get(MAX_FRAMES),
-                    Some(f) if f.first() == Some(&hit.ip) => c.get(0),
-                    Some(_) => (CAPTURE_FAILED, None),
-                };
-                self.resolve_captured(hit, cap, hit.ip, 0)
-            }
-        };
+        // Which capture is the hit's address: the only one of a plain hit; in a stack, frame
+        // 0 for an entry probe (the probed instruction), the extra one for a return probe
+        // (whose frame 0 is the return address).
+        let cap = captures.map(|c| match frames {
+            None => c.get(0),
+            Some(_) if hit.kind == KIND_RETURN => c.get(MAX_FRAMES),
+            Some(f) if f.first() == Some(&hit.ip) => c.get(0),
+            Some(_) => (CAPTURE_FAILED, None),
+        });
+        let (mut resolved, mut via, place) = self.resolve(proc, hit, hit.ip, 0, cap);
         // A free oracle on every hit: the kernel matched it to the probe's (inode, offset)
         // when it fired, so where the resolver put it must be that same place.
         if let Some((file, file_offset)) = place
@@ -846,50 +855,32 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         }
     }
 
-    /// Address → mapping → symbol, as of the hit's sequence. `back` bytes are subtracted for
-    /// the lookup (1 for return addresses, so that a call at the very end of a function is
-    /// not attributed to the next one) and added back to the reported offset.
+    /// Address → mapping → symbol, as of the hit's sequence, or, in lock mode, from the
+    /// address's capture (`capture`: status and mapping). `back` bytes are subtracted for the
+    /// lookup (1 for return addresses, so that a call at the very end of a function is not
+    /// attributed to the next one) and added back to the reported offset.
     fn resolve(
         &mut self,
         proc: ProcKey,
-        pid: u32,
-        seq: u64,
-        addr: u64,
-        back: u64,
-    ) -> (
-        Result<Resolved, &'static str>,
-        &'static str,
-        Option<(FileId, u64)>,
-    ) {
-        let symbolizer = &self.symbolizer;
-        let unnamed = &mut self.unnamed;
-        let lookup = addr.wrapping_sub(back);
-        self.reader.resolve_with(proc, lookup, Some(seq), |r| {
-            hit_answer(symbolizer, unnamed, pid, back, r)
-        })
-    }
-
-    /// Lock mode: an address answered from its capture (`cap`: status and mapping).
-    fn resolve_captured(
-        &mut self,
         hit: &HitEvent,
-        cap: (u8, Option<&VmaInfo>),
         addr: u64,
         back: u64,
-    ) -> (
-        Result<Resolved, &'static str>,
-        &'static str,
-        Option<(FileId, u64)>,
-    ) {
+        capture: Option<Capture<'_>>,
+    ) -> Answer {
+        let pid = hit.pid;
         let lookup = addr.wrapping_sub(back);
-        let picture = match cap {
-            (status, Some(vma)) => self.lock.picture(status, vma, hit.pid, &self.paths),
-            (_, None) => Arc::new(Captured::Failed),
-        };
+        if let Some(cap) = capture {
+            let picture = self.lock.picture(cap, pid, &self.paths);
+            let symbolizer = &self.symbolizer;
+            let unnamed = &mut self.unnamed;
+            return with_captured(&mut self.lock, false, hit.seq, &picture, lookup, |r| {
+                hit_answer(symbolizer, unnamed, pid, back, r)
+            });
+        }
         let symbolizer = &self.symbolizer;
         let unnamed = &mut self.unnamed;
-        with_captured(&mut self.lock, false, hit.seq, &picture, lookup, |r| {
-            hit_answer(symbolizer, unnamed, hit.pid, back, r)
+        self.reader.resolve_with(proc, lookup, Some(hit.seq), |r| {
+            hit_answer(symbolizer, unnamed, pid, back, r)
         })
     }
 
@@ -943,15 +934,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         hit: &HitEvent,
         addr: u64,
         back: u64,
-        capture: Option<(u8, Option<&VmaInfo>)>,
+        capture: Option<Capture<'_>>,
     ) -> Frame {
         let pid = hit.pid;
         let lookup = addr.wrapping_sub(back);
         if let Some(cap) = capture {
-            let picture = match cap {
-                (status, Some(vma)) => self.lock.picture(status, vma, pid, &self.paths),
-                (_, None) => Arc::new(Captured::Failed),
-            };
+            let picture = self.lock.picture(cap, pid, &self.paths);
             let symbolizer = &self.symbolizer;
             let unnamed = &mut self.unnamed;
             return with_captured(&mut self.lock, true, hit.seq, &picture, lookup, |r| {
@@ -1110,7 +1098,7 @@ fn with_captured<R>(
                 file_offset: vma.file_offset(lookup),
                 probe: None,
             }),
-            None => Err(captured::miss_reason(snap.miss(lookup))),
+            None => Err(Reason::from(snap.miss(lookup))),
         },
         Captured::Unmapped => Err(Reason::Unmapped),
         Captured::Failed => Err(Reason::CaptureFailed),
@@ -1136,11 +1124,7 @@ fn hit_answer(
     pid: u32,
     back: u64,
     r: Resolution<Hit<'_>>,
-) -> (
-    Result<Resolved, &'static str>,
-    &'static str,
-    Option<(FileId, u64)>,
-) {
+) -> Answer {
     let via = r.via.as_str();
     let found = match r.outcome {
         Ok(found) => found,

@@ -38,6 +38,21 @@ pub enum Reason {
     CaptureFailed,
 }
 
+impl From<super::snapshot::Miss> for Reason {
+    /// The reason a snapshot's miss gives (the resolver's, and lock mode's captured
+    /// pictures').
+    fn from(miss: super::snapshot::Miss) -> Self {
+        use super::{snapshot::Miss, vma::Excluded};
+        match miss {
+            Miss::Unmapped => Reason::Unmapped,
+            Miss::Excluded(Excluded::NotFileBacked) => Reason::NotFileBacked,
+            Miss::Excluded(Excluded::NotExecutable) => Reason::NotExecutable,
+            Miss::Excluded(Excluded::Unsupported) => Reason::UnsupportedMapping,
+            Miss::Unseen => Reason::Unseen,
+        }
+    }
+}
+
 impl Reason {
     /// Every reason, in counter order.
     pub const ALL: [Reason; 12] = [

@@ -16,9 +16,9 @@ use super::{
     registry::{Registry, RegistryCache},
     resolver::Resolver,
     seq::SeqSource,
-    snapshot::{Miss, Snapshot},
+    snapshot::Snapshot,
     sync::Arc,
-    vma::{Excluded, Vma},
+    vma::Vma,
 };
 
 /// What a reader remembers about one process.
@@ -287,13 +287,7 @@ fn answer<'s>(
             })
         }
         None => {
-            let reason = match snap.miss(addr) {
-                Miss::Unmapped => Reason::Unmapped,
-                Miss::Excluded(Excluded::NotFileBacked) => Reason::NotFileBacked,
-                Miss::Excluded(Excluded::NotExecutable) => Reason::NotExecutable,
-                Miss::Excluded(Excluded::Unsupported) => Reason::UnsupportedMapping,
-                Miss::Unseen => Reason::Unseen,
-            };
+            let reason = Reason::from(snap.miss(addr));
             counters.bump_reason(reason);
             Err(reason)
         }

@@ -5,7 +5,7 @@
 use probed_common::{CAPTURE_FOUND, CAPTURE_UNMAPPED, FileNameEvent, VmaInfo};
 
 use crate::{
-    resolve::{Miss, Reason, Snapshot, replay},
+    resolve::{Snapshot, replay},
     track::{
         changes::{self, PathLookup},
         paths::PathIndex,
@@ -61,17 +61,6 @@ pub fn picture(status: u8, vma: &VmaInfo, pid: u32, paths: &PathIndex) -> Captur
         }
         CAPTURE_UNMAPPED => Captured::Unmapped,
         _ => Captured::Failed,
-    }
-}
-
-/// The resolver's reason for a miss in a captured picture.
-pub fn miss_reason(miss: Miss) -> Reason {
-    match miss {
-        Miss::Unmapped => Reason::Unmapped,
-        Miss::Excluded(crate::resolve::Excluded::NotFileBacked) => Reason::NotFileBacked,
-        Miss::Excluded(crate::resolve::Excluded::NotExecutable) => Reason::NotExecutable,
-        Miss::Excluded(crate::resolve::Excluded::Unsupported) => Reason::UnsupportedMapping,
-        Miss::Unseen => Reason::Unseen,
     }
 }
 
