@@ -208,6 +208,17 @@ pub struct Tracer {
     tracker_mode: (TrackerMode, String),
 }
 
+/// Program `name` of `ebpf`, as the program type `T` it must be.
+fn program<'e, T>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut T, AttachError>
+where
+    &'e mut T: TryFrom<&'e mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .ok_or(AttachError::Program(name))?
+        .try_into()
+        .map_err(|_| AttachError::Program(name))
+}
+
 impl Tracer {
     /// Checks privileges, loads the embedded BPF object and its two programs.
     pub fn load(tracker: impl Into<TrackerRequest>) -> Result<Self, AttachError> {
@@ -223,16 +234,23 @@ impl Tracer {
     ) -> Result<Self, AttachError> {
         let object = bpf_object::bytes()?;
         privileges::check()?;
+        // The tracker's hooks are settled before anything is loaded: a refused
+        // `--tracker lock` leaves nothing behind (its reason reads the tracepoints' formats).
+        tracepoints::ensure_tracefs()?;
+        let request: TrackerRequest = tracker.into();
+        let tracker_mode = request
+            .choice
+            .decide(
+                tracepoints::lock_mode_unavailable().as_deref(),
+                request.copied_stacks,
+            )
+            .map_err(AttachError::LockUnavailable)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(object)
             .map_err(|e| AttachError::Load(Box::new(e)))?;
         for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(AttachError::Program(name))?
-                .try_into()
-                .map_err(|_| AttachError::Program(name))?;
+            let program: &mut UProbe = program(&mut ebpf, name)?;
             program.load().map_err(|source| AttachError::ProgramLoad {
                 name,
                 source: Box::new(source),
@@ -245,9 +263,9 @@ impl Tracer {
             links: HashMap::new(),
             tracker_links: Vec::new(),
             raw_links: Vec::new(),
-            tracker_mode: (TrackerMode::Syscalls, String::new()),
+            tracker_mode,
         };
-        tracer.start_change_tracker(tracker.into())?;
+        tracer.start_change_tracker()?;
         Ok(tracer)
     }
 
@@ -259,8 +277,7 @@ impl Tracer {
     /// Loads and attaches the address-space change tracker (ebpf/src/track.rs). It runs for
     /// every process: uprobes may fire in any of them, and a process must be tracked from
     /// before its first hit for that hit's sequence to mean anything.
-    fn start_change_tracker(&mut self, request: TrackerRequest) -> Result<(), AttachError> {
-        tracepoints::ensure_tracefs()?;
+    fn start_change_tracker(&mut self) -> Result<(), AttachError> {
         let config = crate::track::offsets::track_config(tracepoints::exit_group_dead_offset());
         let map = self
             .ebpf
@@ -283,26 +300,21 @@ impl Tracer {
         }
         self.attach_raw(FORK_PROGRAM, "sched_process_fork")?;
         self.attach_tracepoints(points)?;
-        let unavailable = tracepoints::lock_mode_unavailable();
-        let (mode, why) = request
-            .choice
-            .decide(unavailable.as_deref(), request.copied_stacks)
-            .map_err(AttachError::LockUnavailable)?;
-        match mode {
+        match self.tracker_mode.0 {
             TrackerMode::Syscalls => self.attach_syscalls()?,
             TrackerMode::Lock => self.attach_lock()?,
         }
-        self.tracker_mode = (mode, why);
         self.write_tracker_mode()?;
         Ok(())
     }
 
     /// Tells BPF which mode runs (`TRACK_MODE`): the hit programs capture mappings only in
-    /// lock mode. Absent from objects without lock mode: nothing to tell.
+    /// lock mode.
     fn write_tracker_mode(&mut self) -> Result<(), AttachError> {
-        let Some(map) = self.ebpf.map_mut(TRACK_MODE_MAP) else {
-            return Ok(());
-        };
+        let map = self
+            .ebpf
+            .map_mut(TRACK_MODE_MAP)
+            .ok_or(AttachError::Map(TRACK_MODE_MAP))?;
         let mut array: Array<&mut MapData, u32> =
             Array::try_from(map).map_err(|_| AttachError::Map(TRACK_MODE_MAP))?;
         array
@@ -373,12 +385,7 @@ impl Tracer {
         program: &'static str,
         point: &'static str,
     ) -> Result<(), AttachError> {
-        let raw: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(AttachError::Program(program))?
-            .try_into()
-            .map_err(|_| AttachError::Program(program))?;
+        let raw: &mut RawTracePoint = self::program(&mut self.ebpf, program)?;
         raw.load().map_err(|source| AttachError::ProgramLoad {
             name: program,
             source: Box::new(source),
@@ -395,11 +402,7 @@ impl Tracer {
     }
 
     fn tracepoint(&mut self, name: &'static str) -> Result<&mut TracePoint, AttachError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(AttachError::Program(name))?
-            .try_into()
-            .map_err(|_| AttachError::Program(name))
+        program(&mut self.ebpf, name)
     }
 
     /// Tells the change tracker which files are probed: a process that execs one, or maps
@@ -461,12 +464,7 @@ impl Tracer {
             ProbeKind::Entry => ENTRY_PROGRAM,
             ProbeKind::Return => RETURN_PROGRAM,
         };
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(AttachError::Program(name))?
-            .try_into()
-            .map_err(|_| AttachError::Program(name))?;
+        let program: &mut UProbe = program(&mut self.ebpf, name)?;
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(req.file_offset),
             cookie: Some(u64::from(req.id)),
