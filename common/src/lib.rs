@@ -139,7 +139,8 @@ pub const fn seq_slot(pid: u32) -> u32 {
     pid.wrapping_mul(0x9e37_79b9) >> (32 - SEQ_SLOTS.trailing_zeros())
 }
 
-/// One slot of the change-sequence array (a BPF_F_MMAPABLE array the daemon maps read-only).
+/// One slot of the change-sequence array (a BPF_F_MMAPABLE array the daemon maps and reads;
+/// it writes only `mirror` and `mirror_pid`).
 ///
 /// BPF adds 1 to `begins` before a mapping change and 1 to `ends` after it, both atomically.
 /// The slot is stable when `ends == begins`; its sequence is then `2 * begins` (even), and

@@ -1,6 +1,7 @@
 //! [`BpfSeq`]: the BPF-maintained change sequence, read through a shared memory mapping.
 
 use std::{
+    mem::offset_of,
     os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
@@ -46,8 +47,7 @@ impl BpfSeq {
         Ok(Self { mmap, _map: map })
     }
 
-    /// The u64 words of `pid`'s slot: begins, ends, mirror, (mirror_pid, holder_tid), and the
-    /// BPF-only holder words.
+    /// The first u64 word of `pid`'s slot (a [`SeqSlot`]).
     #[inline(always)]
     fn words(&self, pid: u32) -> *const AtomicU64 {
         const WORDS: usize = size_of::<SeqSlot>() / 8;
@@ -60,9 +60,14 @@ impl BpfSeq {
     #[inline(always)]
     fn slot(&self, pid: u32) -> (&AtomicU64, &AtomicU64) {
         let base = self.words(pid);
-        // SAFETY: `base` is the slot's first word (see `words`), page-aligned mapping, so
-        // both words are in bounds and 8-byte aligned; AtomicU64 has the layout of u64.
-        unsafe { (&*base, &*base.add(1)) }
+        // SAFETY: the slot's `begins` and `ends` fields, at their `repr(C)` offsets inside the
+        // slot (see `words`), in bounds and 8-byte aligned; AtomicU64 has the layout of u64.
+        unsafe {
+            (
+                &*base.byte_add(offset_of!(SeqSlot, begins)),
+                &*base.byte_add(offset_of!(SeqSlot, ends)),
+            )
+        }
     }
 
     /// Lock mode: tells BPF that the daemon holds a picture of `pid` at sequence `seq`, so
@@ -71,11 +76,14 @@ impl BpfSeq {
     /// fallbacks: the resolver answers a hit only from a picture of its own sequence.
     pub fn publish(&self, pid: u32, seq: u64) {
         let base = self.words(pid);
-        // SAFETY: words 2 and 3 of the slot (see `words`); word 3's low half is
-        // `mirror_pid` (little-endian), 4-byte aligned; only this side writes them.
+        // SAFETY: the slot's `mirror` (8-byte aligned) and `mirror_pid` (4-byte aligned)
+        // fields, at their `repr(C)` offsets inside the slot (see `words`); only this side
+        // writes them.
         unsafe {
-            let mirror = &*base.add(2);
-            let mirror_pid = &*base.add(3).cast::<AtomicU32>();
+            let mirror = &*base.byte_add(offset_of!(SeqSlot, mirror));
+            let mirror_pid = &*base
+                .byte_add(offset_of!(SeqSlot, mirror_pid))
+                .cast::<AtomicU32>();
             mirror.store(u64::MAX, Ordering::Release);
             mirror_pid.store(pid, Ordering::Release);
             mirror.store(seq, Ordering::Release);
