@@ -45,14 +45,7 @@ pub fn needed(tgid: u32, seq: u64) -> bool {
     let Some(s) = track::slot(tgid) else {
         return true;
     };
-    // SAFETY: `s` points into a live map value; both fields are aligned, read once each.
-    let (mirror, pid) = unsafe {
-        (
-            track::load(&raw const (*s).mirror),
-            (&raw const (*s).mirror_pid).read_volatile(),
-        )
-    };
-    mirror != seq || pid != tgid
+    track::published(s) != (seq, tgid)
 }
 
 /// What the capture callback fills in (on the BPF stack, as bpf_find_vma requires). Smaller
@@ -72,10 +65,7 @@ extern "C" fn capture_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c
     // SAFETY: `ctx` is the `CaptureCtx` capture() passed, alive on its stack for this call.
     let out = unsafe { &mut *ctx.cast::<CaptureCtx>() };
     let vma = vma as u64;
-    out.vma.start = kread::read_u64(vma, o.vma_start);
-    out.vma.end = kread::read_u64(vma, o.vma_end);
-    out.vma.pgoff = kread::read_u64(vma, o.vma_pgoff);
-    out.vma.flags = kread::read_u64(vma, o.vma_flags);
+    kread::read_vma_range(o, vma, &mut out.vma);
     out.fptr = kread::read_u64(vma, o.vma_file);
     if out.fptr != 0 {
         let (dev, ino) = kread::file_identity(o, out.fptr);

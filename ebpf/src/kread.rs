@@ -52,12 +52,18 @@ pub fn read_u32(base: u64, off: u32) -> u32 {
 /// component. Returns whether the mapping is file-backed.
 #[inline(always)]
 pub fn read_vma(o: &KernelOffsets, vma: u64, out: &mut VmaInfo, name: &mut [u8; NAME_LEN]) -> bool {
+    read_vma_range(o, vma, out);
+    let file = read_u64(vma, o.vma_file);
+    read_file(o, file, out, name)
+}
+
+/// The `vm_area_struct` at `vma`'s start, end, pgoff and flags into `out`.
+#[inline(always)]
+pub fn read_vma_range(o: &KernelOffsets, vma: u64, out: &mut VmaInfo) {
     out.start = read_u64(vma, o.vma_start);
     out.end = read_u64(vma, o.vma_end);
     out.pgoff = read_u64(vma, o.vma_pgoff);
     out.flags = read_u64(vma, o.vma_flags);
-    let file = read_u64(vma, o.vma_file);
-    read_file(o, file, out, name)
 }
 
 /// The identity (kernel dev, inode) of the `struct file` at `file`.

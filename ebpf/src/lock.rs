@@ -197,13 +197,7 @@ fn finish_section(tgid: u32, tid: u32, ticket: u64, s: *mut probed_common::SeqSl
 /// published for another process sharing it) the section reports.
 #[inline(always)]
 fn daemon_already_told(s: *mut probed_common::SeqSlot, tgid: u32, ticket: u64) -> bool {
-    // SAFETY: `s` points into a live map value; the daemon stores these fields atomically.
-    let (mirror, pid) = unsafe {
-        (
-            track::load(&raw const (*s).mirror),
-            (&raw const (*s).mirror_pid).read_volatile(),
-        )
-    };
+    let (mirror, pid) = track::published(s);
     let before = ticket.wrapping_sub(1).wrapping_mul(2);
     pid == tgid && mirror != u64::MAX && mirror < before
 }

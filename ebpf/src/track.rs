@@ -151,6 +151,19 @@ pub fn unbump(counter: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, u64::MAX) };
 }
 
+/// Lock mode: the daemon's published picture of the process in slot `s` — (`mirror`,
+/// `mirror_pid`), each read once (the daemon stores them atomically).
+#[inline(always)]
+pub fn published(s: *const SeqSlot) -> (u64, u32) {
+    // SAFETY: `s` points into a live map value; both fields are aligned.
+    unsafe {
+        (
+            load(&raw const (*s).mirror),
+            (&raw const (*s).mirror_pid).read_volatile(),
+        )
+    }
+}
+
 /// A volatile load of a slot counter (single-copy atomic: aligned u64).
 #[inline(always)]
 pub fn load(counter: *const u64) -> u64 {
@@ -321,13 +334,13 @@ fn heap_bounds() -> (u64, u64) {
 
 /// What the find_vma callback fills in (on the BPF stack, as the helper requires).
 #[repr(C)]
-pub struct VmaCtx {
-    pub vma: VmaInfo,
-    pub name: [u8; NAME_LEN],
+struct VmaCtx {
+    vma: VmaInfo,
+    name: [u8; NAME_LEN],
     /// The mapping's `struct file` (0 if anonymous), named after the callback returns.
-    pub fptr: u64,
-    pub file: u32,
-    pub found: u32,
+    fptr: u64,
+    file: u32,
+    found: u32,
 }
 
 /// bpf_find_vma's callback: copies the mapping the kernel found.
@@ -343,15 +356,7 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 
 /// The mapping containing `addr` in the current process, if any.
 #[inline(always)]
-pub fn find_vma_at(addr: u64, out: &mut VmaCtx) -> bool {
-    find_vma_status(addr, out) == 0 && out.found == 1
-}
-
-/// As [`find_vma_at`], returning bpf_find_vma's result: 0 (found), -ENOENT (no mapping
-/// contains `addr`), -EBUSY (the address space was write-locked: it only try-locks) or
-/// another error.
-#[inline(always)]
-pub fn find_vma_status(addr: u64, out: &mut VmaCtx) -> i64 {
+fn find_vma_at(addr: u64, out: &mut VmaCtx) -> bool {
     out.found = 0;
     // SAFETY: bpf_get_current_task_btf returns the current task, valid for this program run;
     // the callback is a static function and `out` a live stack object, as the helper needs.
@@ -363,8 +368,9 @@ pub fn find_vma_status(addr: u64, out: &mut VmaCtx) -> i64 {
             vma_callback as *mut c_void,
             (out as *mut VmaCtx).cast::<c_void>(),
             0,
-        )
+        );
     }
+    out.found == 1
 }
 
 /// A mapping-changing syscall ends: report what changed, then close the change.
@@ -617,7 +623,7 @@ fn emit_exec(
 }
 
 #[inline(always)]
-pub fn new_vma_ctx() -> VmaCtx {
+fn new_vma_ctx() -> VmaCtx {
     VmaCtx {
         vma: VmaInfo::default(),
         name: [0; NAME_LEN],
