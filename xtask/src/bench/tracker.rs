@@ -462,22 +462,11 @@ fn mode_report(
     };
     let (rate_none, rate_tracked) = (rate(None), rate(Some(mode)));
     let ratio = rate_none / rate_tracked;
-    // As for the taxes: the median of per-round paired ratios.
-    let tracked_over_none = {
-        let rounds = runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
-        harness::median(
-            (0..rounds)
-                .filter_map(|round| {
-                    let rate = |m: Option<&str>| {
-                        runs.iter()
-                            .find(|r| r.round == round && r.mode.as_deref() == m)
-                            .map(|r| r.rate)
-                    };
-                    Some(rate(Some(mode))? / rate(None)?)
-                })
-                .collect(),
-        )
-    };
+    // The median of per-round paired ratios (see `paired_ratio`).
+    let tracked_over_none = paired_ratio(
+        runs.iter().map(|r| (r.round, r.mode.as_deref(), r.rate)),
+        mode,
+    );
     let tracked: Vec<&Run> = runs
         .iter()
         .filter(|r| r.mode.as_deref() == Some(mode))
@@ -519,23 +508,13 @@ fn mode_report(
                 .collect(),
         )
     };
-    // The ratio is the median of each round's paired ratio (with / without, measured one
-    // right after the other): on a shared machine whose load drifts by several times within
-    // minutes, pairing cancels the drift that a ratio of medians would keep.
     let paired = |w: &str| {
-        let rounds = tax_runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
-        harness::median(
-            (0..rounds)
-                .filter_map(|round| {
-                    let rate = |m: Option<&str>| {
-                        tax_runs
-                            .iter()
-                            .find(|r| r.round == round && r.workload == w && r.mode.as_deref() == m)
-                            .map(|r| r.rate)
-                    };
-                    Some(rate(Some(mode))? / rate(None)?)
-                })
-                .collect(),
+        paired_ratio(
+            tax_runs
+                .iter()
+                .filter(|r| r.workload == w)
+                .map(|r| (r.round, r.mode.as_deref(), r.rate)),
+            mode,
         )
     };
     let mut taxes = serde_json::Map::new();
@@ -595,6 +574,30 @@ fn mode_report(
         o.extend(taxes);
     }
     Ok(out)
+}
+
+/// The median over rounds of each round's paired ratio: `mode`'s rate over the rate without
+/// probed (`None`), from (round, mode, rate) samples. Pairing runs made one right after the
+/// other cancels the drift of a shared machine that a ratio of medians would keep.
+fn paired_ratio<'a>(
+    samples: impl Iterator<Item = (usize, Option<&'a str>, f64)>,
+    mode: &str,
+) -> f64 {
+    let samples: Vec<_> = samples.collect();
+    let rounds = samples.iter().map(|s| s.0).max().map_or(0, |m| m + 1);
+    harness::median(
+        (0..rounds)
+            .filter_map(|round| {
+                let rate = |m: Option<&str>| {
+                    samples
+                        .iter()
+                        .find(|s| s.0 == round && s.1 == m)
+                        .map(|s| s.2)
+                };
+                Some(rate(Some(mode))? / rate(None)?)
+            })
+            .collect(),
+    )
 }
 
 fn report(
@@ -699,5 +702,26 @@ fn print_table(modes: &[String], report: &Value) {
     let others = report["other_tracers_running"].as_u64().unwrap_or(0);
     if others > 0 {
         println!("note: {others} other tracer process(es) were running during the benchmark");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each round's ratio pairs runs of that round only: a machine twice as fast in round 1
+    /// leaves the paired ratio at 0.5, and a round missing either side is left out.
+    #[test]
+    fn paired_ratio_pairs_within_rounds() {
+        let samples = [
+            (0, None, 100.0),
+            (0, Some("lock"), 50.0),
+            (1, Some("lock"), 100.0),
+            (1, None, 200.0),
+            (2, None, 300.0),
+            (1, Some("syscalls"), 20.0),
+        ];
+        assert_eq!(paired_ratio(samples.into_iter(), "lock"), 0.5);
+        assert_eq!(paired_ratio(samples.into_iter(), "syscalls"), 0.1);
     }
 }
