@@ -290,17 +290,10 @@ fn dlclosed_library_frames(stack_arg: &str) {
 /// copied stacks (lock mode cannot capture frames found after the hit) and older kernels;
 /// the one `PROBED_TRACKER` names when set.
 fn assert_tracker(lines: &Lines, stack_arg: &str) {
-    let format =
-        std::fs::read_to_string("/sys/kernel/tracing/events/mmap_lock/mmap_lock_released/format")
-            .unwrap_or_default();
     // The full run's syscall pass forces the tracker through the environment.
     let lock = match std::env::var("PROBED_TRACKER").ok().as_deref() {
         Some(forced) => forced == "lock",
-        None => {
-            stack_arg == "--stack=fp"
-                && format.contains("bool write")
-                && !format.contains("memcg_path")
-        }
+        None => stack_arg == "--stack=fp" && common::lock_mode_available(),
     };
     let summary = lines.summary.as_ref().expect("a summary");
     assert_eq!(

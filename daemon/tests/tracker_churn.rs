@@ -246,7 +246,9 @@ fn assert_replayed_not_rescanned(out: &Outcome) {
 /// own captures, with rescans coalesced.
 #[test]
 fn churn_of_a_process_started_under_probed() {
-    if !common::require_bpf("churn_of_a_process_started_under_probed") {
+    if !common::require_bpf("churn_of_a_process_started_under_probed")
+        || !common::lock_mode_or_refusal()
+    {
         return;
     }
     let out = run_churn("tc_churn_new", 50_000, Mode::UnderProbed, "lock");
@@ -272,7 +274,9 @@ fn churn_of_a_process_started_under_probed_syscalls() {
 /// rounds, every hit resolved to the right library (lock mode).
 #[test]
 fn churn_of_a_process_running_before_probed() {
-    if !common::require_bpf("churn_of_a_process_running_before_probed") {
+    if !common::require_bpf("churn_of_a_process_running_before_probed")
+        || !common::lock_mode_or_refusal()
+    {
         return;
     }
     let out = run_churn("tc_churn_old", 10_000, Mode::RunningBefore, "lock");
@@ -289,6 +293,9 @@ fn churn_resolved_after_the_process_exited() {
         return;
     }
     for tracker in ["lock", "syscalls"] {
+        if tracker == "lock" && !common::lock_mode_or_refusal() {
+            continue;
+        }
         let out = run_churn("tc_churn_held", 500, Mode::Held, tracker);
         assert_mode_paths(&out, tracker);
     }

@@ -79,7 +79,9 @@ fn queued_hits_resolve_from_replayed_pictures() {
         return;
     }
     queued_hits("syscalls");
-    queued_hits("lock");
+    if common::lock_mode_or_refusal() {
+        queued_hits("lock");
+    }
 }
 
 fn queued_hits(tracker: &str) {

@@ -58,6 +58,35 @@ pub fn probed_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_probed"))
 }
 
+/// Whether this kernel can run the lock-mode tracker, read from the tracefs formats the way
+/// probed decides it: the 6.14+ mmap_lock events (a `write` argument, no `memcg_path`).
+pub fn lock_mode_available() -> bool {
+    let format =
+        std::fs::read_to_string("/sys/kernel/tracing/events/mmap_lock/mmap_lock_released/format")
+            .unwrap_or_default();
+    format.contains("bool write") && !format.contains("memcg_path")
+}
+
+/// For a test's lock-mode case: true where the kernel has lock mode; elsewhere (Debian's 6.1
+/// and 6.12 in the kernel suites) checks instead that `probed trace --tracker lock` is refused
+/// with one error and a non-zero exit, and returns false.
+pub fn lock_mode_or_refusal() -> bool {
+    if lock_mode_available() {
+        return true;
+    }
+    let copy = TargetCopy::new("lock_refused");
+    let spec = copy.spec("uprobe", "probed_add");
+    let end = run_probed(&["trace", &spec, "--tracker", "lock", "--duration", "1"]);
+    assert!(!end.status.success(), "--tracker lock ran here: {end:?}");
+    let errors: Vec<&String> = end.stderr.iter().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{end:?}");
+    assert!(
+        errors[0].contains("--tracker lock cannot be used"),
+        "{end:?}"
+    );
+    false
+}
+
 /// Whether root/BPF tests can run here; panics under CI=true when they cannot.
 pub fn require_bpf(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
