@@ -11,7 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, RawTracePoint, TracePoint,
+        KProbe, ProgramError, RawTracePoint, TracePoint,
+        kprobe::KProbeLinkId,
         raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
         uprobe::{
@@ -30,7 +31,10 @@ use crate::{
     pidns::PidNamespace,
     privileges,
     spec::ProbeKind,
-    track::{BpfSeq, Generations, Tracked, TrackerMode, TrackerRequest, tracepoints},
+    track::{
+        BpfSeq, Generations, Tracked, TrackerMode, TrackerRequest, Unavailable, kprobes,
+        tracepoints,
+    },
 };
 
 /// Name of the entry program in the BPF object.
@@ -186,9 +190,23 @@ pub enum AttachError {
     /// `reset_probe` on a probe that is still attached.
     #[error("probe {0} is still attached; detach it before resetting it")]
     StillAttached(u32),
-    /// `--tracker lock` on a kernel whose mmap_lock tracepoints cannot serve it.
-    #[error("--tracker lock cannot be used: {0}")]
-    LockUnavailable(String),
+    /// `--tracker lock|kprobes` where the kernel (or the run) cannot serve it.
+    #[error("--tracker {choice} cannot be used: {why}")]
+    TrackerUnavailable {
+        /// The mode asked for.
+        choice: &'static str,
+        /// Why it cannot run.
+        why: String,
+    },
+    /// A kprobe of kprobe mode could not be attached.
+    #[error("cannot attach the change tracker's kprobe on {function}")]
+    Kprobe {
+        /// The kernel function.
+        function: String,
+        /// What the kernel said.
+        #[source]
+        source: Box<ProgramError>,
+    },
     /// The self filter (probed never traces itself) could not be installed or set.
     #[error(transparent)]
     SelfFilter(#[from] crate::self_filter::SelfFilterError),
@@ -204,6 +222,8 @@ pub struct Tracer {
     tracker_links: Vec<(&'static str, TracePointLinkId)>,
     /// The raw tracepoint links: fork, and in lock mode the mmap_lock ones: (program, link).
     raw_links: Vec<(&'static str, RawTracePointLinkId)>,
+    /// Kprobe mode's links: (kernel function, link).
+    kprobe_links: Vec<(String, KProbeLinkId)>,
     /// The change tracker's hooks, and why they were chosen.
     tracker_mode: (TrackerMode, String),
 }
@@ -238,13 +258,19 @@ impl Tracer {
         // `--tracker lock` leaves nothing behind (its reason reads the tracepoints' formats).
         tracepoints::ensure_tracefs()?;
         let request: TrackerRequest = tracker.into();
+        let lock = tracepoints::lock_mode_unavailable();
+        let kprobes = kprobes::kprobe_mode_unavailable();
+        let kernel = Unavailable {
+            lock: lock.as_deref(),
+            kprobes: kprobes.as_deref(),
+        };
         let tracker_mode = request
             .choice
-            .decide(
-                tracepoints::lock_mode_unavailable().as_deref(),
-                request.copied_stacks,
-            )
-            .map_err(AttachError::LockUnavailable)?;
+            .decide(kernel, request.copied_stacks)
+            .map_err(|why| AttachError::TrackerUnavailable {
+                choice: request.choice.as_str(),
+                why,
+            })?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(object)
@@ -263,6 +289,7 @@ impl Tracer {
             links: HashMap::new(),
             tracker_links: Vec::new(),
             raw_links: Vec::new(),
+            kprobe_links: Vec::new(),
             tracker_mode,
         };
         tracer.start_change_tracker()?;
@@ -302,6 +329,7 @@ impl Tracer {
         self.attach_tracepoints(points)?;
         match self.tracker_mode.0 {
             TrackerMode::Syscalls => self.attach_syscalls()?,
+            TrackerMode::Kprobes => self.attach_kprobes()?,
             TrackerMode::Lock => self.attach_lock()?,
         }
         self.write_tracker_mode()?;
@@ -342,6 +370,43 @@ impl Tracer {
             self.load_tracepoint(name)?;
         }
         self.attach_tracepoints(points)
+    }
+
+    /// Kprobe mode: a kprobe (the entry) and a kretprobe (the exit) on each mapping syscall's
+    /// function; those configured out of this kernel are skipped.
+    fn attach_kprobes(&mut self) -> Result<(), AttachError> {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let present = kprobes::present(&kallsyms);
+        for name in kprobes::ENTER_PROGRAMS
+            .into_iter()
+            .chain([kprobes::EXIT_PROGRAM])
+        {
+            let program: &mut KProbe = program(&mut self.ebpf, name)?;
+            program.load().map_err(|source| AttachError::ProgramLoad {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        for (syscall, enter, _) in kprobes::FUNCTIONS {
+            if !present.contains(&syscall) {
+                tracing::debug!(syscall, "no kernel function for it; skipped");
+                continue;
+            }
+            let function = kprobes::function(syscall);
+            // The exit first: an entry whose exit is not attached yet would leave a change
+            // open until the thread's next entry.
+            for name in [kprobes::EXIT_PROGRAM, enter] {
+                let program: &mut KProbe = program(&mut self.ebpf, name)?;
+                let link = program
+                    .attach(&function, 0)
+                    .map_err(|source| AttachError::Kprobe {
+                        function: function.clone(),
+                        source: Box::new(source),
+                    })?;
+                self.kprobe_links.push((function.clone(), link));
+            }
+        }
+        Ok(())
     }
 
     /// Lock mode: the mmap_lock raw tracepoints.

@@ -77,22 +77,38 @@ pub fn choices() -> Vec<Choice> {
 
 /// The change tracker's hooks under `--tracker auto` (the default).
 fn tracker_hooks() -> Choice {
-    let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
-    tracker_hooks_for(crate::track::tracepoints::lock_mode_unavailable(), kprobes)
+    use crate::track::{kprobes, tracepoints};
+    tracker_hooks_for(
+        tracepoints::lock_mode_unavailable(),
+        kprobes::kprobe_mode_unavailable(),
+    )
 }
 
-/// [`tracker_hooks`] from what the kernel has: why lock mode cannot run, if it cannot.
-pub fn tracker_hooks_for(lock_unavailable: Option<String>, kprobes: bool) -> Choice {
-    let (mode, why) = crate::track::TrackerChoice::Auto
-        .decide(lock_unavailable.as_deref(), false)
+/// [`tracker_hooks`] from what the kernel has: why lock mode and kprobe mode cannot run, for
+/// those that cannot.
+pub fn tracker_hooks_for(lock: Option<String>, kprobes: Option<String>) -> Choice {
+    use crate::track::{TrackerChoice, TrackerMode, Unavailable};
+    let (mode, why) = TrackerChoice::Auto
+        .decide(
+            Unavailable {
+                lock: lock.as_deref(),
+                kprobes: kprobes.as_deref(),
+            },
+            false,
+        )
         .expect("auto always decides");
     let chosen = match mode {
-        crate::track::TrackerMode::Lock => {
+        TrackerMode::Lock => {
             "lock: raw tracepoints mmap_lock_acquire_returned and mmap_lock_released (write \
              sections of tracked processes), hits capture their mappings (bpf_find_vma), \
              sched exec/fork/exit; other processes' syscalls keep the fast path"
         }
-        crate::track::TrackerMode::Syscalls => {
+        TrackerMode::Kprobes => {
+            "kprobes: kprobe and kretprobe on the mapping syscalls' functions (__x64_sys_mmap, \
+             munmap, mremap, mprotect, pkey_mprotect, brk, shmat, shmdt, remap_file_pages), \
+             replayed reports, sched exec/fork/exit; other syscalls keep the fast path"
+        }
+        TrackerMode::Syscalls => {
             "syscalls: syscall tracepoints (mmap, munmap, mremap, mprotect, pkey_mprotect, \
              brk, shmat, shmdt, remap_file_pages; enter and exit) and sched exec/fork/exit"
         }
@@ -100,10 +116,7 @@ pub fn tracker_hooks_for(lock_unavailable: Option<String>, kprobes: bool) -> Cho
     Choice {
         part: "tracker hooks",
         chosen: chosen.into(),
-        why: format!(
-            "--tracker {why} (kprobes on this kernel: {})",
-            if kprobes { "yes" } else { "no" }
-        ),
+        why: format!("--tracker {why}"),
     }
 }
 

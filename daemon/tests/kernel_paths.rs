@@ -80,15 +80,17 @@ fn self_check_names_the_kernel_and_the_paths() {
         path_line(&stdout, "container pids").contains("read in BPF"),
         "{stdout}"
     );
-    // auto = lock mode from 6.14 (the mmap_lock tracepoints without memcg_path), syscall
-    // tracepoints before; the mode that really ran agrees.
-    says(
-        "tracker hooks",
-        (6, 14),
-        "lock: raw tracepoints mmap_lock_acquire_returned",
-        "syscalls: syscall tracepoints",
+    // auto = lock mode from 6.14 (the mmap_lock tracepoints without memcg_path), kprobes on
+    // the syscall functions before where the kernel has kprobes (Debian's do), syscall
+    // tracepoints elsewhere; the mode that really ran agrees.
+    let mode = common::auto_tracker(false);
+    assert_eq!(
+        mode == "lock",
+        v >= (6, 14),
+        "kernel {v:?}: auto would run {mode}"
     );
-    let mode = if v >= (6, 14) { "lock" } else { "syscalls" };
+    let hooks = path_line(&stdout, "tracker hooks");
+    assert!(hooks.contains(&format!("{mode}: ")), "{hooks}");
     assert!(
         stdout.contains(&format!("ok: change tracker runs in {mode} mode")),
         "{stdout}"

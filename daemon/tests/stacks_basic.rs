@@ -286,19 +286,14 @@ fn dlclosed_library_frames(stack_arg: &str) {
 }
 
 /// The tracker `auto` must have chosen for a run with `stack_arg`: lock mode for
-/// frame-pointer stacks where the kernel has the 6.14+ mmap_lock tracepoints, syscalls for
-/// copied stacks (lock mode cannot capture frames found after the hit) and older kernels;
-/// the one `PROBED_TRACKER` names when set.
+/// frame-pointer stacks where the kernel has the 6.14+ mmap_lock tracepoints, a replaying
+/// mode (kprobes or syscalls) for copied stacks (lock mode cannot capture frames found after
+/// the hit) and older kernels; the one `PROBED_TRACKER` names when set.
 fn assert_tracker(lines: &Lines, stack_arg: &str) {
-    // The full run's syscall pass forces the tracker through the environment.
-    let lock = match std::env::var("PROBED_TRACKER").ok().as_deref() {
-        Some(forced) => forced == "lock",
-        None => stack_arg == "--stack=fp" && common::lock_mode_available(),
-    };
     let summary = lines.summary.as_ref().expect("a summary");
     assert_eq!(
         summary["tracker"],
-        if lock { "lock" } else { "syscalls" },
+        common::auto_tracker(stack_arg != "--stack=fp"),
         "{summary}"
     );
 }

@@ -195,7 +195,7 @@ fn run_churn(name: &str, rounds: u64, mode: Mode, tracker: &str) -> Outcome {
 /// Checks the design property of the counters in a churn run, by mode.
 fn assert_mode_paths(out: &Outcome, tracker: &str) {
     match tracker {
-        "syscalls" => assert_replayed_not_rescanned(out),
+        "syscalls" | "kprobes" => assert_replayed_not_rescanned(out),
         _ => assert_captured_not_guessed(out),
     }
 }
@@ -292,8 +292,11 @@ fn churn_resolved_after_the_process_exited() {
     if !common::require_bpf("churn_resolved_after_the_process_exited") {
         return;
     }
-    for tracker in ["lock", "syscalls"] {
+    for tracker in ["lock", "kprobes", "syscalls"] {
         if tracker == "lock" && !common::lock_mode_or_refusal() {
+            continue;
+        }
+        if tracker == "kprobes" && !common::kprobe_mode_or_refusal() {
             continue;
         }
         let out = run_churn("tc_churn_held", 500, Mode::Held, tracker);

@@ -22,7 +22,7 @@ mod track;
 
 use aya_ebpf::{
     EbpfContext,
-    macros::{raw_tracepoint, tracepoint, uprobe, uretprobe},
+    macros::{kprobe, kretprobe, raw_tracepoint, tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use probed_common::{OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER};
@@ -73,6 +73,37 @@ syscall_enter! {
 #[tracepoint]
 pub fn probed_mm_exit(ctx: TracePointContext) -> u32 {
     track::syscall_exit(track::tracepoint_ret(&ctx));
+    0
+}
+
+/// Kprobe mode: the same entries on the syscalls' own functions (`__x64_sys_mmap`, …), which
+/// only the tracked syscalls pass through — no syscall tracepoint is enabled, so no thread's
+/// syscalls take the slow path. Their arguments come from the user registers the functions
+/// are given.
+macro_rules! kprobe_enter {
+    ($($name:ident: $op:expr, $doc:literal;)*) => {$(
+        #[doc = $doc]
+        #[kprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            track::syscall_enter(&track::kprobe_syscall_args(&ctx), $op);
+            0
+        }
+    )*};
+}
+
+kprobe_enter! {
+    probed_kmmap_enter: OP_MMAP, "Kprobe on __x64_sys_mmap.";
+    probed_kmunmap_enter: OP_MUNMAP, "Kprobe on __x64_sys_munmap.";
+    probed_kmprotect_enter: OP_MPROTECT, "Kprobe on __x64_sys_{mprotect,pkey_mprotect}.";
+    probed_kmremap_enter: OP_MREMAP, "Kprobe on __x64_sys_mremap.";
+    probed_kbrk_enter: OP_BRK, "Kprobe on __x64_sys_brk.";
+    probed_kother_enter: OP_OTHER, "Kprobe on __x64_sys_{shmat,shmdt,remap_file_pages}.";
+}
+
+/// Kprobe mode: kretprobe on every function of `probed_k*_enter` (the syscall's return value).
+#[kretprobe]
+pub fn probed_kmm_exit(ctx: RetProbeContext) -> u32 {
+    track::syscall_exit(ctx.ret::<i64>());
     0
 }
 

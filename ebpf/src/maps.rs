@@ -76,10 +76,11 @@ pub static PROC_GEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 
 #[map(name = "TRACK_CONFIG")]
 pub static TRACK_CONFIG: Array<TrackConfig> = Array::with_max_entries(1, 0);
 
-/// Tracker error counters: [0] = INFLIGHT full (slot left unstable on purpose),
-/// [1] = change reports lost to a full ring buffer.
+/// Tracker error counters (indices: the `ERR_*` constants of track.rs): INFLIGHT full (slot
+/// left unstable on purpose), change reports lost to a full ring buffer, TRACKED full,
+/// LOCK_HELD full, a kretprobe exit missed.
 #[map(name = "TRACK_ERRORS")]
-pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 
 /// Change and process reports that could not be delivered (ring buffer full), index 0. Global
 /// (not per CPU) because every event carries its value: the daemon must see a loss in the

@@ -18,12 +18,12 @@ use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{
             bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs,
         },
     },
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
 };
 use probed_common::{
     CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, EVENT_CHANGE,
@@ -55,6 +55,9 @@ const ERR_CHANGE_LOST: u32 = 1;
 const ERR_TRACKED_FULL: u32 = 2;
 /// Lock mode: `LOCK_HELD` was full (the slot is left odd on purpose).
 pub const ERR_LOCK_HELD_FULL: u32 = 3;
+/// Kprobe mode: a change's exit never ran (the kretprobe had no free instance); closed as an
+/// unreported change by the thread's next entry or its exit (see `close_missed_exit`).
+const ERR_EXIT_MISSED: u32 = 4;
 
 /// Whether `tgid`'s changes are tracked.
 #[inline(always)]
@@ -236,6 +239,46 @@ pub fn tracepoint_ret(ctx: &TracePointContext) -> i64 {
     }
 }
 
+/// Where the six syscall arguments start in the user `struct pt_regs` (x86-64): `r10` at
+/// word 7, then r9, r8, ax, cx, dx, si, di — one read of these 8 words gives all six.
+const PT_REGS_R10: usize = 7 * 8;
+
+/// The arguments of the syscall whose `__x64_sys_*` function a kprobe fired on. Those
+/// functions take the user registers (`const struct pt_regs *`) as their only argument; the
+/// syscall's own arguments are in di, si, dx, r10, r8, r9.
+#[inline(always)]
+pub fn kprobe_syscall_args(ctx: &ProbeContext) -> [u64; 6] {
+    let Some(regs) = ctx.arg::<u64>(0) else {
+        return [0; 6];
+    };
+    // SAFETY: bpf_probe_read_kernel checks the address; a failed read gives zeros, which
+    // describe no mapping (an exec mmap needs PROT_EXEC, a munmap a length).
+    let w = unsafe { bpf_probe_read_kernel((regs as usize + PT_REGS_R10) as *const [u64; 8]) }
+        .unwrap_or([0; 8]);
+    // [r10, r9, r8, ax, cx, dx, si, di] → (di, si, dx, r10, r8, r9).
+    [w[7], w[6], w[5], w[0], w[2], w[1]]
+}
+
+/// A thread's previous change never saw its exit (kprobe mode: a kretprobe that found no free
+/// instance skips its handler; the syscall itself went on). The thread has left that syscall
+/// — it is entering another one, or exiting — so the change is over: counted, the daemon told
+/// that a report is missing (it stops trusting replayed pictures and rescans), and the slot
+/// closed so it does not stay odd forever.
+#[inline(always)]
+pub fn close_missed_exit(tid: u32) {
+    // SAFETY: a plain struct copied out at once.
+    let Some(flight) = (unsafe { INFLIGHT.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = INFLIGHT.remove(&tid);
+    count_error(ERR_EXIT_MISSED);
+    report_lost();
+    if let Some(s) = SEQS.get_ptr_mut(flight.slot) {
+        // SAFETY: `s` points into a live map value.
+        bump(unsafe { &raw mut (*s).ends });
+    }
+}
+
 /// A mapping-changing syscall begins: make the slot odd, take a ticket, remember the
 /// arguments for the exit.
 #[inline(always)]
@@ -245,6 +288,7 @@ pub fn syscall_enter(a: &[u64; 6], op: u32) {
     if !is_tracked(tgid) && !(op == OP_MMAP && maps_probed_file(a)) {
         return;
     }
+    close_missed_exit(tid);
     let index = seq_slot(tgid);
     let Some(s) = slot(tgid) else { return };
     // SAFETY: `s` points into a live map value.
@@ -687,6 +731,8 @@ fn exec_addresses(o: &KernelOffsets) -> (u64, u64) {
 pub fn exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // A thread that leaves with a change still open lost its exit (see close_missed_exit).
+    close_missed_exit(tid);
     let offset = TRACK_CONFIG.get(0).map_or(0, |c| c.exit_group_dead_offset);
     let group_dead = if offset == 0 {
         tid == tgid

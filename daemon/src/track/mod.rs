@@ -7,11 +7,13 @@
 //! - [`GenCheckedMaps`]: a maps source that refuses to answer for a generation that no
 //!   longer holds the pid, so pid reuse cannot alias two processes.
 //! - [`tracepoints`]: which kernel tracepoints the tracker attaches to, and tracefs set-up.
-//! - [`mode`]: which of them (`--tracker lock|syscalls|auto`).
+//! - [`kprobes`]: kprobe mode's hooks on the syscall functions, and whether the kernel has them.
+//! - [`mode`]: which hooks run (`--tracker auto|lock|kprobes|syscalls`).
 
 pub mod captured;
 pub mod changes;
 mod generations;
+pub mod kprobes;
 mod maps_source;
 pub mod mode;
 pub mod offsets;
@@ -23,5 +25,5 @@ pub mod tracepoints;
 
 pub use generations::{Generations, Tracked};
 pub use maps_source::GenCheckedMaps;
-pub use mode::{TrackerChoice, TrackerMode, TrackerRequest};
+pub use mode::{TrackerChoice, TrackerMode, TrackerRequest, Unavailable};
 pub use seq::{BpfSeq, MapSeqError};

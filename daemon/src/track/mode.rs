@@ -4,13 +4,16 @@
 //! - `syscalls`: syscalls:sys_enter_*/sys_exit_* tracepoints of the mapping syscalls. Exact
 //!   reports the daemon replays (the exactness reference), but while any syscall tracepoint is
 //!   attached every syscall of every thread on the host takes the slow path.
+//! - `kprobes`: the same entry/exit programs and reports, on kprobes and kretprobes of the
+//!   syscalls' own functions (kprobes.rs): only the mapping syscalls pay.
 //! - `lock`: the `mmap_lock` raw tracepoints (write sections of tracked processes bracket
 //!   every mapping change; nothing else on the host pays more than a static-key branch and a
 //!   `write` test), with hits capturing their own mappings when the daemon's picture is
 //!   behind (see ARCHITECTURE.md, "Lock mode").
 //! - `auto` (default): `lock` where the kernel has the Linux 6.14+ `mmap_lock` tracepoints
-//!   and the run's stacks are not copied for the daemon's unwinder, `syscalls` elsewhere (older events pass a memcg path: other arguments, and a cgroup path
-//!   built per lock operation; tracepoints.rs, `lock_mode_unavailable`).
+//!   and the run's stacks are not copied for the daemon's unwinder (older events pass a memcg
+//!   path: other arguments, and a cgroup path built per lock operation; tracepoints.rs,
+//!   `lock_mode_unavailable`); else `kprobes` where the kernel has kprobes; else `syscalls`.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,11 +21,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrackerChoice {
-    /// `lock` where the kernel allows it, else `syscalls`.
+    /// `lock` where the kernel allows it, else `kprobes`, else `syscalls`.
     #[default]
     Auto,
     /// mmap_lock raw tracepoints and hit-time captures.
     Lock,
+    /// Kprobes on the mapping syscalls' functions and replayed reports.
+    Kprobes,
     /// Syscall enter/exit tracepoints and replayed reports.
     Syscalls,
 }
@@ -33,6 +38,8 @@ pub enum TrackerChoice {
 pub enum TrackerMode {
     /// mmap_lock raw tracepoints.
     Lock,
+    /// Kprobes and kretprobes on the syscall functions.
+    Kprobes,
     /// Syscall tracepoints.
     Syscalls,
 }
@@ -42,16 +49,23 @@ impl TrackerMode {
     pub const fn as_str(self) -> &'static str {
         match self {
             TrackerMode::Lock => "lock",
+            TrackerMode::Kprobes => "kprobes",
             TrackerMode::Syscalls => "syscalls",
         }
     }
 
-    /// The value BPF's `TRACK_MODE` holds for this mode (hits capture only in lock mode).
+    /// The value BPF's `TRACK_MODE` holds for this mode (hits capture only in lock mode;
+    /// kprobe mode runs syscall mode's programs, reports and all).
     pub const fn bpf_value(self) -> u32 {
         match self {
             TrackerMode::Lock => probed_common::TRACK_MODE_LOCK,
-            TrackerMode::Syscalls => probed_common::TRACK_MODE_SYSCALLS,
+            TrackerMode::Kprobes | TrackerMode::Syscalls => probed_common::TRACK_MODE_SYSCALLS,
         }
+    }
+
+    /// Whether every change is reported for the daemon to replay (not lock mode).
+    pub const fn replays(self) -> bool {
+        !matches!(self, TrackerMode::Lock)
     }
 
     /// Pictures the resolver keeps per process. Lock mode adds an unreplayable marker to a
@@ -61,7 +75,9 @@ impl TrackerMode {
     pub fn history(self) -> usize {
         match self {
             TrackerMode::Lock => 512,
-            TrackerMode::Syscalls => crate::resolve::Config::default().history,
+            TrackerMode::Kprobes | TrackerMode::Syscalls => {
+                crate::resolve::Config::default().history
+            }
         }
     }
 }
@@ -91,52 +107,78 @@ impl From<TrackerChoice> for TrackerRequest {
     }
 }
 
+/// Why each mode that needs something of the kernel cannot run here (`None`: it can).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unavailable<'a> {
+    /// Lock mode (tracepoints.rs, `lock_mode_unavailable`).
+    pub lock: Option<&'a str>,
+    /// Kprobe mode (kprobes.rs, `kprobe_mode_unavailable`).
+    pub kprobes: Option<&'a str>,
+}
+
 impl TrackerChoice {
-    /// The mode to run and the reason to show for it, given why lock mode cannot run on this
-    /// kernel (`None`: it can). `Err` (the reason) when lock mode was asked for and cannot run.
+    /// The name on the command line and in the config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TrackerChoice::Auto => "auto",
+            TrackerChoice::Lock => "lock",
+            TrackerChoice::Kprobes => "kprobes",
+            TrackerChoice::Syscalls => "syscalls",
+        }
+    }
+
+    /// The mode to run and the reason to show for it, given what this kernel lacks. `Err`
+    /// (the reason) when a mode was asked for that cannot run.
     ///
     /// `copied_stacks`: the run's stacks are copied and unwound in the daemon (`--stack=auto`
     /// or `dwarf`). Lock mode captures only what BPF itself walks (the hit, and frame-pointer
     /// frames): copied frames of a process that changed since the daemon's last picture —
     /// a dlclosed library, an exited process — would have no picture to resolve against. So
-    /// `auto` keeps syscall mode for such runs and an explicit `lock` is refused.
+    /// `auto` takes a replaying mode for such runs and an explicit `lock` is refused.
     pub fn decide(
         self,
-        lock_unavailable: Option<&str>,
+        kernel: Unavailable<'_>,
         copied_stacks: bool,
     ) -> Result<(TrackerMode, String), String> {
         const COPIES: &str = "copied stacks (--stack=auto|dwarf) are unwound in the daemon, \
                               which lock mode cannot give the pictures of changed processes; \
                               use --stack=fp with lock mode";
-        if copied_stacks {
-            return match self {
-                TrackerChoice::Lock => Err(COPIES.to_string()),
-                TrackerChoice::Syscalls => Ok((
-                    TrackerMode::Syscalls,
-                    "asked for (--tracker syscalls)".into(),
-                )),
-                TrackerChoice::Auto => Ok((TrackerMode::Syscalls, format!("auto: {COPIES}"))),
-            };
-        }
-        match (self, lock_unavailable) {
-            (TrackerChoice::Syscalls, _) => Ok((
+        match self {
+            TrackerChoice::Syscalls => Ok((
                 TrackerMode::Syscalls,
                 "asked for (--tracker syscalls)".into(),
             )),
-            (TrackerChoice::Lock, None) => {
-                Ok((TrackerMode::Lock, "asked for (--tracker lock)".into()))
+            TrackerChoice::Kprobes => match kernel.kprobes {
+                None => Ok((TrackerMode::Kprobes, "asked for (--tracker kprobes)".into())),
+                Some(why) => Err(format!("{why} (use --tracker syscalls or auto)")),
+            },
+            TrackerChoice::Lock => match (copied_stacks, kernel.lock) {
+                (true, _) => Err(COPIES.to_string()),
+                (false, None) => Ok((TrackerMode::Lock, "asked for (--tracker lock)".into())),
+                (false, Some(why)) => Err(format!("{why} (use --tracker syscalls or auto)")),
+            },
+            TrackerChoice::Auto => {
+                let no_lock = match (copied_stacks, kernel.lock) {
+                    (true, _) => COPIES.to_string(),
+                    (false, None) => {
+                        return Ok((
+                            TrackerMode::Lock,
+                            "auto: the kernel has the 6.14+ mmap_lock tracepoints".into(),
+                        ));
+                    }
+                    (false, Some(why)) => format!("lock mode unavailable ({why})"),
+                };
+                Ok(match kernel.kprobes {
+                    None => (
+                        TrackerMode::Kprobes,
+                        format!("auto: {no_lock}; the kernel has kprobes"),
+                    ),
+                    Some(why) => (
+                        TrackerMode::Syscalls,
+                        format!("auto: {no_lock}; kprobe mode unavailable ({why})"),
+                    ),
+                })
             }
-            (TrackerChoice::Lock, Some(why)) => {
-                Err(format!("{why} (use --tracker syscalls or auto)"))
-            }
-            (TrackerChoice::Auto, None) => Ok((
-                TrackerMode::Lock,
-                "auto: the kernel has the 6.14+ mmap_lock tracepoints".into(),
-            )),
-            (TrackerChoice::Auto, Some(why)) => Ok((
-                TrackerMode::Syscalls,
-                format!("auto: lock mode unavailable ({why})"),
-            )),
         }
     }
 }
@@ -147,38 +189,78 @@ mod tests {
 
     /// Auto takes lock mode where it can run and syscalls elsewhere; an explicit lock request
     /// on a kernel without it is refused with the reason, never silently downgraded.
+    /// Auto takes lock mode where it can run, kprobes where only they can, and syscalls
+    /// elsewhere; an explicit request the kernel cannot serve is refused with the reason,
+    /// never silently downgraded.
     #[test]
     fn decisions() {
         let old = Some("tracepoint mmap_lock:mmap_lock_released has the pre-6.14 arguments");
+        let no_kprobes = Some("the kernel has no kprobes");
+        let k = |lock, kprobes| Unavailable { lock, kprobes };
+        // This machine's kind: 6.18 without kprobes.
         assert_eq!(
-            TrackerChoice::Auto.decide(None, false).unwrap().0,
+            TrackerChoice::Auto
+                .decide(k(None, no_kprobes), false)
+                .unwrap()
+                .0,
             TrackerMode::Lock
         );
-        let (mode, why) = TrackerChoice::Auto.decide(old, false).unwrap();
-        assert_eq!(mode, TrackerMode::Syscalls);
+        // Debian's 6.1 and 6.12: old mmap_lock events, kprobes.
+        let (mode, why) = TrackerChoice::Auto.decide(k(old, None), false).unwrap();
+        assert_eq!(mode, TrackerMode::Kprobes);
         assert!(why.contains("pre-6.14"), "{why}");
+        let (mode, why) = TrackerChoice::Auto
+            .decide(k(old, no_kprobes), false)
+            .unwrap();
+        assert_eq!(mode, TrackerMode::Syscalls);
+        assert!(
+            why.contains("pre-6.14") && why.contains("no kprobes"),
+            "{why}"
+        );
         assert_eq!(
-            TrackerChoice::Lock.decide(None, false).unwrap().0,
+            TrackerChoice::Lock.decide(k(None, None), false).unwrap().0,
             TrackerMode::Lock
         );
         assert!(
             TrackerChoice::Lock
-                .decide(old, false)
+                .decide(k(old, None), false)
                 .unwrap_err()
                 .contains("pre-6.14")
         );
+        assert_eq!(
+            TrackerChoice::Kprobes
+                .decide(k(None, None), true)
+                .unwrap()
+                .0,
+            TrackerMode::Kprobes
+        );
+        assert!(
+            TrackerChoice::Kprobes
+                .decide(k(None, no_kprobes), false)
+                .unwrap_err()
+                .contains("no kprobes")
+        );
         for lock in [None, old] {
-            for copies in [false, true] {
-                assert_eq!(
-                    TrackerChoice::Syscalls.decide(lock, copies).unwrap().0,
-                    TrackerMode::Syscalls
-                );
+            for kprobes in [None, no_kprobes] {
+                for copies in [false, true] {
+                    assert_eq!(
+                        TrackerChoice::Syscalls
+                            .decide(k(lock, kprobes), copies)
+                            .unwrap()
+                            .0,
+                        TrackerMode::Syscalls
+                    );
+                }
             }
         }
-        // Copied stacks: auto keeps syscalls, an explicit lock is refused.
-        let (mode, why) = TrackerChoice::Auto.decide(None, true).unwrap();
-        assert_eq!(mode, TrackerMode::Syscalls);
+        // Copied stacks: auto takes a replaying mode, an explicit lock is refused.
+        let (mode, why) = TrackerChoice::Auto.decide(k(None, None), true).unwrap();
+        assert_eq!(mode, TrackerMode::Kprobes);
         assert!(why.contains("--stack=fp"), "{why}");
-        assert!(TrackerChoice::Lock.decide(None, true).is_err());
+        let (mode, _) = TrackerChoice::Auto
+            .decide(k(None, no_kprobes), true)
+            .unwrap();
+        assert_eq!(mode, TrackerMode::Syscalls);
+        assert!(TrackerChoice::Lock.decide(k(None, None), true).is_err());
     }
 }

@@ -67,6 +67,57 @@ pub fn lock_mode_available() -> bool {
     format.contains("bool write") && !format.contains("memcg_path")
 }
 
+/// Whether this kernel can run the kprobe-mode tracker, read the way probed decides it: a
+/// kprobe PMU and the syscall functions in kallsyms (Debian's 6.1 and 6.12 have both; this
+/// machine kind's 6.18 has no kprobes).
+pub fn kprobe_mode_available() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+        && std::fs::read_to_string("/proc/kallsyms")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("__x64_sys_mmap"))
+}
+
+/// The mode `--tracker auto` runs here: lock mode where the kernel has it and stacks are not
+/// copied for the daemon's unwinder, else kprobes where the kernel has them, else syscalls
+/// (daemon/src/track/mode.rs); the one `PROBED_TRACKER` names when the run forces one.
+pub fn auto_tracker(copied_stacks: bool) -> &'static str {
+    match std::env::var("PROBED_TRACKER").ok().as_deref() {
+        Some("lock") => "lock",
+        Some("kprobes") => "kprobes",
+        Some("syscalls") => "syscalls",
+        _ if !copied_stacks && lock_mode_available() => "lock",
+        _ if kprobe_mode_available() => "kprobes",
+        _ => "syscalls",
+    }
+}
+
+/// For a test's kprobe-mode case: true where the kernel has kprobes; elsewhere (this machine
+/// kind) checks that `probed trace --tracker kprobes` is refused with one error and a non-zero
+/// exit, and returns false.
+pub fn kprobe_mode_or_refusal() -> bool {
+    if kprobe_mode_available() {
+        return true;
+    }
+    refused("kprobes");
+    false
+}
+
+/// Checks that `probed trace --tracker MODE` is refused here with one error line naming the
+/// mode, and a non-zero exit.
+fn refused(mode: &str) {
+    let copy = TargetCopy::new(&format!("{mode}_refused"));
+    let spec = copy.spec("uprobe", "probed_add");
+    let end = run_probed(&["trace", &spec, "--tracker", mode, "--duration", "1"]);
+    assert!(!end.status.success(), "--tracker {mode} ran here: {end:?}");
+    let errors: Vec<&String> = end.stderr.iter().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{end:?}");
+    assert!(
+        errors[0].contains(&format!("--tracker {mode} cannot be used")),
+        "{end:?}"
+    );
+}
+
 /// For a test's lock-mode case: true where the kernel has lock mode; elsewhere (Debian's 6.1
 /// and 6.12 in the kernel suites) checks instead that `probed trace --tracker lock` is refused
 /// with one error and a non-zero exit, and returns false.
@@ -74,16 +125,7 @@ pub fn lock_mode_or_refusal() -> bool {
     if lock_mode_available() {
         return true;
     }
-    let copy = TargetCopy::new("lock_refused");
-    let spec = copy.spec("uprobe", "probed_add");
-    let end = run_probed(&["trace", &spec, "--tracker", "lock", "--duration", "1"]);
-    assert!(!end.status.success(), "--tracker lock ran here: {end:?}");
-    let errors: Vec<&String> = end.stderr.iter().filter(|l| l.contains("error")).collect();
-    assert_eq!(errors.len(), 1, "{end:?}");
-    assert!(
-        errors[0].contains("--tracker lock cannot be used"),
-        "{end:?}"
-    );
+    refused("lock");
     false
 }
 
