@@ -70,8 +70,13 @@ pub const PROBE_FLAG_RATE_LIMIT: u32 = 2;
 /// `PROBE_FLAGS` bit: the probe only records hits from one pid namespace
 /// (`ProbeLimit::pidns_dev`, `pidns_ino`).
 pub const PROBE_FLAG_PIDNS: u32 = 4;
+/// `PROBE_FLAGS` bit: the probe only records hits from one process (`ProbeLimit::tgid`):
+/// probes attached with `--pid`. The kernel's own pid scope of the uprobe is not enough: on
+/// Debian's 6.12 (measured) a pid-scoped uretprobe fires for every process that runs the
+/// function while another consumer has a uprobe there.
+pub const PROBE_FLAG_PID: u32 = 16;
 /// The `PROBE_FLAGS` bits that say a `PROBE_LIMITS` entry must be read.
-pub const PROBE_FLAGS_LIMITS: u32 = PROBE_FLAG_RATE_LIMIT | PROBE_FLAG_PIDNS;
+pub const PROBE_FLAGS_LIMITS: u32 = PROBE_FLAG_RATE_LIMIT | PROBE_FLAG_PIDNS | PROBE_FLAG_PID;
 
 /// `ChangeEvent::op`: mmap; `args` = [addr, len, prot, flags].
 pub const OP_MMAP: u32 = 1;
@@ -126,6 +131,27 @@ pub const TRACK_MODE_SYSCALLS: u32 = 0;
 /// `TRACK_MODE` index 0: the tracker runs on mmap_lock tracepoints (hits capture their
 /// mappings when the daemon's picture is behind).
 pub const TRACK_MODE_LOCK: u32 = 1;
+
+/// `TRACK_ERRORS` index: a change could not be marked in flight (`INFLIGHT` full); its slot
+/// is left odd on purpose, so the daemon rescans instead of trusting a picture.
+pub const TRACK_ERR_INFLIGHT_FULL: u32 = 0;
+/// `TRACK_ERRORS` index: a change or process report was lost to a full ring buffer.
+pub const TRACK_ERR_REPORT_LOST: u32 = 1;
+/// `TRACK_ERRORS` index: a process could not be marked tracked (`TRACKED` full).
+pub const TRACK_ERR_TRACKED_FULL: u32 = 2;
+/// `TRACK_ERRORS` index: lock mode's `LOCK_HELD` was full (the slot is left odd on purpose).
+pub const TRACK_ERR_LOCK_HELD_FULL: u32 = 3;
+/// `TRACK_ERRORS` index: kprobe mode, a change's kretprobe never ran (no free return
+/// instance); closed as a lost report by the thread's next entry or its exit.
+pub const TRACK_ERR_EXIT_MISSED: u32 = 4;
+/// The `TRACK_ERRORS` counters by index, as the summary and metrics name them.
+pub const TRACK_ERROR_NAMES: [&str; 5] = [
+    "inflight_full",
+    "reports_lost",
+    "tracked_full",
+    "lock_held_full",
+    "exits_missed",
+];
 
 /// Number of change-sequence slots (a power of two). A process uses slot
 /// [`seq_slot`]`(pid)`; processes whose pids share a slot share its sequence, which only
@@ -656,7 +682,7 @@ pub struct ProbeStats {
 /// `STOP` index 0 set to this: the run is stopping, probes no longer admit (or count) hits.
 pub const STOP_ADMITTING: u32 = 1;
 
-/// A probe's rate limit and pid-namespace filter (the `PROBE_LIMITS` array), read by BPF only
+/// A probe's rate limit, pid-namespace filter and pid filter (the `PROBE_LIMITS` array), read by BPF only
 /// for probes whose `PROBE_FLAGS` say so.
 ///
 /// The rate limit is a GCRA (generic cell rate algorithm: the token bucket's equivalent with
@@ -672,6 +698,10 @@ pub struct ProbeLimit {
     pub pidns_dev: u64,
     /// The pid namespace's inode number (of `/proc/PID/ns/pid`).
     pub pidns_ino: u64,
+    /// The one process (thread-group id, host pid namespace) the probe records hits of.
+    pub tgid: u32,
+    /// Zero; keeps the struct free of implicit padding.
+    pub _reserved: u32,
 }
 
 /// One GCRA decision: a hit at `now` (ns) against the theoretical arrival time `tat`;
@@ -712,7 +742,7 @@ mod pod {
     unsafe impl aya::Pod for super::HitEvent {}
     // SAFETY: ProbeStats is #[repr(C)] with four u64 fields and no padding.
     unsafe impl aya::Pod for super::ProbeStats {}
-    // SAFETY: ProbeLimit is #[repr(C)] with four u64 fields and no padding.
+    // SAFETY: ProbeLimit is #[repr(C)] with four u64 and two u32 fields and no padding.
     unsafe impl aya::Pod for super::ProbeLimit {}
     // SAFETY: as above, for SeqSlot.
     unsafe impl aya::Pod for super::SeqSlot {}
@@ -760,7 +790,7 @@ const _: () = assert!(core::mem::size_of::<RetOffsets>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 72 + 24 + 16);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 40);
-const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 32);
+const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 40);
 
 #[cfg(test)]
 mod tests {

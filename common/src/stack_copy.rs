@@ -66,3 +66,21 @@ const _: () = assert!(
     core::mem::size_of::<StackCopyHitEvent>()
         == core::mem::size_of::<HitEvent>() + 40 + STACK_COPY_BYTES
 );
+
+// Every PROBE_FLAGS bit is its own (lib.rs defines the others).
+const _: () = {
+    let bits = [
+        crate::PROBE_FLAG_STACK,
+        crate::PROBE_FLAG_RATE_LIMIT,
+        crate::PROBE_FLAG_PIDNS,
+        crate::PROBE_FLAG_PID,
+        PROBE_FLAG_STACK_COPY,
+    ];
+    let mut seen = 0u32;
+    let mut i = 0;
+    while i < bits.len() {
+        assert!(bits[i].count_ones() == 1 && seen & bits[i] == 0);
+        seen |= bits[i];
+        i += 1;
+    }
+};

@@ -21,8 +21,8 @@ use aya::{
     },
 };
 use probed_common::{
-    FileKey, MAX_PROBES, PROBE_FLAG_PIDNS, PROBE_FLAG_RATE_LIMIT, PROBE_FLAGS_LIMITS, ProbeLimit,
-    ProbeStats, TrackConfig, gcra_params,
+    FileKey, MAX_PROBES, PROBE_FLAG_PID, PROBE_FLAG_PIDNS, PROBE_FLAG_RATE_LIMIT,
+    PROBE_FLAGS_LIMITS, ProbeLimit, ProbeStats, TrackConfig, gcra_params,
 };
 
 use crate::{
@@ -53,6 +53,8 @@ const TRACK_MODE_MAP: &str = "TRACK_MODE";
 const TRACK_CONFIG_MAP: &str = "TRACK_CONFIG";
 /// Name of the set of tracked processes.
 const TRACKED_MAP: &str = "TRACKED";
+/// Name of the tracker's per-CPU error counters (`probed_common::TRACK_ERR_*`).
+const TRACK_ERRORS_MAP: &str = "TRACK_ERRORS";
 /// Name of the set of probed files.
 const PROBED_FILES_MAP: &str = "PROBED_FILES";
 /// Name of the per-probe flags array.
@@ -211,6 +213,9 @@ pub enum AttachError {
     #[error(transparent)]
     SelfFilter(#[from] crate::self_filter::SelfFilterError),
 }
+
+/// The change tracker's error counters by name (`probed_common::TRACK_ERROR_NAMES`).
+pub type TrackerErrors = std::collections::BTreeMap<&'static str, u64>;
 
 /// The loaded BPF object and the probes attached through it.
 pub struct Tracer {
@@ -516,7 +521,9 @@ impl Tracer {
         ))
     }
 
-    /// Attaches one probe, to all processes or to one pid.
+    /// Attaches one probe, to all processes or to one pid. A pid-scoped probe also filters
+    /// by pid in BPF (`PROBE_FLAG_PID`; other processes' hits counted as `filtered`): the
+    /// kernel's scope alone let other processes' uretprobe hits through on Debian's 6.12.
     pub fn attach(
         &mut self,
         req: &AttachRequest,
@@ -525,6 +532,7 @@ impl Tracer {
         if req.id >= MAX_PROBES {
             return Err(AttachError::TooManyProbes(req.id));
         }
+        self.set_pid_filter(req.id, pid)?;
         let name = match req.kind {
             ProbeKind::Entry => ENTRY_PROGRAM,
             ProbeKind::Return => RETURN_PROGRAM,
@@ -587,6 +595,18 @@ impl Tracer {
         })?;
         self.write_tat(id, 0)?;
         self.write_probe_flags(id, flags | PROBE_FLAG_RATE_LIMIT)
+    }
+
+    /// Records only hits of probe `id` from process `pid` (None: from every process), before
+    /// the probe is attached.
+    fn set_pid_filter(&mut self, id: u32, pid: Option<NonZeroU32>) -> Result<(), AttachError> {
+        let flags = self.probe_flags(id)?;
+        let Some(pid) = pid else {
+            self.write_probe_flags(id, flags & !PROBE_FLAG_PID)?;
+            return self.update_limit(id, |l| l.tgid = 0);
+        };
+        self.update_limit(id, |l| l.tgid = pid.get())?;
+        self.write_probe_flags(id, flags | PROBE_FLAG_PID)
     }
 
     /// Records only hits of probe `id` from processes in pid namespace `ns` (None: from
@@ -825,6 +845,25 @@ impl Tracer {
                 filtered: acc.filtered + v.filtered,
                 self_excluded: acc.self_excluded + v.self_excluded,
             }))
+    }
+
+    /// The change tracker's error counters (`probed_common::TRACK_ERROR_NAMES`), summed over
+    /// CPUs: each is a case where the tracker fell back to rescans instead of replaying.
+    pub fn tracker_errors(&self) -> Result<TrackerErrors, AttachError> {
+        let map = self
+            .ebpf
+            .map(TRACK_ERRORS_MAP)
+            .ok_or(AttachError::Map(TRACK_ERRORS_MAP))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|_| AttachError::Map(TRACK_ERRORS_MAP))?;
+        let mut out = TrackerErrors::new();
+        for (index, name) in (0u32..).zip(probed_common::TRACK_ERROR_NAMES) {
+            let values = array
+                .get(&index, 0)
+                .map_err(|e| AttachError::Stats(Box::new(e)))?;
+            out.insert(name, values.iter().sum());
+        }
+        Ok(out)
     }
 
     /// Makes every probe stop admitting hits at once, before the links are closed (closing

@@ -298,6 +298,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut summary = Summary {
         ended_by: ended_by.as_str(),
         tracker: tracer.tracker_mode().0.as_str(),
+        tracker_errors: tracer.tracker_errors().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the change tracker's error counters");
+            Default::default()
+        }),
         duration_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };

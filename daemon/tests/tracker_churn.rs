@@ -131,6 +131,13 @@ fn run_churn(name: &str, rounds: u64, mode: Mode, tracker: &str) -> Outcome {
     let summary = summary.expect("a summary line");
     common::assert_summary_adds_up(&summary);
     assert_eq!(summary["tracker"], tracker, "the mode asked for ran");
+    // The tracker never fell back: every change marked, reported and closed (a kretprobe
+    // exit missed would show as exits_missed in kprobe mode).
+    let errors = summary["tracker_errors"]
+        .as_object()
+        .expect("tracker_errors");
+    assert_eq!(errors.len(), 5, "{summary}");
+    assert!(errors.values().all(|v| v == 0), "{summary}");
 
     // Exact counts: BPF counted every call, nothing was lost, every hit was printed.
     for spec in &specs {

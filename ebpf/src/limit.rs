@@ -1,5 +1,5 @@
-//! Per-probe admission before a hit is recorded: the pid-namespace filter, then the rate
-//! limit. Only probes whose `PROBE_FLAGS` carry `PROBE_FLAGS_LIMITS` bits come here, so a
+//! Per-probe admission before a hit is recorded: the pid filter, the pid-namespace filter,
+//! then the rate limit. Only probes whose `PROBE_FLAGS` carry `PROBE_FLAGS_LIMITS` bits come here, so a
 //! probe without either pays nothing beyond the flags lookup it always had.
 //!
 //! The rate limit is GCRA (`probed_common::gcra`): one u64 "theoretical arrival time" (TAT)
@@ -8,8 +8,13 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use aya_ebpf::{bindings::bpf_pidns_info, helpers::generated::bpf_get_ns_current_pid_tgid};
-use probed_common::{PROBE_FLAG_PIDNS, PROBE_FLAG_RATE_LIMIT, ProbeLimit, ProbeStats, gcra};
+use aya_ebpf::{
+    bindings::bpf_pidns_info,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_ns_current_pid_tgid},
+};
+use probed_common::{
+    PROBE_FLAG_PID, PROBE_FLAG_PIDNS, PROBE_FLAG_RATE_LIMIT, ProbeLimit, ProbeStats, gcra,
+};
 
 use crate::maps::{PROBE_LIMITS, PROBE_TAT};
 
@@ -28,7 +33,9 @@ pub fn admit(probe_id: u32, flags: u32, now: u64, stats: *mut ProbeStats) -> boo
     let Some(limit) = PROBE_LIMITS.get(probe_id) else {
         return true;
     };
-    if flags & PROBE_FLAG_PIDNS != 0 && !in_pidns(limit) {
+    let other_process =
+        flags & PROBE_FLAG_PID != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != limit.tgid;
+    if other_process || (flags & PROBE_FLAG_PIDNS != 0 && !in_pidns(limit)) {
         // SAFETY: `stats` is this CPU's slot of a per-CPU array (see hit.rs).
         unsafe { (*stats).filtered += 1 };
         return false;

@@ -76,9 +76,8 @@ pub static PROC_GEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 
 #[map(name = "TRACK_CONFIG")]
 pub static TRACK_CONFIG: Array<TrackConfig> = Array::with_max_entries(1, 0);
 
-/// Tracker error counters (indices: the `ERR_*` constants of track.rs): INFLIGHT full (slot
-/// left unstable on purpose), change reports lost to a full ring buffer, TRACKED full,
-/// LOCK_HELD full, a kretprobe exit missed.
+/// Tracker error counters, indexed by `probed_common::TRACK_ERR_*` (named by
+/// `TRACK_ERROR_NAMES`; the daemon reports them in the summary and metrics).
 #[map(name = "TRACK_ERRORS")]
 pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 

@@ -49,15 +49,13 @@ const MAP_HUGETLB: u64 = 0x4_0000;
 const VM_SHARED: u64 = 0x08;
 const VM_HUGETLB: u64 = 0x40_0000;
 
-/// `TRACK_ERRORS` indices.
-const ERR_INFLIGHT_FULL: u32 = 0;
-const ERR_CHANGE_LOST: u32 = 1;
-const ERR_TRACKED_FULL: u32 = 2;
+/// `TRACK_ERRORS` indices (shared with the daemon, which reports them).
+use probed_common::{
+    TRACK_ERR_EXIT_MISSED as ERR_EXIT_MISSED, TRACK_ERR_INFLIGHT_FULL as ERR_INFLIGHT_FULL,
+    TRACK_ERR_REPORT_LOST as ERR_CHANGE_LOST, TRACK_ERR_TRACKED_FULL as ERR_TRACKED_FULL,
+};
 /// Lock mode: `LOCK_HELD` was full (the slot is left odd on purpose).
-pub const ERR_LOCK_HELD_FULL: u32 = 3;
-/// Kprobe mode: a change's exit never ran (the kretprobe had no free instance); closed as an
-/// unreported change by the thread's next entry or its exit (see `close_missed_exit`).
-const ERR_EXIT_MISSED: u32 = 4;
+pub use probed_common::TRACK_ERR_LOCK_HELD_FULL as ERR_LOCK_HELD_FULL;
 
 /// Whether `tgid`'s changes are tracked.
 #[inline(always)]

@@ -22,7 +22,11 @@ const BUILD_INFO: Family = Family::gauge(
 const UPTIME: Family = Family::gauge("probed_uptime_seconds", "Seconds since the daemon started.");
 const TRACKER_INFO: Family = Family::gauge(
     "probed_tracker_info",
-    "Always 1; the mode label says which change tracker runs (lock, syscalls).",
+    "Always 1; the mode label says which change tracker runs (lock, kprobes, syscalls).",
+);
+const TRACKER_ERRORS: Family = Family::counter(
+    "probed_tracker_errors_total",
+    "Times the change tracker fell back to rescans instead of replaying, by kind (inflight_full, reports_lost, tracked_full, lock_held_full, exits_missed); never a wrong answer.",
 );
 const CAPTURES: Family = Family::counter(
     "probed_captures_total",
@@ -176,6 +180,10 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
     w.family(&TRACKER_INFO);
     if !snapshot.tracker.is_empty() {
         w.sample(&TRACKER_INFO, &[("mode", snapshot.tracker)], Value::Int(1));
+    }
+    w.family(&TRACKER_ERRORS);
+    for (kind, n) in &snapshot.tracker_errors {
+        w.sample(&TRACKER_ERRORS, &[("kind", kind)], Value::Int(*n));
     }
     w.family(&CAPTURES);
     let [captured, failed, captured_frames, failed_frames] = snapshot.captures;

@@ -198,6 +198,7 @@ fn small() -> MetricsSnapshot {
         reloads: 2,
         uptime_seconds: 1.5,
         tracker: "syscalls",
+        tracker_errors: [("exits_missed", 0), ("reports_lost", 2)].into(),
         ..MetricsSnapshot::default()
     }
 }
@@ -211,9 +212,13 @@ probed_build_info{version="1.2.3"} 1
 # HELP probed_uptime_seconds Seconds since the daemon started.
 # TYPE probed_uptime_seconds gauge
 probed_uptime_seconds 1.5
-# HELP probed_tracker_info Always 1; the mode label says which change tracker runs (lock, syscalls).
+# HELP probed_tracker_info Always 1; the mode label says which change tracker runs (lock, kprobes, syscalls).
 # TYPE probed_tracker_info gauge
 probed_tracker_info{mode="syscalls"} 1
+# HELP probed_tracker_errors_total Times the change tracker fell back to rescans instead of replaying, by kind (inflight_full, reports_lost, tracked_full, lock_held_full, exits_missed); never a wrong answer.
+# TYPE probed_tracker_errors_total counter
+probed_tracker_errors_total{kind="exits_missed"} 0
+probed_tracker_errors_total{kind="reports_lost"} 2
 # HELP probed_captures_total Lock mode: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed).
 # TYPE probed_captures_total counter
 probed_captures_total{what="hit",result="captured"} 0

@@ -30,8 +30,10 @@ pub struct MetricsSnapshot {
     pub reload_failures: u64,
     /// Seconds since the daemon started.
     pub uptime_seconds: f64,
-    /// The change tracker's mode (`lock`, `syscalls`).
+    /// The change tracker's mode (`lock`, `kprobes`, `syscalls`).
     pub tracker: &'static str,
+    /// The change tracker's error counters by kind (`probed_common::TRACK_ERROR_NAMES`).
+    pub tracker_errors: BTreeMap<&'static str, u64>,
     /// Lock mode: addresses answered from hit-time captures and captures that failed, for
     /// hits and for stack frames: (captured, failed, captured frames, failed frames).
     pub captures: [u64; 4],

@@ -26,7 +26,8 @@ pub struct ProbeSummary {
     pub not_printed: u64,
     /// Hits over the probe's rate limit (--rate-limit), dropped in BPF.
     pub rate_limited: u64,
-    /// Hits from processes outside the probe's pid namespace (--container), dropped in BPF.
+    /// Hits from processes outside the probe's pid namespace (--container) or, for a probe
+    /// scoped to one process (--pid), from another process, dropped in BPF.
     pub filtered: u64,
     /// Hits from probed's own processes (this one or any other running probed), dropped in
     /// BPF: probed never traces itself.
@@ -55,6 +56,9 @@ pub struct Summary {
     pub probes: Vec<ProbeSummary>,
     /// How addresses were resolved: counter name → count (fast path, fallbacks…).
     pub resolver: BTreeMap<String, u64>,
-    /// The change tracker's hooks (`lock` or `syscalls`).
+    /// The change tracker's hooks (`lock`, `kprobes` or `syscalls`).
     pub tracker: &'static str,
+    /// The change tracker's error counters (`probed_common::TRACK_ERROR_NAMES`): cases where
+    /// it fell back to rescans instead of replaying (never a wrong answer).
+    pub tracker_errors: BTreeMap<&'static str, u64>,
 }

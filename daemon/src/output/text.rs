@@ -158,6 +158,15 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
     if !s.tracker.is_empty() {
         writeln!(out, "tracker: {}", s.tracker)?;
     }
+    if s.tracker_errors.values().any(|&n| n > 0) {
+        let parts: Vec<String> = s
+            .tracker_errors
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(out, "tracker errors: {}", parts.join(" "))?;
+    }
     if !s.resolver.is_empty() {
         let parts: Vec<String> = s.resolver.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "resolver: {}", parts.join(" "))?;
@@ -220,14 +229,17 @@ mod tests {
                 ..Default::default()
             }],
             resolver: Default::default(),
-            tracker: "lock",
+            tracker: "kprobes",
+            tracker_errors: [("exits_missed", 3), ("reports_lost", 0)].into(),
         };
         let mut buf = Vec::new();
         write_summary(&mut buf, &summary).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("uprobe:/bin/x:f"), "{text}");
         assert!(text.contains("ended by count"), "{text}");
-        assert!(text.contains("tracker: lock"), "{text}");
+        assert!(text.contains("tracker: kprobes"), "{text}");
+        // Only the counters that moved are named.
+        assert!(text.contains("tracker errors: exits_missed=3\n"), "{text}");
         assert!(
             text.contains("LIMITED") && text.contains("FILTERED"),
             "{text}"

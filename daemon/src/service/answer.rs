@@ -118,6 +118,13 @@ impl Daemon {
             exited_retained: exited,
             resolver,
             tracker: self.pipeline.tracker().as_str().to_owned(),
+            tracker_errors: self
+                .tracer
+                .tracker_errors()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             malformed_events: self.stream.malformed,

@@ -76,9 +76,12 @@ pub struct StatsReply {
     pub exited_retained: usize,
     /// The resolver's counters by name.
     pub resolver: BTreeMap<String, u64>,
-    /// The change tracker's mode (`syscalls` or `lock`).
+    /// The change tracker's mode (`lock`, `kprobes` or `syscalls`).
     #[serde(default)]
     pub tracker: String,
+    /// The change tracker's error counters by kind (rescans instead of replays).
+    #[serde(default)]
+    pub tracker_errors: BTreeMap<String, u64>,
     /// Successful reloads.
     pub reloads: u64,
     /// Rejected reloads.

@@ -59,6 +59,7 @@ impl Daemon {
             reload_failures: self.reload_failures,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             tracker: self.pipeline.tracker().as_str(),
+            tracker_errors: self.tracer.tracker_errors().unwrap_or_default(),
             captures: self.pipeline.captures(),
         }
     }
