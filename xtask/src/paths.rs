@@ -27,7 +27,9 @@ pub fn bpf_object() -> PathBuf {
 
 /// Benchmark results.
 pub fn bench_dir() -> PathBuf {
-    root().join("target/probed-bench")
+    // A read-only workspace (a kernel guest's: `cargo xtask vm`) writes elsewhere.
+    std::env::var_os("PROBED_BENCH_DIR")
+        .map_or_else(|| root().join("target/probed-bench"), PathBuf::from)
 }
 
 /// Tools xtask installs for the BPF build (bpf-linker), kept outside target/ so that

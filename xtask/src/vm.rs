@@ -31,6 +31,8 @@ pub fn run(line: &str, argv: &[String]) -> anyhow::Result<i32> {
         "RUST_BACKTRACE",
         "CI",
         "PROBED_TEST_TIME_SCALE",
+        "PROBED_BENCH_PREBUILT",
+        "PROBED_BENCH_DIR",
     ]
     .iter()
     .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))

@@ -108,7 +108,7 @@ struct Run {
 
 /// Runs the benchmark, writes the JSON report and prints a table.
 pub fn run() -> Result<()> {
-    crate::build::run()?;
+    super::build()?;
     let out_dir = paths::bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let target = out_dir.join("e2e_target");

@@ -27,6 +27,22 @@ pub enum Which {
     Stacks,
 }
 
+/// Builds what a benchmark runs (the BPF object and a release probed), unless
+/// `PROBED_BENCH_PREBUILT` is set: in a kernel guest (`cargo xtask vm --kernel LINE -- …`) the
+/// workspace is read-only, so the host builds first and the guest runs what it built.
+fn build() -> anyhow::Result<()> {
+    if std::env::var_os("PROBED_BENCH_PREBUILT").is_none() {
+        return crate::build::run();
+    }
+    let probed = crate::paths::root().join("target/release/probed");
+    anyhow::ensure!(
+        probed.exists(),
+        "PROBED_BENCH_PREBUILT is set but {} is missing: run `cargo xtask build` first",
+        probed.display()
+    );
+    Ok(())
+}
+
 /// Runs the chosen benchmark.
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {

@@ -152,7 +152,7 @@ impl Run {
 
 /// Runs the benchmark, writes the JSON report and prints a table.
 pub fn run() -> Result<()> {
-    crate::build::run()?;
+    super::build()?;
     let out_dir = paths::bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let compile = |name: &str, frame_pointer: &str| -> Result<PathBuf> {

@@ -96,7 +96,7 @@ struct TaxRun {
 /// report and prints a table.
 pub fn run(modes: &[String]) -> Result<()> {
     ensure!(!modes.is_empty(), "no tracker mode to measure");
-    crate::build::run()?;
+    super::build()?;
     let out_dir = paths::bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let fixtures = paths::root().join("daemon/tests/fixtures");
