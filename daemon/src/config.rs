@@ -18,7 +18,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::output::Format;
+use crate::{output::Format, unwind::StackMode};
 
 /// Where the control socket lives unless the config says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/probed/control.sock";
@@ -152,9 +152,11 @@ pub struct ProbeConfig {
     /// Detach the probe when it fires more than this many times per second.
     #[serde(default)]
     pub disable_above: Option<NonZeroU64>,
-    /// Capture user stacks.
-    #[serde(default)]
-    pub stack: bool,
+    /// Capture user stacks: `true` (= `"fp"`, the kernel's frame-pointer walk), `false`, or
+    /// `"auto"`/`"dwarf"` (a stack copy unwound with CFI; needs a replaying tracker, so the
+    /// daemon does not run lock mode when a configured probe asks for one).
+    #[serde(default, deserialize_with = "crate::unwind::setting::deserialize")]
+    pub stack: Option<StackMode>,
 }
 
 /// What a probe is, without where its text was: two configs' probes are the same probe when
@@ -175,8 +177,8 @@ pub struct ProbeDef {
     pub burst: Option<NonZeroU64>,
     /// Runaway threshold, hits per second.
     pub disable_above: Option<NonZeroU64>,
-    /// Stacks captured.
-    pub stack: bool,
+    /// How stacks are captured, if they are.
+    pub stack: Option<StackMode>,
 }
 
 impl ProbeConfig {
@@ -486,7 +488,12 @@ stack = true
         let b = c.probes[1].def();
         assert_eq!(b.output, STDOUT_OUTPUT);
         assert_eq!(b.pid.map(NonZeroU32::get), Some(42));
-        assert!(b.stack);
+        assert_eq!(b.stack, Some(StackMode::Fp));
+        let c = parse("[[probes]]\nspec = \"uprobe:/bin/sh:main\"\nstack = \"dwarf\"\n").unwrap();
+        assert_eq!(c.probes[0].def().stack, Some(StackMode::Dwarf));
+        let err =
+            parse("[[probes]]\nspec = \"uprobe:/bin/sh:main\"\nstack = \"cfi\"\n").unwrap_err();
+        assert!(err.contains("\"auto\" or \"dwarf\""), "{err}");
         // An empty file is a valid config with no probes (the daemon waits for `ctl add`).
         let empty = parse("").unwrap();
         assert!(empty.probes.is_empty());

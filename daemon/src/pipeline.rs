@@ -161,6 +161,9 @@ struct Slot {
     counts: ProbeCounts,
     /// Index of the writer its hits go to.
     sink: usize,
+    /// How its copied stacks are unwound, when not the run's mode (the daemon's probes each
+    /// have their own).
+    stack_mode: Option<StackMode>,
 }
 
 impl Slot {
@@ -171,6 +174,7 @@ impl Slot {
             module,
             counts: ProbeCounts::default(),
             sink,
+            stack_mode: None,
         }
     }
 }
@@ -379,6 +383,19 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             self.writers.resize_with(sink + 1, || None);
         }
         std::mem::replace(&mut self.writers[sink], writer)
+    }
+
+    /// Sets how probe `id`'s copied stacks are unwound (`auto` or `dwarf`; the run's mode
+    /// otherwise).
+    pub fn set_probe_stack_mode(&mut self, id: u32, mode: StackMode) {
+        if let Some(Some(slot)) = self.probes.get_mut(id as usize) {
+            slot.stack_mode = Some(mode);
+        }
+    }
+
+    /// The unwinder's stop counts by reason (`end`, `no_cfi`, …), for the metrics.
+    pub fn stack_stops(&self) -> Vec<(&'static str, u64)> {
+        self.unwinder.stops_by_reason()
     }
 
     /// Adds a probe whose hits go to output `sink`. Its id must be free: the caller detached
@@ -656,7 +673,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     fn unwind(&mut self, hit: &HitEvent, start: Start<'_>) -> (Vec<u64>, StopReason) {
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
         let (seq, pid) = (hit.seq, hit.pid);
-        let mode = self.stack_mode;
+        let mode = self
+            .probes
+            .get(hit.probe_id as usize)
+            .and_then(|s| s.as_ref()?.stack_mode)
+            .unwrap_or(self.stack_mode);
         let reader = &mut self.reader;
         let tables = &mut self.unwind_tables;
         let walk = self.unwinder.walk(

@@ -28,6 +28,10 @@ const TRACKER_ERRORS: Family = Family::counter(
     "probed_tracker_errors_total",
     "Times the change tracker fell back to rescans instead of replaying, by kind (inflight_full, reports_lost, tracked_full, lock_held_full, exits_missed); never a wrong answer.",
 );
+const STACK_STOPS: Family = Family::counter(
+    "probed_stack_stops_total",
+    "Copied-stack walks (stack = auto or dwarf) ended, by reason: end (the outermost frame), no_cfi, no_module, max_frames, stack_copy_end, bad_stack_read, bad_return_address, unwind_error, no_stack_copy.",
+);
 const CAPTURES: Family = Family::counter(
     "probed_captures_total",
     "Lock mode: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed).",
@@ -184,6 +188,10 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
     w.family(&TRACKER_ERRORS);
     for (kind, n) in &snapshot.tracker_errors {
         w.sample(&TRACKER_ERRORS, &[("kind", kind)], Value::Int(*n));
+    }
+    w.family(&STACK_STOPS);
+    for (reason, n) in &snapshot.stack_stops {
+        w.sample(&STACK_STOPS, &[("reason", reason)], Value::Int(*n));
     }
     w.family(&CAPTURES);
     let [captured, failed, captured_frames, failed_frames] = snapshot.captures;

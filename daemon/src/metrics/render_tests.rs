@@ -199,6 +199,7 @@ fn small() -> MetricsSnapshot {
         uptime_seconds: 1.5,
         tracker: "syscalls",
         tracker_errors: [("exits_missed", 0), ("reports_lost", 2)].into(),
+        stack_stops: vec![("end", 5), ("no_cfi", 1)],
         ..MetricsSnapshot::default()
     }
 }
@@ -219,6 +220,10 @@ probed_tracker_info{mode="syscalls"} 1
 # TYPE probed_tracker_errors_total counter
 probed_tracker_errors_total{kind="exits_missed"} 0
 probed_tracker_errors_total{kind="reports_lost"} 2
+# HELP probed_stack_stops_total Copied-stack walks (stack = auto or dwarf) ended, by reason: end (the outermost frame), no_cfi, no_module, max_frames, stack_copy_end, bad_stack_read, bad_return_address, unwind_error, no_stack_copy.
+# TYPE probed_stack_stops_total counter
+probed_stack_stops_total{reason="end"} 5
+probed_stack_stops_total{reason="no_cfi"} 1
 # HELP probed_captures_total Lock mode: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed).
 # TYPE probed_captures_total counter
 probed_captures_total{what="hit",result="captured"} 0

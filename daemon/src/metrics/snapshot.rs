@@ -34,6 +34,8 @@ pub struct MetricsSnapshot {
     pub tracker: &'static str,
     /// The change tracker's error counters by kind (`probed_common::TRACK_ERROR_NAMES`).
     pub tracker_errors: BTreeMap<&'static str, u64>,
+    /// Copied-stack walks (probes with `stack = "auto"|"dwarf"`) ended, by reason.
+    pub stack_stops: Vec<(&'static str, u64)>,
     /// Lock mode: addresses answered from hit-time captures and captures that failed, for
     /// hits and for stack frames: (captured, failed, captured frames, failed frames).
     pub captures: [u64; 4],

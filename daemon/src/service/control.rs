@@ -86,10 +86,16 @@ pub struct AddRequest {
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_above: Option<NonZeroU64>,
-    /// Capture user stacks.
-    #[arg(long)]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub stack: bool,
+    /// Capture user stacks: `--stack` (= fp, the kernel's frame-pointer walk) or
+    /// `--stack=auto|dwarf` (a stack copy unwound with CFI; refused while the daemon's
+    /// tracker runs lock mode).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "fp")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::unwind::setting::deserialize"
+    )]
+    pub stack: Option<crate::unwind::StackMode>,
 }
 
 /// A parsed request and where its reply goes; the daemon loop answers.

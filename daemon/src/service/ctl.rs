@@ -146,8 +146,8 @@ fn print_reply(out: &mut impl Write, request: &Request, reply: Value) -> anyhow:
                 {
                     extra.push(format!("file={file}"));
                 }
-                if p.stack {
-                    extra.push("stack".into());
+                if let Some(mode) = p.stack {
+                    extra.push(format!("stack={}", mode.as_str()));
                 }
                 if let Some(why) = &p.disabled_reason {
                     extra.push(format!("({why})"));

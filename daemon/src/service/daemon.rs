@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::programs::uprobe::UProbeLink;
-use probed_common::{MAX_PROBES, PROBE_FLAG_STACK};
+use probed_common::MAX_PROBES;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -81,6 +81,8 @@ pub struct Daemon {
     /// How long a stop processes what is left in the ring (the config's `drain_timeout`,
     /// as of the last applied config).
     pub drain_timeout: std::time::Duration,
+    /// The hit ring buffer's size (bounds a drain; `run.rs` chooses it).
+    pub ring_bytes: u32,
 }
 
 impl Daemon {
@@ -112,6 +114,7 @@ impl Daemon {
             closed_tx,
             waiting: HashMap::new(),
             drain_timeout: crate::stop::DEFAULT_DRAIN_TIMEOUT,
+            ring_bytes: super::run::DAEMON_RING_BYTES,
         };
         (daemon, closed_rx)
     }
@@ -200,6 +203,14 @@ impl Daemon {
     /// config's load, or by [`Daemon::answer`] for `ctl add`.)
     pub fn plan(&mut self, def: &ProbeDef) -> Result<Planned, ProbeOpError> {
         let spec: ProbeSpec = def.spec.parse()?;
+        if let Some(mode) = def.stack
+            && mode.copies_stack()
+            && !self.pipeline.tracker().replays()
+        {
+            return Err(ProbeOpError::CopiedStacksUnderLock {
+                mode: mode.as_str(),
+            });
+        }
         if let Some(pid) = def.pid
             && !crate::trace::is_alive(pid)
         {
@@ -242,7 +253,7 @@ impl Daemon {
             if reused {
                 self.tracer.reset_probe(id)?;
             }
-            let flags = if def.stack { PROBE_FLAG_STACK } else { 0 };
+            let flags = def.stack.map_or(0, crate::trace::stack_flags);
             self.tracer.set_probe_flags(id, flags)?;
             let limit = def.rate_limit.map(|rate| RateLimit {
                 per_sec: rate.get(),
@@ -289,6 +300,9 @@ impl Daemon {
             .map(|c| c.host_path.display().to_string());
         tracing::info!(probe = id, spec = %def.spec, output = %def.output, running, host_path, file = %probe.target.id, "probe attached");
         self.pipeline.add_probe(probe, sink);
+        if let Some(mode) = def.stack {
+            self.pipeline.set_probe_stack_mode(id, mode);
+        }
         self.probes.insert(
             id,
             Entry {
@@ -397,10 +411,9 @@ impl Daemon {
     /// id is freed only after this).
     pub fn drain(&mut self) {
         let pipeline = &mut self.pipeline;
-        self.stream
-            .drain_submitted(super::run::DAEMON_RING_BYTES, |event| {
-                pipeline.handle_event(&event);
-            });
+        self.stream.drain_submitted(self.ring_bytes, |event| {
+            pipeline.handle_event(&event);
+        });
     }
 
     /// Takes at most one batch of events (the loop's periodic drain).

@@ -135,7 +135,7 @@ mod tests {
                 rate_limit: None,
                 burst: None,
                 disable_above: None,
-                stack: false,
+                stack: None,
             },
             origin: Origin::Ctl,
             disabled: None,

@@ -56,7 +56,7 @@ mod tests {
             rate_limit: rate.and_then(std::num::NonZeroU64::new),
             burst: None,
             disable_above: None,
-            stack: false,
+            stack: None,
         }
     }
 

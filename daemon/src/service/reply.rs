@@ -40,8 +40,9 @@ pub struct ProbeRow {
     pub burst: Option<u64>,
     /// Disabled when firing faster than this.
     pub disable_above: Option<u64>,
-    /// Whether hits carry user stacks.
-    pub stack: bool,
+    /// How hits' user stacks are captured, if they are (`fp`, `auto`, `dwarf`).
+    #[serde(default, deserialize_with = "crate::unwind::setting::deserialize")]
+    pub stack: Option<crate::unwind::StackMode>,
 }
 
 /// `ctl list`.
@@ -201,7 +202,7 @@ mod tests {
             rate_limit: Some(100),
             burst: None,
             disable_above: None,
-            stack: true,
+            stack: Some(crate::unwind::StackMode::Dwarf),
         };
         let list = ListReply {
             probes: vec![row.clone()],

@@ -34,6 +34,8 @@ use crate::{
     },
     symbolize::Symbolizer,
     track::GenCheckedMaps,
+    track::TrackerRequest,
+    unwind::StackMode,
 };
 
 /// How often the ring buffer is drained without a wake-up (see trace.rs).
@@ -80,7 +82,24 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut tracer = Tracer::load_with_ring(DAEMON_RING_BYTES, config.tracker)?;
+    // Probes configured with stack copies (`stack = "auto"|"dwarf"`) need a replaying tracker
+    // (auto then takes kprobes or syscalls, not lock) and room for 16 KiB records: the ring
+    // then has `probed trace`'s stack-copy size. Such probes added later by `ctl add` or a
+    // reload are refused while lock mode runs, and share the ring chosen here.
+    let copied_stacks = config
+        .probes
+        .iter()
+        .any(|p| p.stack.is_some_and(StackMode::copies_stack));
+    let ring_bytes = if copied_stacks {
+        DAEMON_RING_BYTES.max(probed_common::STACK_COPY_RING_BYTES)
+    } else {
+        DAEMON_RING_BYTES
+    };
+    let tracker = TrackerRequest {
+        choice: config.tracker,
+        copied_stacks,
+    };
+    let mut tracer = Tracer::load_with_ring(ring_bytes, tracker)?;
     let (seq, generations, tracked) = tracer.take_tracker()?;
     let stream = EventStream::new(tracer.take_ring()?)?;
     let generations = Arc::new(generations);
@@ -111,6 +130,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     // Nothing is attached unless every probe checks out; if the kernel refuses one, what
     // was attached is detached again (dropping the tracer) and the start fails.
     daemon.drain_timeout = config.drain_timeout();
+    daemon.ring_bytes = ring_bytes;
     let applied = daemon
         .apply_config(&source, &config)
         .with_context(|| format!("cannot start with {}", args.config.display()))?;

@@ -60,6 +60,7 @@ impl Daemon {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             tracker: self.pipeline.tracker().as_str(),
             tracker_errors: self.tracer.tracker_errors().unwrap_or_default(),
+            stack_stops: self.pipeline.stack_stops(),
             captures: self.pipeline.captures(),
         }
     }

@@ -9,6 +9,7 @@
 //! addresses. Where no CFI covers a frame, `auto` steps by the frame pointer (framehop's
 //! fallback rule) and `dwarf` stops there. Every walk ends with a [`StopReason`].
 
+pub mod setting;
 mod tables;
 
 use framehop::{
@@ -20,7 +21,21 @@ pub use tables::{Table, TableError, Tables};
 use std::sync::Arc;
 
 /// How `--stack` walks a user stack.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum StackMode {
     /// CFI (`.eh_frame`) where the module has it, frame pointers otherwise; unwound in the
     /// daemon from a stack copy.
@@ -37,6 +52,21 @@ impl StackMode {
     /// `dwarf`), rather than walking frame pointers itself (`fp`).
     pub fn copies_stack(self) -> bool {
         self != Self::Fp
+    }
+
+    /// A probe's `stack` setting in the daemon's config and `ctl add` requests: `true` is
+    /// `fp` there (the kernel's walk: no stack copy, so the lock tracker can serve it),
+    /// `false` none, or a mode's name.
+    pub fn from_setting(value: &str) -> Result<Option<Self>, String> {
+        match value {
+            "true" | "fp" => Ok(Some(Self::Fp)),
+            "false" => Ok(None),
+            "auto" => Ok(Some(Self::Auto)),
+            "dwarf" => Ok(Some(Self::Dwarf)),
+            other => Err(format!(
+                "stack must be true, false, \"fp\", \"auto\" or \"dwarf\", not {other:?}"
+            )),
+        }
     }
 
     /// The name the CLI takes.
@@ -197,6 +227,14 @@ impl Unwinder {
             max_used: 0,
             frames: 0,
         }
+    }
+
+    /// Walks ended per reason, by the reason's name (`end`, `no_cfi`, …).
+    pub fn stops_by_reason(&self) -> Vec<(&'static str, u64)> {
+        StopReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.stops[r.index()]))
+            .collect()
     }
 
     /// Walks ended per reason, as (counter name, count), the most stack a whole walk used
