@@ -1036,6 +1036,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("elf_loads", elf.loads),
             ("elf_load_failures", elf.load_failures),
             ("elf_shared", elf.shared),
+            ("debuginfod_fetched", elf.debuginfod_fetched),
+            ("debuginfod_failed", elf.debuginfod_failed),
+            ("resymbolized", elf.resymbolized),
             ("unnamed", self.unnamed),
         ] {
             summary.resolver.insert(name.to_string(), value);

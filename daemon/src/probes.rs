@@ -311,7 +311,13 @@ fn load(file: &File, host_path: &Path) -> Result<Arc<ElfImage>, elf::AttachError
         path: host_path.to_owned(),
         source,
     })?;
-    Ok(Arc::new(ElfImage::from_file(file, &meta, host_path)?))
+    // Attaching: a debug file may be fetched from debuginfod, waiting for it.
+    Ok(Arc::new(ElfImage::from_file(
+        file,
+        &meta,
+        host_path,
+        elf::DebugFetch::Wait,
+    )?))
 }
 
 #[cfg(test)]

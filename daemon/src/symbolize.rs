@@ -14,8 +14,14 @@
 //! of the file's content (not ELF, unsupported, malformed) are cached until the entry is
 //! evicted or [`Symbolizer::invalidate`]d; failures of the moment (file unavailable, replaced,
 //! changed while read) are retried by the first lookup after [`RETRY_AFTER`].
+//!
+//! A file with only `.dynsym` whose debug file is on no local path is answered from
+//! `.dynsym` and, with debuginfod configured, its debug file is fetched in the background
+//! (`fetch.rs`); when it arrives the cached image is replaced by one with the full symbols.
+//! A lookup never waits for the network.
 
 mod cache;
+mod fetch;
 mod shared;
 
 use std::{
@@ -28,11 +34,12 @@ use std::{
 };
 
 use cache::SlotCache;
+use fetch::Fetcher;
 use shared::{RealFile, SharedImages};
 
 pub use crate::elf::{FileSource, Mapping};
 use crate::{
-    elf::{BuildId, ElfError, ElfImage, LocateError, Symbol, open_source},
+    elf::{BuildId, DebugFetch, ElfError, ElfImage, LocateError, Symbol, debuginfod, open_source},
     file_id::FileId,
 };
 
@@ -181,6 +188,13 @@ pub struct SymbolizerStats {
     /// under another identity (an image-layer file seen through another container's overlay
     /// mount; see `shared.rs`).
     pub shared: u64,
+    /// Debug files downloaded from debuginfod (at attach or in the background).
+    pub debuginfod_fetched: u64,
+    /// debuginfod requests that ended without a file (no server had it, or failed).
+    pub debuginfod_failed: u64,
+    /// Cached files whose symbols were completed by a debug file that arrived after they
+    /// were loaded (one per (device, inode) entry replaced).
+    pub resymbolized: u64,
 }
 
 /// The outcome of loading one file.
@@ -198,8 +212,13 @@ enum Loaded {
 /// behind an `Arc`.
 #[derive(Debug)]
 pub struct Symbolizer {
-    /// Loaded files and cached failures.
-    cache: SlotCache<Loaded>,
+    /// Loaded files and cached failures (shared with the debuginfod worker, which replaces
+    /// images when their debug files arrive).
+    cache: Arc<SlotCache<Loaded>>,
+    /// Background debuginfod fetches, if debuginfod is configured.
+    fetcher: Option<Arc<Fetcher>>,
+    /// Entries whose image was replaced by one with a debug file's symbols.
+    resymbolized: Arc<AtomicU64>,
     /// How long a transient failure is served from the cache.
     retry_after: Duration,
     /// Attempts to open and parse a file.
@@ -229,7 +248,9 @@ impl Symbolizer {
     /// A cache holding up to `capacity` files (at least one).
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            cache: SlotCache::new(capacity),
+            cache: Arc::new(SlotCache::new(capacity)),
+            fetcher: None,
+            resymbolized: Arc::new(AtomicU64::new(0)),
             retry_after: RETRY_AFTER,
             loads: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
@@ -242,6 +263,12 @@ impl Symbolizer {
     /// Sets how long a transient failure is served from the cache (default [`RETRY_AFTER`]).
     pub fn retry_after(mut self, delay: Duration) -> Self {
         self.retry_after = delay;
+        self
+    }
+
+    /// Fetches missing debug files through `client` in the background (`None`: never).
+    pub fn with_debuginfod(mut self, client: Option<&'static debuginfod::Client>) -> Self {
+        self.fetcher = client.map(|c| Arc::new(Fetcher::new(c)));
         self
     }
 
@@ -311,7 +338,13 @@ impl Symbolizer {
                 self.load(source)
             });
             match state {
-                Loaded::Ready(image) => return Ok(image.clone()),
+                Loaded::Ready(image) => {
+                    // After the slot is filled, so that an arrival finds the image to swap.
+                    if loaded_here {
+                        self.fetch_debug_file(image);
+                    }
+                    return Ok(image.clone());
+                }
                 Loaded::Failed {
                     reason,
                     retry_at: Some(at),
@@ -333,6 +366,34 @@ impl Symbolizer {
     pub fn preload(&self, id: FileId, image: Arc<ElfImage>) {
         let slot = self.cache.slot(id);
         let _ = slot.state.set(Loaded::Ready(image));
+    }
+
+    /// Starts a background fetch of `image`'s debug file if it lacks one and debuginfod is
+    /// configured; on arrival every cache entry holding `image` gets the completed image.
+    fn fetch_debug_file(&self, image: &Arc<ElfImage>) {
+        let (Some(fetcher), Some(id)) = (&self.fetcher, image.missing_debug_file()) else {
+            return;
+        };
+        let cache = Arc::downgrade(&self.cache);
+        let old = Arc::downgrade(image);
+        let resymbolized = self.resymbolized.clone();
+        fetcher.request(
+            id.clone(),
+            Box::new(move |path| {
+                let (Some(cache), Some(old)) = (cache.upgrade(), old.upgrade()) else {
+                    return;
+                };
+                let Some(new) = old.with_debug_file(path).map(Arc::new) else {
+                    return;
+                };
+                let replaced = cache.replace(
+                    |v| matches!(v, Loaded::Ready(i) if Arc::ptr_eq(i, &old)),
+                    || Loaded::Ready(new.clone()),
+                );
+                resymbolized.fetch_add(replaced, Ordering::Relaxed);
+                tracing::debug!(file = %old.path().display(), debug_file = %path.display(), replaced, "symbols completed from debuginfod");
+            }),
+        );
     }
 
     /// Forgets `id`, e.g. when the resolver learns the file was rewritten in place (same
@@ -358,6 +419,9 @@ impl Symbolizer {
             load_failures: self.load_failures.load(Ordering::Relaxed),
             evictions: self.cache.evictions(),
             shared: self.shared_hits.load(Ordering::Relaxed),
+            debuginfod_fetched: self.fetcher.as_ref().map_or(0, |f| f.client().counts().0),
+            debuginfod_failed: self.fetcher.as_ref().map_or(0, |f| f.client().counts().1),
+            resymbolized: self.resymbolized.load(Ordering::Relaxed),
         }
     }
 
@@ -378,7 +442,8 @@ impl Symbolizer {
                     return Ok(image);
                 }
                 self.loads.fetch_add(1, Ordering::Relaxed);
-                let image = ElfImage::from_file(&file, &meta, source.path)
+                // Never the network here: a miss is on the hit path (see fetch_debug_file).
+                let image = ElfImage::from_file(&file, &meta, source.path, DebugFetch::Local)
                     .map(Arc::new)
                     .map_err(|e| (SymReason::of_load_error(&e), e.to_string()))?;
                 if let Some(real) = real {
@@ -673,6 +738,84 @@ mod tests {
             ),
             PathBuf::from(f.get(5)?),
         ))
+    }
+
+    /// The network seam for the test below: serves `bytes` once `gate` opens.
+    struct Gated {
+        bytes: Vec<u8>,
+        gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl debuginfod::Transport for Gated {
+        fn get(
+            &self,
+            _url: &str,
+            out: &mut std::fs::File,
+        ) -> Result<debuginfod::Got, debuginfod::TransportError> {
+            self.gate.lock().unwrap().recv().ok();
+            std::io::Write::write_all(out, &self.bytes)
+                .map_err(debuginfod::TransportError::Write)?;
+            Ok(debuginfod::Got::Body)
+        }
+    }
+
+    /// A file with only `.dynsym` is answered at once while its debug file is still on its
+    /// way (the server is held back): its static function has no name. Once the file has
+    /// arrived in the background, the same cache entry names it, without a reload.
+    #[test]
+    fn debug_file_arrives_in_the_background() {
+        let dir = scratch_dir("sym-debuginfod");
+        let full = Fixture::Pie.path();
+        let debug = dir.join("prog.debug");
+        let prog = dir.join("prog");
+        for args in [
+            [
+                "--only-keep-debug",
+                full.to_str().unwrap(),
+                debug.to_str().unwrap(),
+            ],
+            [
+                "--strip-all",
+                full.to_str().unwrap(),
+                prog.to_str().unwrap(),
+            ],
+        ] {
+            let out = Command::new("objcopy").args(args).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let (open, gate) = std::sync::mpsc::channel();
+        let transport = Gated {
+            bytes: std::fs::read(&debug).unwrap(),
+            gate: std::sync::Mutex::new(gate),
+        };
+        let client: &'static debuginfod::Client = Box::leak(Box::new(debuginfod::Client::new(
+            vec!["http://server".into()],
+            dir.join("cache"),
+            Box::new(transport),
+        )));
+        let sym = Symbolizer::new().with_debuginfod(Some(client));
+        let src = FileSource::path(FileId::of_path(&prog).unwrap(), &prog);
+        let local = offset_of(&full, "elf_fn_local");
+        let name = |sym: &Symbolizer| {
+            sym.symbolize_with(&src, local, |r| r.map(|r| r.symbol.name.to_string()))
+        };
+        assert_ne!(
+            name(&sym).as_deref(),
+            Ok("elf_fn_local"),
+            "before the file arrived"
+        );
+        open.send(()).unwrap();
+        let named = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            name(&sym).as_deref() == Ok("elf_fn_local")
+        });
+        assert!(named, "the debug file's symbols were not swapped in");
+        let stats = sym.stats();
+        assert_eq!(
+            (stats.loads, stats.debuginfod_fetched, stats.resymbolized),
+            (1, 1, 1)
+        );
+        std::fs::remove_dir_all(dir).ok();
     }
 
     /// Reason names are distinct snake_case words, stable for counters and JSON.

@@ -197,7 +197,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         running,
         "running processes that map a probed file are tracked"
     );
-    let symbolizer = Arc::new(Symbolizer::new());
+    let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
     let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
         .with_pid_filter(args.pid.map(NonZeroU32::get))
         .with_aggregations(aggregations(&args), args.prints_hits())

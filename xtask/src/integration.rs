@@ -47,6 +47,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "libc's separate debug file: probes and frame names of libc's static functions",
     ),
     ("binutils", "ELF facts from nm, readelf and objdump"),
+    (
+        "debuginfod",
+        "a real debuginfod server serving a directory (tests/debuginfod.rs)",
+    ),
     ("bpftool", "no BPF program or link may be left loaded"),
     ("bpftrace", "hit counts are compared with bpftrace's"),
     (

@@ -4,9 +4,9 @@
 use std::fmt;
 
 use object::{
-    LittleEndian, ReadRef,
+    LittleEndian, ReadCache, ReadRef,
     elf::{FileHeader64, NT_GNU_BUILD_ID},
-    read::elf::ProgramHeader,
+    read::elf::{FileHeader, ProgramHeader},
 };
 
 /// The bytes of an `NT_GNU_BUILD_ID` note, displayed as lowercase hex.
@@ -54,6 +54,15 @@ pub(crate) fn find<'data, R: ReadRef<'data>>(
         }
     }
     None
+}
+
+/// The build-id of the 64-bit little-endian ELF file `file` (a downloaded debug file, checked
+/// before it is accepted), or `None` if it is not one or has none.
+pub(crate) fn of_file(file: &std::fs::File) -> Option<BuildId> {
+    let cache = ReadCache::new(file);
+    let header = FileHeader64::<LittleEndian>::parse(&cache).ok()?;
+    let phdrs = header.program_headers(LittleEndian, &cache).ok()?;
+    find(phdrs, &cache)
 }
 
 #[cfg(test)]

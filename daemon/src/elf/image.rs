@@ -15,7 +15,7 @@ use object::{
 
 use super::{
     BuildId, ElfError, LoadSegment, Segments, Symbol, SymbolBinding, SymbolKind, SymbolTable,
-    build_id, debug_file,
+    build_id, debug_file, debuginfod,
     reader::{self, PosReader, ReadAt, Stamp},
 };
 use crate::file_id::FileId;
@@ -43,6 +43,18 @@ pub enum ElfType {
     Dynamic,
 }
 
+/// How far a load may go for a separate debug file (debug_file.rs, debuginfod.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugFetch {
+    /// Local files only: the build-id path, `.gnu_debuglink`, and the debuginfod cache. For
+    /// symbolizing hits, which must never wait for the network (the symbolizer fetches in
+    /// the background instead: symbolize/fetch.rs).
+    Local,
+    /// Also ask the debuginfod servers, waiting up to their timeouts: for attaching by name
+    /// and `probed list`, where the names are the point and a wait is expected.
+    Wait,
+}
+
 /// An ELF file parsed into owned data; holds no file descriptor and no mapping, so it stays
 /// valid whatever happens to the file afterwards.
 #[derive(Debug)]
@@ -61,24 +73,33 @@ pub struct ElfImage {
     build_id: Option<BuildId>,
     /// The separate debug file whose symbols were merged in (debug_file.rs), if any.
     debug_file: Option<PathBuf>,
+    /// True when the file has only `.dynsym`, a build-id, and no debug file was found
+    /// locally: debuginfod may still have one.
+    wants_debug_file: bool,
 }
 
 impl ElfImage {
-    /// Opens and parses the ELF file at `path`.
+    /// Opens and parses the ELF file at `path`; a separate debug file may be fetched from
+    /// debuginfod, waiting for it ([`DebugFetch::Wait`]).
     pub fn open(path: &Path) -> Result<Self, ElfError> {
         let (file, meta) = reader::open(path)?;
-        Self::from_file(&file, &meta, path)
+        Self::from_file(&file, &meta, path, DebugFetch::Wait)
     }
 
     /// Parses an already opened file; `meta` is its `fstat` from when it was opened and
-    /// `path` names it in errors. Fails with [`ElfError::Changed`] if the file's size or
-    /// times moved while it was read.
-    pub fn from_file(file: &File, meta: &Metadata, path: &Path) -> Result<Self, ElfError> {
+    /// `path` names it in errors; `fetch` says whether debuginfod may be asked. Fails with
+    /// [`ElfError::Changed`] if the file's size or times moved while it was read.
+    pub fn from_file(
+        file: &File,
+        meta: &Metadata,
+        path: &Path,
+        fetch: DebugFetch,
+    ) -> Result<Self, ElfError> {
         let id = FileId {
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        Self::read(file, Stamp::of(meta), id, path, || file.metadata())
+        Self::read(file, Stamp::of(meta), id, path, || file.metadata(), fetch)
     }
 
     /// Parses through `reader`, then checks with `restat` that the file is still what
@@ -89,6 +110,7 @@ impl ElfImage {
         id: FileId,
         path: &Path,
         restat: impl FnOnce() -> io::Result<Metadata>,
+        fetch: DebugFetch,
     ) -> Result<Self, ElfError> {
         let cache = ReadCache::new(PosReader::new(reader, before.size));
         let parsed = parse(&cache);
@@ -139,6 +161,39 @@ impl ElfImage {
             symbols.extend(extra);
             debug_file = Some(found);
         }
+        // Third, debuginfod: its cache always, its servers only when the caller may wait.
+        if !has_symtab
+            && debug_file.is_none()
+            && let Some(id) = &build_id
+            && let Some(client) = debuginfod::global()
+        {
+            let file = match fetch {
+                DebugFetch::Local => client.cached(id),
+                DebugFetch::Wait => client
+                    .fetch(id)
+                    .inspect_err(|e| match e {
+                        // Answers: the servers do not have it (or said so recently).
+                        debuginfod::DebuginfodError::NotFound { .. }
+                        | debuginfod::DebuginfodError::RecentlyMissing { .. } => {
+                            tracing::debug!(file = %path.display(), error = %e, "no debug file from debuginfod");
+                        }
+                        // Failures (timeout, TLS, cache): said, since names will be missing.
+                        _ => tracing::warn!(
+                            file = %path.display(),
+                            error = %debuginfod::error_chain(e),
+                            "debuginfod request failed"
+                        ),
+                    })
+                    .ok(),
+            };
+            if let Some(file) = file
+                && let Some(extra) = debug_file_symbols(&file, Some(id), debug_file::Check::BuildId)
+            {
+                symbols.extend(extra);
+                debug_file = Some(file);
+            }
+        }
+        let wants_debug_file = !has_symtab && debug_file.is_none() && build_id.is_some();
         Ok(Self {
             path: path.to_owned(),
             id,
@@ -147,6 +202,33 @@ impl ElfImage {
             symbols: SymbolTable::new(symbols),
             build_id,
             debug_file,
+            wants_debug_file,
+        })
+    }
+
+    /// The build-id to ask debuginfod for, when the file has only `.dynsym` and no local
+    /// debug file was found.
+    pub fn missing_debug_file(&self) -> Option<&BuildId> {
+        self.build_id.as_ref().filter(|_| self.wants_debug_file)
+    }
+
+    /// This image with the symbols of the debug file at `path` merged in, if that file's
+    /// build-id is this image's: the symbols of a file that arrived after the image was
+    /// loaded (debuginfod), without reopening the binary (which may be gone by then).
+    pub fn with_debug_file(&self, path: &Path) -> Option<Self> {
+        let build_id = self.build_id.as_ref()?;
+        let extra = debug_file_symbols(path, Some(build_id), debug_file::Check::BuildId)?;
+        let mut symbols: Vec<Symbol> = self.symbols.iter().cloned().collect();
+        symbols.extend(extra);
+        Some(Self {
+            path: self.path.clone(),
+            id: self.id,
+            elf_type: self.elf_type,
+            segments: self.segments.clone(),
+            symbols: SymbolTable::new(symbols),
+            build_id: self.build_id.clone(),
+            debug_file: Some(path.to_owned()),
+            wants_debug_file: false,
         })
     }
 
@@ -247,30 +329,40 @@ fn debug_symbols(
     link: Option<&debug_file::DebugLink>,
     root: &Path,
 ) -> Option<(PathBuf, Vec<Symbol>)> {
-    for (candidate, check) in debug_file::candidates(path, build_id, link, root) {
-        let Ok((file, meta)) = reader::open(&candidate) else {
-            continue;
-        };
-        let cache = ReadCache::new(PosReader::new(&file, meta.len()));
-        let Ok(parsed) = parse(&cache) else {
-            tracing::debug!(file = %candidate.display(), "debug file does not parse");
-            continue;
-        };
-        let ids_agree = match (build_id, parsed.build_id.as_ref()) {
-            (Some(a), Some(b)) => a == b,
-            (None, _) | (_, None) => check != debug_file::Check::BuildId,
-        };
-        let crc_ok = match check {
-            debug_file::Check::BuildId => true,
-            debug_file::Check::Crc(crc) => debug_file::file_crc(&candidate).ok() == Some(crc),
-        };
-        if !(ids_agree && crc_ok) {
-            tracing::debug!(file = %candidate.display(), "debug file belongs to another build");
-            continue;
-        }
-        return Some((candidate, parsed.symbols));
+    debug_file::candidates(path, build_id, link, root)
+        .into_iter()
+        .find_map(|(candidate, check)| {
+            let symbols = debug_file_symbols(&candidate, build_id, check)?;
+            Some((candidate, symbols))
+        })
+}
+
+/// The symbols of the debug file `candidate` if it passes `check` against the binary's
+/// `build_id`; `None` (logged at debug level) if it is missing, does not parse or fails.
+fn debug_file_symbols(
+    candidate: &Path,
+    build_id: Option<&BuildId>,
+    check: debug_file::Check,
+) -> Option<Vec<Symbol>> {
+    let (file, meta) = reader::open(candidate).ok()?;
+    let cache = ReadCache::new(PosReader::new(&file, meta.len()));
+    let Ok(parsed) = parse(&cache) else {
+        tracing::debug!(file = %candidate.display(), "debug file does not parse");
+        return None;
+    };
+    let ids_agree = match (build_id, parsed.build_id.as_ref()) {
+        (Some(a), Some(b)) => a == b,
+        (None, _) | (_, None) => check != debug_file::Check::BuildId,
+    };
+    let crc_ok = match check {
+        debug_file::Check::BuildId => true,
+        debug_file::Check::Crc(crc) => debug_file::file_crc(candidate).ok() == Some(crc),
+    };
+    if !(ids_agree && crc_ok) {
+        tracing::debug!(file = %candidate.display(), "debug file belongs to another build");
+        return None;
     }
-    None
+    Some(parsed.symbols)
 }
 
 fn parse<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<Parsed, ParseError> {
@@ -569,8 +661,15 @@ mod tests {
             file: file.try_clone().unwrap(),
             reads: Default::default(),
         };
-        let err =
-            ElfImage::read(reader, Stamp::of(&meta), id, &path, || file.metadata()).unwrap_err();
+        let err = ElfImage::read(
+            reader,
+            Stamp::of(&meta),
+            id,
+            &path,
+            || file.metadata(),
+            DebugFetch::Local,
+        )
+        .unwrap_err();
         assert!(matches!(err, ElfError::Changed { .. }), "{err:?}");
         fs::remove_dir_all(dir).ok();
     }

@@ -11,12 +11,14 @@
 //! - [`open_source`]: the exact file a process maps, by (device, inode), even if its path
 //!   was replaced or lives in a container.
 //! - [`resolve_attach`] / [`resolve_attach_offset`]: `SPEC` attach points → file offsets.
+//! - [`debuginfod`]: separate debug files from debuginfod servers, cached.
 //! - [`read_notes`]: USDT probes (`.note.stapsdt`).
 //! - [`SymbolTable::matching`]: the functions a wildcard names, one per address.
 
 mod attach;
 mod build_id;
 mod debug_file;
+pub mod debuginfod;
 mod demangle;
 mod error;
 mod image;
@@ -33,7 +35,7 @@ pub use build_id::BuildId;
 pub use debug_file::{DEBUG_ROOT, DebugLink};
 pub use demangle::demangle;
 pub use error::ElfError;
-pub use image::{ElfImage, ElfType};
+pub use image::{DebugFetch, ElfImage, ElfType};
 pub use locate::{FileSource, LocateError, Mapping, open_source};
 pub(crate) use locate::{OVERLAYFS_SUPER_MAGIC, fs_magic};
 pub use pattern::{PatternMatch, name_matches};

@@ -115,7 +115,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         Outputs::stdout_writer(),
         None,
         &resolver,
-        Arc::new(Symbolizer::new()),
+        Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global())),
     )
     .keep_going_on_write_errors()
     .with_tracker(tracer.tracker_mode().0);

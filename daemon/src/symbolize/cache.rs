@@ -149,6 +149,31 @@ impl<V> SlotCache<V> {
         }
     }
 
+    /// Puts a new slot holding `make()` in place of every slot whose value `matches`
+    /// (e.g. the image a fetched debug file completes); returns how many. Readers holding
+    /// an old slot keep it until they drop it.
+    pub(super) fn replace(&self, matches: impl Fn(&V) -> bool, make: impl Fn() -> V) -> u64 {
+        let _ring = self.lock();
+        let current = self.map.load_full();
+        let ids: Vec<FileId> = current
+            .iter()
+            .filter(|(_, slot)| slot.state.get().is_some_and(&matches))
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return 0;
+        }
+        let mut map = Map::clone(&current);
+        for id in &ids {
+            let slot = Slot::new();
+            let _ = slot.state.set(make());
+            slot.touch();
+            map.insert(*id, Arc::new(slot));
+        }
+        self.map.store(Arc::new(map));
+        ids.len() as u64
+    }
+
     /// The number of entries.
     pub(super) fn len(&self) -> usize {
         self.map.load().len()

@@ -1,0 +1,329 @@
+//! Separate debug files from a real debuginfod server (elfutils' `debuginfod`, Debian
+//! package `debuginfod`) serving a local directory.
+//!
+//! The fixture (daemon/tests/fixtures/debuginfod_target.c) is built with `-g`; its debug
+//! file is split off (`objcopy --only-keep-debug`) into the directory the server indexes,
+//! and the binary stripped of `.symtab` (`objcopy --strip-all`: its build-id note stays), so
+//! its static functions are named only by the debug file. probed runs with
+//! `DEBUGINFOD_URLS` pointing at the server and a private cache
+//! (`DEBUGINFOD_CACHE_PATH`):
+//!
+//! - attaching `uprobe:STRIPPED:hidden_leaf` by name fetches the debug file (synchronously,
+//!   at attach) and every call is a hit named `hidden_leaf`, with the stack named from it;
+//! - a probe on libc called from the stripped binary never waits for the fetch: the
+//!   binary's frames are symbolized from `.dynsym` (no names) until the file arrives in the
+//!   background, then named (`resymbolized`).
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Probed, Target, num};
+use serde_json::Value;
+
+/// Calls per round of the fixture.
+const CALLS: u64 = 50;
+
+/// The fixture split as distributions ship it: the stripped binary, its debug file in a
+/// directory of its own, the build-id.
+struct Split {
+    dir: PathBuf,
+    stripped: PathBuf,
+    debug_dir: PathBuf,
+    build_id: String,
+}
+
+impl Split {
+    fn new(name: &str) -> Self {
+        let full =
+            probed::fixtures::build("debuginfod_target.c", "debuginfod_target", &["-g", "-O2"])
+                .expect("build debuginfod_target");
+        let dir = std::env::temp_dir().join(format!("probed-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let debug_dir = dir.join("served");
+        std::fs::create_dir_all(&debug_dir).expect("mkdir");
+        let debug = debug_dir.join("debuginfod_target.debug");
+        let stripped = dir.join("debuginfod_target");
+        objcopy(&["--only-keep-debug"], &full, &debug);
+        objcopy(&["--strip-all"], &full, &stripped);
+        let build_id = common::build_id(&stripped);
+        assert_eq!(
+            build_id,
+            common::build_id(&debug),
+            "the debug file is the binary's"
+        );
+        let symbols = |file: &Path| {
+            let out = Command::new("readelf")
+                .arg("-sW")
+                .arg(file)
+                .output()
+                .expect("readelf");
+            String::from_utf8(out.stdout).expect("UTF-8")
+        };
+        assert!(
+            !symbols(&stripped).contains("hidden_leaf"),
+            "the stripped binary must not name its static function"
+        );
+        assert!(
+            symbols(&debug).contains("hidden_leaf"),
+            "the debug file names it"
+        );
+        Self {
+            dir,
+            stripped,
+            debug_dir,
+            build_id,
+        }
+    }
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn objcopy(args: &[&str], from: &Path, to: &Path) {
+    let out = Command::new("objcopy")
+        .args(args)
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("run objcopy (binutils)");
+    assert!(out.status.success(), "objcopy {args:?}: {out:?}");
+}
+
+/// A `debuginfod` serving one directory on a free local port; killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    /// Starts the server on `dir` and waits until it serves `build_id`'s debug file.
+    fn start(dir: &Path, db: &Path, build_id: &str) -> Self {
+        // A port the kernel just gave out and took back: free unless someone races for it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("debuginfod")
+            .arg("-F")
+            .args(["-p", &port.to_string()])
+            .arg("-d")
+            .arg(db)
+            // One scan at start (no rescans, no grooming while the test runs).
+            .args(["-t", "0", "-g", "0"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start debuginfod (Debian package debuginfod)");
+        let server = Self { child, port };
+        let path = format!("/buildid/{build_id}/debuginfo");
+        let indexed = common::wait_until(Duration::from_secs(30), || {
+            server.status(&path) == Some(200)
+        });
+        assert!(indexed, "debuginfod did not serve {path} within 30 s");
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The HTTP status of `GET path` (HTTP/1.0, body discarded), if the server answers.
+    fn status(&self, path: &str) -> Option<u16> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `probed trace ARGS` with `url` as its only debuginfod server and `cache` as its cache.
+fn probed(url: &str, cache: &Path, args: &[&str]) -> Probed {
+    let mut cmd = Command::new(common::probed_bin());
+    cmd.args(args)
+        .env("DEBUGINFOD_URLS", url)
+        .env("DEBUGINFOD_CACHE_PATH", cache)
+        // The server is local: no proxy in between.
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("ALL_PROXY");
+    Probed::start_command(&mut cmd)
+}
+
+/// Runs one round of `CALLS` calls under `args`; returns the hits and the summary.
+fn run(split: &Split, url: &str, cache: &Path, spec: &str, extra: &[&str]) -> (Vec<Value>, Value) {
+    let mut target = Target::start(&split.stripped, &["calls", &CALLS.to_string()]);
+    let pid = target.pid.to_string();
+    let mut args = vec!["trace", spec, "--pid", &pid, "--format", "json"];
+    args.extend_from_slice(extra);
+    let probed = probed(url, cache, &args);
+    target.go();
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    target.finish();
+    let (hits, summary) = common::parse_json(&end.stdout);
+    let summary = summary.unwrap_or_else(|| panic!("no summary: {end:?}"));
+    common::assert_summary_adds_up(&summary);
+    (hits, summary)
+}
+
+/// A static function of a stripped binary attaches by name through the debug file the
+/// server serves; every call is one hit named by it, its stack named up to main; the file
+/// is cached under the build-id, and a second run uses the cache (no fetch).
+#[test]
+fn static_function_by_name_from_debuginfod() {
+    if !common::require_bpf("static_function_by_name_from_debuginfod") {
+        return;
+    }
+    let split = Split::new("debuginfod-attach");
+    let server = Server::start(
+        &split.debug_dir,
+        &split.dir.join("db.sqlite"),
+        &split.build_id,
+    );
+    let cache = split.dir.join("cache");
+    let spec = format!("uprobe:{}:hidden_leaf", split.stripped.display());
+
+    let (hits, summary) = run(&split, &server.url(), &cache, &spec, &["--stack"]);
+    assert_eq!(hits.len() as u64, CALLS, "one hit per call: {summary}");
+    let probe = common::probe_summary(&summary, &spec);
+    assert_eq!(
+        (num(probe, "hits"), num(probe, "printed")),
+        (CALLS, CALLS),
+        "{probe}"
+    );
+    let module = split.stripped.to_str().expect("UTF-8");
+    for hit in &hits {
+        assert_eq!(hit["probe"], spec.as_str(), "{hit}");
+        assert_eq!(hit["symbol"], "hidden_leaf", "{hit}");
+        let stack: Vec<&Value> = hit["stack"].as_array().expect("a stack").iter().collect();
+        let names: Vec<&str> = stack
+            .iter()
+            .take(3)
+            .map(|f| f["symbol"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(names, ["hidden_leaf", "hidden_mid", "main"], "{hit}");
+        assert!(stack[..3].iter().all(|f| f["module"] == module), "{hit}");
+    }
+    let cached = cache.join(&split.build_id).join("debuginfo");
+    let served = std::fs::read(split.debug_dir.join("debuginfod_target.debug")).expect("read");
+    assert_eq!(
+        std::fs::read(&cached).expect("the cached debug file"),
+        served
+    );
+    // (Not debuginfod_failed: where libc's debug file is not installed, libc's frames
+    // ask the server for it too, and it has none.)
+    assert_eq!(
+        num(&summary["resolver"], "debuginfod_fetched"),
+        1,
+        "{summary}"
+    );
+
+    // From the cache: the server is gone (nothing listens on port 1) and not needed.
+    drop(server);
+    let (hits, summary) = run(&split, "http://127.0.0.1:1", &cache, &spec, &[]);
+    assert_eq!(hits.len() as u64, CALLS, "{summary}");
+    assert!(
+        hits.iter().all(|h| h["symbol"] == "hidden_leaf"),
+        "{hits:?}"
+    );
+    assert_eq!(
+        num(&summary["resolver"], "debuginfod_fetched"),
+        0,
+        "{summary}"
+    );
+}
+
+/// The hit path never waits: a probe on libc, whose callers are in the stripped binary,
+/// does not fetch at attach; the first frame in the binary is answered at once without a
+/// name while the debug file is fetched in the background; once it has arrived, the same
+/// frames are named hidden_leaf, hidden_mid, main.
+#[test]
+fn frames_named_when_the_debug_file_arrives() {
+    if !common::require_bpf("frames_named_when_the_debug_file_arrives") {
+        return;
+    }
+    let split = Split::new("debuginfod-frames");
+    let server = Server::start(
+        &split.debug_dir,
+        &split.dir.join("db.sqlite"),
+        &split.build_id,
+    );
+    let cache = split.dir.join("cache");
+    let spec = "uprobe:libc:getppid";
+    let mut target = Target::start(&split.stripped, &["calls", &CALLS.to_string()]);
+    let pid = target.pid.to_string();
+    let probed = probed(
+        &server.url(),
+        &cache,
+        &["trace", spec, "--pid", &pid, "--stack", "--format", "json"],
+    );
+    // Round after round until the file has arrived (bounded).
+    let cached = cache.join(&split.build_id).join("debuginfo");
+    let mut rounds = 0;
+    while rounds < 50 {
+        target.go();
+        rounds += 1;
+        if cached.exists() {
+            // One more round, once the worker has had time to swap the symbols in (it
+            // parses the file after renaming it into the cache).
+            std::thread::sleep(Duration::from_secs(1));
+            target.go();
+            rounds += 1;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    target.finish();
+    let (hits, summary) = common::parse_json(&end.stdout);
+    let summary = summary.unwrap_or_else(|| panic!("no summary: {end:?}"));
+    common::assert_summary_adds_up(&summary);
+    assert_eq!(hits.len() as u64, CALLS * rounds, "{summary}");
+    let callers = |hit: &Value| -> Vec<Value> {
+        hit["stack"].as_array().expect("a stack")[1..4]
+            .iter()
+            .map(|f| f["symbol"].clone())
+            .collect()
+    };
+    // The lookup that loaded the binary (the first hit's first frame in it) was answered
+    // at once, from .dynsym, while the fetch had only been started.
+    let first = &hits[0]["stack"][1];
+    assert_eq!(
+        (&first["symbol"], &first["unresolved"]),
+        (&Value::Null, &Value::from("no_symbol")),
+        "the first lookup waited for the debug file: {}",
+        hits[0]
+    );
+    let last = hits.last().expect("hits");
+    assert_eq!(
+        callers(last),
+        ["hidden_leaf", "hidden_mid", "main"],
+        "{last}"
+    );
+    let resolver = &summary["resolver"];
+    assert_eq!(num(resolver, "debuginfod_fetched"), 1, "{summary}");
+    assert_eq!(num(resolver, "resymbolized"), 1, "{summary}");
+    assert!(cached.exists());
+}
