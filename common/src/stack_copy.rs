@@ -31,6 +31,16 @@ pub const STACK_COPY_PAGES: usize = 4;
 /// 32 MiB holds about 2,000.
 pub const STACK_COPY_RING_BYTES: u32 = 1 << 25;
 
+/// The hit ring of a run whose usual size is `base`: at least [`STACK_COPY_RING_BYTES`] when
+/// it copies stacks (`probed trace --stack`, a daemon with copying probes).
+pub const fn ring_bytes(base: u32, copies_stacks: bool) -> u32 {
+    if copies_stacks && base < STACK_COPY_RING_BYTES {
+        STACK_COPY_RING_BYTES
+    } else {
+        base
+    }
+}
+
 /// Bytes of the copy.
 pub const STACK_COPY_BYTES: usize = STACK_PAGE * STACK_COPY_PAGES;
 

@@ -80,7 +80,7 @@ fn tracker_hooks() -> Choice {
     use crate::track::{kprobes, tracepoints};
     tracker_hooks_for(
         tracepoints::lock_mode_unavailable(),
-        kprobes::kprobe_mode_unavailable(),
+        kprobes::available().err(),
     )
 }
 

@@ -128,11 +128,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 
     // Stack copies are 16 KiB a hit: their runs get a ring that holds a burst of them.
     let copies = args.captures_stacks() && args.stack_mode().copies_stack();
-    let ring_bytes = if copies {
-        probed_common::STACK_COPY_RING_BYTES
-    } else {
-        probed_common::RING_BYTES
-    };
+    let ring_bytes = probed_common::ring_bytes(probed_common::RING_BYTES, copies);
     let tracker = crate::track::TrackerRequest {
         choice: args.tracker,
         copied_stacks: copies,

@@ -85,7 +85,7 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
     let flags = PROBE_FLAGS.get(probe_id).copied().unwrap_or(0);
     // Before anything else is done for the hit (tracking the process included): a refused
     // hit costs nothing more.
-    if flags & PROBE_FLAGS_LIMITS != 0 && !limit::admit(probe_id, flags, ts_ns, stats) {
+    if flags & PROBE_FLAGS_LIMITS != 0 && !limit::admit(probe_id, flags, tgid, ts_ns, stats) {
         return false;
     }
     // For a uprobe the kernel sets ip to the breakpoint address before running the program;

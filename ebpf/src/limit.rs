@@ -8,10 +8,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use aya_ebpf::{
-    bindings::bpf_pidns_info,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_ns_current_pid_tgid},
-};
+use aya_ebpf::{bindings::bpf_pidns_info, helpers::generated::bpf_get_ns_current_pid_tgid};
 use probed_common::{
     PROBE_FLAG_PID, PROBE_FLAG_PIDNS, PROBE_FLAG_RATE_LIMIT, ProbeLimit, ProbeStats, gcra,
 };
@@ -26,15 +23,14 @@ use crate::maps::{PROBE_LIMITS, PROBE_TAT};
 /// keeps the loop finite for the verifier.
 const CAS_TRIES: u32 = 8;
 
-/// Whether a hit of `probe_id` at `now` (ns, `bpf_ktime_get_ns`) is recorded; a hit that is
-/// not is counted in `stats` (filtered or rate-limited).
+/// Whether a hit of `probe_id` at `now` (ns, `bpf_ktime_get_ns`) in process `tgid` is
+/// recorded; a hit that is not is counted in `stats` (filtered or rate-limited).
 #[inline(always)]
-pub fn admit(probe_id: u32, flags: u32, now: u64, stats: *mut ProbeStats) -> bool {
+pub fn admit(probe_id: u32, flags: u32, tgid: u32, now: u64, stats: *mut ProbeStats) -> bool {
     let Some(limit) = PROBE_LIMITS.get(probe_id) else {
         return true;
     };
-    let other_process =
-        flags & PROBE_FLAG_PID != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != limit.tgid;
+    let other_process = flags & PROBE_FLAG_PID != 0 && tgid != limit.tgid;
     if other_process || (flags & PROBE_FLAG_PIDNS != 0 && !in_pidns(limit)) {
         // SAFETY: `stats` is this CPU's slot of a per-CPU array (see hit.rs).
         unsafe { (*stats).filtered += 1 };

@@ -88,6 +88,25 @@ where
         .map_err(|_| AttachError::Program(name))
 }
 
+/// The map `name` as the typed view `M` (`Array`, `PerCpuArray`, `HashMap` over
+/// `&mut MapData`), to write.
+fn map_mut<'e, M>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<M, AttachError>
+where
+    M: TryFrom<&'e mut aya::maps::Map>,
+{
+    let map = ebpf.map_mut(name).ok_or(AttachError::Map(name))?;
+    M::try_from(map).map_err(|_| AttachError::Map(name))
+}
+
+/// The map `name` as the typed view `M` over `&MapData`, to read.
+fn map_ref<'e, M>(ebpf: &'e Ebpf, name: &'static str) -> Result<M, AttachError>
+where
+    M: TryFrom<&'e aya::maps::Map>,
+{
+    let map = ebpf.map(name).ok_or(AttachError::Map(name))?;
+    M::try_from(map).map_err(|_| AttachError::Map(name))
+}
+
 impl Tracer {
     /// Checks privileges, loads the embedded BPF object and its two programs.
     pub fn load(tracker: impl Into<TrackerRequest>) -> Result<Self, AttachError> {
@@ -108,10 +127,10 @@ impl Tracer {
         tracepoints::ensure_tracefs()?;
         let request: TrackerRequest = tracker.into();
         let lock = tracepoints::lock_mode_unavailable();
-        let kprobes = kprobes::kprobe_mode_unavailable();
+        let kprobes = kprobes::available();
         let kernel = Unavailable {
             lock: lock.as_deref(),
-            kprobes: kprobes.as_deref(),
+            kprobes: kprobes.as_ref().err().map(String::as_str),
         };
         let tracker_mode = request
             .choice
@@ -141,7 +160,7 @@ impl Tracer {
             kprobe_links: Vec::new(),
             tracker_mode,
         };
-        tracer.start_change_tracker()?;
+        tracer.start_change_tracker(&kprobes.unwrap_or_default())?;
         Ok(tracer)
     }
 

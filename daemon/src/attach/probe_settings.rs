@@ -9,7 +9,7 @@ use probed_common::{
     ProbeLimit, ProbeStats, gcra_params,
 };
 
-use super::{AttachError, RateLimit, Tracer};
+use super::{AttachError, RateLimit, Tracer, map_mut, map_ref};
 use crate::pidns::PidNamespace;
 
 /// Name of the per-probe flags array.
@@ -122,12 +122,7 @@ impl Tracer {
         self.write_probe_flags(id, 0)?;
         self.update_limit(id, |l| *l = ProbeLimit::default())?;
         self.write_tat(id, 0)?;
-        let map = self
-            .ebpf
-            .map_mut(STATS_MAP)
-            .ok_or(AttachError::Map(STATS_MAP))?;
-        let mut array: PerCpuArray<&mut MapData, ProbeStats> =
-            PerCpuArray::try_from(map).map_err(|_| AttachError::Map(STATS_MAP))?;
+        let mut array: PerCpuArray<&mut MapData, ProbeStats> = map_mut(&mut self.ebpf, STATS_MAP)?;
         // As many values as the map has CPUs (possible CPUs), whatever is online now.
         let cpus = array.get(&id, 0).map_err(config)?.len();
         let zeros = aya::maps::PerCpuValues::try_from(vec![ProbeStats::default(); cpus])
@@ -139,12 +134,7 @@ impl Tracer {
         if id >= MAX_PROBES {
             return Err(AttachError::TooManyProbes(id));
         }
-        let map = self
-            .ebpf
-            .map(PROBE_FLAGS_MAP)
-            .ok_or(AttachError::Map(PROBE_FLAGS_MAP))?;
-        let array: Array<&MapData, u32> =
-            Array::try_from(map).map_err(|_| AttachError::Map(PROBE_FLAGS_MAP))?;
+        let array: Array<&MapData, u32> = map_ref(&self.ebpf, PROBE_FLAGS_MAP)?;
         array.get(&id, 0).map_err(|e| AttachError::ProbeConfig {
             id,
             source: Box::new(e),
@@ -152,12 +142,7 @@ impl Tracer {
     }
 
     fn write_probe_flags(&mut self, id: u32, flags: u32) -> Result<(), AttachError> {
-        let map = self
-            .ebpf
-            .map_mut(PROBE_FLAGS_MAP)
-            .ok_or(AttachError::Map(PROBE_FLAGS_MAP))?;
-        let mut array: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(|_| AttachError::Map(PROBE_FLAGS_MAP))?;
+        let mut array: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, PROBE_FLAGS_MAP)?;
         array
             .set(id, flags, 0)
             .map_err(|e| AttachError::ProbeConfig {
@@ -176,24 +161,14 @@ impl Tracer {
             id,
             source: Box::new(e),
         };
-        let map = self
-            .ebpf
-            .map_mut(PROBE_LIMITS_MAP)
-            .ok_or(AttachError::Map(PROBE_LIMITS_MAP))?;
-        let mut array: Array<&mut MapData, ProbeLimit> =
-            Array::try_from(map).map_err(|_| AttachError::Map(PROBE_LIMITS_MAP))?;
+        let mut array: Array<&mut MapData, ProbeLimit> = map_mut(&mut self.ebpf, PROBE_LIMITS_MAP)?;
         let mut limit = array.get(&id, 0).map_err(config)?;
         change(&mut limit);
         array.set(id, limit, 0).map_err(config)
     }
 
     fn write_tat(&mut self, id: u32, tat: u64) -> Result<(), AttachError> {
-        let map = self
-            .ebpf
-            .map_mut(PROBE_TAT_MAP)
-            .ok_or(AttachError::Map(PROBE_TAT_MAP))?;
-        let mut array: Array<&mut MapData, u64> =
-            Array::try_from(map).map_err(|_| AttachError::Map(PROBE_TAT_MAP))?;
+        let mut array: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, PROBE_TAT_MAP)?;
         array.set(id, tat, 0).map_err(|e| AttachError::ProbeConfig {
             id,
             source: Box::new(e),
@@ -202,12 +177,7 @@ impl Tracer {
 
     /// Per-probe counters summed over CPUs.
     pub fn stats(&self, id: u32) -> Result<ProbeStats, AttachError> {
-        let map = self
-            .ebpf
-            .map(STATS_MAP)
-            .ok_or(AttachError::Map(STATS_MAP))?;
-        let array: PerCpuArray<&MapData, ProbeStats> =
-            PerCpuArray::try_from(map).map_err(|_| AttachError::Map(STATS_MAP))?;
+        let array: PerCpuArray<&MapData, ProbeStats> = map_ref(&self.ebpf, STATS_MAP)?;
         let values = array
             .get(&id, 0)
             .map_err(|e| AttachError::Stats(Box::new(e)))?;

@@ -8,7 +8,7 @@ use aya::{
 };
 use probed_common::{FileKey, TrackConfig};
 
-use super::{AttachError, Tracer, close_links, program};
+use super::{AttachError, Tracer, close_links, map_mut, map_ref, program};
 use crate::{
     file_id::FileId,
     track::{BpfSeq, Generations, Tracked, TrackerMode, kprobes, tracepoints},
@@ -52,14 +52,15 @@ impl Tracer {
     /// Loads and attaches the address-space change tracker (ebpf/src/track.rs). It runs for
     /// every process: uprobes may fire in any of them, and a process must be tracked from
     /// before its first hit for that hit's sequence to mean anything.
-    pub(super) fn start_change_tracker(&mut self) -> Result<(), AttachError> {
+    /// `kprobe_syscalls`: the syscalls whose functions kprobe mode can hook here
+    /// (`kprobes::available`).
+    pub(super) fn start_change_tracker(
+        &mut self,
+        kprobe_syscalls: &[&str],
+    ) -> Result<(), AttachError> {
         let config = crate::track::offsets::track_config(tracepoints::exit_group_dead_offset());
-        let map = self
-            .ebpf
-            .map_mut(TRACK_CONFIG_MAP)
-            .ok_or(AttachError::Map(TRACK_CONFIG_MAP))?;
         let mut array: Array<&mut MapData, TrackConfig> =
-            Array::try_from(map).map_err(|_| AttachError::Map(TRACK_CONFIG_MAP))?;
+            map_mut(&mut self.ebpf, TRACK_CONFIG_MAP)?;
         array
             .set(0, config, 0)
             .map_err(|e| AttachError::TrackConfig(Box::new(e)))?;
@@ -77,7 +78,7 @@ impl Tracer {
         self.attach_tracepoints(points)?;
         match self.tracker_mode.0 {
             TrackerMode::Syscalls => self.attach_syscalls()?,
-            TrackerMode::Kprobes => self.attach_kprobes()?,
+            TrackerMode::Kprobes => self.attach_kprobes(kprobe_syscalls)?,
             TrackerMode::Lock => self.attach_lock()?,
         }
         self.write_tracker_mode()?;
@@ -87,12 +88,7 @@ impl Tracer {
     /// Tells BPF which mode runs (`TRACK_MODE`): the hit programs capture mappings only in
     /// lock mode.
     fn write_tracker_mode(&mut self) -> Result<(), AttachError> {
-        let map = self
-            .ebpf
-            .map_mut(TRACK_MODE_MAP)
-            .ok_or(AttachError::Map(TRACK_MODE_MAP))?;
-        let mut array: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(|_| AttachError::Map(TRACK_MODE_MAP))?;
+        let mut array: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, TRACK_MODE_MAP)?;
         array
             .set(0, self.tracker_mode.0.bpf_value(), 0)
             .map_err(|e| AttachError::TrackConfig(Box::new(e)))
@@ -111,24 +107,18 @@ impl Tracer {
                 }
             }
         }
-        for name in tracepoints::ENTER_PROGRAMS
-            .into_iter()
-            .chain([MM_EXIT_PROGRAM])
-        {
+        let enters = tracepoints::SYSCALLS.iter().map(|(_, program)| *program);
+        for name in unique(enters.chain([MM_EXIT_PROGRAM])) {
             self.load_tracepoint(name)?;
         }
         self.attach_tracepoints(points)
     }
 
-    /// Kprobe mode: a kprobe (the entry) and a kretprobe (the exit) on each mapping syscall's
-    /// function; those configured out of this kernel are skipped.
-    fn attach_kprobes(&mut self) -> Result<(), AttachError> {
-        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        let present = kprobes::present(&kallsyms);
-        for name in kprobes::ENTER_PROGRAMS
-            .into_iter()
-            .chain([kprobes::EXIT_PROGRAM])
-        {
+    /// Kprobe mode: a kprobe (the entry) and a kretprobe (the exit) on the function of each
+    /// mapping syscall in `present`; those configured out of this kernel are skipped.
+    fn attach_kprobes(&mut self, present: &[&str]) -> Result<(), AttachError> {
+        let enters = kprobes::FUNCTIONS.iter().map(|(_, program, _)| *program);
+        for name in unique(enters.chain([kprobes::EXIT_PROGRAM])) {
             let program: &mut KProbe = program(&mut self.ebpf, name)?;
             program.load().map_err(|source| AttachError::ProgramLoad {
                 name,
@@ -224,12 +214,8 @@ impl Tracer {
         &mut self,
         files: impl IntoIterator<Item = FileId>,
     ) -> Result<(), AttachError> {
-        let map = self
-            .ebpf
-            .map_mut(PROBED_FILES_MAP)
-            .ok_or(AttachError::Map(PROBED_FILES_MAP))?;
         let mut set: aya::maps::HashMap<&mut MapData, FileKey, u32> =
-            aya::maps::HashMap::try_from(map).map_err(|_| AttachError::Map(PROBED_FILES_MAP))?;
+            map_mut(&mut self.ebpf, PROBED_FILES_MAP)?;
         for file in files {
             // The kernel's dev_t encoding (major << 20 | minor), as BPF reads it from s_dev.
             let key = FileKey {
@@ -307,12 +293,7 @@ impl Tracer {
     /// The change tracker's error counters (`probed_common::TRACK_ERROR_NAMES`), summed over
     /// CPUs: each is a case where the tracker fell back to rescans instead of replaying.
     pub fn tracker_errors(&self) -> Result<TrackerErrors, AttachError> {
-        let map = self
-            .ebpf
-            .map(TRACK_ERRORS_MAP)
-            .ok_or(AttachError::Map(TRACK_ERRORS_MAP))?;
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|_| AttachError::Map(TRACK_ERRORS_MAP))?;
+        let array: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, TRACK_ERRORS_MAP)?;
         let mut out = TrackerErrors::new();
         for (index, name) in (0u32..).zip(probed_common::TRACK_ERROR_NAMES) {
             let values = array
@@ -322,4 +303,16 @@ impl Tracer {
         }
         Ok(out)
     }
+}
+
+/// `names` once each, in first-seen order (several syscalls share an entry program, which
+/// is loaded once).
+fn unique(names: impl Iterator<Item = &'static str>) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for name in names {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }

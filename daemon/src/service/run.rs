@@ -90,11 +90,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         .probes
         .iter()
         .any(|p| p.stack.is_some_and(StackMode::copies_stack));
-    let ring_bytes = if copied_stacks {
-        DAEMON_RING_BYTES.max(probed_common::STACK_COPY_RING_BYTES)
-    } else {
-        DAEMON_RING_BYTES
-    };
+    let ring_bytes = probed_common::ring_bytes(DAEMON_RING_BYTES, copied_stacks);
     let tracker = TrackerRequest {
         choice: config.tracker,
         copied_stacks,

@@ -37,16 +37,6 @@ pub const FUNCTIONS: [(&str, &str, bool); 9] = [
     ("remap_file_pages", "probed_kother_enter", false),
 ];
 
-/// The entry programs named in [`FUNCTIONS`], once each.
-pub const ENTER_PROGRAMS: [&str; 6] = [
-    "probed_kmmap_enter",
-    "probed_kmunmap_enter",
-    "probed_kmremap_enter",
-    "probed_kmprotect_enter",
-    "probed_kbrk_enter",
-    "probed_kother_enter",
-];
-
 /// The kretprobe program every function's return runs.
 pub const EXIT_PROGRAM: &str = "probed_kmm_exit";
 
@@ -59,28 +49,34 @@ pub fn function(syscall: &str) -> String {
     format!("{PREFIX}{syscall}")
 }
 
-/// Why kprobe mode cannot run on this kernel; `None` if it can.
-pub fn kprobe_mode_unavailable() -> Option<String> {
+/// The syscalls whose functions kprobe mode can hook on this kernel (those of [`FUNCTIONS`]
+/// in kallsyms), or why kprobe mode cannot run here. Read once at start: kallsyms is
+/// ~120,000 lines (about 50 ms to read).
+pub fn available() -> Result<Vec<&'static str>, String> {
     if !cfg!(target_arch = "x86_64") {
-        return Some("kprobe mode is built for x86-64 only".into());
+        return Err("kprobe mode is built for x86-64 only".into());
     }
     if !Path::new(KPROBE_PMU).exists() {
-        return Some(format!(
+        return Err(format!(
             "the kernel has no kprobes (no {KPROBE_PMU}: built without CONFIG_KPROBES or \
              CONFIG_KPROBE_EVENTS)"
         ));
     }
-    match std::fs::read_to_string("/proc/kallsyms") {
-        Ok(text) => missing_required(&text),
-        Err(e) => Some(format!("cannot read /proc/kallsyms: {e}")),
+    let text = std::fs::read_to_string("/proc/kallsyms")
+        .map_err(|e| format!("cannot read /proc/kallsyms: {e}"))?;
+    let present = present(&text);
+    match missing_required(&present) {
+        Some(why) => Err(why),
+        None => Ok(present),
     }
 }
 
-/// The functions of [`FUNCTIONS`] present in a `/proc/kallsyms` text.
-pub fn present(kallsyms: &str) -> Vec<&'static str> {
+/// The syscalls of [`FUNCTIONS`] whose function a `/proc/kallsyms` text has.
+fn present(kallsyms: &str) -> Vec<&'static str> {
     let names: std::collections::HashSet<&str> = kallsyms
         .lines()
         .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|name| name.starts_with(PREFIX))
         .collect();
     FUNCTIONS
         .iter()
@@ -89,9 +85,9 @@ pub fn present(kallsyms: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// Why a `/proc/kallsyms` text lacks what kprobe mode needs; `None` if it has it all.
-fn missing_required(kallsyms: &str) -> Option<String> {
-    let present = present(kallsyms);
+/// Why kprobe mode cannot run with only the `present` syscalls' functions; `None` if every
+/// required one is there.
+fn missing_required(present: &[&str]) -> Option<String> {
     let missing: Vec<String> = FUNCTIONS
         .iter()
         .filter(|(s, _, required)| *required && !present.contains(s))
@@ -118,15 +114,15 @@ mod tests {
                    ffffffff816161a0 T __x64_sys_mprotect\n\
                    ffffffff81619080 T __x64_sys_mremap\n\
                    ffffffff81aade50 T __x64_sys_shmat\n";
-        assert_eq!(missing_required(all), None);
+        assert_eq!(missing_required(&present(all)), None);
         assert_eq!(
             present(all),
             ["mmap", "munmap", "mremap", "mprotect", "brk", "shmat"]
         );
         let no_brk = all.replace("__x64_sys_brk", "__x64_sys_brk_old");
-        let why = missing_required(&no_brk).expect("brk is required");
+        let why = missing_required(&present(&no_brk)).expect("brk is required");
         assert!(why.contains("__x64_sys_brk"), "{why}");
         // Module symbols carry a fourth column; a name must match whole.
-        assert!(missing_required("0 T __x64_sys_mmapx [m]\n").is_some());
+        assert!(missing_required(&present("0 T __x64_sys_mmapx [m]\n")).is_some());
     }
 }

@@ -112,7 +112,7 @@ impl From<TrackerChoice> for TrackerRequest {
 pub struct Unavailable<'a> {
     /// Lock mode (tracepoints.rs, `lock_mode_unavailable`).
     pub lock: Option<&'a str>,
-    /// Kprobe mode (kprobes.rs, `kprobe_mode_unavailable`).
+    /// Kprobe mode (kprobes.rs, `available`).
     pub kprobes: Option<&'a str>,
 }
 
@@ -143,19 +143,18 @@ impl TrackerChoice {
         const COPIES: &str = "copied stacks (--stack=auto|dwarf) are unwound in the daemon, \
                               which lock mode cannot give the pictures of changed processes; \
                               use --stack=fp with lock mode";
+        let asked = format!("asked for (--tracker {})", self.as_str());
+        let refused = |why: &str| format!("{why} (use --tracker syscalls or auto)");
         match self {
-            TrackerChoice::Syscalls => Ok((
-                TrackerMode::Syscalls,
-                "asked for (--tracker syscalls)".into(),
-            )),
+            TrackerChoice::Syscalls => Ok((TrackerMode::Syscalls, asked)),
             TrackerChoice::Kprobes => match kernel.kprobes {
-                None => Ok((TrackerMode::Kprobes, "asked for (--tracker kprobes)".into())),
-                Some(why) => Err(format!("{why} (use --tracker syscalls or auto)")),
+                None => Ok((TrackerMode::Kprobes, asked)),
+                Some(why) => Err(refused(why)),
             },
             TrackerChoice::Lock => match (copied_stacks, kernel.lock) {
                 (true, _) => Err(COPIES.to_string()),
-                (false, None) => Ok((TrackerMode::Lock, "asked for (--tracker lock)".into())),
-                (false, Some(why)) => Err(format!("{why} (use --tracker syscalls or auto)")),
+                (false, None) => Ok((TrackerMode::Lock, asked)),
+                (false, Some(why)) => Err(refused(why)),
             },
             TrackerChoice::Auto => {
                 let no_lock = match (copied_stacks, kernel.lock) {
@@ -187,8 +186,6 @@ impl TrackerChoice {
 mod tests {
     use super::*;
 
-    /// Auto takes lock mode where it can run and syscalls elsewhere; an explicit lock request
-    /// on a kernel without it is refused with the reason, never silently downgraded.
     /// Auto takes lock mode where it can run, kprobes where only they can, and syscalls
     /// elsewhere; an explicit request the kernel cannot serve is refused with the reason,
     /// never silently downgraded.

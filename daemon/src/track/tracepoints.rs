@@ -19,16 +19,6 @@ pub const SYSCALLS: [(&str, &str); 9] = [
     ("remap_file_pages", "probed_other_enter"),
 ];
 
-/// The entry programs named in [`SYSCALLS`], once each.
-pub const ENTER_PROGRAMS: [&str; 6] = [
-    "probed_mmap_enter",
-    "probed_munmap_enter",
-    "probed_mremap_enter",
-    "probed_mprotect_enter",
-    "probed_brk_enter",
-    "probed_other_enter",
-];
-
 /// The tracepoints lock mode attaches to (as raw tracepoints): category, name.
 pub const LOCK_TRACEPOINTS: [(&str, &str); 2] = [
     ("mmap_lock", "mmap_lock_acquire_returned"),
