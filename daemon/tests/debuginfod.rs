@@ -81,6 +81,13 @@ impl Split {
             build_id,
         }
     }
+
+    /// A server on this split's debug directory (its database beside it), and the private
+    /// cache probed is to use.
+    fn serve(&self) -> (Server, PathBuf) {
+        let server = Server::start(&self.debug_dir, &self.dir.join("db.sqlite"), &self.build_id);
+        (server, self.dir.join("cache"))
+    }
 }
 
 impl Drop for Split {
@@ -196,12 +203,7 @@ fn static_function_by_name_from_debuginfod() {
         return;
     }
     let split = Split::new("debuginfod-attach");
-    let server = Server::start(
-        &split.debug_dir,
-        &split.dir.join("db.sqlite"),
-        &split.build_id,
-    );
-    let cache = split.dir.join("cache");
+    let (server, cache) = split.serve();
     let spec = format!("uprobe:{}:hidden_leaf", split.stripped.display());
 
     let (hits, summary) = run(&split, &server.url(), &cache, &spec, &["--stack"]);
@@ -264,12 +266,7 @@ fn frames_named_when_the_debug_file_arrives() {
         return;
     }
     let split = Split::new("debuginfod-frames");
-    let server = Server::start(
-        &split.debug_dir,
-        &split.dir.join("db.sqlite"),
-        &split.build_id,
-    );
-    let cache = split.dir.join("cache");
+    let (server, cache) = split.serve();
     let spec = "uprobe:libc:getppid";
     let mut target = Target::start(&split.stripped, &["calls", &CALLS.to_string()]);
     let pid = target.pid.to_string();

@@ -293,7 +293,7 @@ fn assert_tracker(lines: &Lines, stack_arg: &str) {
     let summary = lines.summary.as_ref().expect("a summary");
     assert_eq!(
         summary["tracker"],
-        common::auto_tracker(stack_arg != "--stack=fp"),
+        common::trace_tracker(stack_arg != "--stack=fp"),
         "{summary}"
     );
 }

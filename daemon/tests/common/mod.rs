@@ -78,17 +78,28 @@ pub fn kprobe_mode_available() -> bool {
             .any(|l| l.split_whitespace().nth(2) == Some("__x64_sys_mmap"))
 }
 
-/// The mode `--tracker auto` runs here: lock mode where the kernel has it and stacks are not
-/// copied for the daemon's unwinder, else kprobes where the kernel has them, else syscalls
-/// (daemon/src/track/mode.rs); the one `PROBED_TRACKER` names when the run forces one.
+/// The mode `--tracker auto` picks on this kernel: lock mode where the kernel has it and
+/// stacks are not copied for the daemon's unwinder, else kprobes where the kernel has them,
+/// else syscalls (daemon/src/track/mode.rs).
 pub fn auto_tracker(copied_stacks: bool) -> &'static str {
+    if !copied_stacks && lock_mode_available() {
+        "lock"
+    } else if kprobe_mode_available() {
+        "kprobes"
+    } else {
+        "syscalls"
+    }
+}
+
+/// The mode a `probed trace` of this test run runs without `--tracker`: the one
+/// `PROBED_TRACKER` names when the run forces one (the full run's syscall pass), else
+/// [`auto_tracker`]'s.
+pub fn trace_tracker(copied_stacks: bool) -> &'static str {
     match std::env::var("PROBED_TRACKER").ok().as_deref() {
         Some("lock") => "lock",
         Some("kprobes") => "kprobes",
         Some("syscalls") => "syscalls",
-        _ if !copied_stacks && lock_mode_available() => "lock",
-        _ if kprobe_mode_available() => "kprobes",
-        _ => "syscalls",
+        _ => auto_tracker(copied_stacks),
     }
 }
 
