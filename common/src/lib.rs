@@ -5,7 +5,9 @@
 //! implements `aya::Pod` so the daemon can read these out of BPF maps.
 #![no_std]
 
+mod args;
 mod stack_copy;
+pub use args::*;
 pub use stack_copy::*;
 
 /// Most probes one run can attach; the size of the per-probe statistics array in BPF.

@@ -85,6 +85,8 @@ const _: () = {
         crate::PROBE_FLAG_PIDNS,
         crate::PROBE_FLAG_PID,
         PROBE_FLAG_STACK_COPY,
+        crate::PROBE_FLAG_ARGS,
+        crate::PROBE_FLAG_ARG_STRINGS,
     ];
     let mut seen = 0u32;
     let mut i = 0;

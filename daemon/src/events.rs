@@ -9,10 +9,10 @@ use std::{io, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
 use probed_common::{
-    CapturedHitEvent, CapturedStackEvent, ChangeEvent, EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK,
-    EVENT_CHANGE, EVENT_FILE_NAME, EVENT_HIT, EVENT_LOCK_CHANGE, EVENT_PROC, EVENT_STACK_COPY_HIT,
-    EVENT_STACK_HIT, FileNameEvent, HitEvent, LockChangeEvent, OP_OTHER, ProcEvent,
-    StackCopyHitEvent, StackHitEvent,
+    ArgStringsEvent, CapturedHitEvent, CapturedStackEvent, ChangeEvent, EVENT_ARG_STRINGS,
+    EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK, EVENT_CHANGE, EVENT_FILE_NAME, EVENT_HIT,
+    EVENT_LOCK_CHANGE, EVENT_PROC, EVENT_STACK_COPY_HIT, EVENT_STACK_HIT, FileNameEvent, HitEvent,
+    LockChangeEvent, OP_OTHER, ProcEvent, StackCopyHitEvent, StackHitEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -38,6 +38,8 @@ pub enum Event {
     FileName(FileNameEvent),
     /// A probe that unwinds stacks in the daemon fired (boxed: 16 KiB of stack copy).
     StackCopy(Box<StackCopyHitEvent>),
+    /// The string arguments of the hit that follows (boxed: 1.5 KiB).
+    ArgStrings(Box<ArgStringsEvent>),
 }
 
 impl Event {
@@ -49,7 +51,7 @@ impl Event {
             Event::CapturedHit(e) => Some(&e.hit),
             Event::CapturedStack(e) => Some(&e.stack.hit),
             Event::StackCopy(e) => Some(&e.hit),
-            Event::Proc(_) | Event::Change(_) | Event::FileName(_) => None,
+            Event::Proc(_) | Event::Change(_) | Event::FileName(_) | Event::ArgStrings(_) => None,
         }
     }
 
@@ -101,6 +103,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_STACK_COPY_HIT => {
             read::<StackCopyHitEvent>(bytes).map(|e| Event::StackCopy(Box::new(e)))
         }
+        EVENT_ARG_STRINGS => read::<ArgStringsEvent>(bytes).map(|e| Event::ArgStrings(Box::new(e))),
         _ => None,
     }
 }

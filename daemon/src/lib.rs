@@ -38,4 +38,5 @@ pub mod stop;
 pub mod symbolize;
 pub mod trace;
 pub mod track;
+pub mod typed_args;
 pub mod unwind;

@@ -11,8 +11,8 @@ use std::{
 };
 
 use probed_common::{
-    CAPTURE_FAILED, ChangeEvent, HitEvent, KIND_RETURN, MAX_FRAMES, OP_OTHER, PROC_EXEC, PROC_EXIT,
-    PROC_FORK, ProcEvent, STACK_COPY_BYTES, StackCopyHitEvent, VmaInfo,
+    ArgStringsEvent, CAPTURE_FAILED, ChangeEvent, HitEvent, KIND_RETURN, MAX_FRAMES, OP_OTHER,
+    PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, STACK_COPY_BYTES, StackCopyHitEvent, VmaInfo,
 };
 
 use crate::{
@@ -119,6 +119,9 @@ impl LockState {
     }
 }
 
+/// Threads whose string arguments may wait for their hit at once (see `pending_strings`).
+const MAX_PENDING_STRINGS: usize = 65536;
+
 /// The reason given for an address whose mapping was found but whose file no source could
 /// name (see `track::paths`).
 const UNNAMED: &str = "unnamed";
@@ -210,6 +213,8 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     symbolizer: Arc<Symbolizer>,
     /// Hits naming a probe id this run does not have (an ABI or cookie mismatch).
     pub unknown_probe: u64,
+    /// String arguments waiting for their hit, by thread (BPF writes them just before it).
+    pending_strings: HashMap<u32, Box<ArgStringsEvent>>,
     /// Stacks cut at an impossible frame (see stack_check.rs).
     pub stacks_truncated: u64,
     /// Hit records read from the ring buffer (handled or counted at a stop), all probes.
@@ -264,6 +269,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             pid_filter: None,
             symbolizer,
             unknown_probe: 0,
+            pending_strings: HashMap::new(),
             stacks_truncated: 0,
             hit_records: 0,
             aggregations: Aggregations::default(),
@@ -503,6 +509,15 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 self.stop.is_none()
             }
             Event::StackCopy(e) => self.handle_stack_copy(e),
+            Event::ArgStrings(e) => {
+                // Kept for the thread's next hit. Bounded: a strings record whose hit was
+                // lost (full ring) is replaced by the thread's next one.
+                if self.pending_strings.len() >= MAX_PENDING_STRINGS {
+                    self.pending_strings.clear();
+                }
+                self.pending_strings.insert(e.tid, e.clone());
+                self.stop.is_none()
+            }
             Event::Proc(proc) => {
                 self.handle_proc(proc);
                 self.stop.is_none()
@@ -799,6 +814,23 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let probe = &slot.probe;
         let comm = comm_str(&hit.comm);
         let is_return = hit.kind == KIND_RETURN;
+        // Typed arguments, with the strings BPF wrote just before this hit (same thread,
+        // same timestamp); a hit whose strings record was lost shows them as missing.
+        let typed_args = probe.args.as_ref().map(|plan| {
+            let strings = if plan.has_strings() {
+                self.pending_strings
+                    .remove(&hit.tid)
+                    .filter(|e| e.ts_ns == hit.ts_ns && e.probe_id == hit.probe_id)
+            } else {
+                None
+            };
+            let raw = if is_return {
+                [hit.retval, 0, 0, 0, 0, 0]
+            } else {
+                hit.args
+            };
+            plan.values(&raw, strings.as_deref())
+        });
         let record = HitRecord {
             probe: &probe.spec.text,
             probe_id: hit.probe_id,
@@ -824,6 +856,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             stack,
             stack_truncated,
             stack_stop: unwound.map(StopReason::as_str),
+            typed_args,
         };
         self.aggregations.add(&record);
         if self.print_hits {

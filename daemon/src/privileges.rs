@@ -103,13 +103,16 @@ fn check_caps(eff: u64, need_sys_admin: impl FnOnce() -> bool) -> Result<(), Pri
 }
 
 /// `struct perf_event_attr` up to `config2` (`PERF_ATTR_SIZE_VER1`, 72 bytes; the kernel
-/// takes any published size). libc does not define it.
+/// takes any published size). libc does not define it. Also used to open uprobes with a
+/// USDT semaphore (`attach::semaphore_link`).
 #[repr(C)]
 #[derive(Default)]
-struct UprobeAttr {
-    type_: u32,
-    size: u32,
-    config: u64,
+pub(crate) struct UprobeAttr {
+    pub(crate) type_: u32,
+    pub(crate) size: u32,
+    /// For the uprobe PMU: bit 0 (`format/retprobe`) a return probe; bits 32–63 the
+    /// semaphore's file offset (`format/ref_ctr_offset`).
+    pub(crate) config: u64,
     sample_period: u64,
     sample_type: u64,
     read_format: u64,
@@ -118,9 +121,9 @@ struct UprobeAttr {
     wakeup_events: u32,
     bp_type: u32,
     /// For the uprobe PMU: a pointer to the file's path.
-    config1: u64,
+    pub(crate) config1: u64,
     /// For the uprobe PMU: the file offset.
-    config2: u64,
+    pub(crate) config2: u64,
 }
 const _: () = assert!(std::mem::size_of::<UprobeAttr>() == 72);
 
@@ -129,7 +132,7 @@ const EXCLUDE_KERNEL: u64 = 1 << 5;
 /// `exclude_hv` (bit 6).
 const EXCLUDE_HV: u64 = 1 << 6;
 /// `PERF_FLAG_FD_CLOEXEC`.
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+pub(crate) const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 
 /// Asks the kernel whether creating a uprobe needs CAP_SYS_ADMIN for this process: opens a
 /// uprobe perf event with no file. The uprobe PMU checks the capability before it looks at

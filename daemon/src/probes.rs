@@ -17,6 +17,7 @@ use crate::{
     elf::{self, AttachTarget, ElfImage},
     libpath::{self, LibraryError, Lookup},
     spec::{FileRef, Location, ProbeSpec, SpecError},
+    typed_args::{ArgPlan, PlanError},
 };
 
 /// One probe of the run.
@@ -40,6 +41,11 @@ pub struct Probe {
     pub target: AttachTarget,
     /// For a probe in a container: the file as resolved there (see [`crate::container`]).
     pub in_container: Option<InContainer>,
+    /// Typed arguments (a SPEC's list, a USDT note's operands), evaluated in BPF.
+    pub args: Option<ArgPlan>,
+    /// A USDT probe's semaphore: its file offset, which the kernel increments in every
+    /// process while the probe is attached (`ref_ctr_offset`).
+    pub semaphore: Option<u64>,
 }
 
 /// Where a container probe's file was found.
@@ -66,6 +72,18 @@ impl Probe {
                 PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
             }
             None => self.path.clone(),
+        }
+    }
+
+    /// What the tracer needs to attach it.
+    pub fn attach_request(&self) -> crate::attach::AttachRequest {
+        crate::attach::AttachRequest {
+            id: self.id,
+            kind: self.spec.kind,
+            path: self.attach_path(),
+            file_offset: self.file_offset,
+            args: self.args.as_ref().map(|a| a.specs),
+            semaphore: self.semaphore,
         }
     }
 
@@ -119,6 +137,68 @@ pub enum ProbeError {
         /// What is wrong with it.
         #[source]
         source: elf::AttachError,
+    },
+    /// The argument list or the USDT operands cannot be evaluated.
+    #[error("{spec}: {source}")]
+    Args {
+        /// The SPEC.
+        spec: String,
+        /// What is wrong.
+        #[source]
+        source: PlanError,
+    },
+    /// The file has no USDT probe of that name.
+    #[error(
+        "{spec}: no USDT probe `{name}` in {path} (list them with `probed list 'usdt:{path}:*'`)"
+    )]
+    NoUsdt {
+        /// The SPEC.
+        spec: String,
+        /// The file searched.
+        path: PathBuf,
+        /// The probe as written (`provider:name` or `name`).
+        name: String,
+    },
+    /// `usdt:PATH:NAME` where several providers have a probe `NAME`.
+    #[error(
+        "{spec}: several providers have a USDT probe `{name}` ({providers}): say which, as usdt:PATH:PROVIDER:{name}"
+    )]
+    UsdtAmbiguous {
+        /// The SPEC.
+        spec: String,
+        /// The name.
+        name: String,
+        /// The providers, comma-separated.
+        providers: String,
+    },
+    /// The USDT notes could not be read.
+    #[error("{spec}: {source}")]
+    Usdt {
+        /// The SPEC.
+        spec: String,
+        /// What is wrong.
+        #[source]
+        source: elf::UsdtError,
+    },
+    /// A USDT probe with several sites where a SPEC must be one probe.
+    #[error(
+        "{spec}: the USDT probe has {sites} sites; a daemon probe is one site (use `probed trace`, which attaches every site)"
+    )]
+    UsdtSites {
+        /// The SPEC.
+        spec: String,
+        /// How many.
+        sites: usize,
+    },
+    /// A note's address is not in the file's loaded segments.
+    #[error("{spec}: the USDT probe's address {addr:#x} is not in a loaded segment of {path}")]
+    UsdtAddress {
+        /// The SPEC.
+        spec: String,
+        /// The file.
+        path: PathBuf,
+        /// The address.
+        addr: u64,
     },
     /// A wildcard matches no function.
     #[error("{spec}: no function in {path} matches `{pattern}`")]
@@ -180,9 +260,16 @@ pub fn prepare_one(id: u32, spec: ProbeSpec, scope: Scope<'_>) -> Result<Probe, 
     if matches!(spec.location, Location::Pattern(_)) {
         return Err(ProbeError::PatternNotAllowed { spec: spec.text });
     }
-    let mut probe = expand(spec, scope)?
-        .pop()
-        .expect("a SPEC without wildcard is one probe");
+    let text = spec.text.clone();
+    let mut probes = expand(spec, scope)?;
+    // A USDT probe may be compiled in at several places (each a site with its own operands).
+    if probes.len() != 1 {
+        return Err(ProbeError::UsdtSites {
+            spec: text,
+            sites: probes.len(),
+        });
+    }
+    let mut probe = probes.pop().expect("one probe");
     probe.id = id;
     Ok(probe)
 }
@@ -217,6 +304,15 @@ pub fn expand(spec: ProbeSpec, scope: Scope<'_>) -> Result<Vec<Probe>, ProbeErro
             (image, Some(container))
         }
     };
+    let plan_error = |source| ProbeError::Args {
+        spec: spec.text.clone(),
+        source,
+    };
+    // A function probe's typed arguments (a USDT probe's come from its note, per site).
+    let function_args = match (&spec.location, &spec.args) {
+        (Location::Usdt { .. }, _) | (_, None) => None,
+        (_, Some(list)) => Some(ArgPlan::for_function(spec.kind, list).map_err(plan_error)?),
+    };
     let one = |spec: ProbeSpec, target: AttachTarget, pattern: Option<String>, aliases| Probe {
         id: 0,
         file_offset: target.file_offset,
@@ -226,8 +322,35 @@ pub fn expand(spec: ProbeSpec, scope: Scope<'_>) -> Result<Vec<Probe>, ProbeErro
         aliases,
         target,
         in_container: in_container.clone(),
+        args: function_args.clone(),
+        semaphore: None,
     };
     match &spec.location {
+        Location::Usdt { provider, name } => {
+            let sites = usdt_sites(&spec, &image, provider.as_deref(), name)?;
+            sites
+                .into_iter()
+                .map(|note| {
+                    let at = |addr: u64| {
+                        image
+                            .vaddr_to_file_offset(addr)
+                            .ok_or_else(|| ProbeError::UsdtAddress {
+                                spec: spec.text.clone(),
+                                path: path.clone(),
+                                addr,
+                            })
+                    };
+                    let target = image.attach_offset(at(note.pc)?).map_err(target_error)?;
+                    let symbol = |name: &str| image.symbols().find(name).map(|sym| sym.addr);
+                    let plan = ArgPlan::for_usdt(&note.args, note.pc, &symbol, spec.args.as_ref())
+                        .map_err(plan_error)?;
+                    let mut probe = one(spec.clone(), target, None, Vec::new());
+                    probe.args = Some(plan);
+                    probe.semaphore = note.semaphore.map(at).transpose()?;
+                    Ok(probe)
+                })
+                .collect()
+        }
         Location::Symbol { name, offset } => {
             let target = image.attach_symbol(name, *offset).map_err(target_error)?;
             Ok(vec![one(spec, target, None, Vec::new())])
@@ -259,10 +382,18 @@ pub fn expand(spec: ProbeSpec, scope: Scope<'_>) -> Result<Vec<Probe>, ProbeErro
                         m.symbol.bare_name().to_owned()
                     };
                     let concrete = ProbeSpec {
-                        text: format!("{kind}:{}:{name}", spec.file),
+                        text: format!(
+                            "{kind}:{}:{name}{}",
+                            spec.file,
+                            spec.args
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        ),
                         kind: spec.kind,
                         file: spec.file.clone(),
                         location: Location::Symbol { name, offset: 0 },
+                        args: spec.args.clone(),
                     };
                     let aliases = m.aliases.iter().map(|a| a.to_string()).collect();
                     Ok(one(concrete, target, Some(spec.text.clone()), aliases))
@@ -270,6 +401,40 @@ pub fn expand(spec: ProbeSpec, scope: Scope<'_>) -> Result<Vec<Probe>, ProbeErro
                 .collect()
         }
     }
+}
+
+/// The notes of the USDT probe `[provider:]name` in `image` (one per site).
+fn usdt_sites(
+    spec: &ProbeSpec,
+    image: &ElfImage,
+    provider: Option<&str>,
+    name: &str,
+) -> Result<Vec<elf::UsdtNote>, ProbeError> {
+    let notes = elf::read_notes(image.path()).map_err(|source| ProbeError::Usdt {
+        spec: spec.text.clone(),
+        source,
+    })?;
+    let sites: Vec<elf::UsdtNote> = notes
+        .into_iter()
+        .filter(|n| n.name == name && provider.is_none_or(|p| n.provider == p))
+        .collect();
+    if sites.is_empty() {
+        return Err(ProbeError::NoUsdt {
+            spec: spec.text.clone(),
+            path: image.path().to_owned(),
+            name: provider.map_or_else(|| name.to_owned(), |p| format!("{p}:{name}")),
+        });
+    }
+    let mut providers: Vec<&str> = sites.iter().map(|n| n.provider.as_str()).collect();
+    providers.dedup();
+    if providers.len() > 1 {
+        return Err(ProbeError::UsdtAmbiguous {
+            spec: spec.text.clone(),
+            name: name.into(),
+            providers: providers.join(", "),
+        });
+    }
+    Ok(sites)
 }
 
 /// The file a SPEC names: its path, or its library resolved in the scope's process.

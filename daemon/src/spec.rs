@@ -1,13 +1,15 @@
 //! The probe SPEC grammar (bpftrace-style) → typed probe requests.
 //!
 //! ```text
-//! SPEC     := KIND ":" PATH ":" LOCATION
+//! SPEC     := KIND ":" PATH ":" LOCATION [ARGS]
+//!           | "usdt" ":" PATH ":" [PROVIDER ":"] NAME [ARGS]
 //! KIND     := "uprobe" | "u" | "uretprobe" | "ur"
 //! PATH     := an absolute path to an ELF executable or shared library (no ':')
 //!           | a library name without '/': `libc`, `libssl.so.3` (see `libpath`)
 //! LOCATION := SYMBOL | SYMBOL "+" OFFSET | "0x" HEX     (the last one is a file offset)
 //!           | GLOB                                       (`*`, `?`, `[…]`; see `glob`)
 //! OFFSET   := decimal or 0x-prefixed hex
+//! ARGS     := "(" TYPE ("," TYPE)* ")" | "(ret:" TYPE ")"   (see `typed_args`)
 //! ```
 //! Parsing is pure: whether the file exists or the symbol is in it is checked when the probe
 //! is resolved against the ELF file (see `elf`); a library name is resolved then too
@@ -15,12 +17,17 @@
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
-use crate::glob::{Glob, GlobError, is_pattern};
+use crate::{
+    glob::{Glob, GlobError, is_pattern},
+    typed_args::{ArgList, ArgListError},
+};
 
 /// The forms a SPEC may take, shown in every parse error.
 pub const EXPECTED_FORMS: &str = "uprobe:/path/to/binary:symbol, uretprobe:/path:symbol, \
                                   uprobe:/path:symbol+16, uprobe:/path:0x1a2b (file offset), \
-                                  uprobe:/path:read* (wildcard) or uprobe:libc:malloc (library)";
+                                  uprobe:/path:read* (wildcard), uprobe:libc:malloc (library), \
+                                  usdt:/path:provider:name, each optionally typed: \
+                                  uprobe:/path:f(str,i32), uretprobe:/path:f(ret:str)";
 
 /// Whether a probe fires at function entry or at function return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,6 +62,14 @@ pub enum Location {
     FileOffset(u64),
     /// Every function whose name (raw, without version, or demangled) matches.
     Pattern(Glob),
+    /// A USDT probe point (`.note.stapsdt`): every site of `provider:name` (or of `name`,
+    /// if it is one provider's only).
+    Usdt {
+        /// The provider, if given.
+        provider: Option<String>,
+        /// The probe's name.
+        name: String,
+    },
 }
 
 /// Which file: a path, or a library name the loader would resolve.
@@ -86,6 +101,8 @@ pub struct ProbeSpec {
     pub file: FileRef,
     /// Where in the file.
     pub location: Location,
+    /// The argument list, if the SPEC types its arguments.
+    pub args: Option<ArgList>,
 }
 
 /// Why a SPEC did not parse. Each message names the offending part and the expected forms.
@@ -128,6 +145,15 @@ pub enum SpecError {
         #[source]
         source: GlobError,
     },
+    /// The argument list did not parse.
+    #[error("`{spec}`: {source}")]
+    Args {
+        /// The whole SPEC.
+        spec: String,
+        /// What is wrong.
+        #[source]
+        source: ArgListError,
+    },
     /// A number did not parse.
     #[error("bad offset `{number}` in `{spec}`: expected a decimal or 0x-prefixed hex number")]
     Number {
@@ -143,7 +169,11 @@ impl FromStr for ProbeSpec {
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
         let shape = || SpecError::Shape { spec: spec.into() };
-        let (kind, rest) = spec.split_once(':').ok_or_else(shape)?;
+        let (body, args) = split_args(spec)?;
+        let (kind, rest) = body.split_once(':').ok_or_else(shape)?;
+        if kind == "usdt" {
+            return usdt(spec, rest, args);
+        }
         let kind = match kind {
             "uprobe" | "u" => ProbeKind::Entry,
             "uretprobe" | "ur" => ProbeKind::Return,
@@ -158,13 +188,7 @@ impl FromStr for ProbeSpec {
         if path.is_empty() || location.is_empty() {
             return Err(shape());
         }
-        let file = if path.starts_with('/') {
-            FileRef::Path(PathBuf::from(path))
-        } else if crate::libpath::is_library_name(path) {
-            FileRef::Library(path.into())
-        } else {
-            return Err(SpecError::RelativePath { spec: spec.into() });
-        };
+        let file = file_ref(spec, path)?;
         let number = |text: &str| {
             parse_number(text).ok_or_else(|| SpecError::Number {
                 spec: spec.into(),
@@ -200,8 +224,61 @@ impl FromStr for ProbeSpec {
             kind,
             file,
             location,
+            args,
         })
     }
+}
+
+/// Splits a trailing `(…)` argument list off `spec`.
+fn split_args(spec: &str) -> Result<(&str, Option<ArgList>), SpecError> {
+    let Some(open) = spec.strip_suffix(')').and_then(|s| s.rfind('(')) else {
+        return Ok((spec, None));
+    };
+    let list =
+        ArgList::parse(&spec[open + 1..spec.len() - 1]).map_err(|source| SpecError::Args {
+            spec: spec.into(),
+            source,
+        })?;
+    Ok((&spec[..open], Some(list)))
+}
+
+/// The file part: an absolute path or a library name.
+fn file_ref(spec: &str, path: &str) -> Result<FileRef, SpecError> {
+    if path.starts_with('/') {
+        Ok(FileRef::Path(PathBuf::from(path)))
+    } else if crate::libpath::is_library_name(path) {
+        Ok(FileRef::Library(path.into()))
+    } else {
+        Err(SpecError::RelativePath { spec: spec.into() })
+    }
+}
+
+/// `usdt:PATH:[PROVIDER:]NAME` (`rest` is what follows `usdt:`).
+fn usdt(spec: &str, rest: &str, args: Option<ArgList>) -> Result<ProbeSpec, SpecError> {
+    let shape = || SpecError::Shape { spec: spec.into() };
+    let mut parts = rest.splitn(3, ':');
+    let (path, first, second) = (parts.next(), parts.next(), parts.next());
+    let (Some(path), Some(first)) = (path, first) else {
+        return Err(shape());
+    };
+    let (provider, name) = match second {
+        Some(name) => (Some(first), name),
+        None => (None, first),
+    };
+    let bad = |part: &str| part.is_empty() || part.contains(':') || is_pattern(part);
+    if path.is_empty() || bad(name) || provider.is_some_and(bad) {
+        return Err(shape());
+    }
+    Ok(ProbeSpec {
+        text: spec.into(),
+        kind: ProbeKind::Entry,
+        file: file_ref(spec, path)?,
+        location: Location::Usdt {
+            provider: provider.map(Into::into),
+            name: name.into(),
+        },
+        args,
+    })
 }
 
 impl fmt::Display for ProbeSpec {
@@ -291,6 +368,41 @@ mod tests {
         ));
     }
 
+    /// USDT SPECs with and without provider; argument lists on any kind.
+    #[test]
+    fn usdt_and_argument_lists() {
+        let p = parse("usdt:/usr/bin/python3.11:python:function__entry(str,str,i32)").unwrap();
+        assert_eq!(
+            p.location,
+            Location::Usdt {
+                provider: Some("python".into()),
+                name: "function__entry".into()
+            }
+        );
+        assert_eq!(p.kind, ProbeKind::Entry);
+        assert_eq!(p.args.unwrap().to_string(), "(str,str,i32)");
+        let p = parse("usdt:libstdc++:throw").unwrap();
+        assert_eq!(p.file, FileRef::Library("libstdc++".into()));
+        assert_eq!(
+            p.location,
+            Location::Usdt {
+                provider: None,
+                name: "throw".into()
+            }
+        );
+        assert_eq!(p.args, None);
+        let p = parse("uretprobe:/bin/bash:readline(ret:str)").unwrap();
+        assert_eq!(p.kind, ProbeKind::Return);
+        assert_eq!(p.args.unwrap().to_string(), "(ret:str)");
+        assert_eq!(
+            parse("uprobe:/a:f+4(u8)").unwrap().location,
+            Location::Symbol {
+                name: "f".into(),
+                offset: 4
+            }
+        );
+    }
+
     /// Every malformed SPEC gives the matching error, and the message shows the expected forms.
     #[test]
     fn errors() {
@@ -329,6 +441,16 @@ mod tests {
         assert!(matches!(
             parse("uprobe:/a:f[ab"),
             Err(SpecError::Glob { .. })
+        ));
+        assert!(matches!(
+            parse("uprobe:/a:f(int)"),
+            Err(SpecError::Args { .. })
+        ));
+        assert!(matches!(parse("usdt:/a"), Err(SpecError::Shape { .. })));
+        assert!(matches!(parse("usdt:/a:p:"), Err(SpecError::Shape { .. })));
+        assert!(matches!(
+            parse("usdt:/a:p:n*"),
+            Err(SpecError::Shape { .. })
         ));
         let msg = parse("nope:/a:f").unwrap_err().to_string();
         assert!(msg.contains("uprobe:/path/to/binary:symbol"), "{msg}");

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    attach::{AttachRequest, Tracer},
+    attach::Tracer,
     cli::{Aggregate, TraceArgs},
     container::ContainerRoot,
     events::EventStream,
@@ -145,7 +145,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             tracer.set_pidns_filter(probe.id, Some(ns))?;
         }
         tracer
-            .attach(&attach_request(probe), args.pid)
+            .attach(&probe.attach_request(), args.pid)
             .with_context(|| probe.spec.text.clone())?;
     }
     for probe in &mut probes {
@@ -373,15 +373,6 @@ fn draw_flamegraph(
     }
     out.flush()
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn attach_request(probe: &Probe) -> AttachRequest {
-    AttachRequest {
-        id: probe.id,
-        kind: probe.spec.kind,
-        path: probe.attach_path(),
-        file_offset: probe.file_offset,
-    }
 }
 
 /// A `--pid` that names no live process is an error before anything is attached.

@@ -171,6 +171,8 @@ fn request(copy: &TargetCopy, id: u32, symbol: &str) -> AttachRequest {
         kind: ProbeKind::Entry,
         path: copy.path.clone(),
         file_offset: common::symbol_file_offset(&copy.path, symbol),
+        args: None,
+        semaphore: None,
     }
 }
 

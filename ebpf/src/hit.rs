@@ -15,11 +15,11 @@ use aya_ebpf::{
 };
 use probed_common::{
     ARG_REGS, EVENT_HIT, EVENT_STACK_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_FRAMES,
-    MAX_PROBES, PROBE_FLAG_STACK, PROBE_FLAG_STACK_COPY, PROBE_FLAGS_LIMITS, StackHitEvent,
+    MAX_PROBES, PROBE_FLAG_ARG_STRINGS, PROBE_FLAG_ARGS, PROBE_FLAG_STACK, PROBE_FLAG_STACK_COPY, PROBE_FLAGS_LIMITS, StackHitEvent,
 };
 
 use crate::{
-    limit,
+    args, limit,
     maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
     self_filter, stack, track,
 };
@@ -106,6 +106,24 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
         regs.rip
     };
     let tid = pid_tgid as u32;
+    // Typed arguments (USDT operands, a SPEC's argument list): evaluated from the registers
+    // instead of the raw argument registers; their strings go out just before the hit.
+    let (args, retval) = if flags & PROBE_FLAG_ARGS != 0
+        && let Some(specs) = args::specs(probe_id)
+    {
+        let mut values = [0u64; ARG_REGS];
+        args::evaluate(regs, ip, specs, &mut values);
+        if flags & PROBE_FLAG_ARG_STRINGS != 0 {
+            args::record_strings(probe_id, tid, ts_ns, &values, specs);
+        }
+        if kind == KIND_ENTRY {
+            (values, 0)
+        } else {
+            ([0; ARG_REGS], values[0])
+        }
+    } else {
+        (args, retval)
+    };
     // The pids the process sees itself by, inside its container (see kread::ns_pids).
     let (ns_pid, ns_tid) = crate::kread::ns_pids(tgid, tid);
     // A process is tracked from its first hit on (before its sequence is read, so that any

@@ -9,6 +9,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod args;
 mod capture;
 mod hit;
 mod kread;

@@ -192,3 +192,8 @@ pub struct CaptureScratch {
 /// Lock mode: see [`CaptureScratch`].
 #[map(name = "CAPTURE_SCRATCH")]
 pub static CAPTURE_SCRATCH: PerCpuArray<CaptureScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-probe argument specs (index = probe id), read only for probes with `PROBE_FLAG_ARGS`
+/// (args.rs).
+#[map(name = "PROBE_ARGS")]
+pub static PROBE_ARGS: Array<probed_common::ProbeArgs> = Array::with_max_entries(MAX_PROBES, 0);

@@ -54,6 +54,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "no BPF program or link may be left loaded"),
     ("bpftrace", "hit counts are compared with bpftrace's"),
     (
+        "python3.11",
+        "USDT probes of a real program (tests/trace_usdt.rs, trace_names.rs)",
+    ),
+    (
         "util-linux",
         "setpriv (dropping root), unshare (pid namespaces)",
     ),

@@ -7,9 +7,10 @@
 
 mod error;
 mod probe_settings;
+mod semaphore_link;
 mod tracker_hooks;
 
-use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
+use std::{collections::HashMap, num::NonZeroU32, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,7 +25,7 @@ use aya::{
 };
 use probed_common::MAX_PROBES;
 
-pub use self::{error::AttachError, tracker_hooks::TrackerErrors};
+pub use self::{error::AttachError, semaphore_link::SemaphoreLink, tracker_hooks::TrackerErrors};
 use crate::{
     bpf_object, privileges,
     spec::ProbeKind,
@@ -49,6 +50,28 @@ pub struct AttachRequest {
     pub path: PathBuf,
     /// Byte offset of the probed instruction in the file.
     pub file_offset: u64,
+    /// Typed arguments BPF evaluates (`PROBE_ARGS`), if any.
+    pub args: Option<probed_common::ProbeArgs>,
+    /// A USDT semaphore's file offset, incremented by the kernel while attached.
+    pub semaphore: Option<u64>,
+}
+
+/// An attached probe's link; dropping it detaches the probe.
+#[derive(Debug)]
+pub enum ProbeLink {
+    /// A uprobe attached by aya.
+    Aya(UProbeLink),
+    /// A uprobe with a USDT semaphore (see `semaphore_link`).
+    Semaphore(SemaphoreLink),
+}
+
+/// An attached probe, as the tracer keeps it.
+#[derive(Debug)]
+enum Attached {
+    /// aya owns the link, in the program of this kind.
+    Aya(ProbeKind, UProbeLinkId),
+    /// The tracer owns it.
+    Semaphore(SemaphoreLink),
 }
 
 /// A per-probe rate limit, enforced in BPF (GCRA, equivalent to a token bucket of `burst`
@@ -65,8 +88,8 @@ pub struct RateLimit {
 pub struct Tracer {
     /// The loaded object; owns programs, maps and links (dropping it detaches everything).
     ebpf: Ebpf,
-    /// Attached probes: id → (kind, link).
-    links: HashMap<u32, (ProbeKind, UProbeLinkId)>,
+    /// Attached probes by id.
+    links: HashMap<u32, Attached>,
     /// The change tracker's tracepoint links: (program, link).
     tracker_links: Vec<(&'static str, TracePointLinkId)>,
     /// The raw tracepoint links: fork, and in lock mode the mmap_lock ones: (program, link).
@@ -75,6 +98,14 @@ pub struct Tracer {
     kprobe_links: Vec<(&'static str, KProbeLinkId)>,
     /// The change tracker's hooks, and why they were chosen.
     tracker_mode: (TrackerMode, String),
+}
+
+/// The program a probe of `kind` is an attachment of.
+fn program_name(kind: ProbeKind) -> &'static str {
+    match kind {
+        ProbeKind::Entry => ENTRY_PROGRAM,
+        ProbeKind::Return => RETURN_PROGRAM,
+    }
 }
 
 /// Program `name` of `ebpf`, as the program type `T` it must be.
@@ -176,39 +207,54 @@ impl Tracer {
             return Err(AttachError::TooManyProbes(req.id));
         }
         self.set_pid_filter(req.id, pid)?;
-        let name = match req.kind {
-            ProbeKind::Entry => ENTRY_PROGRAM,
-            ProbeKind::Return => RETURN_PROGRAM,
-        };
+        self.set_probe_args(req.id, req.args.as_ref())?;
+        let name = program_name(req.kind);
         let program: &mut UProbe = program(&mut self.ebpf, name)?;
+        let attach_error = |source| AttachError::Attach {
+            kind: req.kind.as_str(),
+            path: req.path.clone(),
+            file_offset: req.file_offset,
+            source,
+        };
+        if let Some(semaphore) = req.semaphore {
+            let fd = program.fd().map_err(|e| attach_error(Box::new(e)))?.as_fd();
+            let probe = semaphore_link::SemaphoreProbe {
+                path: &req.path,
+                offset: req.file_offset,
+                semaphore,
+                ret: req.kind == ProbeKind::Return,
+                pid: pid.map(NonZeroU32::get),
+                cookie: u64::from(req.id),
+            };
+            let link =
+                semaphore_link::attach(fd, &probe).map_err(|e| attach_error(Box::new(e.into())))?;
+            self.links.insert(req.id, Attached::Semaphore(link));
+            return Ok(());
+        }
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(req.file_offset),
             cookie: Some(u64::from(req.id)),
         };
         let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let link =
-            program
-                .attach(point, &req.path, scope)
-                .map_err(|source| AttachError::Attach {
-                    kind: req.kind.as_str(),
-                    path: req.path.clone(),
-                    file_offset: req.file_offset,
-                    source: Box::new(source),
-                })?;
-        self.links.insert(req.id, (req.kind, link));
+        let link = program
+            .attach(point, &req.path, scope)
+            .map_err(|e| attach_error(Box::new(e)))?;
+        self.links.insert(req.id, Attached::Aya(req.kind, link));
         Ok(())
     }
 
     /// Detaches one probe; returns whether it was attached.
     pub fn detach(&mut self, id: u32) -> bool {
-        let Some((kind, link)) = self.links.remove(&id) else {
+        let Some(attached) = self.links.remove(&id) else {
             return false;
         };
-        let name = match kind {
-            ProbeKind::Entry => ENTRY_PROGRAM,
-            ProbeKind::Return => RETURN_PROGRAM,
+        let Attached::Aya(kind, link) = attached else {
+            return true;
         };
-        if let Some(Ok(program)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from)
+        if let Some(Ok(program)) = self
+            .ebpf
+            .program_mut(program_name(kind))
+            .map(<&mut UProbe>::try_from)
             && let Err(err) = program.detach(link)
         {
             tracing::warn!(probe = id, error = %err, "detaching probe failed");
@@ -219,15 +265,14 @@ impl Tracer {
     /// Takes probe `id`'s link out of the tracer: dropping it detaches the probe. Closing a
     /// uprobe link waits for the kernel to retire the breakpoint (~0.1 s here, measured with
     /// strace: an RCU grace period), so the daemon drops it off its event loop.
-    pub fn take_link(&mut self, id: u32) -> Option<UProbeLink> {
-        let (kind, link) = self.links.remove(&id)?;
-        let name = match kind {
-            ProbeKind::Entry => ENTRY_PROGRAM,
-            ProbeKind::Return => RETURN_PROGRAM,
+    pub fn take_link(&mut self, id: u32) -> Option<ProbeLink> {
+        let (kind, link) = match self.links.remove(&id)? {
+            Attached::Aya(kind, link) => (kind, link),
+            Attached::Semaphore(link) => return Some(ProbeLink::Semaphore(link)),
         };
-        let program: &mut UProbe = self.ebpf.program_mut(name)?.try_into().ok()?;
+        let program: &mut UProbe = self.ebpf.program_mut(program_name(kind))?.try_into().ok()?;
         match program.take_link(link) {
-            Ok(link) => Some(link),
+            Ok(link) => Some(ProbeLink::Aya(link)),
             Err(err) => {
                 tracing::warn!(probe = id, error = %err, "taking a probe's link failed");
                 None
@@ -240,7 +285,7 @@ impl Tracer {
     /// one.
     pub fn detach_all(&mut self) {
         let ids: Vec<u32> = self.links.keys().copied().collect();
-        let links: Vec<UProbeLink> = ids
+        let links: Vec<ProbeLink> = ids
             .into_iter()
             .filter_map(|id| self.take_link(id))
             .collect();

@@ -5,8 +5,8 @@ use std::num::NonZeroU32;
 
 use aya::maps::{Array, MapData, PerCpuArray};
 use probed_common::{
-    MAX_PROBES, PROBE_FLAG_PID, PROBE_FLAG_PIDNS, PROBE_FLAG_RATE_LIMIT, PROBE_FLAGS_LIMITS,
-    ProbeLimit, ProbeStats, gcra_params,
+    MAX_PROBES, PROBE_FLAG_ARG_STRINGS, PROBE_FLAG_ARGS, PROBE_FLAG_PID, PROBE_FLAG_PIDNS,
+    PROBE_FLAG_RATE_LIMIT, PROBE_FLAGS_LIMITS, ProbeArgs, ProbeLimit, ProbeStats, gcra_params,
 };
 
 use super::{AttachError, RateLimit, Tracer, map_mut, map_ref};
@@ -18,6 +18,8 @@ const PROBE_FLAGS_MAP: &str = "PROBE_FLAGS";
 const PROBE_LIMITS_MAP: &str = "PROBE_LIMITS";
 /// Name of the per-probe GCRA state (theoretical arrival time) array.
 const PROBE_TAT_MAP: &str = "PROBE_TAT";
+/// Name of the per-probe argument specs array.
+const PROBE_ARGS_MAP: &str = "PROBE_ARGS";
 /// Name of the per-probe counters map.
 const STATS_MAP: &str = "PROBE_STATS";
 
@@ -27,10 +29,9 @@ impl Tracer {
     /// [`Self::set_pidns_filter`].
     pub fn set_probe_flags(&mut self, id: u32, flags: u32) -> Result<(), AttachError> {
         let old = self.probe_flags(id)?;
-        self.write_probe_flags(
-            id,
-            (old & PROBE_FLAGS_LIMITS) | (flags & !PROBE_FLAGS_LIMITS),
-        )
+        // The limits' and the arguments' bits belong to their own setters.
+        let kept = PROBE_FLAGS_LIMITS | PROBE_FLAG_ARGS | PROBE_FLAG_ARG_STRINGS;
+        self.write_probe_flags(id, (old & kept) | (flags & !kept))
     }
 
     /// Limits probe `id` to `limit` recorded hits (None: unlimited). Hits over the limit are
@@ -61,6 +62,27 @@ impl Tracer {
         })?;
         self.write_tat(id, 0)?;
         self.write_probe_flags(id, flags | PROBE_FLAG_RATE_LIMIT)
+    }
+
+    /// Sets probe `id`'s typed arguments (None: the raw argument registers), before it is
+    /// attached: specs first, flags last, so BPF never reads specs of another probe.
+    pub(super) fn set_probe_args(
+        &mut self,
+        id: u32,
+        args: Option<&ProbeArgs>,
+    ) -> Result<(), AttachError> {
+        let flags = self.probe_flags(id)? & !(PROBE_FLAG_ARGS | PROBE_FLAG_ARG_STRINGS);
+        let Some(args) = args else {
+            return self.write_probe_flags(id, flags);
+        };
+        let mut map: Array<&mut MapData, ProbeArgs> = map_mut(&mut self.ebpf, PROBE_ARGS_MAP)?;
+        map.set(id, args, 0).map_err(|e| AttachError::ProbeConfig {
+            id,
+            source: Box::new(e),
+        })?;
+        let strings = args.specs.iter().any(|s| s.string != 0);
+        let extra = PROBE_FLAG_ARGS | if strings { PROBE_FLAG_ARG_STRINGS } else { 0 };
+        self.write_probe_flags(id, flags | extra)
     }
 
     /// Records only hits of probe `id` from process `pid` (None: from every process), before

@@ -357,6 +357,7 @@ mod tests {
             stack,
             stack_truncated: false,
             stack_stop: None,
+            typed_args: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{HitRecord, Summary};
+use crate::typed_args::ArgValue;
 
 #[derive(Serialize)]
 struct HitLine<'a> {
@@ -27,9 +28,12 @@ struct HitLine<'a> {
     unresolved: Option<&'static str>,
     via: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    args: Option<[u64; 6]>,
+    args: Option<Args<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    retval: Option<u64>,
+    retval: Option<RetVal<'a>>,
+    /// Typed string arguments cut at BPF's bound, by index (for a return value: `[0]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args_truncated: Option<Vec<usize>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ret_addr: Option<String>,
     seq: u64,
@@ -41,6 +45,22 @@ struct HitLine<'a> {
     /// With an unwound stack: why the walk ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     stack_stop: Option<&'static str>,
+}
+
+/// A hit's arguments: the six raw registers, or the typed values.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Args<'a> {
+    Raw([u64; 6]),
+    Typed(&'a [ArgValue]),
+}
+
+/// A hit's return value: the raw register, or the typed value.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RetVal<'a> {
+    Raw(u64),
+    Typed(&'a ArgValue),
 }
 
 /// Writes one hit as a JSON line.
@@ -64,8 +84,18 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
         file_offset: resolved.map(|r| format!("{:#x}", r.file_offset)),
         unresolved: hit.resolved.as_ref().err().copied(),
         via: hit.via,
-        args: hit.args,
-        retval: hit.retval,
+        args: match (&hit.typed_args, hit.args) {
+            (Some(typed), Some(_)) => Some(Args::Typed(typed)),
+            (_, raw) => raw.map(Args::Raw),
+        },
+        retval: match (&hit.typed_args, hit.retval) {
+            (Some(typed), Some(_)) => typed.first().map(RetVal::Typed),
+            (_, raw) => raw.map(RetVal::Raw),
+        },
+        args_truncated: hit.typed_args.as_ref().and_then(|typed| {
+            let cut: Vec<usize> = (0..typed.len()).filter(|&i| typed[i].truncated()).collect();
+            (!cut.is_empty()).then_some(cut)
+        }),
         ret_addr: hit.ret_addr.map(|a| format!("{a:#x}")),
         seq: hit.seq,
         stack: hit.stack.as_deref(),
@@ -121,7 +151,36 @@ mod tests {
             stack: None,
             stack_truncated: false,
             stack_stop: None,
+            typed_args: None,
         }
+    }
+
+    /// Typed values replace the raw registers, and a cut string is flagged by index.
+    #[test]
+    fn typed_arguments() {
+        let mut hit = record(Err("unmapped"));
+        hit.typed_args = Some(vec![
+            ArgValue::Str {
+                text: "abc".into(),
+                truncated: true,
+            },
+            ArgValue::Signed(-5),
+            ArgValue::Missing(crate::typed_args::STRING_UNREADABLE),
+        ]);
+        let mut buf = Vec::new();
+        write_hit(&mut buf, &hit).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["args"], serde_json::json!(["abc", -5, null]));
+        assert_eq!(v["args_truncated"], serde_json::json!([0]));
+        hit.kind = ProbeKind::Return;
+        hit.args = None;
+        hit.retval = Some(7);
+        hit.typed_args = Some(vec![ArgValue::Ptr(0x10)]);
+        let mut buf = Vec::new();
+        write_hit(&mut buf, &hit).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["retval"], "0x10");
+        assert!(v.get("args").is_none() && v.get("args_truncated").is_none());
     }
 
     /// A resolved entry hit carries every field the issue names, with addr as hex text.

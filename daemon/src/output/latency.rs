@@ -534,6 +534,7 @@ mod tests {
             stack: None,
             stack_truncated: false,
             stack_stop: None,
+            typed_args: None,
         }
     }
 

@@ -183,6 +183,7 @@ mod tests {
                 seq: 0,
                 stack_truncated: false,
                 stack_stop: None,
+                typed_args: None,
                 stack: Some(
                     (0..20)
                         .map(|f| Frame {

@@ -85,6 +85,9 @@ pub struct HitRecord<'a> {
     /// Why an unwound stack (a stack copy, `--stack=auto|dwarf`) ends (`unwind::StopReason`);
     /// None for the kernel's frame-pointer walk.
     pub stack_stop: Option<&'static str>,
+    /// Typed arguments (entry, USDT) or the typed return value (one value), when the SPEC
+    /// or the USDT note types them; they replace `args` / `retval` in the output.
+    pub typed_args: Option<Vec<crate::typed_args::ArgValue>>,
 }
 
 /// The `comm` bytes of a hit as text (up to the first NUL, lossy UTF-8).

@@ -47,14 +47,32 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
         },
         Err(reason) => write!(out, "?? ({reason})")?,
     }
-    if let Some(args) = hit.args {
+    if let Some(typed) = &hit.typed_args {
+        match hit.kind {
+            ProbeKind::Entry => {
+                out.write_all(b" (")?;
+                for (i, value) in typed.iter().enumerate() {
+                    if i > 0 {
+                        out.write_all(b", ")?;
+                    }
+                    write!(out, "{value}")?;
+                }
+                out.write_all(b")")?;
+            }
+            ProbeKind::Return => {
+                if let Some(value) = typed.first() {
+                    write!(out, " = {value}")?;
+                }
+            }
+        }
+    } else if let Some(args) = hit.args {
         write!(
             out,
             " ({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})",
             args[0], args[1], args[2], args[3], args[4], args[5]
         )?;
     }
-    if let Some(ret) = hit.retval {
+    if let (Some(ret), None) = (hit.retval, &hit.typed_args) {
         write!(out, " = {ret} ({ret:#x})")?;
     }
     writeln!(out)?;
@@ -207,6 +225,7 @@ mod tests {
             stack: None,
             stack_truncated: false,
             stack_stop: None,
+            typed_args: None,
         };
         let mut buf = Vec::new();
         write_hit(&mut buf, &hit).unwrap();

@@ -9,12 +9,11 @@ use std::{
     time::Instant,
 };
 
-use aya::programs::uprobe::UProbeLink;
 use probed_common::MAX_PROBES;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    attach::{AttachRequest, RateLimit, Tracer},
+    attach::{RateLimit, Tracer},
     config::{self, Config, ProbeConfig, ProbeDef, Source},
     container::ContainerRoot,
     events::EventStream,
@@ -261,15 +260,7 @@ impl Daemon {
             });
             self.tracer.set_rate_limit(id, limit)?;
             self.tracer.set_pidns_filter(id, pidns)?;
-            self.tracer.attach(
-                &AttachRequest {
-                    id,
-                    kind: probe.spec.kind,
-                    path: probe.attach_path(),
-                    file_offset: probe.file_offset,
-                },
-                def.pid,
-            )?;
+            self.tracer.attach(&probe.attach_request(), def.pid)?;
             if def.pid.is_none() {
                 self.tracer.watch_files([probe.target.id])?;
             }
@@ -336,7 +327,7 @@ impl Daemon {
     }
 
     /// Drops `link` on the blocking pool and reports [`Closed`] when done.
-    fn close_async(&mut self, id: u32, link: UProbeLink) {
+    fn close_async(&mut self, id: u32, link: crate::attach::ProbeLink) {
         self.closing.insert(id);
         let tx = self.closed_tx.clone();
         tokio::task::spawn_blocking(move || {
