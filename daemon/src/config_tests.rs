@@ -1,3 +1,6 @@
+//! Tests of the daemon config: a full file with its defaults, errors at their line and
+//! column, log filters, and byte offsets to line:column.
+
 use super::{
     source::{is_log_filter, line_column},
     *,

@@ -1,3 +1,7 @@
+//! Tests of the symbolizer: file offsets to symbols, demangling, one load per inode, failures
+//! cached by rule, truncated and replaced files, eviction, a live process, and a debug file
+//! that arrives in the background.
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},

@@ -1,3 +1,7 @@
+//! Tests of ELF loading against readelf and real fixtures: symbols of every file kind,
+//! `.dynsym`-only binaries, build-ids, bad and unsupported files, truncation and replacement
+//! during a load, and symbols from separate debug files.
+
 use std::{collections::BTreeSet, fs, os::unix::fs::FileExt as _, sync::Arc};
 
 use super::*;
