@@ -64,7 +64,8 @@ impl SymReason {
 /// A symbolized address, borrowed from the cache; no allocation, no shared write.
 #[derive(Clone, Copy, Debug)]
 pub struct SymbolizedRef<'a> {
-    /// The module's path (the [`FileSource::path`] it was first loaded through).
+    /// The module's path (the [`FileSource::path`](crate::elf::FileSource::path) it was first
+    /// loaded through).
     pub module: &'a Path,
     /// The symbol; raw name in `symbol.name`, demangled in `symbol.demangled()`.
     pub symbol: &'a Symbol,
@@ -86,7 +87,8 @@ pub struct Symbolized {
 }
 
 impl Symbolized {
-    /// The module's path (the [`FileSource::path`] it was first loaded through).
+    /// The module's path (the [`FileSource::path`](crate::elf::FileSource::path) it was first
+    /// loaded through).
     pub fn module(&self) -> &Path {
         self.image.path()
     }
