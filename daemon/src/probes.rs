@@ -5,6 +5,8 @@
 //! A library name is resolved here (`libpath`), in the view of the `--pid`/`--container`
 //! process if there is one; a wildcard becomes one probe per matching function address.
 
+mod usdt;
+
 use std::{
     fs::File,
     num::NonZeroU32,
@@ -327,7 +329,7 @@ pub fn expand(spec: ProbeSpec, scope: Scope<'_>) -> Result<Vec<Probe>, ProbeErro
     };
     match &spec.location {
         Location::Usdt { provider, name } => {
-            let sites = usdt_sites(&spec, &image, provider.as_deref(), name)?;
+            let sites = usdt::sites(&spec, &image, provider.as_deref(), name)?;
             sites
                 .into_iter()
                 .map(|note| {
@@ -401,40 +403,6 @@ pub fn expand(spec: ProbeSpec, scope: Scope<'_>) -> Result<Vec<Probe>, ProbeErro
                 .collect()
         }
     }
-}
-
-/// The notes of the USDT probe `[provider:]name` in `image` (one per site).
-fn usdt_sites(
-    spec: &ProbeSpec,
-    image: &ElfImage,
-    provider: Option<&str>,
-    name: &str,
-) -> Result<Vec<elf::UsdtNote>, ProbeError> {
-    let notes = elf::read_notes(image.path()).map_err(|source| ProbeError::Usdt {
-        spec: spec.text.clone(),
-        source,
-    })?;
-    let sites: Vec<elf::UsdtNote> = notes
-        .into_iter()
-        .filter(|n| n.name == name && provider.is_none_or(|p| n.provider == p))
-        .collect();
-    if sites.is_empty() {
-        return Err(ProbeError::NoUsdt {
-            spec: spec.text.clone(),
-            path: image.path().to_owned(),
-            name: provider.map_or_else(|| name.to_owned(), |p| format!("{p}:{name}")),
-        });
-    }
-    let mut providers: Vec<&str> = sites.iter().map(|n| n.provider.as_str()).collect();
-    providers.dedup();
-    if providers.len() > 1 {
-        return Err(ProbeError::UsdtAmbiguous {
-            spec: spec.text.clone(),
-            name: name.into(),
-            providers: providers.join(", "),
-        });
-    }
-    Ok(sites)
 }
 
 /// The file a SPEC names: its path, or its library resolved in the scope's process.

@@ -23,6 +23,7 @@ mod demangle;
 mod error;
 mod image;
 mod locate;
+mod parse;
 mod pattern;
 mod reader;
 mod segments;

@@ -6,6 +6,8 @@
 //! No metrics registry and no shared atomics: the loop answers in between events, so a scrape
 //! never contends with the hot path.
 
+#[cfg(test)]
+mod exposition_parser;
 pub mod http;
 pub mod render;
 pub mod snapshot;

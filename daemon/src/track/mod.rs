@@ -9,7 +9,9 @@
 //! - [`tracepoints`]: which kernel tracepoints the tracker attaches to, and tracefs set-up.
 //! - [`kprobes`]: kprobe mode's hooks on the syscall functions, and whether the kernel has them.
 //! - [`mode`]: which hooks run (`--tracker auto|lock|kprobes|syscalls`).
+//! - [`apply`]: the tracker's process and change events applied to the resolver.
 
+pub mod apply;
 pub mod captured;
 pub mod changes;
 mod generations;

@@ -349,7 +349,7 @@ fn part(kind: &str, sym: &str) -> &'static str {
         "resolver"
     } else if has("probed::symbolize") || has("probed::elf::") || has("demangle") {
         "symbolizer"
-    } else if has("probed::pipeline::") {
+    } else if has("probed::pipeline::") || has("probed::track::apply::") {
         "pipeline"
     } else if has("serde")
         || has("probed::output::")

@@ -1,0 +1,264 @@
+//! A hit's address lookups, each as of the hit's sequence (or, in lock mode, from its
+//! capture): the hit's own address, its stack's frames, and the unwinder's steps through a
+//! copied stack; answers symbolized, or why not.
+
+use std::io::Write;
+
+use probed_common::{HitEvent, KIND_RETURN, MAX_FRAMES};
+
+use super::{
+    Pipeline,
+    lock::{Capture, Captures, with_captured},
+};
+use crate::{
+    elf::FileSource,
+    file_id::FileId,
+    output::{Frame, Resolved},
+    resolve::{Hit, ProcKey, Resolution, SeqSource},
+    symbolize::Symbolizer,
+    track::paths,
+    unwind::{Located, Start, StopReason},
+};
+
+/// What resolving a hit's address gives: the symbolized answer or why not, the path taken
+/// (`via`), and where the address was placed (file, offset) for the probe oracle.
+pub(super) type Answer = (
+    Result<Resolved, &'static str>,
+    &'static str,
+    Option<(FileId, u64)>,
+);
+
+/// The reason given for an address whose mapping was found but whose file no source could
+/// name (see `track::paths`).
+pub(super) const UNNAMED: &str = "unnamed";
+
+impl<W: Write, S: SeqSource> Pipeline<W, S> {
+    /// Unwinds a copied stack against the hit's own picture of its address space.
+    pub(super) fn unwind(&mut self, hit: &HitEvent, start: Start<'_>) -> (Vec<u64>, StopReason) {
+        let proc = ProcKey::new(hit.pid, hit.proc_gen);
+        let (seq, pid) = (hit.seq, hit.pid);
+        let mode = self
+            .probes
+            .get(hit.probe_id as usize)
+            .and_then(|s| s.as_ref()?.stack_mode)
+            .unwrap_or(self.stack_mode);
+        let reader = &mut self.reader;
+        let tables = &mut self.unwind_tables;
+        let walk = self.unwinder.walk(
+            start,
+            mode,
+            MAX_FRAMES,
+            crate::stack_check::mmap_min_addr(),
+            crate::stack_check::user_limit(),
+            |addr| {
+                reader.resolve_with(proc, addr, Some(seq), |r| {
+                    let Ok(found) = r.outcome else {
+                        return Located::Without(StopReason::NoModule);
+                    };
+                    let vma = found.vma;
+                    if paths::is_unnamed(&vma.path) {
+                        return Located::Without(StopReason::NoModule);
+                    }
+                    let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+                    match tables.get(&source) {
+                        Ok(table) => match table.vaddr(found.file_offset) {
+                            Some(vaddr) => Located::Cfi(table, vaddr),
+                            None => Located::Without(StopReason::NoCfi),
+                        },
+                        Err(_) => Located::Without(StopReason::NoCfi),
+                    }
+                })
+            },
+        );
+        (walk.frames, walk.stop)
+    }
+
+    /// Address → mapping → symbol, as of the hit's sequence, or, in lock mode, from the
+    /// address's capture (`capture`: status and mapping). `back` bytes are subtracted for the
+    /// lookup (1 for return addresses, so that a call at the very end of a function is not
+    /// attributed to the next one) and added back to the reported offset.
+    pub(super) fn resolve(
+        &mut self,
+        proc: ProcKey,
+        hit: &HitEvent,
+        addr: u64,
+        back: u64,
+        capture: Option<Capture<'_>>,
+    ) -> Answer {
+        let pid = hit.pid;
+        let lookup = addr.wrapping_sub(back);
+        if let Some(cap) = capture {
+            let picture = self.lock.picture(cap, pid, &self.paths);
+            let symbolizer = &self.symbolizer;
+            let unnamed = &mut self.unnamed;
+            return with_captured(&mut self.lock, false, hit.seq, &picture, lookup, |r| {
+                hit_answer(symbolizer, unnamed, pid, back, r)
+            });
+        }
+        let symbolizer = &self.symbolizer;
+        let unnamed = &mut self.unnamed;
+        self.reader.resolve_with(proc, lookup, Some(hit.seq), |r| {
+            hit_answer(symbolizer, unnamed, pid, back, r)
+        })
+    }
+
+    /// Resolves every frame of a hit's user stack through the resolver, as of the hit's
+    /// sequence: frames in libraries since unloaded, or of a process since gone, resolve
+    /// against the picture of the hit's time.
+    /// `fp_walk`: the frames are the kernel's frame-pointer walk, which misses the caller
+    /// of a function probed at its first instruction (added here from `ret_addr`).
+    pub(super) fn resolve_stack(
+        &mut self,
+        proc: ProcKey,
+        hit: &HitEvent,
+        frames: &[u64],
+        captures: Option<Captures<'_>>,
+        fp_walk: bool,
+    ) -> Vec<Frame> {
+        let mut out = Vec::with_capacity(frames.len() + 1);
+        let at_entry = fp_walk
+            && hit.kind != KIND_RETURN
+            && self
+                .probes
+                .get(hit.probe_id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|slot| {
+                    slot.probe.target.symbol.is_some() && slot.probe.target.offset_in_symbol == 0
+                });
+        for (i, &addr) in frames.iter().enumerate() {
+            // The innermost frame of an entry probe is the probed instruction itself; every
+            // other frame is a return address, looked up one byte back so that a call at the
+            // very end of a function is not attributed to the next one.
+            let back = u64::from(i > 0 || hit.kind == KIND_RETURN);
+            out.push(self.resolve_frame(proc, hit, addr, back, captures.map(|c| c.get(i))));
+            if i == 0 && at_entry && hit.ret_addr != 0 && frames.get(1) != Some(&hit.ret_addr) {
+                // At a function's first instruction the caller has not been given a frame
+                // yet (no push rbp): the frame-pointer walk skips it, so BPF read its return
+                // address from the top of the stack. Kernels since 6.11 add it themselves
+                // when that instruction is `push %rbp` (perf_callchain_user's fix-up for
+                // uprobes at function entry): then it is already the next frame.
+                let cap = captures.map(|c| c.get(MAX_FRAMES));
+                out.push(self.resolve_frame(proc, hit, hit.ret_addr, 1, cap));
+            }
+        }
+        out
+    }
+
+    /// One stack frame: its mapping (as of the hit's sequence, or from its capture) and
+    /// symbol.
+    fn resolve_frame(
+        &mut self,
+        proc: ProcKey,
+        hit: &HitEvent,
+        addr: u64,
+        back: u64,
+        capture: Option<Capture<'_>>,
+    ) -> Frame {
+        let pid = hit.pid;
+        let lookup = addr.wrapping_sub(back);
+        if let Some(cap) = capture {
+            let picture = self.lock.picture(cap, pid, &self.paths);
+            let symbolizer = &self.symbolizer;
+            let unnamed = &mut self.unnamed;
+            return with_captured(&mut self.lock, true, hit.seq, &picture, lookup, |r| {
+                frame_answer(symbolizer, unnamed, pid, addr, back, r)
+            });
+        }
+        let symbolizer = &self.symbolizer;
+        let unnamed = &mut self.unnamed;
+        self.reader.resolve_with(proc, lookup, Some(hit.seq), |r| {
+            frame_answer(symbolizer, unnamed, pid, addr, back, r)
+        })
+    }
+}
+
+/// A hit's address: the resolver's answer, symbolized.
+fn hit_answer(
+    symbolizer: &Symbolizer,
+    unnamed: &mut u64,
+    pid: u32,
+    back: u64,
+    r: Resolution<Hit<'_>>,
+) -> Answer {
+    let via = r.via.as_str();
+    let found = match r.outcome {
+        Ok(found) => found,
+        Err(reason) => return (Err(reason.as_str()), via, None),
+    };
+    let vma = found.vma;
+    let place = Some((vma.file, found.file_offset));
+    if paths::is_unnamed(&vma.path) {
+        *unnamed += 1;
+        return (Err(UNNAMED), via, place);
+    }
+    let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+    let module = vma.path.to_string_lossy().into_owned();
+    let resolved = symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
+        Ok(sym) => Ok(Resolved {
+            module,
+            symbol: Some(sym.symbol.demangled().to_owned()),
+            offset: Some(sym.offset + back),
+            file_offset: found.file_offset + back,
+        }),
+        Err(why) => Err(why.as_str()),
+    });
+    (resolved, via, place)
+}
+
+/// A stack frame: the resolver's answer, symbolized.
+fn frame_answer(
+    symbolizer: &Symbolizer,
+    unnamed: &mut u64,
+    pid: u32,
+    addr: u64,
+    back: u64,
+    r: Resolution<Hit<'_>>,
+) -> Frame {
+    let found = match r.outcome {
+        Ok(found) => found,
+        Err(reason) => {
+            return Frame {
+                addr,
+                module: None,
+                symbol: None,
+                offset: None,
+                unresolved: Some(reason.as_str()),
+                file: None,
+            };
+        }
+    };
+    let vma = found.vma;
+    if paths::is_unnamed(&vma.path) {
+        *unnamed += 1;
+        return Frame {
+            addr,
+            module: None,
+            symbol: None,
+            offset: None,
+            unresolved: Some(UNNAMED),
+            file: Some(vma.file.to_string()),
+        };
+    }
+    let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
+    let module = Some(vma.path.to_string_lossy().into_owned());
+    symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
+        Ok(sym) => Frame {
+            addr,
+            module,
+            symbol: Some(sym.symbol.demangled().to_owned()),
+            offset: Some(sym.offset + back),
+            unresolved: None,
+            file: None,
+        },
+        // The module is known even when no symbol covers the address (a stripped
+        // library's internal function).
+        Err(why) => Frame {
+            addr,
+            module,
+            symbol: None,
+            offset: None,
+            unresolved: Some(why.as_str()),
+            file: None,
+        },
+    })
+}
