@@ -104,7 +104,7 @@ fn check_caps(eff: u64, need_sys_admin: impl FnOnce() -> bool) -> Result<(), Pri
 
 /// `struct perf_event_attr` up to `config2` (`PERF_ATTR_SIZE_VER1`, 72 bytes; the kernel
 /// takes any published size). libc does not define it. Also used to open uprobes with a
-/// USDT semaphore (`attach::semaphore_link`).
+/// USDT semaphore (`attach::perf_link`).
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct UprobeAttr {

@@ -144,10 +144,32 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         if let Some(ns) = container {
             tracer.set_pidns_filter(probe.id, Some(ns))?;
         }
-        tracer
-            .attach(&probe.attach_request(), args.pid)
-            .with_context(|| probe.spec.text.clone())?;
     }
+    let requests: Vec<_> = probes.iter().map(Probe::attach_request).collect();
+    let started = std::time::Instant::now();
+    let progress = AttachProgress::new(requests.len());
+    tracer
+        .attach_many(&requests, args.pid, &|n| progress.show(n))
+        .map_err(|err| {
+            // Named by the SPEC of the probe that failed.
+            let spec = match &err {
+                crate::attach::AttachError::Attach {
+                    path, file_offset, ..
+                } => requests
+                    .iter()
+                    .zip(&probes)
+                    .find(|(r, _)| &r.path == path && r.file_offset == *file_offset)
+                    .map(|(_, p)| p.spec.text.clone()),
+                _ => None,
+            };
+            let err = anyhow::Error::from(err);
+            match spec {
+                Some(spec) => err.context(spec),
+                None => err,
+            }
+        })?;
+    progress.finish();
+    tracing::debug!(probes = requests.len(), took = ?started.elapsed(), "probes attached");
     for probe in &mut probes {
         if let Some(c) = &probe.in_container {
             eprintln!(
@@ -373,6 +395,40 @@ fn draw_flamegraph(
     }
     out.flush()
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A progress line on a terminal while many probes attach (`uprobe:libc:*`): the kernel
+/// registers each uprobe in every process that maps its file, which takes a while.
+struct AttachProgress {
+    total: usize,
+    /// Shown only for this many probes or more, and on a terminal.
+    shown: bool,
+}
+
+impl AttachProgress {
+    /// Probes from which the line is shown.
+    const FROM: usize = 100;
+
+    fn new(total: usize) -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            total,
+            shown: total >= Self::FROM && std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// `n` probes are attached (called from the attaching threads; about 100 updates).
+    fn show(&self, n: usize) {
+        if self.shown && (n.is_multiple_of((self.total / 100).max(1)) || n == self.total) {
+            eprint!("\rprobed: attaching {n}/{} probes", self.total);
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
 }
 
 /// A `--pid` that names no live process is an error before anything is attached.

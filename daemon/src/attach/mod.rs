@@ -6,26 +6,32 @@
 //! if probed is killed the kernel closes the descriptors and the probes go with them.
 
 mod error;
+mod perf_link;
 mod probe_settings;
-mod semaphore_link;
 mod tracker_hooks;
 
-use std::{collections::HashMap, num::NonZeroU32, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    os::fd::AsFd as _,
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        UProbe,
-        kprobe::KProbeLinkId,
-        raw_trace_point::RawTracePointLinkId,
+        UProbe, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use probed_common::MAX_PROBES;
 
-pub use self::{error::AttachError, semaphore_link::SemaphoreLink, tracker_hooks::TrackerErrors};
+use self::perf_link::PerfLink;
+pub use self::{
+    error::AttachError, perf_link::PerfLink as ProbeLink, tracker_hooks::TrackerErrors,
+};
 use crate::{
     bpf_object, privileges,
     spec::ProbeKind,
@@ -56,24 +62,6 @@ pub struct AttachRequest {
     pub semaphore: Option<u64>,
 }
 
-/// An attached probe's link; dropping it detaches the probe.
-#[derive(Debug)]
-pub enum ProbeLink {
-    /// A uprobe attached by aya.
-    Aya(UProbeLink),
-    /// A uprobe with a USDT semaphore (see `semaphore_link`).
-    Semaphore(SemaphoreLink),
-}
-
-/// An attached probe, as the tracer keeps it.
-#[derive(Debug)]
-enum Attached {
-    /// aya owns the link, in the program of this kind.
-    Aya(ProbeKind, UProbeLinkId),
-    /// The tracer owns it.
-    Semaphore(SemaphoreLink),
-}
-
 /// A per-probe rate limit, enforced in BPF (GCRA, equivalent to a token bucket of `burst`
 /// tokens refilled at `per_sec` tokens per second, shared by all CPUs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +77,7 @@ pub struct Tracer {
     /// The loaded object; owns programs, maps and links (dropping it detaches everything).
     ebpf: Ebpf,
     /// Attached probes by id.
-    links: HashMap<u32, Attached>,
+    links: HashMap<u32, PerfLink>,
     /// The change tracker's tracepoint links: (program, link).
     tracker_links: Vec<(&'static str, TracePointLinkId)>,
     /// The raw tracepoint links: fork, and in lock mode the mmap_lock ones: (program, link).
@@ -98,6 +86,19 @@ pub struct Tracer {
     kprobe_links: Vec<(&'static str, KProbeLinkId)>,
     /// The change tracker's hooks, and why they were chosen.
     tracker_mode: (TrackerMode, String),
+}
+
+/// Threads that attach probes at once at most (see `Tracer::attach_many`).
+const ATTACH_THREADS: usize = 8;
+
+/// Why `req` could not be attached.
+fn attach_error(req: &AttachRequest, source: Box<aya::programs::ProgramError>) -> AttachError {
+    AttachError::Attach {
+        kind: req.kind.as_str(),
+        path: req.path.clone(),
+        file_offset: req.file_offset,
+        source,
+    }
 }
 
 /// The program a probe of `kind` is an attachment of.
@@ -195,89 +196,127 @@ impl Tracer {
         Ok(tracer)
     }
 
-    /// Attaches one probe, to all processes or to one pid. A pid-scoped probe also filters
-    /// by pid in BPF (`PROBE_FLAG_PID`; other processes' hits counted as `filtered`): the
-    /// kernel's scope alone let other processes' uretprobe hits through on Debian's 6.12.
+    /// Attaches one probe, to all processes or to one pid (see [`Self::attach_many`]).
     pub fn attach(
         &mut self,
         req: &AttachRequest,
         pid: Option<NonZeroU32>,
     ) -> Result<(), AttachError> {
-        if req.id >= MAX_PROBES {
-            return Err(AttachError::TooManyProbes(req.id));
+        self.attach_many(std::slice::from_ref(req), pid, &|_| {})
+    }
+
+    /// Attaches probes, to all processes or to one pid, many at once: the kernel's uprobe
+    /// registration (a breakpoint written into every process that maps the file) is done by
+    /// several threads, each with the loaded program's descriptor (`perf_link`);
+    /// `progress(n)` is told each time another one is attached. A pid-scoped probe also
+    /// filters by pid in BPF (`PROBE_FLAG_PID`; other processes' hits counted as
+    /// `filtered`): the kernel's scope alone let other processes' uretprobe hits through on
+    /// Debian's 6.12. On an error the probes attached so far stay attached (dropping the
+    /// tracer detaches them) and the first failed request in order is the error.
+    pub fn attach_many(
+        &mut self,
+        reqs: &[AttachRequest],
+        pid: Option<NonZeroU32>,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), AttachError> {
+        for req in reqs {
+            if req.id >= MAX_PROBES {
+                return Err(AttachError::TooManyProbes(req.id));
+            }
+            self.set_pid_filter(req.id, pid)?;
+            self.set_probe_args(req.id, req.args.as_ref())?;
         }
-        self.set_pid_filter(req.id, pid)?;
-        self.set_probe_args(req.id, req.args.as_ref())?;
-        let name = program_name(req.kind);
-        let program: &mut UProbe = program(&mut self.ebpf, name)?;
-        let attach_error = |source| AttachError::Attach {
-            kind: req.kind.as_str(),
-            path: req.path.clone(),
-            file_offset: req.file_offset,
-            source,
+        let Some(first) = reqs.first() else {
+            return Ok(());
         };
-        if let Some(semaphore) = req.semaphore {
-            let fd = program.fd().map_err(|e| attach_error(Box::new(e)))?.as_fd();
-            let probe = semaphore_link::SemaphoreProbe {
+        let pmu =
+            perf_link::UprobePmu::read().map_err(|e| attach_error(first, Box::new(e.into())))?;
+        let fd = |kind| -> Result<_, AttachError> {
+            let name = program_name(kind);
+            let program: &UProbe = self
+                .ebpf
+                .program(name)
+                .ok_or(AttachError::Program(name))?
+                .try_into()
+                .map_err(|_| AttachError::Program(name))?;
+            program
+                .fd()
+                .map(|fd| fd.as_fd())
+                .map_err(|e| attach_error(first, Box::new(e)))
+        };
+        let (entry, ret) = (fd(ProbeKind::Entry)?, fd(ProbeKind::Return)?);
+        let done = AtomicUsize::new(0);
+        let one = |req: &AttachRequest| {
+            let probe = perf_link::PerfUprobe {
                 path: &req.path,
                 offset: req.file_offset,
-                semaphore,
+                semaphore: req.semaphore,
                 ret: req.kind == ProbeKind::Return,
                 pid: pid.map(NonZeroU32::get),
                 cookie: u64::from(req.id),
             };
-            let link =
-                semaphore_link::attach(fd, &probe).map_err(|e| attach_error(Box::new(e.into())))?;
-            self.links.insert(req.id, Attached::Semaphore(link));
-            return Ok(());
-        }
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(req.file_offset),
-            cookie: Some(u64::from(req.id)),
+            let program = if probe.ret { ret } else { entry };
+            let link = perf_link::attach(program, pmu, &probe);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            link
         };
-        let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let link = program
-            .attach(point, &req.path, scope)
-            .map_err(|e| attach_error(Box::new(e)))?;
-        self.links.insert(req.id, Attached::Aya(req.kind, link));
-        Ok(())
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, ATTACH_THREADS)
+            .min(reqs.len());
+        let mut links: Vec<Option<Result<PerfLink, aya::sys::SyscallError>>> =
+            (0..reqs.len()).map(|_| None).collect();
+        if threads <= 1 {
+            for (slot, req) in links.iter_mut().zip(reqs) {
+                *slot = Some(one(req));
+            }
+        } else {
+            // Thread t takes requests t, t + threads, …: neighbours (one file's functions)
+            // spread over the threads.
+            let per_thread: Vec<Vec<(usize, _)>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let one = &one;
+                        scope.spawn(move || {
+                            (t..reqs.len())
+                                .step_by(threads)
+                                .map(|i| (i, one(&reqs[i])))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().expect("an attach thread panicked"))
+                    .collect()
+            });
+            for (i, link) in per_thread.into_iter().flatten() {
+                links[i] = Some(link);
+            }
+        }
+        let mut failed = None;
+        for (req, link) in reqs.iter().zip(links) {
+            match link.expect("every request attached or failed") {
+                Ok(link) => {
+                    self.links.insert(req.id, link);
+                }
+                Err(e) if failed.is_none() => failed = Some(attach_error(req, Box::new(e.into()))),
+                Err(_) => {}
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Detaches one probe; returns whether it was attached.
     pub fn detach(&mut self, id: u32) -> bool {
-        let Some(attached) = self.links.remove(&id) else {
-            return false;
-        };
-        let Attached::Aya(kind, link) = attached else {
-            return true;
-        };
-        if let Some(Ok(program)) = self
-            .ebpf
-            .program_mut(program_name(kind))
-            .map(<&mut UProbe>::try_from)
-            && let Err(err) = program.detach(link)
-        {
-            tracing::warn!(probe = id, error = %err, "detaching probe failed");
-        }
-        true
+        self.links.remove(&id).is_some()
     }
 
     /// Takes probe `id`'s link out of the tracer: dropping it detaches the probe. Closing a
     /// uprobe link waits for the kernel to retire the breakpoint (~0.1 s here, measured with
     /// strace: an RCU grace period), so the daemon drops it off its event loop.
     pub fn take_link(&mut self, id: u32) -> Option<ProbeLink> {
-        let (kind, link) = match self.links.remove(&id)? {
-            Attached::Aya(kind, link) => (kind, link),
-            Attached::Semaphore(link) => return Some(ProbeLink::Semaphore(link)),
-        };
-        let program: &mut UProbe = self.ebpf.program_mut(program_name(kind))?.try_into().ok()?;
-        match program.take_link(link) {
-            Ok(link) => Some(ProbeLink::Aya(link)),
-            Err(err) => {
-                tracing::warn!(probe = id, error = %err, "taking a probe's link failed");
-                None
-            }
-        }
+        self.links.remove(&id)
     }
 
     /// Detaches every probe. Events already in the ring buffer stay readable. The links are

@@ -1,5 +1,6 @@
 //! `cargo xtask bench …`: benchmark harnesses writing target/probed-bench/*.json.
 
+mod attach;
 mod e2e;
 mod harness;
 mod resolver;
@@ -22,6 +23,9 @@ pub enum Which {
         #[arg(long, value_delimiter = ',', default_value = "syscalls,lock")]
         tracker: Vec<String>,
     },
+    /// Seconds to attach and detach 10, 100, 1,000 and all of libc's functions, probed vs
+    /// bpftrace → target/probed-bench/attach.json.
+    Attach,
     /// Resolved frames per second with ~20-frame user stacks, the resolver's share of daemon
     /// CPU, the fast-path share, no loss → target/probed-bench/stacks.json.
     Stacks,
@@ -50,5 +54,6 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::E2e => e2e::run(),
         Which::Tracker { tracker } => tracker::run(&tracker),
         Which::Stacks => stacks::run(),
+        Which::Attach => attach::run(),
     }
 }

@@ -1,11 +1,12 @@
-//! Uprobes with a USDT semaphore: the kernel increments the semaphore (a counter in the
-//! traced file's data, checked by the program before it computes a probe's arguments) in
-//! every process mapping the file while the uprobe exists, and decrements it when the
-//! uprobe goes (`ref_ctr_offset`, Linux 4.20). aya 0.14 cannot pass it, so these uprobes are
-//! opened here: `perf_event_open` on the uprobe PMU with the offset in `config`'s upper 32
-//! bits (`PERF_UPROBE_REF_CTR_OFFSET_SHIFT`), then `BPF_LINK_CREATE` ties the loaded
-//! program to the event with the probe id as cookie — what aya does for every other uprobe
-//! (`aya::programs::probe::attach`), plus the one field.
+//! Uprobes opened here rather than by aya: `perf_event_open` on the uprobe PMU, then
+//! `BPF_LINK_CREATE` ties the loaded program to the event with the probe id as cookie —
+//! what aya does (`aya::programs::probe::attach`), with two things aya 0.14 cannot do:
+//! - a USDT semaphore: the kernel increments it (a counter in the traced file's data,
+//!   checked by the program before it computes a probe's arguments) in every process
+//!   mapping the file while the uprobe exists, and decrements it when the uprobe goes
+//!   (`ref_ctr_offset`, Linux 4.20: the offset in `config`'s upper 32 bits);
+//! - many uprobes at once from several threads: only the program's descriptor is needed,
+//!   not `&mut` of aya's program (see `Tracer::attach_many`).
 
 use std::{
     ffi::CString,
@@ -41,24 +42,52 @@ struct LinkCreate {
 
 const _: () = assert!(size_of::<LinkCreate>() == 24);
 
-/// An attached uprobe with a semaphore: dropping it closes the link, then the event, which
-/// detaches the probe and takes the semaphore back down.
+/// An attached uprobe: dropping it closes the link, then the event, which detaches the
+/// probe (and takes its semaphore back down).
 #[derive(Debug)]
-pub struct SemaphoreLink {
+pub struct PerfLink {
     /// The BPF link (program ↔ event), closed first.
     _link: OwnedFd,
     /// The uprobe perf event.
     _event: OwnedFd,
 }
 
+/// The uprobe PMU's facts, read once for many attaches.
+#[derive(Clone, Copy, Debug)]
+pub struct UprobePmu {
+    /// Its perf event type.
+    ty: u32,
+    /// The `config` bit of a return probe (`format/retprobe`).
+    retprobe_bit: u32,
+}
+
+impl UprobePmu {
+    /// Reads them from sysfs.
+    pub fn read() -> Result<Self, SyscallError> {
+        let error = |call| move |io_error| SyscallError { call, io_error };
+        let pmu = Path::new("/sys/bus/event_source/devices/uprobe");
+        let ty: u32 = read_number(&pmu.join("type")).map_err(error("read uprobe PMU type"))?;
+        let format = std::fs::read_to_string(pmu.join("format/retprobe"))
+            .map_err(error("read uprobe PMU retprobe format"))?;
+        // `config:N`.
+        let retprobe_bit: u32 = format
+            .trim()
+            .strip_prefix("config:")
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("uprobe retprobe format `{format}`")))
+            .map_err(error("read uprobe PMU retprobe format"))?;
+        Ok(Self { ty, retprobe_bit })
+    }
+}
+
 /// Where and how to attach.
-pub struct SemaphoreProbe<'a> {
+pub struct PerfUprobe<'a> {
     /// The file to probe.
     pub path: &'a Path,
     /// The probed instruction's file offset.
     pub offset: u64,
-    /// The semaphore's file offset.
-    pub semaphore: u64,
+    /// The USDT semaphore's file offset, if any.
+    pub semaphore: Option<u64>,
     /// A return probe.
     pub ret: bool,
     /// One process, or all.
@@ -70,29 +99,19 @@ pub struct SemaphoreProbe<'a> {
 /// Attaches `program` as `probe` describes; the error names the call that failed.
 pub fn attach(
     program: BorrowedFd<'_>,
-    probe: &SemaphoreProbe<'_>,
-) -> Result<SemaphoreLink, SyscallError> {
+    pmu: UprobePmu,
+    probe: &PerfUprobe<'_>,
+) -> Result<PerfLink, SyscallError> {
     let error = |call| move |io_error| SyscallError { call, io_error };
-    let pmu = Path::new("/sys/bus/event_source/devices/uprobe");
-    let ty: u32 = read_number(&pmu.join("type")).map_err(error("read uprobe PMU type"))?;
-    let mut config = probe.semaphore << REF_CTR_SHIFT;
+    let mut config = probe.semaphore.unwrap_or(0) << REF_CTR_SHIFT;
     if probe.ret {
-        // `format/retprobe` is `config:N`.
-        let format = std::fs::read_to_string(pmu.join("format/retprobe"))
-            .map_err(error("read uprobe PMU retprobe format"))?;
-        let bit: u32 = format
-            .trim()
-            .strip_prefix("config:")
-            .and_then(|b| b.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("uprobe retprobe format `{format}`")))
-            .map_err(error("read uprobe PMU retprobe format"))?;
-        config |= 1 << bit;
+        config |= 1 << pmu.retprobe_bit;
     }
     let path = CString::new(probe.path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
         .map_err(error("perf_event_open"))?;
     let mut attr = UprobeAttr::default();
-    attr.type_ = ty;
+    attr.type_ = pmu.ty;
     attr.size = size_of::<UprobeAttr>() as u32;
     attr.config = config;
     attr.config1 = path.as_ptr() as u64;
@@ -133,7 +152,7 @@ pub fn attach(
             size_of::<LinkCreate>() as u32,
         )
     };
-    Ok(SemaphoreLink {
+    Ok(PerfLink {
         _link: owned(fd).map_err(error("bpf(BPF_LINK_CREATE)"))?,
         _event: event,
     })
