@@ -159,7 +159,7 @@ pub fn record_pending(ctx: *mut c_void) {
         return;
     };
     // SAFETY: this CPU's map value; `hit` was written by `park` in this program run.
-    let hit = unsafe { &*(&raw const (*scratch).hit) };
+    let hit = unsafe { &(*scratch).hit };
     let Some(stats) = PROBE_STATS.get_ptr_mut(hit.probe_id) else {
         return;
     };

@@ -26,8 +26,8 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use probed_common::{seq_slot, stable_seq};
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task};
+use probed_common::{seq_slot, stable_seq};
 
 use crate::{
     kread,
@@ -66,7 +66,9 @@ pub fn released(mm: u64, write: u64) {
 #[inline(always)]
 fn open_writes() -> u64 {
     // SAFETY: `p` points into the live OPEN_WRITES map value, an aligned u64.
-    OPEN_WRITES.get_ptr(0).map_or(0, |p| unsafe { track::load(p) })
+    OPEN_WRITES
+        .get_ptr(0)
+        .map_or(0, |p| unsafe { track::load(p) })
 }
 
 #[inline(always)]

@@ -28,8 +28,8 @@ use aya_ebpf::{
 use probed_common::{
     CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, EVENT_CHANGE,
     EVENT_PROC, FileKey, KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP,
-    OP_MUNMAP, PAGE_SHIFT, PAGE_SIZE, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot,
-    VM_EXEC, VM_HUGETLB, VM_READ, VM_SHARED, VM_WRITE, VmaInfo, seq_of, seq_slot, stable_seq,
+    OP_MUNMAP, PAGE_SHIFT, PAGE_SIZE, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VM_EXEC,
+    VM_HUGETLB, VM_READ, VM_SHARED, VM_WRITE, VmaInfo, seq_of, seq_slot, stable_seq,
 };
 
 use crate::{
@@ -48,13 +48,13 @@ const MAP_ANONYMOUS: u64 = 0x20;
 const PROT_EXEC: u64 = 0x4;
 const MAP_HUGETLB: u64 = 0x4_0000;
 
+/// Lock mode: `LOCK_HELD` was full (the slot is left odd on purpose).
+pub use probed_common::TRACK_ERR_LOCK_HELD_FULL as ERR_LOCK_HELD_FULL;
 /// `TRACK_ERRORS` indices (shared with the daemon, which reports them).
 use probed_common::{
     TRACK_ERR_EXIT_MISSED as ERR_EXIT_MISSED, TRACK_ERR_INFLIGHT_FULL as ERR_INFLIGHT_FULL,
     TRACK_ERR_REPORT_LOST as ERR_CHANGE_LOST, TRACK_ERR_TRACKED_FULL as ERR_TRACKED_FULL,
 };
-/// Lock mode: `LOCK_HELD` was full (the slot is left odd on purpose).
-pub use probed_common::TRACK_ERR_LOCK_HELD_FULL as ERR_LOCK_HELD_FULL;
 
 /// Whether `tgid`'s changes are tracked.
 #[inline(always)]
@@ -108,7 +108,9 @@ fn is_probed_file(info: &VmaInfo, file: u64) -> bool {
 #[inline(always)]
 pub fn lost_reports() -> u32 {
     // SAFETY: `p` points into the live LOST_REPORTS map value.
-    LOST_REPORTS.get_ptr(0).map_or(0, |p| unsafe { load(p) } as u32)
+    LOST_REPORTS
+        .get_ptr(0)
+        .map_or(0, |p| unsafe { load(p) } as u32)
 }
 
 /// Counts a report that could not be delivered. Called before the change's `ends`
@@ -299,7 +301,7 @@ pub fn close_missed_exit(tid: u32) {
 pub fn syscall_enter(a: &[u64; 6], op: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if !is_tracked(tgid) && !(op == OP_MMAP && maps_probed_file(a)) {
+    if !(is_tracked(tgid) || (op == OP_MMAP && maps_probed_file(a))) {
         return;
     }
     close_missed_exit(tid);
