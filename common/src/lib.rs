@@ -6,8 +6,10 @@
 #![no_std]
 
 mod args;
+mod kernel;
 mod stack_copy;
 pub use args::*;
+pub use kernel::*;
 pub use stack_copy::*;
 
 /// Most probes one run can attach; the size of the per-probe statistics array in BPF.
@@ -200,13 +202,21 @@ pub struct SeqSlot {
     pub holder_mm: u64,
 }
 
+/// The (even) sequence of a slot at rest after `begins` changes: `2 * begins`. Change number
+/// `t` (its ticket, `begins` after its start) moves the sequence from `stable_seq(t - 1)` to
+/// `stable_seq(t)`, so this is also the sequence of the address space that change `t` leaves.
+#[inline(always)]
+pub const fn stable_seq(begins: u64) -> u64 {
+    begins.wrapping_mul(2)
+}
+
 /// The sequence a reader reports for a slot read as (`ends`, then `begins`).
 #[inline(always)]
 pub const fn seq_of(ends: u64, begins: u64) -> u64 {
     if ends == begins {
-        begins.wrapping_mul(2)
+        stable_seq(begins)
     } else {
-        begins.wrapping_mul(2).wrapping_sub(1)
+        stable_seq(begins).wrapping_sub(1)
     }
 }
 
@@ -778,6 +788,17 @@ const _: () =
     assert!(core::mem::size_of::<ChangeEvent>() == 48 + 32 + 8 + 48 + NAME_LEN + 24 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<SeqSlot>() == 48);
+// The daemon reads and writes a slot's fields in the mapped SEQS array at these offsets
+// (daemon/src/track/seq.rs); BPF's atomic adds need `begins` and `ends` 8-byte aligned.
+const _: () = assert!(core::mem::offset_of!(SeqSlot, begins) == 0);
+const _: () = assert!(core::mem::offset_of!(SeqSlot, ends) == 8);
+const _: () = assert!(core::mem::offset_of!(SeqSlot, mirror) == 16);
+const _: () = assert!(core::mem::offset_of!(SeqSlot, mirror_pid) == 24);
+const _: () = assert!(core::mem::offset_of!(SeqSlot, holder_tid) == 28);
+const _: () = assert!(core::mem::offset_of!(SeqSlot, holder_ticket) == 32);
+const _: () = assert!(core::mem::offset_of!(SeqSlot, holder_mm) == 40);
+const _: () = assert!(core::mem::align_of::<SeqSlot>() == 8);
+const _: () = assert!(stable_seq(3) == 6 && seq_of(2, 3) == 5 && seq_of(3, 3) == 6);
 const _: () = assert!(core::mem::size_of::<LockChangeEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<CapturedHitEvent>() == 144 + 8 + 48);
 const _: () = assert!(
@@ -791,6 +812,13 @@ const _: () = assert!(core::mem::size_of::<PathOffsets>() == 72);
 const _: () = assert!(core::mem::size_of::<RetOffsets>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 72 + 24 + 16);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
+// BPF ring buffers must be a power of two and a multiple of the page size.
+const _: () =
+    assert!(RING_BYTES.is_power_of_two() && (RING_BYTES as u64).is_multiple_of(PAGE_SIZE));
+const _: () = assert!(
+    STACK_COPY_RING_BYTES.is_power_of_two()
+        && (STACK_COPY_RING_BYTES as u64).is_multiple_of(PAGE_SIZE)
+);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 40);
 const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 40);
 

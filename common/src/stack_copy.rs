@@ -15,8 +15,9 @@ pub const PROBE_FLAG_STACK_COPY: u32 = 8;
 
 /// Bytes of one page of the copy. The copy starts at the page holding the stack pointer and
 /// goes up page by page, so each read has a constant size and stops cleanly at the top of
-/// the stack mapping (a read crossing into an unmapped page fails as a whole).
-pub const STACK_PAGE: usize = 4096;
+/// the stack mapping (a read crossing into an unmapped page fails as a whole). The page size
+/// ([`crate::PAGE_SIZE`]): the stack mapping's bounds are page-aligned.
+pub const STACK_PAGE: usize = crate::PAGE_SIZE as usize;
 
 /// Pages copied at most: 16 KiB from the page of the stack pointer, i.e. 12–16 KiB of live
 /// stack above it. Chosen by measurement (README, "Stacks without frame pointers"): Debian's

@@ -33,12 +33,12 @@ impl FileId {
         }
     }
 
-    /// The device in the kernel's internal encoding (`major << 20 | minor`, a superblock's
-    /// `s_dev`), which is what BPF reads and what BPF helpers compare with; `st_dev` uses
-    /// the userspace encoding, which differs once major or minor exceed 255 (kernel
-    /// `new_encode_dev`).
+    /// The device in the kernel's internal encoding ([`probed_common::kernel_dev`]:
+    /// `major << 20 | minor`, a superblock's `s_dev`), which is what BPF reads and what BPF
+    /// helpers compare with; `st_dev` uses the userspace encoding, which differs once major or
+    /// minor exceed 255 (kernel `new_encode_dev`).
     pub fn kernel_dev(&self) -> u64 {
-        (u64::from(libc::major(self.dev)) << 20) | u64::from(libc::minor(self.dev))
+        probed_common::kernel_dev(libc::major(self.dev), libc::minor(self.dev))
     }
 }
 

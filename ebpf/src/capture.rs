@@ -45,7 +45,9 @@ pub fn needed(tgid: u32, seq: u64) -> bool {
     let Some(s) = track::slot(tgid) else {
         return true;
     };
-    track::published(s) != (seq, tgid)
+    // SAFETY: `s` points into a live SEQS map value.
+    let published = unsafe { track::published(s) };
+    published != (seq, tgid)
 }
 
 /// What the capture callback fills in (on the BPF stack, as bpf_find_vma requires). Smaller
@@ -157,7 +159,7 @@ pub fn record_pending(ctx: *mut c_void) {
         return;
     };
     // SAFETY: this CPU's map value; `hit` was written by `park` in this program run.
-    let hit = unsafe { &*(&raw const (*scratch).hit) };
+    let hit = unsafe { &(*scratch).hit };
     let Some(stats) = PROBE_STATS.get_ptr_mut(hit.probe_id) else {
         return;
     };

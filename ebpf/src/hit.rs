@@ -15,7 +15,8 @@ use aya_ebpf::{
 };
 use probed_common::{
     ARG_REGS, EVENT_HIT, EVENT_STACK_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_FRAMES,
-    MAX_PROBES, PROBE_FLAG_ARG_STRINGS, PROBE_FLAG_ARGS, PROBE_FLAG_STACK, PROBE_FLAG_STACK_COPY, PROBE_FLAGS_LIMITS, StackHitEvent,
+    MAX_PROBES, PROBE_FLAG_ARG_STRINGS, PROBE_FLAG_ARGS, PROBE_FLAG_STACK, PROBE_FLAG_STACK_COPY,
+    PROBE_FLAGS_LIMITS, StackHitEvent,
 };
 
 use crate::{
@@ -49,7 +50,11 @@ pub fn record_return(ctx: &RetProbeContext) -> bool {
 #[inline(never)]
 fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
     let (args, retval, ret_addr) = if kind == KIND_ENTRY {
-        ([regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9], 0, 0)
+        (
+            [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9],
+            0,
+            0,
+        )
     } else {
         ([0; ARG_REGS], regs.rax, regs.rip)
     };

@@ -26,8 +26,8 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use probed_common::seq_slot;
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task};
+use probed_common::{seq_slot, stable_seq};
 
 use crate::{
     kread,
@@ -65,7 +65,10 @@ pub fn released(mm: u64, write: u64) {
 
 #[inline(always)]
 fn open_writes() -> u64 {
-    OPEN_WRITES.get_ptr(0).map_or(0, |p| track::load(p))
+    // SAFETY: `p` points into the live OPEN_WRITES map value, an aligned u64.
+    OPEN_WRITES
+        .get_ptr(0)
+        .map_or(0, |p| unsafe { track::load(p) })
 }
 
 #[inline(always)]
@@ -84,9 +87,11 @@ fn begin_section(mm: u64) {
         return;
     }
     let Some(s) = track::slot(tgid) else { return };
-    // SAFETY: `s` points into a live map value.
-    let ticket = track::bump(unsafe { &raw mut (*s).begins });
-    if claim(s, tid) {
+    // SAFETY: `s` points into a live SEQS map value; `begins` is an aligned u64 only updated
+    // atomically.
+    let ticket = unsafe { track::bump(&raw mut (*s).begins) };
+    // SAFETY: `s` points into a live SEQS map value.
+    if unsafe { claim(s, tid) } {
         // The section is recorded in the process's own slot: no hash update. Only this
         // thread reads these two words back (while `holder_tid` is its tid).
         // SAFETY: `s` points into a live map value; aligned fields.
@@ -110,15 +115,20 @@ fn begin_section(mm: u64) {
         }
     }
     if let Some(n) = OPEN_WRITES.get_ptr_mut(0) {
-        track::bump(n);
+        // SAFETY: `n` points into the live OPEN_WRITES map value, only updated atomically.
+        unsafe { track::bump(n) };
     }
 }
 
 /// Claims slot `s`'s holder word for thread `tid` (compare-and-swap from 0).
+///
+/// # Safety
+/// `s` must point to a live `SEQS` map value.
 #[inline(always)]
-fn claim(s: *mut probed_common::SeqSlot, tid: u32) -> bool {
-    // SAFETY: `s` points into a live map value; `holder_tid` is 4-byte aligned and only ever
-    // changed atomically (this compare-and-swap) or by its holder (the release below).
+unsafe fn claim(s: *mut probed_common::SeqSlot, tid: u32) -> bool {
+    // SAFETY: the caller guarantees `s` points into a live map value; `holder_tid` is 4-byte
+    // aligned and only ever changed atomically (this compare-and-swap) or by its holder (the
+    // release below).
     let (_, ok) = unsafe {
         atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
             &raw mut (*s).holder_tid,
@@ -150,9 +160,11 @@ fn end_section(mm: u64) {
         // SAFETY: as above; only the holder clears its claim.
         unsafe { (&raw mut (*s).holder_tid).write_volatile(0) };
         if let Some(n) = OPEN_WRITES.get_ptr_mut(0) {
-            track::unbump(n);
+            // SAFETY: `n` points into the live OPEN_WRITES map value, only updated atomically.
+            unsafe { track::unbump(n) };
         }
-        finish_section(tgid, tid, ticket, s);
+        // SAFETY: `s` points into a live SEQS map value.
+        unsafe { finish_section(tgid, tid, ticket, s) };
         return;
     }
     // SAFETY: a plain struct copied out at once.
@@ -164,24 +176,31 @@ fn end_section(mm: u64) {
     }
     let _ = LOCK_HELD.remove(&tid);
     if let Some(n) = OPEN_WRITES.get_ptr_mut(0) {
-        track::unbump(n);
+        // SAFETY: `n` points into the live OPEN_WRITES map value, only updated atomically.
+        unsafe { track::unbump(n) };
     }
     let Some(s) = crate::maps::SEQS.get_ptr_mut(held.slot) else {
         return;
     };
-    finish_section(tgid, tid, held.ticket, s);
+    // SAFETY: `s` points into a live SEQS map value.
+    unsafe { finish_section(tgid, tid, held.ticket, s) };
 }
 
 /// Ends section `ticket` of `tgid` in slot `s`: reports it unless the daemon already knows its
 /// picture is behind, then makes the slot even again.
+///
+/// # Safety
+/// `s` must point to a live `SEQS` map value.
 #[inline(always)]
-fn finish_section(tgid: u32, tid: u32, ticket: u64, s: *mut probed_common::SeqSlot) {
-    if daemon_already_told(s, tgid, ticket) {
-        // SAFETY: `s` points into a live map value.
-        track::bump(unsafe { &raw mut (*s).ends });
+unsafe fn finish_section(tgid: u32, tid: u32, ticket: u64, s: *mut probed_common::SeqSlot) {
+    // SAFETY: the caller guarantees `s` points into a live SEQS map value.
+    if unsafe { daemon_already_told(s, tgid, ticket) } {
+        // SAFETY: as above; `ends` is an aligned u64 only updated atomically.
+        unsafe { track::bump(&raw mut (*s).ends) };
         return;
     }
-    track::report_rescan(tgid, tid, ticket, s);
+    // SAFETY: as above.
+    unsafe { track::report_rescan(tgid, tid, ticket, s) };
 }
 
 /// Whether the daemon already knows its picture of `tgid` is behind, so this section's report
@@ -195,9 +214,13 @@ fn finish_section(tgid: u32, tid: u32, ticket: u64, s: *mut probed_common::SeqSl
 /// process's reports this way takes its ring records and the daemon's work per change down
 /// to one per rescan. When in doubt (no picture published for this process, or the slot
 /// published for another process sharing it) the section reports.
+///
+/// # Safety
+/// `s` must point to a live `SEQS` map value.
 #[inline(always)]
-fn daemon_already_told(s: *mut probed_common::SeqSlot, tgid: u32, ticket: u64) -> bool {
-    let (mirror, pid) = track::published(s);
-    let before = ticket.wrapping_sub(1).wrapping_mul(2);
+unsafe fn daemon_already_told(s: *mut probed_common::SeqSlot, tgid: u32, ticket: u64) -> bool {
+    // SAFETY: the caller guarantees `s` points into a live SEQS map value.
+    let (mirror, pid) = unsafe { track::published(s) };
+    let before = stable_seq(ticket.wrapping_sub(1));
     pid == tgid && mirror != u64::MAX && mirror < before
 }

@@ -3,9 +3,7 @@
 //! fit the 512-byte BPF stack). The daemon unwinds it with the modules' `.eh_frame`.
 
 use aya_ebpf::{bindings::pt_regs, helpers::generated::bpf_probe_read_user};
-use probed_common::{
-    HitEvent, ProbeStats, STACK_COPY_PAGES, STACK_PAGE, StackCopyHitEvent,
-};
+use probed_common::{HitEvent, ProbeStats, STACK_COPY_PAGES, STACK_PAGE, StackCopyHitEvent};
 
 use crate::maps::EVENTS;
 

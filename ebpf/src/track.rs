@@ -28,7 +28,8 @@ use aya_ebpf::{
 use probed_common::{
     CHANGE_OVERLAP, CHANGE_VMA, CHANGE_VMA_FILE, CHANGE_VMA_FROM_ARGS, ChangeEvent, EVENT_CHANGE,
     EVENT_PROC, FileKey, KernelOffsets, NAME_LEN, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP,
-    OP_MUNMAP, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VmaInfo, seq_of, seq_slot,
+    OP_MUNMAP, PAGE_SHIFT, PAGE_SIZE, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, SeqSlot, VM_EXEC,
+    VM_HUGETLB, VM_READ, VM_SHARED, VM_WRITE, VmaInfo, seq_of, seq_slot, stable_seq,
 };
 
 use crate::{
@@ -46,16 +47,14 @@ const MAP_SHARED_VALIDATE: u64 = 0x03;
 const MAP_ANONYMOUS: u64 = 0x20;
 const PROT_EXEC: u64 = 0x4;
 const MAP_HUGETLB: u64 = 0x4_0000;
-const VM_SHARED: u64 = 0x08;
-const VM_HUGETLB: u64 = 0x40_0000;
 
+/// Lock mode: `LOCK_HELD` was full (the slot is left odd on purpose).
+pub use probed_common::TRACK_ERR_LOCK_HELD_FULL as ERR_LOCK_HELD_FULL;
 /// `TRACK_ERRORS` indices (shared with the daemon, which reports them).
 use probed_common::{
     TRACK_ERR_EXIT_MISSED as ERR_EXIT_MISSED, TRACK_ERR_INFLIGHT_FULL as ERR_INFLIGHT_FULL,
     TRACK_ERR_REPORT_LOST as ERR_CHANGE_LOST, TRACK_ERR_TRACKED_FULL as ERR_TRACKED_FULL,
 };
-/// Lock mode: `LOCK_HELD` was full (the slot is left odd on purpose).
-pub use probed_common::TRACK_ERR_LOCK_HELD_FULL as ERR_LOCK_HELD_FULL;
 
 /// Whether `tgid`'s changes are tracked.
 #[inline(always)]
@@ -108,7 +107,10 @@ fn is_probed_file(info: &VmaInfo, file: u64) -> bool {
 /// The number of reports lost so far (see `ChangeEvent::lost_reports`).
 #[inline(always)]
 pub fn lost_reports() -> u32 {
-    LOST_REPORTS.get_ptr(0).map_or(0, |p| load(p) as u32)
+    // SAFETY: `p` points into the live LOST_REPORTS map value.
+    LOST_REPORTS
+        .get_ptr(0)
+        .map_or(0, |p| unsafe { load(p) } as u32)
 }
 
 /// Counts a report that could not be delivered. Called before the change's `ends`
@@ -117,7 +119,8 @@ pub fn lost_reports() -> u32 {
 fn report_lost() {
     count_error(ERR_CHANGE_LOST);
     if let Some(p) = LOST_REPORTS.get_ptr_mut(0) {
-        bump(p);
+        // SAFETY: `p` points into the live LOST_REPORTS map value, only updated atomically.
+        unsafe { bump(p) };
     }
 }
 
@@ -136,27 +139,37 @@ pub fn slot(tgid: u32) -> Option<*mut SeqSlot> {
 }
 
 /// Atomically adds 1 and returns the new value.
+///
+/// # Safety
+/// `counter` must point to an aligned u64 inside a live map value (the kernel keeps it
+/// mapped while the program runs) that every writer updates atomically.
 #[inline(always)]
-pub fn bump(counter: *mut u64) -> u64 {
+pub unsafe fn bump(counter: *mut u64) -> u64 {
     // core's AtomicU64 has no fetch_add on BPF (rustc does not claim CAS there), so the
     // intrinsic is used directly; it compiles to a BPF atomic fetch-add (cpu v3).
-    // SAFETY: `counter` points into a live map value; the kernel keeps it mapped while the
-    // program runs, and every writer updates it atomically.
+    // SAFETY: the caller guarantees `counter` is a live, aligned, atomically updated u64.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) + 1 }
 }
 
 /// Atomically subtracts 1.
+///
+/// # Safety
+/// As for [`bump`].
 #[inline(always)]
-pub fn unbump(counter: *mut u64) {
-    // SAFETY: as for `bump`.
+pub unsafe fn unbump(counter: *mut u64) {
+    // SAFETY: the caller guarantees `counter` is a live, aligned, atomically updated u64.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, u64::MAX) };
 }
 
 /// Lock mode: the daemon's published picture of the process in slot `s` — (`mirror`,
 /// `mirror_pid`), each read once (the daemon stores them atomically).
+///
+/// # Safety
+/// `s` must point to a live `SEQS` map value.
 #[inline(always)]
-pub fn published(s: *const SeqSlot) -> (u64, u32) {
-    // SAFETY: `s` points into a live map value; both fields are aligned.
+pub unsafe fn published(s: *const SeqSlot) -> (u64, u32) {
+    // SAFETY: the caller guarantees `s` points into a live map value; both fields are
+    // aligned (common asserts SeqSlot's offsets).
     unsafe {
         (
             load(&raw const (*s).mirror),
@@ -166,9 +179,12 @@ pub fn published(s: *const SeqSlot) -> (u64, u32) {
 }
 
 /// A volatile load of a slot counter (single-copy atomic: aligned u64).
+///
+/// # Safety
+/// `counter` must point to an aligned u64 inside a live map value.
 #[inline(always)]
-pub fn load(counter: *const u64) -> u64 {
-    // SAFETY: `counter` points into a live map value.
+pub unsafe fn load(counter: *const u64) -> u64 {
+    // SAFETY: the caller guarantees `counter` is a live, aligned u64.
     unsafe { counter.read_volatile() }
 }
 
@@ -178,7 +194,8 @@ pub fn read_seq(tgid: u32) -> u64 {
     let Some(s) = slot(tgid) else { return 1 };
     // The compiler keeps two volatile loads in order, and the CPUs BPF runs on (x86-64 here)
     // do not reorder loads with loads.
-    // SAFETY: `s` points into a live map value for the whole program run.
+    // SAFETY: `s` points into a live map value for the whole program run; `ends` and
+    // `begins` are aligned u64s.
     let (ends, begins) = unsafe { (load(&raw const (*s).ends), load(&raw const (*s).begins)) };
     seq_of(ends, begins)
 }
@@ -272,8 +289,9 @@ pub fn close_missed_exit(tid: u32) {
     count_error(ERR_EXIT_MISSED);
     report_lost();
     if let Some(s) = SEQS.get_ptr_mut(flight.slot) {
-        // SAFETY: `s` points into a live map value.
-        bump(unsafe { &raw mut (*s).ends });
+        // SAFETY: `s` points into a live SEQS map value; `ends` is an aligned u64 only
+        // updated atomically.
+        unsafe { bump(&raw mut (*s).ends) };
     }
 }
 
@@ -283,16 +301,15 @@ pub fn close_missed_exit(tid: u32) {
 pub fn syscall_enter(a: &[u64; 6], op: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if !is_tracked(tgid) && !(op == OP_MMAP && maps_probed_file(a)) {
+    if !(is_tracked(tgid) || (op == OP_MMAP && maps_probed_file(a))) {
         return;
     }
     close_missed_exit(tid);
     let index = seq_slot(tgid);
     let Some(s) = slot(tgid) else { return };
-    // SAFETY: `s` points into a live map value.
-    let ticket = bump(unsafe { &raw mut (*s).begins });
-    // SAFETY: as above.
-    let ends = load(unsafe { &raw const (*s).ends });
+    // SAFETY: `s` points into a live SEQS map value; `begins` and `ends` are aligned u64s
+    // only updated atomically.
+    let (ticket, ends) = unsafe { (bump(&raw mut (*s).begins), load(&raw const (*s).ends)) };
     // Each op reads only the arguments its syscall has: the kernel refuses to attach a
     // program that reads past the end of a tracepoint's record.
     let args = match op {
@@ -428,8 +445,8 @@ pub fn syscall_exit(ret: i64) {
     let Some(s) = SEQS.get_ptr_mut(flight.slot) else {
         return;
     };
-    // SAFETY: `s` points into a live map value.
-    let begins_now = load(unsafe { &raw const (*s).begins });
+    // SAFETY: `s` points into a live SEQS map value; `begins` is an aligned u64.
+    let begins_now = unsafe { load(&raw const (*s).begins) };
     let mut flags = if flight.overlap != 0 || begins_now != flight.ticket {
         CHANGE_OVERLAP
     } else {
@@ -499,15 +516,19 @@ pub fn syscall_exit(ret: i64) {
         None => report_lost(),
     }
     // After the report: a hit that sees this change completed is reserved after it.
-    // SAFETY: `s` points into a live map value.
-    bump(unsafe { &raw mut (*s).ends });
+    // SAFETY: `s` points into a live SEQS map value; `ends` is an aligned u64 only updated
+    // atomically.
+    unsafe { bump(&raw mut (*s).ends) };
 }
 
 /// Lock mode: a write section of `tgid`'s address space ended (see lock.rs): reports it as a
 /// change the daemon cannot replay (it rescans), then closes it (`ends`), in that order, as
 /// a syscall exit does.
+///
+/// # Safety
+/// `s` must point to a live `SEQS` map value.
 #[inline(always)]
-pub fn report_rescan(tgid: u32, tid: u32, ticket: u64, s: *mut SeqSlot) {
+pub unsafe fn report_rescan(tgid: u32, tid: u32, ticket: u64, s: *mut SeqSlot) {
     match EVENTS.reserve::<probed_common::LockChangeEvent>(0) {
         Some(mut entry) => {
             entry.write(probed_common::LockChangeEvent {
@@ -524,8 +545,9 @@ pub fn report_rescan(tgid: u32, tid: u32, ticket: u64, s: *mut SeqSlot) {
         }
         None => report_lost(),
     }
-    // SAFETY: `s` points into a live map value.
-    bump(unsafe { &raw mut (*s).ends });
+    // SAFETY: the caller guarantees `s` points into a live SEQS map value; `ends` is an
+    // aligned u64 only updated atomically.
+    unsafe { bump(&raw mut (*s).ends) };
 }
 
 /// Describes an mmap's mapping from its arguments and, if known, the file behind its
@@ -540,10 +562,10 @@ fn mapping_from_args(
 ) -> u32 {
     let [_, len, prot, mflags] = flight.args;
     out.vma.start = addr;
-    out.vma.end = addr + ((len + 4095) & !4095);
-    out.vma.pgoff = flight.offset >> 12;
+    out.vma.end = addr + ((len + (PAGE_SIZE - 1)) & !(PAGE_SIZE - 1));
+    out.vma.pgoff = flight.offset >> PAGE_SHIFT;
     // PROT_READ/WRITE/EXEC are VM_READ/WRITE/EXEC; MAP_SHARED(_VALIDATE) is VM_SHARED.
-    let mut vm = prot & 7;
+    let mut vm = prot & (VM_READ | VM_WRITE | VM_EXEC);
     if mflags & 3 == MAP_SHARED || mflags & 3 == MAP_SHARED_VALIDATE {
         vm |= VM_SHARED;
     }
@@ -561,21 +583,28 @@ fn mapping_from_args(
     CHANGE_VMA_FILE
 }
 
-/// A whole-address-space event (exec, exit): one complete change; returns its ticket.
+/// A whole-address-space event (exec, exit): one complete change; returns its slot (null if
+/// none) and its ticket.
 #[inline(always)]
 fn instant_change(tgid: u32) -> (*mut SeqSlot, u64) {
     match slot(tgid) {
-        // SAFETY: `s` points into a live map value.
-        Some(s) => (s, bump(unsafe { &raw mut (*s).begins })),
+        // SAFETY: `s` points into a live SEQS map value; `begins` is an aligned u64 only
+        // updated atomically.
+        Some(s) => (s, unsafe { bump(&raw mut (*s).begins) }),
         None => (core::ptr::null_mut(), 0),
     }
 }
 
+/// Ends the change [`instant_change`] began.
+///
+/// # Safety
+/// `s` must be null or point to a live `SEQS` map value (what `instant_change` returns).
 #[inline(always)]
-fn finish_instant(s: *mut SeqSlot) {
+unsafe fn finish_instant(s: *mut SeqSlot) {
     if !s.is_null() {
-        // SAFETY: `s` points into a live map value.
-        bump(unsafe { &raw mut (*s).ends });
+        // SAFETY: the caller guarantees a non-null `s` points into a live SEQS map value;
+        // `ends` is an aligned u64 only updated atomically.
+        unsafe { bump(&raw mut (*s).ends) };
     }
 }
 
@@ -593,7 +622,8 @@ pub fn exec() {
         if is_tracked(tgid) {
             let (s, ticket) = instant_change(tgid);
             emit_exec(tgid, tid, fresh, ticket, None, None);
-            finish_instant(s);
+            // SAFETY: `s` is what `instant_change` returned.
+            unsafe { finish_instant(s) };
         }
         return;
     };
@@ -610,7 +640,8 @@ pub fn exec() {
     }
     let (s, ticket) = instant_change(tgid);
     emit_exec(tgid, tid, fresh, ticket, have_exe.then_some(&exe), Some(ip));
-    finish_instant(s);
+    // SAFETY: `s` is what `instant_change` returned.
+    unsafe { finish_instant(s) };
     // A tracked process that became probed (a traced shell running `probed ctl`): its old
     // address space ends with this report, and the new one is not tracked.
     if crate::self_filter::is_probed(tgid) {
@@ -696,7 +727,7 @@ unsafe fn write_proc_header(
         (&raw mut (*e).tid).write(tid);
         (&raw mut (*e).ts_ns).write(bpf_ktime_get_ns());
         (&raw mut (*e).proc_gen).write(proc_gen);
-        (&raw mut (*e).seq).write(ticket.wrapping_mul(2));
+        (&raw mut (*e).seq).write(stable_seq(ticket));
         (&raw mut (*e).ticket).write(ticket);
         (&raw mut (*e).comm).write(bpf_get_current_comm().unwrap_or([0; 16]));
         (&raw mut (*e).parent_pid).write(0);
@@ -768,7 +799,8 @@ pub fn exit(ctx: &TracePointContext) {
     } else {
         report_lost();
     }
-    finish_instant(s);
+    // SAFETY: `s` is what `instant_change` returned.
+    unsafe { finish_instant(s) };
 }
 
 /// sched_process_fork (raw tracepoint; args: parent task, child task): a new process starts
@@ -811,5 +843,6 @@ pub fn fork(parent_task: u64, child_task: u64) {
     } else {
         report_lost();
     }
-    finish_instant(s);
+    // SAFETY: `s` is what `instant_change` returned.
+    unsafe { finish_instant(s) };
 }

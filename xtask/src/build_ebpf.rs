@@ -1,4 +1,5 @@
-//! `cargo xtask build-ebpf`: builds the BPF object the daemon embeds.
+//! `cargo xtask build-ebpf`: builds the BPF object the daemon embeds; `cargo xtask
+//! clippy-ebpf`: lints the BPF crate (the workspace's `cargo clippy` does not cover it).
 
 use std::time::Instant;
 
@@ -27,4 +28,16 @@ pub fn run() -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Runs clippy on ebpf/ with the BPF toolchain, warnings denied (the lints: ebpf/Cargo.toml).
+pub fn clippy() -> anyhow::Result<()> {
+    let tc = toolchain::ensure()?;
+    eprintln!("xtask: linting the BPF crate with {}", tc.description);
+    let mut cmd = tc.clippy();
+    cmd.current_dir(paths::root().join("ebpf"))
+        .args(["--release", "--target-dir"])
+        .arg(paths::bpf_target_dir())
+        .args(["--", "-D", "warnings"]);
+    exec(&mut cmd).context("linting the BPF crate (ebpf/)")
 }

@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Build the BPF object (installs the BPF toolchain first where it is missing).
     BuildEbpf,
+    /// Lint the BPF crate (clippy with the BPF toolchain, warnings denied; CI runs it).
+    ClippyEbpf,
     /// Build the BPF object and a release `probed` that embeds it.
     Build,
     /// Set up, build, and trace a bundled example: probed's main job in one command.
@@ -88,6 +90,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf => build_ebpf::run(),
+        Command::ClippyEbpf => build_ebpf::clippy(),
         Command::Build => build::run(),
         Command::Demo => demo::run(),
         Command::Run { args } => run::run(&args),

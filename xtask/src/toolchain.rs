@@ -27,8 +27,12 @@ use crate::{
 
 /// bpf-linker release known to work with aya-ebpf 0.2 (README, "Building the BPF object").
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages that provide a rustc with its library source (needed by build-std).
-const DEBIAN_RUST: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
+/// Debian packages that provide a rustc with its library source (needed by build-std), and
+/// the clippy of that rustc (`cargo xtask clippy-ebpf`).
+const DEBIAN_RUST: [&str; 4] = ["rustc-web", "cargo-web", "rust-web-src", "rust-web-clippy"];
+/// Debian's `cargo clippy` entry point (rust-web-clippy). Run by path: `cargo clippy` would
+/// take the first `cargo-clippy` on PATH, which on a machine with rustup is rustup's.
+const DEBIAN_CARGO_CLIPPY: &str = "/usr/bin/cargo-clippy";
 
 /// How to invoke cargo for the BPF crate.
 pub struct BpfToolchain {
@@ -45,9 +49,26 @@ pub struct BpfToolchain {
 }
 
 impl BpfToolchain {
-    /// A `cargo build` command for the BPF crate with this toolchain's environment.
+    /// A `cargo` command for the BPF crate with this toolchain's environment.
     pub fn cargo(&self) -> Command {
-        let mut cmd = Command::new(&self.cargo);
+        self.command(&self.cargo)
+    }
+
+    /// A `cargo clippy` command for the BPF crate with this toolchain's environment.
+    pub fn clippy(&self) -> Command {
+        if self.rustc.is_none() {
+            let mut cmd = self.cargo();
+            cmd.arg("clippy");
+            return cmd;
+        }
+        let mut cmd = self.command(Path::new(DEBIAN_CARGO_CLIPPY));
+        cmd.env("CARGO", &self.cargo).arg("clippy");
+        cmd
+    }
+
+    /// `program` (cargo, or Debian's cargo-clippy) with this toolchain's environment.
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
         if let Some(arg) = self.toolchain_arg {
             cmd.arg(arg);
         }
@@ -111,7 +132,8 @@ fn debian_route() -> anyhow::Result<BpfToolchain> {
     let rustc = PathBuf::from("/usr/bin/rustc");
     let cargo = PathBuf::from("/usr/bin/cargo");
     let library = Path::new("/usr/lib/rustlib/src/rust/library/core");
-    if !(rustc.exists() && cargo.exists() && library.exists()) {
+    let clippy = Path::new(DEBIAN_CARGO_CLIPPY);
+    if !(rustc.exists() && cargo.exists() && library.exists() && clippy.exists()) {
         install_debian_rust()?;
     }
     let llvm = llvm_major(&mut Command::new(&rustc))?;
@@ -142,8 +164,9 @@ fn install_debian_rust() -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "xtask: installing Debian's {} (Rust 1.96 with its library source): the BPF crate is \
-         built with -Zbuild-std=core, which needs rust-src, and rustup cannot fetch it here",
+        "xtask: installing Debian's {} (Rust 1.96 with its library source and clippy): the BPF \
+         crate is built with -Zbuild-std=core, which needs rust-src, and rustup cannot fetch it \
+         here",
         DEBIAN_RUST.join(", ")
     );
     exec(Command::new("apt-get").args(["update", "-q"]))?;

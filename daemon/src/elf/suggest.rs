@@ -42,38 +42,23 @@ fn score(q: &str, cand: &str, max_edits: usize) -> Option<(u8, usize)> {
     if len_diff > max_edits {
         return None;
     }
-    let d = levenshtein(q, &c);
+    // Edit distance (insertions, deletions, substitutions) by characters.
+    let d = strsim::levenshtein(q, &c);
     (d <= max_edits).then_some((2, d))
-}
-
-/// The edit distance (insertions, deletions, substitutions) between `a` and `b`, by
-/// characters, in O(len(a) × len(b)) time and O(len(b)) memory.
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        cur[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let substitute = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Edit distance counts insertions, deletions and substitutions.
+    /// Edit distance counts insertions, deletions and substitutions, by characters.
     #[test]
     fn levenshtein_counts_edits() {
-        assert_eq!(levenshtein("kitten", "sitting"), 3);
-        assert_eq!(levenshtein("", "abc"), 3);
-        assert_eq!(levenshtein("same", "same"), 0);
-        assert_eq!(levenshtein("readlin", "readline"), 1);
+        assert_eq!(strsim::levenshtein("kitten", "sitting"), 3);
+        assert_eq!(strsim::levenshtein("", "abc"), 3);
+        assert_eq!(strsim::levenshtein("same", "same"), 0);
+        assert_eq!(strsim::levenshtein("readlin", "readline"), 1);
+        assert_eq!(strsim::levenshtein("naïve", "naive"), 1);
     }
 
     /// Typos and substrings are suggested in rank order; unrelated names are not.

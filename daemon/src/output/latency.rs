@@ -29,9 +29,10 @@ use std::{
     io::{self, Write},
 };
 
+use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
-use super::{HitRecord, folded::WordBuild};
+use super::HitRecord;
 use crate::spec::ProbeKind;
 
 /// Most calls one thread may have open; deeper ones push the oldest out (unmatched).
@@ -225,9 +226,9 @@ struct Open {
 pub struct Latency {
     functions: Vec<Function>,
     /// `name\0module` → index in `functions`.
-    by_key: HashMap<String, u32, WordBuild>,
+    by_key: HashMap<String, u32, FxBuildHasher>,
     /// (pid, tid) → the calls it is inside, innermost last.
-    threads: HashMap<(u32, u32), Vec<Open>, WordBuild>,
+    threads: HashMap<(u32, u32), Vec<Open>, FxBuildHasher>,
     /// Hits whose location is unknown (cannot say which function returned).
     pub unidentified: u64,
     /// Reused key buffer.

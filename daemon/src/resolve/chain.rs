@@ -65,7 +65,7 @@ pub(crate) struct Chain {
 
 /// Sequence ↔ label: the sequence of a stable slot is twice its `begins` count.
 pub(crate) const fn seq_of_label(label: u64) -> u64 {
-    label.wrapping_mul(2)
+    probed_common::stable_seq(label)
 }
 
 impl Chain {
@@ -236,7 +236,7 @@ mod tests {
         },
     };
 
-    const PAGE: u64 = 0x1000;
+    const PAGE: u64 = probed_common::PAGE_SIZE;
 
     fn vma(page: u64, ino: u64) -> Vma {
         Vma {

@@ -34,7 +34,6 @@
 
 mod chain;
 mod counters;
-mod hash;
 pub mod maps;
 mod mirror;
 mod outcome;

@@ -7,9 +7,10 @@
 //! it, so nothing has to protect it while it is read (which is why two readers scale). Anything
 //! else goes to the slow path, [`Mirror::locate`].
 
+use rustc_hash::FxHashMap;
+
 use super::{
     counters::{Block, Fallback, Slot},
-    hash::FastMap,
     mirror::{Mirror, Sink},
     outcome::{Hit, Normalized, Reason, Resolution, Via},
     proc_key::ProcKey,
@@ -35,7 +36,7 @@ pub struct Reader<S: SeqSource> {
     /// Processes this reader has met.
     entries: Vec<Cached>,
     /// Position of each process in `entries`.
-    index: FastMap<ProcKey, usize>,
+    index: FxHashMap<ProcKey, usize>,
     /// The process resolved last and its position: hits come in bursts per process, and
     /// comparing one key is cheaper than hashing it.
     hot: Option<(ProcKey, usize)>,
@@ -57,7 +58,7 @@ impl<S: SeqSource> Reader<S> {
         Self {
             resolver: resolver.clone(),
             entries: Vec::new(),
-            index: FastMap::default(),
+            index: FxHashMap::default(),
             hot: None,
             registry: resolver.registry.cache(),
             counters,
@@ -254,7 +255,7 @@ impl<S: SeqSource> Drop for Reader<S> {
 #[inline]
 fn position(
     hot: &mut Option<(ProcKey, usize)>,
-    index: &FastMap<ProcKey, usize>,
+    index: &FxHashMap<ProcKey, usize>,
     proc: ProcKey,
 ) -> Option<usize> {
     if let Some((last, i)) = *hot

@@ -6,10 +6,9 @@
 
 use std::collections::hash_map::Entry;
 
-use super::{
-    hash::FastMap,
-    sync::{Arc, AtomicU64, Mutex, Ordering, Published, lock},
-};
+use rustc_hash::FxHashMap;
+
+use super::sync::{Arc, AtomicU64, Mutex, Ordering, Published, lock};
 use crate::file_id::FileId;
 
 /// A probe's id: the index probed gave it, also the BPF attach cookie.
@@ -17,7 +16,7 @@ use crate::file_id::FileId;
 pub struct ProbeId(pub u32);
 
 /// An immutable version of the table.
-pub(crate) type ProbeMap = FastMap<(FileId, u64), ProbeId>;
+pub(crate) type ProbeMap = FxHashMap<(FileId, u64), ProbeId>;
 
 /// The probe table shared by all readers of one resolver.
 pub struct Registry {

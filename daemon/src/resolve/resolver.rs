@@ -3,9 +3,10 @@
 
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 
+use rustc_hash::FxHashMap;
+
 use super::{
     counters::{Block, Counters, Slot},
-    hash::FastMap,
     mirror::{Config, Env, Mirror, Sink},
     outcome::Reason,
     proc_key::ProcKey,
@@ -38,7 +39,7 @@ pub struct Resolver<S> {
     pub(crate) config: Config,
     /// Traced processes. Locked only on slow paths (a reader meeting a process for the first
     /// time, track/untrack).
-    procs: Mutex<FastMap<ProcKey, Arc<Mirror>>>,
+    procs: Mutex<FxHashMap<ProcKey, Arc<Mirror>>>,
     /// Bumped on every untrack, so readers know when to drop cached mirrors.
     pub(crate) untracks: StdAtomicU64,
     /// Counter blocks of live readers.
@@ -62,7 +63,7 @@ impl<S: SeqSource> Resolver<S> {
             maps: Box::new(maps),
             registry: Registry::default(),
             config,
-            procs: Mutex::new(FastMap::default()),
+            procs: Mutex::new(FxHashMap::default()),
             untracks: StdAtomicU64::new(0),
             readers: std::sync::Mutex::new(Vec::new()),
             shared: Block::default(),

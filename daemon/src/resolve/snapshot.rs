@@ -2,8 +2,9 @@
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path, sync::Arc as StdArc};
 
+use rustc_hash::FxHashMap;
+
 use super::{
-    hash::FastMap,
     maps::{self, ParseError},
     vma::{Excluded, Vma, classify},
 };
@@ -89,7 +90,7 @@ impl Snapshot {
         let mut vmas = Vec::new();
         let mut excluded: Vec<(u64, u64, Excluded)> = Vec::new();
         // One `Arc<Path>` per distinct path: a library's several segments share it.
-        let mut paths: FastMap<&[u8], StdArc<Path>> = FastMap::default();
+        let mut paths: FxHashMap<&[u8], StdArc<Path>> = FxHashMap::default();
         for line in maps::lines(text) {
             let line = line?;
             match classify(line.perms, line.ino, line.path) {

@@ -4,6 +4,14 @@
 //! Written by hand rather than linking libsystemd: the protocol is a `KEY=VALUE\n` datagram
 //! to a path (or an abstract name written `@name`), and the daemon needs only five messages.
 //! Not running under systemd (no `NOTIFY_SOCKET`) makes every call a no-op.
+//!
+//! Not the `sd-notify` crate either: its 0.5.0 (read for issue 15) does not cover what this
+//! does. (1) It connects to `NOTIFY_SOCKET`'s value as a path, so the `@name` abstract form
+//! (`abstract_socket` below) fails; (2) it reads `NOTIFY_SOCKET` from the environment at every
+//! message, so probed could not remove the variable at start (which keeps processes it starts
+//! from notifying in its name) without losing every later STOPPING, WATCHDOG and STATUS
+//! (`notify_and_unset_env` drops them); (3) it takes its settings only from the environment,
+//! which unit tests cannot set per test ([`Notifier::new`] takes the values).
 
 use std::{
     io,

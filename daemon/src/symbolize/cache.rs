@@ -8,7 +8,6 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -16,6 +15,7 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, Guard};
+use rustc_hash::FxBuildHasher;
 
 use crate::file_id::FileId;
 
@@ -45,28 +45,11 @@ impl<V> Slot<V> {
     }
 }
 
-/// A multiply-rotate hasher for [`FileId`] keys (the FxHash step). Keys come from the
-/// kernel, not from an adversary choosing collisions, and SipHash was a third of the cost
-/// of a cached lookup.
-#[derive(Default)]
-pub(super) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        bytes.iter().for_each(|&b| self.write_u64(u64::from(b)));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 /// The published map.
-pub(super) type Map<V> = HashMap<FileId, Arc<Slot<V>>, BuildHasherDefault<IdHasher>>;
+///
+/// Keyed with FxHash: keys come from the kernel, not from an adversary choosing collisions,
+/// and SipHash was a third of the cost of a cached lookup.
+pub(super) type Map<V> = HashMap<FileId, Arc<Slot<V>>, FxBuildHasher>;
 
 /// The cache: a lock-free read side, a mutex-serialised write side, CLOCK eviction.
 #[derive(Debug)]
@@ -246,8 +229,8 @@ mod tests {
     /// Distinct ids hash apart (the hasher mixes both fields).
     #[test]
     fn hasher_mixes_both_fields() {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let b = BuildHasherDefault::<IdHasher>::default();
+        use std::hash::BuildHasher;
+        let b = FxBuildHasher;
         let h = |dev, ino| b.hash_one(FileId { dev, ino });
         assert_ne!(h(1, 2), h(2, 1));
         assert_ne!(h(1, 2), h(1, 3));

@@ -58,7 +58,10 @@ pub fn change_event<S: SeqSource>(
         // base: nothing else is known yet, and the process may exit before a scan), then
         // scan it for the rest.
         if let Replay::Change(change) = changes::replay(event, paths, None) {
-            let empty = Snapshot::partial(event.ticket.wrapping_mul(2).wrapping_sub(2), Vec::new());
+            let empty = Snapshot::partial(
+                probed_common::stable_seq(event.ticket.wrapping_sub(1)),
+                Vec::new(),
+            );
             resolver.add_base(proc, event.ticket.wrapping_sub(1), empty);
             resolver.change(proc, event.ticket, Some(change));
         }

@@ -5,7 +5,8 @@ use std::{path::Path, sync::Arc};
 
 use probed_common::{
     CHANGE_VMA, CHANGE_VMA_FILE, ChangeEvent, FilePath, OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP,
-    OP_MUNMAP, ProcEvent, VmaInfo,
+    OP_MUNMAP, PAGE_SIZE, ProcEvent, VM_EXEC, VM_HUGETLB, VM_READ, VM_SHARED, VM_WRITE, VmaInfo,
+    kernel_dev_major, kernel_dev_minor, page_align, stable_seq,
 };
 
 use crate::{
@@ -21,12 +22,8 @@ use crate::{
 const MAP_FIXED: u64 = 0x10;
 /// `MREMAP_DONTUNMAP`: the old range stays mapped (not replayed).
 const MREMAP_DONTUNMAP: u64 = 4;
-/// `VM_HUGETLB` in `vm_flags`.
-const VM_HUGETLB: u64 = 0x0040_0000;
 /// `ENOMEM`, which mprotect returns after changing part of its range.
 const ENOMEM: i64 = 12;
-/// Page size (x86-64).
-const PAGE: u64 = 4096;
 /// The identity given to a file mapping whose file BPF did not read.
 const UNREAD_FILE: FileId = FileId {
     dev: 0,
@@ -58,24 +55,20 @@ pub enum Replay {
     Unknown,
 }
 
-fn page_align(len: u64) -> u64 {
-    len.saturating_add(PAGE - 1) & !(PAGE - 1)
-}
-
-/// The kernel's `s_dev` encoding (`major << 20 | minor`) as a [`FileId`].
+/// The kernel's `s_dev` encoding (`major << 20 | minor`, [`probed_common::kernel_dev`]) as a
+/// [`FileId`].
 pub fn file_id(dev: u64, ino: u64) -> FileId {
-    FileId::from_major_minor((dev >> 20) as u32, (dev & 0xf_ffff) as u32, ino)
+    FileId::from_major_minor(kernel_dev_major(dev), kernel_dev_minor(dev), ino)
 }
 
-/// The user-visible permissions of `vm_flags` (VM_READ, VM_WRITE, VM_EXEC, VM_SHARED are
-/// the low four bits, in the same order as [`Perms`]).
+/// The user-visible permissions of `vm_flags`.
 fn perms(vm_flags: u64) -> Perms {
     let mut p = Perms::empty();
     for (bit, flag) in [
-        (1, Perms::READ),
-        (2, Perms::WRITE),
-        (4, Perms::EXEC),
-        (8, Perms::SHARED),
+        (VM_READ, Perms::READ),
+        (VM_WRITE, Perms::WRITE),
+        (VM_EXEC, Perms::EXEC),
+        (VM_SHARED, Perms::SHARED),
     ] {
         if vm_flags & bit != 0 {
             p = p.union(flag);
@@ -128,7 +121,7 @@ pub(crate) fn mapping(
     NewMapping {
         start: vma.start,
         end: vma.end,
-        pgoff: vma.pgoff.wrapping_mul(PAGE),
+        pgoff: vma.pgoff.wrapping_mul(PAGE_SIZE),
         perms: perms(vma.flags),
         hugetlb: vma.flags & VM_HUGETLB != 0,
         file,
@@ -282,7 +275,7 @@ pub fn exec_base(ev: &ProcEvent, paths: &dyn PathLookup) -> Option<Snapshot> {
             path: file.path,
         });
     }
-    Some(Snapshot::partial(ev.ticket.wrapping_mul(2), vmas))
+    Some(Snapshot::partial(stable_seq(ev.ticket), vmas))
 }
 
 #[cfg(test)]
@@ -379,7 +372,7 @@ mod tests {
             panic!("not a map");
         };
         assert_eq!((start, end), (0x7000_0000, 0x7000_2000));
-        assert_eq!(mapping.pgoff, 3 * PAGE);
+        assert_eq!(mapping.pgoff, 3 * PAGE_SIZE);
         assert!(mapping.perms.contains(Perms::EXEC) && mapping.perms.contains(Perms::READ));
         let file = mapping.file.unwrap();
         assert_eq!(file.id, FileId::from_major_minor(8, 1, 42));

@@ -8,7 +8,7 @@ use std::{
 
 use aya::maps::MapData;
 use memmap2::{MmapMut, MmapOptions};
-use probed_common::{SEQ_SLOTS, SeqSlot, seq_of, seq_slot};
+use probed_common::{SEQ_SLOTS, SeqSlot, seq_of, seq_slot, stable_seq};
 
 use crate::resolve::{ProcKey, SeqSource};
 
@@ -50,11 +50,16 @@ impl BpfSeq {
     /// The first u64 word of `pid`'s slot (a [`SeqSlot`]).
     #[inline(always)]
     fn words(&self, pid: u32) -> *const AtomicU64 {
-        const WORDS: usize = size_of::<SeqSlot>() / 8;
         let index = seq_slot(pid) as usize;
-        // SAFETY: index < SEQ_SLOTS and the mapping holds SEQ_SLOTS slots of WORDS u64
-        // each, so the slot is in bounds.
-        unsafe { self.mmap.as_ptr().cast::<AtomicU64>().add(index * WORDS) }
+        // SAFETY: index < SEQ_SLOTS and the mapping holds SEQ_SLOTS slots, so the slot is in
+        // bounds; slots are 8-byte aligned (common asserts SeqSlot's size and alignment) in a
+        // page-aligned mapping.
+        unsafe {
+            self.mmap
+                .as_ptr()
+                .add(index * size_of::<SeqSlot>())
+                .cast::<AtomicU64>()
+        }
     }
 
     #[inline(always)]
@@ -119,6 +124,6 @@ impl SeqSource for BpfSeq {
         // Order the caller's reads of the snapshot before the re-read of the sequence.
         fence(Ordering::Acquire);
         let (begins, _) = self.slot(proc.pid);
-        begins.load(Ordering::Relaxed).wrapping_mul(2) != seq
+        stable_seq(begins.load(Ordering::Relaxed)) != seq
     }
 }
