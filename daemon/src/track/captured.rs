@@ -37,13 +37,15 @@ pub fn picture(status: u8, vma: &VmaInfo, pid: u32, paths: &PathIndex) -> Captur
                 paths,
             );
             // On overlayfs BPF sees the backing (real) file; pictures, probes and the
-            // symbolizer use the overlay identity users see, learned from the file's
-            // FileNameEvent.
+            // symbolizer use the overlay identity users see — this process's own (one image
+            // layer backs each container's overlay file: `overlay_for`).
             if let Some(file) = &mut mapping.file
-                && let Some(user) = paths.overlay_of(file.id)
+                && let Some((user, own_path)) = paths.overlay_for(file.id, pid, vma.start, vma.end)
             {
                 file.id = user;
-                if let Some(path) = paths.path_of(user, pid, vma.start, vma.end) {
+                if let Some(path) =
+                    own_path.or_else(|| paths.path_of(user, pid, vma.start, vma.end))
+                {
                     file.path = path;
                 }
             }

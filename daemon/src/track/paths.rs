@@ -101,6 +101,36 @@ impl PathIndex {
         self.overlay_of.borrow().get(&backing).copied()
     }
 
+    /// The overlay identity under which process `pid` maps backing file `backing` at
+    /// `[start, end)`, and its path there, if `backing` is known to back an overlay file.
+    /// One image layer's file backs a different overlay file in each container (its own
+    /// device): the alias learned from the file's one report names one container's, so the
+    /// process's own is asked for — `stat` of its `/proc/PID/map_files/START-END` gives the
+    /// overlay inode it mapped (checked: two overlays of one lower file stat as two devices
+    /// there, as in their maps), and the link its path as the process sees it. The learned
+    /// alias (and no path) answers only when that entry cannot be read (the process is
+    /// gone) or names another file.
+    pub fn overlay_for(
+        &self,
+        backing: FileId,
+        pid: u32,
+        start: u64,
+        end: u64,
+    ) -> Option<(FileId, Option<Arc<Path>>)> {
+        let alias = self.overlay_of(backing)?;
+        let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let own = std::fs::metadata(link).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        });
+        Some(match own {
+            Some(id) if id != backing && (id.ino == backing.ino || id.ino == alias.ino) => {
+                (id, map_files_path(id, pid, start, end))
+            }
+            _ => (alias, None),
+        })
+    }
+
     /// Learns that `backing` is the real file behind overlay file `user`.
     pub fn alias(&self, backing: FileId, user: FileId) {
         self.overlay_of.borrow_mut().insert(backing, user);
