@@ -202,7 +202,13 @@ impl Tracer {
         req: &AttachRequest,
         pid: Option<NonZeroU32>,
     ) -> Result<(), AttachError> {
-        self.attach_many(std::slice::from_ref(req), pid, &|_| {})
+        match self
+            .attach_many(std::slice::from_ref(req), pid, &|_| {})?
+            .pop()
+        {
+            Some((_, err)) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// Attaches probes, to all processes or to one pid, many at once: the kernel's uprobe
@@ -211,14 +217,15 @@ impl Tracer {
     /// `progress(n)` is told each time another one is attached. A pid-scoped probe also
     /// filters by pid in BPF (`PROBE_FLAG_PID`; other processes' hits counted as
     /// `filtered`): the kernel's scope alone let other processes' uretprobe hits through on
-    /// Debian's 6.12. On an error the probes attached so far stay attached (dropping the
-    /// tracer detaches them) and the first failed request in order is the error.
+    /// Debian's 6.12. Returns the requests the kernel refused (index in `reqs`, why), in
+    /// order; the others are attached (dropping the tracer detaches them). An error is one
+    /// that concerns every request (the programs, the uprobe PMU, the settings maps).
     pub fn attach_many(
         &mut self,
         reqs: &[AttachRequest],
         pid: Option<NonZeroU32>,
         progress: &(dyn Fn(usize) + Sync),
-    ) -> Result<(), AttachError> {
+    ) -> Result<Vec<(usize, AttachError)>, AttachError> {
         for req in reqs {
             if req.id >= MAX_PROBES {
                 return Err(AttachError::TooManyProbes(req.id));
@@ -227,7 +234,7 @@ impl Tracer {
             self.set_probe_args(req.id, req.args.as_ref())?;
         }
         let Some(first) = reqs.first() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let pmu =
             perf_link::UprobePmu::read().map_err(|e| attach_error(first, Box::new(e.into())))?;
@@ -294,17 +301,16 @@ impl Tracer {
                 links[i] = Some(link);
             }
         }
-        let mut failed = None;
-        for (req, link) in reqs.iter().zip(links) {
+        let mut failed = Vec::new();
+        for (i, (req, link)) in reqs.iter().zip(links).enumerate() {
             match link.expect("every request attached or failed") {
                 Ok(link) => {
                     self.links.insert(req.id, link);
                 }
-                Err(e) if failed.is_none() => failed = Some(attach_error(req, Box::new(e.into()))),
-                Err(_) => {}
+                Err(e) => failed.push((i, attach_error(req, Box::new(e.into())))),
             }
         }
-        failed.map_or(Ok(()), Err)
+        Ok(failed)
     }
 
     /// Detaches one probe; returns whether it was attached.

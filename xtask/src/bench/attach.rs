@@ -21,9 +21,10 @@ use serde_json::{Value, json};
 use super::harness;
 use crate::paths;
 
-/// Rounds per (tool, N).
+/// Rounds per (tool, N), unless `PROBED_BENCH_ROUNDS` says otherwise.
 const ROUNDS: usize = 3;
-/// The probe counts measured besides "all".
+/// The probe counts measured besides "all" (`PROBED_BENCH_ATTACH_ALL=0` leaves "all" out:
+/// detaching thousands of uprobes takes minutes per run).
 const COUNTS: [usize; 3] = [10, 100, 1000];
 /// How long one attach or detach may take before the run is abandoned.
 const LIMIT: Duration = Duration::from_secs(300);
@@ -57,8 +58,11 @@ pub fn run() -> Result<()> {
         .lines()
         .filter_map(|l| l.split('\t').next())
         .filter_map(|spec| spec.strip_prefix("uprobe:libc:"))
-        // Plain names only: both tools parse them the same way (no `@VERSION`).
+        // Plain names only: both tools parse them the same way (no `@VERSION`); libc's
+        // exported functions (the debug file's internal `__GI_` aliases include addresses
+        // the kernel refuses to probe).
         .filter(|f| f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .filter(|f| !f.starts_with("__GI_"))
         .map(str::to_owned)
         .collect();
     ensure!(
@@ -75,13 +79,19 @@ pub fn run() -> Result<()> {
         .iter()
         .map(|&n| (n.to_string(), names[..n].to_vec()))
         .collect();
-    sizes.push(("all".into(), vec!["*".into()]));
+    if std::env::var("PROBED_BENCH_ATTACH_ALL").as_deref() != Ok("0") {
+        sizes.push(("all".into(), vec!["*".into()]));
+    }
+    let rounds = std::env::var("PROBED_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
     let mut results = Vec::new();
     for (label, functions) in &sizes {
         let mut row = json!({ "n": label });
         for tool in [Tool::Probed, Tool::Bpftrace] {
             let (mut attach, mut detach, mut probes) = (Vec::new(), Vec::new(), 0);
-            for round in 0..ROUNDS {
+            for round in 0..rounds {
                 let (a, d, n) = match one(tool, functions, &pid) {
                     Ok(r) => r,
                     Err(e) => bail!("{} with {label} probes, round {round}: {e:#}", tool.name()),
@@ -105,7 +115,7 @@ pub fn run() -> Result<()> {
     let out = paths::bench_dir().join("attach.json");
     std::fs::create_dir_all(paths::bench_dir())?;
     let report: Value = json!({
-        "rounds": ROUNDS,
+        "rounds": rounds,
         "scope": "one idle process (--pid / -p)",
         "libc_functions": names.len(),
         "results": results,
