@@ -13,9 +13,6 @@ use probed_common::{
 
 use crate::maps::{EVENTS, PROBE_ARGS};
 
-/// `size_of::<pt_regs>()`: a spec's register offset must leave 8 bytes inside it.
-const PT_REGS_BYTES: u16 = core::mem::size_of::<pt_regs>() as u16;
-
 /// The probe's specs, if it has any.
 #[inline(always)]
 pub fn specs(probe_id: u32) -> Option<&'static ProbeArgs> {
@@ -37,19 +34,8 @@ pub fn evaluate(regs: *const pt_regs, ip: u64, specs: &ProbeArgs, out: &mut [u64
 fn one(regs: *const pt_regs, ip: u64, spec: &ArgSpec) -> u64 {
     let raw = match spec.how {
         ARG_REG | ARG_MEM => {
-            if spec.reg > PT_REGS_BYTES - 8 {
+            let Some(reg) = register(regs, spec.reg) else {
                 return 0;
-            }
-            // The register by a run-time offset: BPF may not index its context with a
-            // variable offset, so it is copied out with a checked kernel read (the
-            // registers are kernel memory). libbpf's usdt.bpf.h does the same.
-            // SAFETY: the offset is inside pt_regs (checked above); bpf_probe_read_kernel
-            // returns an error rather than faulting, leaving the zeroed value.
-            let reg = unsafe {
-                let mut v = 0u64;
-                let at = (regs as *const u8).add(spec.reg as usize);
-                bpf_probe_read_kernel((&raw mut v).cast(), 8, at.cast());
-                v
             };
             if spec.how == ARG_REG {
                 reg
@@ -63,6 +49,28 @@ fn one(regs: *const pt_regs, ip: u64, spec: &ArgSpec) -> u64 {
     };
     narrow(raw, spec.size, spec.signed != 0)
 }
+
+/// The register at byte offset `off` of `pt_regs` (the offsets `typed_args::operand`
+/// gives). Copied out with a checked kernel read (the registers are kernel memory): BPF may
+/// not dereference its context at a run-time offset, and a `match` over the fields is
+/// compiled back into one. libbpf's usdt.bpf.h does the same.
+#[inline(always)]
+fn register(regs: *const pt_regs, off: u16) -> Option<u64> {
+    if off > PT_REGS_BYTES - 8 {
+        return None;
+    }
+    let mut v = 0u64;
+    // SAFETY: the offset is inside pt_regs (checked above); bpf_probe_read_kernel returns an
+    // error rather than faulting, leaving the zeroed value.
+    unsafe {
+        let at = (regs as *const u8).add(off as usize);
+        bpf_probe_read_kernel((&raw mut v).cast(), 8, at.cast());
+    }
+    Some(v)
+}
+
+/// `size_of::<pt_regs>()`: a register offset must leave 8 bytes inside it.
+const PT_REGS_BYTES: u16 = core::mem::size_of::<pt_regs>() as u16;
 
 /// Eight bytes of user memory at `addr` (narrowed by the caller, little-endian), or 0.
 #[inline(always)]

@@ -29,26 +29,29 @@ use crate::{
 /// in `CAPTURE_SCRATCH` for its capture (`capture::record_pending`), which the entry point
 /// runs after this returns: a separate call chain, since the verifier bounds each chain's
 /// stack to 512 bytes.
+/// `typed`: the program evaluates typed arguments (`probed_entry_typed`). A constant at each
+/// call, so the verifier prunes the argument code from the plain programs: on older kernels
+/// (Debian's 6.1) it makes the program too complex to verify, and only typed probes need it.
 #[inline(always)]
-pub fn record_entry(ctx: &ProbeContext) -> bool {
+pub fn record_entry(ctx: &ProbeContext, typed: bool) -> bool {
     // SAFETY: the kernel hands a uprobe program a valid pt_regs for its whole run.
     let regs = unsafe { &*ctx.regs };
-    record(ctx.as_ptr(), KIND_ENTRY, regs)
+    record(ctx.as_ptr(), KIND_ENTRY, regs, typed)
 }
 
 /// Records a uretprobe hit with the return value and the address returned to (see
 /// `record_entry` for the result).
 #[inline(always)]
-pub fn record_return(ctx: &RetProbeContext) -> bool {
+pub fn record_return(ctx: &RetProbeContext, typed: bool) -> bool {
     // SAFETY: as above, for a uretprobe.
     let regs = unsafe { &*ctx.regs };
-    record(ctx.as_ptr(), KIND_RETURN, regs)
+    record(ctx.as_ptr(), KIND_RETURN, regs, typed)
 }
 
 /// Records one hit: entry probes with their six integer arguments, return probes with the
 /// return value and the address returned to. Not inlined (see `record_entry`).
 #[inline(never)]
-fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
+fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -> bool {
     let (args, retval, ret_addr) = if kind == KIND_ENTRY {
         (
             [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9],
@@ -113,7 +116,8 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs) -> bool {
     let tid = pid_tgid as u32;
     // Typed arguments (USDT operands, a SPEC's argument list): evaluated from the registers
     // instead of the raw argument registers; their strings go out just before the hit.
-    let (args, retval) = if flags & PROBE_FLAG_ARGS != 0
+    let (args, retval) = if typed
+        && flags & PROBE_FLAG_ARGS != 0
         && let Some(specs) = args::specs(probe_id)
     {
         let mut values = [0u64; ARG_REGS];

@@ -38,7 +38,26 @@ use probed_common::{OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER
 /// Every uprobe probed attaches runs this.
 #[uprobe]
 pub fn probed_entry(ctx: ProbeContext) -> u32 {
-    if hit::record_entry(&ctx) {
+    if hit::record_entry(&ctx, false) {
+        capture::record_pending(ctx.as_ptr());
+    }
+    0
+}
+
+/// Every uprobe with typed arguments runs this (`PROBE_ARGS`, args.rs): a program of its own,
+/// loaded only when such a probe is attached (see hit::record_entry).
+#[uprobe]
+pub fn probed_entry_typed(ctx: ProbeContext) -> u32 {
+    if hit::record_entry(&ctx, true) {
+        capture::record_pending(ctx.as_ptr());
+    }
+    0
+}
+
+/// Every uretprobe with a typed return value runs this.
+#[uretprobe]
+pub fn probed_return_typed(ctx: RetProbeContext) -> u32 {
+    if hit::record_return(&ctx, true) {
         capture::record_pending(ctx.as_ptr());
     }
     0
@@ -47,7 +66,7 @@ pub fn probed_entry(ctx: ProbeContext) -> u32 {
 /// Every uretprobe probed attaches runs this.
 #[uretprobe]
 pub fn probed_return(ctx: RetProbeContext) -> u32 {
-    if hit::record_return(&ctx) {
+    if hit::record_return(&ctx, false) {
         capture::record_pending(ctx.as_ptr());
     }
     0

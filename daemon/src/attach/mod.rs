@@ -42,6 +42,10 @@ use crate::{
 const ENTRY_PROGRAM: &str = "probed_entry";
 /// Name of the return program in the BPF object.
 const RETURN_PROGRAM: &str = "probed_return";
+/// Name of the entry program of probes with typed arguments (loaded on first use).
+const ENTRY_TYPED_PROGRAM: &str = "probed_entry_typed";
+/// Name of the return program of probes with a typed return value.
+const RETURN_TYPED_PROGRAM: &str = "probed_return_typed";
 /// Name of the event ring buffer map (hits and process events).
 const EVENTS_MAP: &str = "EVENTS";
 
@@ -98,14 +102,6 @@ fn attach_error(req: &AttachRequest, source: Box<aya::programs::ProgramError>) -
         path: req.path.clone(),
         file_offset: req.file_offset,
         source,
-    }
-}
-
-/// The program a probe of `kind` is an attachment of.
-fn program_name(kind: ProbeKind) -> &'static str {
-    match kind {
-        ProbeKind::Entry => ENTRY_PROGRAM,
-        ProbeKind::Return => RETURN_PROGRAM,
     }
 }
 
@@ -238,8 +234,21 @@ impl Tracer {
         };
         let pmu =
             perf_link::UprobePmu::read().map_err(|e| attach_error(first, Box::new(e.into())))?;
-        let fd = |kind| -> Result<_, AttachError> {
-            let name = program_name(kind);
+        // Typed probes run their own programs, loaded on first use: older verifiers refuse
+        // them (Debian's 6.1: too complex), which must only refuse typed probes.
+        let typed = reqs.iter().any(|r| r.args.is_some());
+        if typed {
+            for name in [ENTRY_TYPED_PROGRAM, RETURN_TYPED_PROGRAM] {
+                let program: &mut UProbe = program(&mut self.ebpf, name)?;
+                if program.fd().is_err() {
+                    program.load().map_err(|source| AttachError::ProgramLoad {
+                        name,
+                        source: Box::new(source),
+                    })?;
+                }
+            }
+        }
+        let fd = |name: &'static str| -> Result<_, AttachError> {
             let program: &UProbe = self
                 .ebpf
                 .program(name)
@@ -251,7 +260,15 @@ impl Tracer {
                 .map(|fd| fd.as_fd())
                 .map_err(|e| attach_error(first, Box::new(e)))
         };
-        let (entry, ret) = (fd(ProbeKind::Entry)?, fd(ProbeKind::Return)?);
+        let (entry, ret) = (fd(ENTRY_PROGRAM)?, fd(RETURN_PROGRAM)?);
+        let (entry_typed, ret_typed) = if typed {
+            (
+                Some(fd(ENTRY_TYPED_PROGRAM)?),
+                Some(fd(RETURN_TYPED_PROGRAM)?),
+            )
+        } else {
+            (None, None)
+        };
         let done = AtomicUsize::new(0);
         let one = |req: &AttachRequest| {
             let probe = perf_link::PerfUprobe {
@@ -262,7 +279,12 @@ impl Tracer {
                 pid: pid.map(NonZeroU32::get),
                 cookie: u64::from(req.id),
             };
-            let program = if probe.ret { ret } else { entry };
+            let program = match (probe.ret, req.args.is_some()) {
+                (false, false) => entry,
+                (true, false) => ret,
+                (false, true) => entry_typed.expect("loaded for typed probes"),
+                (true, true) => ret_typed.expect("loaded for typed probes"),
+            };
             let link = perf_link::attach(program, pmu, &probe);
             progress(done.fetch_add(1, Ordering::Relaxed) + 1);
             link
