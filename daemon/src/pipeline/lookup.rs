@@ -73,10 +73,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         (walk.frames, walk.stop)
     }
 
-    /// Address → mapping → symbol, as of the hit's sequence, or, in lock mode, from the
-    /// address's capture (`capture`: status and mapping). `back` bytes are subtracted for the
-    /// lookup (1 for return addresses, so that a call at the very end of a function is not
-    /// attributed to the next one) and added back to the reported offset.
+    /// A hit's own address: mapping → symbol (see [`Self::look_up`]).
     pub(super) fn resolve(
         &mut self,
         proc: ProcKey,
@@ -86,19 +83,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         capture: Option<Capture<'_>>,
     ) -> Answer {
         let pid = hit.pid;
-        let lookup = addr.wrapping_sub(back);
-        if let Some(cap) = capture {
-            let picture = self.lock.picture(cap, pid, &self.paths);
-            let symbolizer = &self.symbolizer;
-            let unnamed = &mut self.unnamed;
-            return with_captured(&mut self.lock, false, hit.seq, &picture, lookup, |r| {
-                hit_answer(symbolizer, unnamed, pid, back, r)
-            });
-        }
-        let symbolizer = &self.symbolizer;
-        let unnamed = &mut self.unnamed;
-        self.reader.resolve_with(proc, lookup, Some(hit.seq), |r| {
-            hit_answer(symbolizer, unnamed, pid, back, r)
+        self.look_up(proc, hit, addr, back, capture, false, |sym, unnamed, r| {
+            hit_answer(sym, unnamed, pid, back, r)
         })
     }
 
@@ -144,8 +130,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         out
     }
 
-    /// One stack frame: its mapping (as of the hit's sequence, or from its capture) and
-    /// symbol.
+    /// One stack frame: mapping → symbol (see [`Self::look_up`]).
     fn resolve_frame(
         &mut self,
         proc: ProcKey,
@@ -155,19 +140,38 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         capture: Option<Capture<'_>>,
     ) -> Frame {
         let pid = hit.pid;
+        self.look_up(proc, hit, addr, back, capture, true, |sym, unnamed, r| {
+            frame_answer(sym, unnamed, pid, addr, back, r)
+        })
+    }
+
+    /// Address → mapping, as of the hit's sequence, or, in lock mode, from the address's
+    /// capture (`capture`: status and mapping), handed to `answer` with the symbolizer and
+    /// the unnamed-file count. `back` bytes are subtracted for the lookup (1 for return
+    /// addresses, so that a call at the very end of a function is not attributed to the
+    /// next one); `frame`: a stack frame's capture (counted apart from hits').
+    #[allow(clippy::too_many_arguments)]
+    fn look_up<R>(
+        &mut self,
+        proc: ProcKey,
+        hit: &HitEvent,
+        addr: u64,
+        back: u64,
+        capture: Option<Capture<'_>>,
+        frame: bool,
+        mut answer: impl FnMut(&Symbolizer, &mut u64, Resolution<Hit<'_>>) -> R,
+    ) -> R {
         let lookup = addr.wrapping_sub(back);
-        if let Some(cap) = capture {
-            let picture = self.lock.picture(cap, pid, &self.paths);
-            let symbolizer = &self.symbolizer;
-            let unnamed = &mut self.unnamed;
-            return with_captured(&mut self.lock, true, hit.seq, &picture, lookup, |r| {
-                frame_answer(symbolizer, unnamed, pid, addr, back, r)
-            });
-        }
         let symbolizer = &self.symbolizer;
         let unnamed = &mut self.unnamed;
+        if let Some(cap) = capture {
+            let picture = self.lock.picture(cap, hit.pid, &self.paths);
+            return with_captured(&mut self.lock, frame, hit.seq, &picture, lookup, |r| {
+                answer(symbolizer, unnamed, r)
+            });
+        }
         self.reader.resolve_with(proc, lookup, Some(hit.seq), |r| {
-            frame_answer(symbolizer, unnamed, pid, addr, back, r)
+            answer(symbolizer, unnamed, r)
         })
     }
 }
