@@ -82,6 +82,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Attached probes by id.
     links: HashMap<u32, PerfLink>,
+    /// The uprobe PMU's facts, read at the first attach.
+    pmu: Option<perf_link::UprobePmu>,
     /// The change tracker's tracepoint links: (program, link).
     tracker_links: Vec<(&'static str, TracePointLinkId)>,
     /// The raw tracepoint links: fork, and in lock mode the mmap_lock ones: (program, link).
@@ -183,6 +185,7 @@ impl Tracer {
         let mut tracer = Self {
             ebpf,
             links: HashMap::new(),
+            pmu: None,
             tracker_links: Vec::new(),
             raw_links: Vec::new(),
             kprobe_links: Vec::new(),
@@ -232,8 +235,14 @@ impl Tracer {
         let Some(first) = reqs.first() else {
             return Ok(Vec::new());
         };
-        let pmu =
-            perf_link::UprobePmu::read().map_err(|e| attach_error(first, Box::new(e.into())))?;
+        let pmu = match self.pmu {
+            Some(pmu) => pmu,
+            None => {
+                let pmu = perf_link::UprobePmu::read()
+                    .map_err(|e| attach_error(first, Box::new(e.into())))?;
+                *self.pmu.insert(pmu)
+            }
+        };
         // Typed probes run their own programs, loaded on first use: older verifiers refuse
         // them (Debian's 6.1: too complex), which must only refuse typed probes.
         let typed = reqs.iter().any(|r| r.args.is_some());
@@ -293,43 +302,35 @@ impl Tracer {
             .map_or(1, usize::from)
             .clamp(1, ATTACH_THREADS)
             .min(reqs.len());
-        let mut links: Vec<Option<Result<PerfLink, aya::sys::SyscallError>>> =
-            (0..reqs.len()).map(|_| None).collect();
-        if threads <= 1 {
-            for (slot, req) in links.iter_mut().zip(reqs) {
-                *slot = Some(one(req));
-            }
+        // Share t takes requests t, t + threads, …: neighbours (one file's functions) spread
+        // over the threads. One share (a single probe: the daemon's) runs here.
+        let share = |t: usize| -> Vec<(usize, _)> {
+            (t..reqs.len())
+                .step_by(threads)
+                .map(|i| (i, one(&reqs[i])))
+                .collect()
+        };
+        let mut links: Vec<(usize, Result<PerfLink, aya::sys::SyscallError>)> = if threads == 1 {
+            share(0)
         } else {
-            // Thread t takes requests t, t + threads, …: neighbours (one file's functions)
-            // spread over the threads.
-            let per_thread: Vec<Vec<(usize, _)>> = std::thread::scope(|scope| {
+            std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let one = &one;
-                        scope.spawn(move || {
-                            (t..reqs.len())
-                                .step_by(threads)
-                                .map(|i| (i, one(&reqs[i])))
-                                .collect::<Vec<_>>()
-                        })
-                    })
+                    .map(|t| scope.spawn(move || share(t)))
                     .collect();
                 workers
                     .into_iter()
-                    .map(|w| w.join().expect("an attach thread panicked"))
+                    .flat_map(|w| w.join().expect("an attach thread panicked"))
                     .collect()
-            });
-            for (i, link) in per_thread.into_iter().flatten() {
-                links[i] = Some(link);
-            }
-        }
+            })
+        };
+        links.sort_unstable_by_key(|&(i, _)| i);
         let mut failed = Vec::new();
-        for (i, (req, link)) in reqs.iter().zip(links).enumerate() {
-            match link.expect("every request attached or failed") {
+        for (i, link) in links {
+            match link {
                 Ok(link) => {
-                    self.links.insert(req.id, link);
+                    self.links.insert(reqs[i].id, link);
                 }
-                Err(e) => failed.push((i, attach_error(req, Box::new(e.into())))),
+                Err(e) => failed.push((i, attach_error(&reqs[i], Box::new(e.into())))),
             }
         }
         Ok(failed)
