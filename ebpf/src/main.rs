@@ -38,35 +38,42 @@ use probed_common::{OP_BRK, OP_MMAP, OP_MPROTECT, OP_MREMAP, OP_MUNMAP, OP_OTHER
 /// Every uprobe probed attaches runs this.
 #[uprobe]
 pub fn probed_entry(ctx: ProbeContext) -> u32 {
-    if hit::record_entry(&ctx, false) {
-        capture::record_pending(ctx.as_ptr());
-    }
-    0
+    entry(&ctx, false)
 }
 
 /// Every uprobe with typed arguments runs this (`PROBE_ARGS`, args.rs): a program of its own,
 /// loaded only when such a probe is attached (see hit::record_entry).
 #[uprobe]
 pub fn probed_entry_typed(ctx: ProbeContext) -> u32 {
-    if hit::record_entry(&ctx, true) {
-        capture::record_pending(ctx.as_ptr());
-    }
-    0
-}
-
-/// Every uretprobe with a typed return value runs this.
-#[uretprobe]
-pub fn probed_return_typed(ctx: RetProbeContext) -> u32 {
-    if hit::record_return(&ctx, true) {
-        capture::record_pending(ctx.as_ptr());
-    }
-    0
+    entry(&ctx, true)
 }
 
 /// Every uretprobe probed attaches runs this.
 #[uretprobe]
 pub fn probed_return(ctx: RetProbeContext) -> u32 {
-    if hit::record_return(&ctx, false) {
+    ret(&ctx, false)
+}
+
+/// Every uretprobe with a typed return value runs this.
+#[uretprobe]
+pub fn probed_return_typed(ctx: RetProbeContext) -> u32 {
+    ret(&ctx, true)
+}
+
+/// A uprobe's hit, then its capture if it waits for one (a separate call chain: see
+/// hit::record_entry).
+#[inline(always)]
+fn entry(ctx: &ProbeContext, typed: bool) -> u32 {
+    if hit::record_entry(ctx, typed) {
+        capture::record_pending(ctx.as_ptr());
+    }
+    0
+}
+
+/// The same for a uretprobe.
+#[inline(always)]
+fn ret(ctx: &RetProbeContext, typed: bool) -> u32 {
+    if hit::record_return(ctx, typed) {
         capture::record_pending(ctx.as_ptr());
     }
     0
