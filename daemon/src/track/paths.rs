@@ -97,7 +97,7 @@ impl PathIndex {
     }
 
     /// The overlay identity reported for a backing (real) file, if one was.
-    pub fn overlay_of(&self, backing: FileId) -> Option<FileId> {
+    fn overlay_of(&self, backing: FileId) -> Option<FileId> {
         self.overlay_of.borrow().get(&backing).copied()
     }
 
