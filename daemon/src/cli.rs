@@ -16,7 +16,9 @@ use crate::{attach::RateLimit, output::Format};
 ))]
 pub struct TraceArgs {
     /// Probes: uprobe:/path:symbol, uretprobe:/path:symbol, uprobe:/path:symbol+16,
-    /// uprobe:/path:0x1a2b (file offset).
+    /// uprobe:/path:0x1a2b (file offset), uprobe:libc:malloc (library name),
+    /// uprobe:/path:read* (wildcard), usdt:/path:provider:name (wildcards too), each
+    /// optionally typed: uprobe:/path:f(str,i32), uretprobe:/path:f(ret:str).
     #[arg(required = true, value_name = "SPEC")]
     pub specs: Vec<String>,
     /// Trace only this process (its threads included).

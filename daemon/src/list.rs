@@ -167,19 +167,15 @@ pub fn list(pattern: &str, pid: Option<NonZeroU32>) -> Result<Vec<String>, ListE
                 pattern: pattern.into(),
                 source,
             })?;
-            let matches: Box<dyn Fn(&elf::UsdtNote) -> bool> = match what.split_once(':') {
-                Some((provider, name)) => {
-                    let (p, n) = (glob(provider)?, glob(name)?);
-                    Box::new(move |note| p.matches(&note.provider) && n.matches(&note.name))
-                }
-                None => {
-                    let g = glob(what)?;
-                    Box::new(move |note| {
-                        g.matches(&note.name)
-                            || g.matches(&format!("{}:{}", note.provider, note.name))
-                    })
-                }
+            let (provider, name) = match what.split_once(':') {
+                Some((provider, name)) => (Some(provider), name),
+                None => (None, what),
             };
+            let matches =
+                crate::probes::usdt_matcher(provider, name).map_err(|source| ListError::Glob {
+                    pattern: pattern.into(),
+                    source,
+                })?;
             notes
                 .iter()
                 .filter(|n| matches(n))

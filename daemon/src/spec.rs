@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! SPEC     := KIND ":" PATH ":" LOCATION [ARGS]
-//!           | "usdt" ":" PATH ":" [PROVIDER ":"] NAME [ARGS]
+//!           | "usdt" ":" PATH ":" [PROVIDER ":"] NAME [ARGS]   (either part may be a GLOB)
 //! KIND     := "uprobe" | "u" | "uretprobe" | "ur"
 //! PATH     := an absolute path to an ELF executable or shared library (no ':')
 //!           | a library name without '/': `libc`, `libssl.so.3` (see `libpath`)
@@ -63,7 +63,8 @@ pub enum Location {
     /// Every function whose name (raw, without version, or demangled) matches.
     Pattern(Glob),
     /// A USDT probe point (`.note.stapsdt`): every site of `provider:name` (or of `name`,
-    /// if it is one provider's only).
+    /// if it is one provider's only). Either part may be a wildcard: then every probe that
+    /// matches, each with its sites (`name` alone also matches `provider:name`).
     Usdt {
         /// The provider, if given.
         provider: Option<String>,
@@ -265,9 +266,19 @@ fn usdt(spec: &str, rest: &str, args: Option<ArgList>) -> Result<ProbeSpec, Spec
         Some(name) => (Some(first), name),
         None => (None, first),
     };
-    let bad = |part: &str| part.is_empty() || part.contains(':') || is_pattern(part);
+    let bad = |part: &str| part.is_empty() || part.contains(':');
     if path.is_empty() || bad(name) || provider.is_some_and(bad) {
         return Err(shape());
+    }
+    // Wildcards in either part (`usdt:PATH:python:function__*`, `usdt:PATH:*`) are checked
+    // here, matched against the file's notes when the probe is resolved.
+    for part in provider.into_iter().chain([name]) {
+        if is_pattern(part) {
+            Glob::new(part).map_err(|source| SpecError::Glob {
+                spec: spec.into(),
+                source,
+            })?;
+        }
     }
     Ok(ProbeSpec {
         text: spec.into(),
@@ -279,6 +290,19 @@ fn usdt(spec: &str, rest: &str, args: Option<ArgList>) -> Result<ProbeSpec, Spec
         },
         args,
     })
+}
+
+impl Location {
+    /// Whether it names a set of probe points (a wildcard) rather than one.
+    pub fn is_pattern(&self) -> bool {
+        match self {
+            Self::Pattern(_) => true,
+            Self::Usdt { provider, name } => {
+                is_pattern(name) || provider.as_deref().is_some_and(is_pattern)
+            }
+            Self::Symbol { .. } | Self::FileOffset(_) => false,
+        }
+    }
 }
 
 impl fmt::Display for ProbeSpec {
@@ -448,10 +472,11 @@ mod tests {
         ));
         assert!(matches!(parse("usdt:/a"), Err(SpecError::Shape { .. })));
         assert!(matches!(parse("usdt:/a:p:"), Err(SpecError::Shape { .. })));
-        assert!(matches!(
-            parse("usdt:/a:p:n*"),
-            Err(SpecError::Shape { .. })
-        ));
+        assert!(matches!(parse("usdt:/a:p:n["), Err(SpecError::Glob { .. })));
+        // A USDT wildcard parses; it is matched against the notes later.
+        assert!(parse("usdt:/a:p:n*").unwrap().location.is_pattern());
+        assert!(parse("usdt:/a:*").unwrap().location.is_pattern());
+        assert!(!parse("usdt:/a:p:n").unwrap().location.is_pattern());
         let msg = parse("nope:/a:f").unwrap_err().to_string();
         assert!(msg.contains("uprobe:/path/to/binary:symbol"), "{msg}");
     }

@@ -73,7 +73,12 @@ fn report_expansion(probes: &[Probe]) {
                 .iter()
                 .filter(|p| p.pattern.as_deref() == Some(written))
                 .collect();
-            eprintln!("probed: {written} matches {} function(s)", matched.len());
+            let what = if matches!(probe.spec.location, crate::spec::Location::Usdt { .. }) {
+                "USDT probe site(s)"
+            } else {
+                "function(s)"
+            };
+            eprintln!("probed: {written} matches {} {what}", matched.len());
             for p in matched.iter().filter(|p| !p.aliases.is_empty()) {
                 eprintln!(
                     "probed: {} (probe {}) also matches its aliases {}",

@@ -1,6 +1,7 @@
 //! Typed arguments and USDT probes, as bpftrace users write them: a SPEC's argument list
 //! (`uprobe:BIN:greet(str,i32)`, `uretprobe:BIN:describe(ret:str)`) and Debian's python3.11
-//! USDT probe `python:function__entry` with its semaphore, read as `(str,str,i32)`.
+//! USDT probe `python:function__entry` with its semaphore, read as `(str,str,i32)`, and a
+//! wildcard USDT SPEC (`python:function__re*`).
 //!
 //! Expected values come from the fixture's own arguments and the Python script's text.
 
@@ -96,7 +97,10 @@ fn python_usdt_function_entry() {
     )
     .unwrap();
     let spec = format!("usdt:{python}:python:function__entry(str,str,i32)");
-    let probed = Probed::start(&["trace", &spec, "--format", "json"]);
+    // A wildcard SPEC beside it: its one match, function__return, named by its own SPEC.
+    let returns = format!("usdt:{python}:python:function__re*(str,str,i32)");
+    let returned = format!("usdt:{python}:python:function__return(str,str,i32)");
+    let probed = Probed::start(&["trace", &spec, &returns, "--format", "json"]);
     let child = Command::new(python)
         .arg(&script)
         .spawn()
@@ -111,12 +115,21 @@ fn python_usdt_function_entry() {
     assert_eq!(num(p, "lost"), 0, "{p}");
     let ticks: Vec<_> = hits
         .iter()
-        .filter(|h| num(h, "pid") == pid && h["args"][1] == "tick")
+        .filter(|h| num(h, "pid") == pid && h["probe"] == spec.as_str() && h["args"][1] == "tick")
         .collect();
     assert_eq!(ticks.len(), 3000, "{p}");
     for h in &ticks {
         assert_eq!(h["args"][0].as_str(), Some(script.to_str().unwrap()), "{h}");
         assert_eq!(h["args"][2].as_i64(), Some(2), "{h}");
     }
+    let r = common::probe_summary(summary.as_ref().expect("a summary"), &returned);
+    assert_eq!(num(r, "lost"), 0, "{r}");
+    let tick_returns = hits
+        .iter()
+        .filter(|h| {
+            num(h, "pid") == pid && h["probe"] == returned.as_str() && h["args"][1] == "tick"
+        })
+        .count();
+    assert_eq!(tick_returns, 3000, "{r}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -88,6 +88,9 @@ pub struct Outcome {
     pub code: Option<i32>,
     /// Wall time from starting QEMU to its exit.
     pub elapsed: Duration,
+    /// How vng ended, as the shell would say it (`exit 255` is virtme-ng's word for a guest
+    /// that ended before the command did: a kernel panic, QEMU's own exit).
+    pub status: String,
 }
 
 impl Guest {
@@ -151,6 +154,7 @@ impl Guest {
         Ok(Outcome {
             code: if timed_out { None } else { status.code() },
             elapsed: start.elapsed(),
+            status: status.to_string(),
         })
     }
 
@@ -167,10 +171,18 @@ impl Guest {
         // QEMU 7.2's virtiofsd is too old for virtme-ng: the root goes over 9p.
         cmd.arg("--force-9p")
             .args(["--memory", MEMORY, "--cpus", CPUS])
+            // The kernel's console on stderr at warning level and above (oops, panic, RCU
+            // stalls, OOM kills): a guest that ends in the middle of a test says why.
+            // `--verbose` turns the console on (at loglevel 7); the `loglevel=4` appended
+            // after it wins.
+            .arg("--verbose")
             .arg("--cwd")
             .arg(cwd)
             .arg("--append")
-            .arg(format!("module_blacklist={}", BLACKLIST.join(",")))
+            .arg(format!(
+                "module_blacklist={} loglevel=4",
+                BLACKLIST.join(",")
+            ))
             .arg("--run")
             .arg(&self.kernel.vmlinuz)
             .arg("--exec")
@@ -274,15 +286,30 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Copies the guest's stderr through to ours.
-fn copy_stderr(mut from: impl Read) {
-    let mut buf = [0u8; 8192];
+/// Copies the guest's stderr (its commands' stderr and the kernel's console) through to
+/// ours, without the console's one warning per blacklisted module at boot.
+fn copy_stderr(from: impl Read) {
     let mut err = std::io::stderr();
-    while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || err.write_all(&buf[..n]).is_err() {
+    for line in BufReader::new(from).split(b'\n') {
+        let Ok(line) = line else { break };
+        if is_boot_noise(&line) {
+            continue;
+        }
+        if err
+            .write_all(&line)
+            .and_then(|_| err.write_all(b"\n"))
+            .is_err()
+        {
             break;
         }
     }
+}
+
+/// A console line the guest prints at every boot, saying nothing about the run: a module
+/// of [`BLACKLIST`] refused, or (6.12) udev offering a compressed module to the kernel's
+/// loader first.
+fn is_boot_noise(line: &[u8]) -> bool {
+    line.ends_with(b" is blacklisted") || line.ends_with(b"Invalid ELF header magic: != ELF")
 }
 
 /// Kills vng's process group (QEMU included) if the run outlives its limit.
@@ -320,6 +347,22 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_noise_is_dropped_and_oopses_are_not() {
+        assert!(is_boot_noise(
+            b"[   11.0933] Module sha1_ssse3 is blacklisted"
+        ));
+        assert!(is_boot_noise(
+            b"[    4.1998] Invalid ELF header magic: != ELF"
+        ));
+        assert!(!is_boot_noise(
+            b"[   61.2000] Kernel panic - not syncing: Fatal exception"
+        ));
+        assert!(!is_boot_noise(
+            b"[   61.1000] BUG: unable to handle page fault"
+        ));
+    }
 
     #[test]
     fn quote_survives_single_quotes() {

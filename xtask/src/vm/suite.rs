@@ -172,9 +172,12 @@ pub fn run(line: &str, exes: &[TestExe], args: &[String]) -> anyhow::Result<()> 
     // What the budget (or a guest that died or never booted) cut short counts as failed:
     // a test that did not run has not passed.
     let stopped = if outcome.code.is_none() {
-        "stopped at the time budget"
+        "stopped at the time budget".to_string()
     } else {
-        "the guest ended first"
+        format!(
+            "the guest ended first, vng {}; its kernel's console is above",
+            outcome.status
+        )
     };
     let mut not_run = 0;
     for name in names.iter().filter(|n| !ended.iter().any(|e| e == *n)) {
