@@ -101,6 +101,15 @@ const BEGIN: &str = "=== probed-vm begin ";
 /// Marks its end, followed by the exit code.
 const END: &str = "=== probed-vm end ";
 
+/// How many times a guest that ended in the middle of the suite (its kernel or QEMU gone,
+/// not a test failing) is booted again for the executables it left unfinished. The kernel's
+/// console and vng's exit status are printed each time; a second death fails the suite.
+const BOOTS: usize = 2;
+
+/// What booting a guest again adds to the budget (a boot under emulation: 15–30 s measured,
+/// the first test's BPF loads included).
+const REBOOT: Duration = Duration::from_secs(60);
+
 /// Runs [`SELECTED`] of `exes` (built by `integration::build_tests`) in a guest of `line`;
 /// fails naming every executable that failed.
 pub fn run(line: &str, exes: &[TestExe], args: &[String]) -> anyhow::Result<()> {
@@ -109,14 +118,121 @@ pub fn run(line: &str, exes: &[TestExe], args: &[String]) -> anyhow::Result<()> 
     }
     let kernel = kernel::install(kernel::line(line)?)?;
     let guest = Guest::prepare(kernel)?;
-    let mut script = String::new();
-    let mut names = Vec::new();
+    let mut todo: Vec<(&Selected, &TestExe)> = Vec::new();
     for sel in SELECTED {
         let Some(exe) = exes.iter().find(|e| e.integration && e.name == sel.exe) else {
             bail!("no integration test executable {} was built", sel.exe);
         };
         eprintln!("xtask: kernel {line}: {} ({})", sel.exe, sel.why);
-        names.push(sel.exe);
+        todo.push((sel, exe));
+    }
+    let names: Vec<&str> = SELECTED.iter().map(|s| s.exe).collect();
+    let start = Instant::now();
+    let mut tally = Tally::default();
+    let mut guest_time = Duration::ZERO;
+    let mut budget_hit = false;
+    let mut not_run = 0;
+    for boot in 1..=BOOTS {
+        // A second boot gets what the first left of the budget, plus a boot's time.
+        let limit =
+            BUDGET.saturating_sub(guest_time) + if boot > 1 { REBOOT } else { Duration::ZERO };
+        let run = boot_once(&guest, &todo, args, limit, &mut tally)?;
+        guest_time += run.outcome.elapsed;
+        let unfinished: Vec<(&Selected, &TestExe)> = todo
+            .iter()
+            .filter(|(sel, _)| !run.ended.iter().any(|e| e == sel.exe))
+            .copied()
+            .collect();
+        if unfinished.is_empty() {
+            break;
+        }
+        let died = run.outcome.code.is_some();
+        budget_hit |= !died;
+        let why = if died {
+            format!(
+                "the guest ended first, vng {}; its kernel's console is above",
+                run.outcome.status
+            )
+        } else {
+            "stopped at the time budget".to_string()
+        };
+        let list = unfinished
+            .iter()
+            .map(|(sel, _)| sel.exe)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if died && boot < BOOTS {
+            eprintln!(
+                "xtask: kernel {line}: {why}; booting it again (boot {} of {BOOTS}) for what \
+                 it left unfinished: {list}",
+                boot + 1
+            );
+            todo = unfinished;
+            continue;
+        }
+        // What the budget (or a guest that died or never booted) cut short counts as
+        // failed: a test that did not run has not passed.
+        for (sel, _) in unfinished {
+            if run.started.iter().any(|s| s == sel.exe) {
+                tally
+                    .failures
+                    .push(format!("{} (did not finish: {why})", sel.exe));
+            } else {
+                not_run += 1;
+                tally.failures.push(format!("{} (not run: {why})", sel.exe));
+            }
+        }
+        break;
+    }
+    eprintln!(
+        "xtask: kernel {line} suite ({} {}): {} executables ({not_run} not run), {} tests \
+         passed, {} failed, {} ignored, in {:.0} s (guest {:.0} s{})",
+        guest.kernel.package,
+        guest.kernel.version,
+        names.len(),
+        tally.passed,
+        tally.failed,
+        tally.ignored,
+        start.elapsed().as_secs_f64(),
+        guest_time.as_secs_f64(),
+        if budget_hit {
+            format!(", stopped at the {} s budget", BUDGET.as_secs())
+        } else {
+            String::new()
+        }
+    );
+    if !tally.failures.is_empty() {
+        for f in &tally.failures {
+            eprintln!("xtask:   FAILED on {line}: {f}");
+        }
+        bail!(
+            "{} of {} test executables failed on kernel {line}",
+            tally.failures.len(),
+            names.len()
+        );
+    }
+    Ok(())
+}
+
+/// What one boot ran.
+struct BootRun {
+    outcome: super::guest::Outcome,
+    /// Executables whose begin marker came.
+    started: Vec<String>,
+    /// Executables whose end marker came (their failures are in the tally).
+    ended: Vec<String>,
+}
+
+/// Boots the guest once and runs `todo` in it, one after the other, counting into `tally`.
+fn boot_once(
+    guest: &Guest,
+    todo: &[(&Selected, &TestExe)],
+    args: &[String],
+    limit: Duration,
+    tally: &mut Tally,
+) -> anyhow::Result<BootRun> {
+    let mut script = String::new();
+    for (sel, exe) in todo {
         script.push_str(&runner(exe, sel.filters, args));
     }
     // What the guest's kernel said about crashed or killed processes (a test target that
@@ -134,18 +250,17 @@ pub fn run(line: &str, exes: &[TestExe], args: &[String]) -> anyhow::Result<()> 
     // set for a real CPU; under emulation a BPF load alone can take most of the 20 s attach
     // limit (seen on 6.1 at load average 8: `did not start tracing`).
     env.push(("PROBED_TEST_TIME_SCALE".into(), TIME_SCALE.to_string()));
-    let start = Instant::now();
-    let mut tally = Tally::default();
     let mut current: Option<(String, bool)> = None;
     let mut started = Vec::new();
     let mut ended = Vec::new();
     let mut out = std::io::stdout();
+    let names: Vec<&str> = todo.iter().map(|(sel, _)| sel.exe).collect();
     let outcome = guest.run(
         &format!("the kernel suite ({})", names.join(", ")),
         &["sh".into(), "-c".into(), script],
         &crate::paths::root(),
         &env,
-        Some(BUDGET),
+        Some(limit),
         |l| {
             let _ = writeln!(out, "{l}");
             if let Some(name) = l.strip_prefix(BEGIN) {
@@ -169,55 +284,11 @@ pub fn run(line: &str, exes: &[TestExe], args: &[String]) -> anyhow::Result<()> 
             }
         },
     )?;
-    // What the budget (or a guest that died or never booted) cut short counts as failed:
-    // a test that did not run has not passed.
-    let stopped = if outcome.code.is_none() {
-        "stopped at the time budget".to_string()
-    } else {
-        format!(
-            "the guest ended first, vng {}; its kernel's console is above",
-            outcome.status
-        )
-    };
-    let mut not_run = 0;
-    for name in names.iter().filter(|n| !ended.iter().any(|e| e == *n)) {
-        if started.iter().any(|s| s == name) {
-            tally
-                .failures
-                .push(format!("{name} (did not finish: {stopped})"));
-        } else {
-            not_run += 1;
-            tally.failures.push(format!("{name} (not run: {stopped})"));
-        }
-    }
-    eprintln!(
-        "xtask: kernel {line} suite ({} {}): {} executables ({not_run} not run), {} tests \
-         passed, {} failed, {} ignored, in {:.0} s (guest {:.0} s{})",
-        guest.kernel.package,
-        guest.kernel.version,
-        names.len(),
-        tally.passed,
-        tally.failed,
-        tally.ignored,
-        start.elapsed().as_secs_f64(),
-        outcome.elapsed.as_secs_f64(),
-        if outcome.code.is_none() {
-            format!(", stopped at the {} s budget", BUDGET.as_secs())
-        } else {
-            String::new()
-        }
-    );
-    if !tally.failures.is_empty() {
-        for f in &tally.failures {
-            eprintln!("xtask:   FAILED on {line}: {f}");
-        }
-        bail!(
-            "{} of {} test executables failed on kernel {line}",
-            tally.failures.len(),
-            names.len()
-        );
-    }
-    Ok(())
+    Ok(BootRun {
+        outcome,
+        started,
+        ended,
+    })
 }
 
 /// The shell lines that run one executable between markers, in its package's directory.
