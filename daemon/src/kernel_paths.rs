@@ -70,7 +70,7 @@ pub fn choices() -> Vec<Choice> {
         ret_offsets,
     ));
     out.push(rescan(has("procmap_query", "size")));
-    out.push(attach(has("bpf_uprobe_multi_link", "uprobes")));
+    out.push(attach(has(UPROBE_MULTI.0, UPROBE_MULTI.1)));
     out.push(privilege(crate::privileges::uprobes_need_sys_admin()));
     out
 }
@@ -232,20 +232,37 @@ pub fn rescan(procmap_query: bool) -> Choice {
     }
 }
 
-/// How probes attach. One link per probe carries its id in the BPF cookie, which every
-/// kernel with uprobe cookies (5.15) has; uprobe_multi (6.6) would only batch attaches.
+/// What in the kernel's BTF says it has uprobe_multi links (6.6): (type, member).
+const UPROBE_MULTI: (&str, &str) = ("bpf_uprobe_multi_link", "uprobes");
+
+/// Whether the running kernel has uprobe_multi links (its BTF has their type).
+pub fn has_uprobe_multi() -> bool {
+    Btf::from_sys_fs().is_ok_and(|b| b.member_offset(UPROBE_MULTI.0, &[UPROBE_MULTI.1]).is_ok())
+}
+
+/// How probes attach. Every link carries the probe id in its BPF cookie (uprobe cookies:
+/// 5.15). With uprobe_multi (6.6), `probed trace` attaches a file's probes of one kind
+/// through links of up to 64 offsets each, which the kernel retires in one batch; the daemon,
+/// which adds and removes single probes, keeps one perf-event link per probe.
 pub fn attach(uprobe_multi: bool) -> Choice {
     Choice {
         part: "uprobe attach",
-        chosen: "one perf-event uprobe link per probe, probe id in the BPF cookie".into(),
-        why: format!(
-            "works on every kernel with uprobe cookies; BPF_TRACE_UPROBE_MULTI: {}",
-            if uprobe_multi {
-                "present, not needed"
-            } else {
-                "absent (Linux < 6.6)"
-            }
-        ),
+        chosen: if uprobe_multi {
+            "probed trace: a file's probes through uprobe_multi links (64 offsets each, probe \
+             ids in the cookies); the daemon: one perf-event uprobe link per probe"
+                .into()
+        } else {
+            "one perf-event uprobe link per probe, probe id in the BPF cookie".into()
+        },
+        why: if uprobe_multi {
+            "BPF_TRACE_UPROBE_MULTI present: one detach waits one grace period per link, not \
+             per probe"
+                .into()
+        } else {
+            "BPF_TRACE_UPROBE_MULTI absent (Linux < 6.6); works on every kernel with uprobe \
+             cookies"
+                .into()
+        },
     }
 }
 

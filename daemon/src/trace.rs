@@ -153,7 +153,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let requests: Vec<_> = probes.iter().map(Probe::attach_request).collect();
     let started = std::time::Instant::now();
     let progress = AttachProgress::new(requests.len());
-    let refused = tracer.attach_many(&requests, args.pid, &|n| progress.show(n))?;
+    // A file's probes share uprobe_multi links where the kernel has them (6.6+): attached
+    // and, above all, detached in batches (see attach/grouped.rs).
+    let refused = tracer.attach_grouped(&requests, args.pid, &|n| progress.show(n))?;
     progress.finish();
     // A SPEC's own probe must attach; a wildcard's match the kernel refuses (an address it
     // cannot probe, ENOTSUPP) is skipped with a warning, as bpftrace does: `uprobe:libc:*`
@@ -300,12 +302,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     let stopping = Instant::now();
     let tracker_closing = tracer.close_tracker_in_background();
-    // The kernel retires uprobes one at a time, each after a grace period (~0.1 s here:
-    // 3,683 took 393 s), however many threads close them: say so when it will be long.
-    if tracer.attached() >= AttachProgress::FROM {
+    // The kernel retires each link's uprobes after a grace period (~0.1 s here; 3,683
+    // one-probe links took 393 s), one link at a time however many threads close them: say
+    // so when it will be long.
+    if tracer.links_held() >= AttachProgress::FROM {
         eprintln!(
-            "probed: detaching {} probes (the kernel retires them one by one, ~0.1 s each)",
-            tracer.attached()
+            "probed: detaching {} probes ({} kernel links, ~0.1 s each)",
+            tracer.attached(),
+            tracer.links_held()
         );
     }
     tracer.detach_all();

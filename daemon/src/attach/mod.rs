@@ -6,6 +6,8 @@
 //! if probed is killed the kernel closes the descriptors and the probes go with them.
 
 mod error;
+mod grouped;
+mod multi_link;
 mod perf_link;
 mod probe_settings;
 mod tracker_hooks;
@@ -13,7 +15,7 @@ mod tracker_hooks;
 use std::{
     collections::HashMap,
     num::NonZeroU32,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -82,6 +84,13 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Attached probes by id.
     links: HashMap<u32, PerfLink>,
+    /// Probes attached through uprobe_multi links (`probed trace`): (how many, link).
+    multi_links: Vec<(usize, multi_link::MultiLink)>,
+    /// The multi-link programs (loaded on first use).
+    multi: grouped::MultiState,
+    /// Every map of the object (name, a descriptor of our own): the multi-link programs
+    /// are relocated against them (the ring buffer map is taken out of `ebpf` later).
+    map_fds: HashMap<String, OwnedFd>,
     /// The uprobe PMU's facts, read at the first attach.
     pmu: Option<perf_link::UprobePmu>,
     /// The change tracker's tracepoint links: (program, link).
@@ -180,11 +189,15 @@ impl Tracer {
                 source: Box::new(source),
             })?;
         }
+        let map_fds = map_fds(&ebpf);
         // Before the tracker starts and before any probe: probed must never see its own work.
         crate::self_filter::install(&mut ebpf)?;
         let mut tracer = Self {
             ebpf,
             links: HashMap::new(),
+            multi_links: Vec::new(),
+            multi: grouped::MultiState::default(),
+            map_fds,
             pmu: None,
             tracker_links: Vec::new(),
             raw_links: Vec::new(),
@@ -353,16 +366,28 @@ impl Tracer {
     /// one.
     pub fn detach_all(&mut self) {
         let ids: Vec<u32> = self.links.keys().copied().collect();
-        let links: Vec<ProbeLink> = ids
+        let mut links: Vec<Box<dyn Send>> = ids
             .into_iter()
             .filter_map(|id| self.take_link(id))
+            .map(|link| Box::new(link) as Box<dyn Send>)
             .collect();
+        links.extend(
+            self.multi_links
+                .drain(..)
+                .map(|(_, link)| Box::new(link) as Box<dyn Send>),
+        );
         close_links(links);
     }
 
     /// Number of attached probes.
     pub fn attached(&self) -> usize {
-        self.links.len()
+        self.links.len() + self.multi_links.iter().map(|(n, _)| n).sum::<usize>()
+    }
+
+    /// Number of kernel links the attached probes hold (what detaching waits for, one
+    /// grace period each).
+    pub fn links_held(&self) -> usize {
+        self.links.len() + self.multi_links.len()
     }
 
     /// Takes the event ring buffer (once).
@@ -394,9 +419,43 @@ impl Drop for Tracer {
                 links.push(Box::new(link));
             }
         }
+        links.extend(
+            self.multi_links
+                .drain(..)
+                .map(|(_, link)| Box::new(link) as Box<dyn Send>),
+        );
         links.extend(self.take_tracker_links());
         close_links(links);
     }
+}
+
+/// A descriptor of our own for every map of `ebpf`, by name.
+fn map_fds(ebpf: &Ebpf) -> HashMap<String, OwnedFd> {
+    use aya::maps::Map;
+    ebpf.maps()
+        .filter_map(|(name, map)| {
+            let data = match map {
+                Map::Array(d)
+                | Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::PerCpuArray(d)
+                | Map::PerCpuHashMap(d)
+                | Map::PerCpuLruHashMap(d)
+                | Map::RingBuf(d)
+                | Map::PerfEventArray(d)
+                | Map::ProgramArray(d)
+                | Map::Queue(d)
+                | Map::Stack(d)
+                | Map::StackTraceMap(d)
+                | Map::LpmTrie(d)
+                | Map::BloomFilter(d)
+                | Map::Unsupported(d) => d,
+                _ => return None,
+            };
+            let fd = data.fd().as_fd().try_clone_to_owned().ok()?;
+            Some((name.to_owned(), fd))
+        })
+        .collect()
 }
 
 /// Closes `links` (detaching what they attach), many at a time, and returns once all are

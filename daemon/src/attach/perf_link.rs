@@ -159,7 +159,7 @@ pub fn attach(
 }
 
 /// A syscall's new descriptor, or its error.
-fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+pub(super) fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

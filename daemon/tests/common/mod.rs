@@ -909,6 +909,30 @@ pub fn held_by(pid: u32) -> BpfIds {
     ids
 }
 
+/// The types of the BPF links process `pid` holds (`uprobe_multi`, `perf`, …), from
+/// /proc/PID/fdinfo, one entry per link.
+pub fn link_types(pid: u32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("link_type:"))
+                .map(|t| t.trim().to_owned())
+        })
+        .collect()
+}
+
+/// Whether the running kernel has uprobe_multi links (6.6+), read from its BTF on its own
+/// (an oracle independent of probed's detection).
+pub fn kernel_has_uprobe_multi() -> bool {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
+    btf.windows(b"bpf_uprobe_multi_link\0".len())
+        .any(|w| w == b"bpf_uprobe_multi_link\0")
+}
+
 /// The BPF objects the kernel has loaded right now, from `bpftool`.
 pub fn loaded() -> BpfIds {
     let list = |what: &str| -> BTreeSet<u32> {
