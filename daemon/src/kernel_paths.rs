@@ -255,12 +255,12 @@ pub fn attach(uprobe_multi: bool) -> Choice {
             "one perf-event uprobe link per probe, probe id in the BPF cookie".into()
         },
         why: if uprobe_multi {
-            "BPF_TRACE_UPROBE_MULTI present: one detach waits one grace period per link, not \
+            "BPF_TRACE_UPROBE_MULTI: present; detaching waits one grace period per link, not \
              per probe"
                 .into()
         } else {
-            "BPF_TRACE_UPROBE_MULTI absent (Linux < 6.6); works on every kernel with uprobe \
-             cookies"
+            "BPF_TRACE_UPROBE_MULTI: absent (Linux < 6.6); works on every kernel with \
+             uprobe cookies"
                 .into()
         },
     }

@@ -54,6 +54,12 @@ fn self_check_names_the_kernel_and_the_paths() {
         "BPF_TRACE_UPROBE_MULTI: absent",
     );
     says(
+        "uprobe attach",
+        (6, 6),
+        "probed trace: a file's probes through uprobe_multi links",
+        "one perf-event uprobe link per probe",
+    );
+    says(
         "return-probe address",
         (6, 4),
         "the probed function's (bpf_get_func_ip)",
