@@ -307,7 +307,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // so when it will be long.
     if tracer.links_held() >= AttachProgress::FROM {
         eprintln!(
-            "probed: detaching {} probes ({} kernel links, ~0.1 s each)",
+            "probed: detaching {} probes ({} kernel links to retire, a grace period each)",
             tracer.attached(),
             tracer.links_held()
         );
