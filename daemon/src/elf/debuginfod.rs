@@ -16,6 +16,9 @@
 //! memory, and on disk for "no server has it" (`<cache>/<ID>/debuginfo.missing`), so a run
 //! of `probed trace` does not ask again what the last one was just told.
 //!
+//! The cache is cleaned as elfutils cleans its own (debuginfod_clean.rs): files unused for a
+//! week go, checked at most daily, before a download.
+//!
 //! This file only fetches, and it blocks. Who may wait for it is decided by its callers:
 //! attaching by name waits (image.rs, [`super::DebugFetch::Wait`]); symbolizing a hit never
 //! does (symbolize/fetch.rs fetches in the background and swaps the symbols in on arrival).
@@ -341,6 +344,17 @@ impl Client {
     /// Asks each server in turn; the first file whose build-id is `id` is renamed into the
     /// cache.
     fn download(&self, id: &BuildId, hex: &str) -> Result<PathBuf, DebuginfodError> {
+        // Before the cache grows: what went unused for a week goes (debuginfod_clean.rs).
+        match super::debuginfod_clean::clean_if_due(&self.cache, SystemTime::now()) {
+            Ok(Some(c)) if c.files > 0 => tracing::info!(
+                files = c.files,
+                bytes = c.bytes,
+                cache = %self.cache.display(),
+                "debuginfod cache: removed files unused for a week"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "debuginfod cache not cleaned"),
+        }
         let dest = self.cache_path(id);
         let dir = dest.parent().unwrap_or(&self.cache).to_owned();
         fs::create_dir_all(&dir).map_err(|source| DebuginfodError::Cache {

@@ -19,6 +19,7 @@ mod attach;
 mod build_id;
 mod debug_file;
 pub mod debuginfod;
+mod debuginfod_clean;
 mod demangle;
 mod error;
 mod image;
