@@ -296,6 +296,14 @@ fn several_probes_told_apart() {
     let mut args = vec!["trace", "--format", "json"];
     args.extend(probes.iter().map(|p| p.0.as_str()));
     let probed = Probed::start(&args);
+    // Where the kernel has uprobe_multi links: the three entry probes (two at one offset)
+    // share one, the two return probes another; the counts below go through them.
+    assert_eq!(
+        common::multi_links(probed.pid()),
+        2 * usize::from(common::kernel_has_uprobe_multi()),
+        "{:?}",
+        common::link_types(probed.pid())
+    );
     target.go();
     let end = probed.stop(libc::SIGINT);
     assert!(end.status.success(), "{end:?}");

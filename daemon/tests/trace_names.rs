@@ -71,10 +71,12 @@ fn wildcard_is_one_probe_per_function() {
     let pattern = format!("uprobe:{}:chain_*", bin.display());
     let probed = Probed::start(&["trace", &pattern, "--format", "json"]);
     // Where the kernel has uprobe_multi links, the file's three probes share one.
-    let links = common::link_types(probed.pid());
-    let multi = links.iter().filter(|t| *t == "uprobe_multi").count();
-    let expected = usize::from(common::kernel_has_uprobe_multi());
-    assert_eq!(multi, expected, "{links:?}");
+    assert_eq!(
+        common::multi_links(probed.pid()),
+        usize::from(common::kernel_has_uprobe_multi()),
+        "{:?}",
+        common::link_types(probed.pid())
+    );
     target.go();
     target.go();
     let end = probed.stop(libc::SIGINT);

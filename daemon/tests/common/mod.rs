@@ -925,6 +925,15 @@ pub fn link_types(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// How many uprobe_multi links process `pid` holds (fdinfo says `uprobe_multi` or, for
+/// return probes, `uretprobe_multi`).
+pub fn multi_links(pid: u32) -> usize {
+    link_types(pid)
+        .iter()
+        .filter(|t| *t == "uprobe_multi" || *t == "uretprobe_multi")
+        .count()
+}
+
 /// Whether the running kernel has uprobe_multi links (6.6+), read from its BTF on its own
 /// (an oracle independent of probed's detection).
 pub fn kernel_has_uprobe_multi() -> bool {
