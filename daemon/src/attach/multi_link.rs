@@ -31,7 +31,7 @@ use aya_obj::generated::{
     BPF_F_UPROBE_MULTI_RETURN,
     bpf_attach_type::BPF_TRACE_UPROBE_MULTI,
     bpf_attr,
-    bpf_cmd::{BPF_BTF_LOAD, BPF_LINK_CREATE, BPF_PROG_LOAD},
+    bpf_cmd::{self, BPF_BTF_LOAD, BPF_LINK_CREATE, BPF_PROG_LOAD},
     bpf_insn,
     bpf_prog_type::BPF_PROG_TYPE_KPROBE,
 };
@@ -169,16 +169,8 @@ fn load_program(
         }
         // SAFETY: bpf(BPF_PROG_LOAD) reads `attr` (fully initialised), the instructions and
         // the license it points to (alive for the call), and writes at most `log_size` bytes
-        // of log into `log_buf`; it returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD as libc::c_long,
-                &raw mut attr,
-                size_of::<bpf_attr>() as u32,
-            )
-        };
-        owned(fd)
+        // of log into `log_buf`.
+        unsafe { bpf_fd(BPF_PROG_LOAD, &mut attr) }
     };
     attempt(None).or_else(|source| {
         let mut log = vec![0u8; 1 << 20];
@@ -206,13 +198,23 @@ fn load_btf(bytes: &[u8]) -> io::Result<OwnedFd> {
     let load = unsafe { &mut attr.__bindgen_anon_7 };
     load.btf = bytes.as_ptr() as u64;
     load.btf_size = bytes.len() as u32;
-    // SAFETY: bpf(BPF_BTF_LOAD) reads `btf_size` bytes at `btf` (alive for the call) and
-    // returns a new descriptor or -1.
+    // SAFETY: bpf(BPF_BTF_LOAD) reads `btf_size` bytes at `btf`, alive for the call.
+    unsafe { bpf_fd(BPF_BTF_LOAD, &mut attr) }
+}
+
+/// `bpf(cmd, attr)` for a command that returns a new descriptor.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for what `cmd` reads or writes through it, for the
+/// length `attr` gives, for the whole call.
+unsafe fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a whole, initialised bpf_attr of the size passed; the caller vouches
+    // for the pointers in it. bpf() returns a new descriptor or -1.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_BTF_LOAD as libc::c_long,
-            &raw mut attr,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
             size_of::<bpf_attr>() as u32,
         )
     };
@@ -270,15 +272,8 @@ pub fn attach(program: BorrowedFd<'_>, probe: &MultiUprobe<'_>) -> io::Result<Mu
         0
     };
     multi.pid = probe.pid.unwrap_or(0);
-    // SAFETY: bpf(BPF_LINK_CREATE) reads `attr` and the path and arrays it points to, all
-    // alive for the call (`cnt` entries each), and returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE as libc::c_long,
-            &raw mut attr,
-            size_of::<bpf_attr>() as u32,
-        )
-    };
-    Ok(MultiLink { _link: owned(fd)? })
+    // SAFETY: bpf(BPF_LINK_CREATE) reads the path and the arrays `attr` points to, all alive
+    // for the call (`cnt` entries each).
+    let link = unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }?;
+    Ok(MultiLink { _link: link })
 }
