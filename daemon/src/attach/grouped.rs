@@ -57,8 +57,7 @@ impl Tracer {
         let mut done = 0;
         if !groups.is_empty() && self.multi_ready() {
             for &i in groups.values().flatten() {
-                self.set_pid_filter(reqs[i].id, pid)?;
-                self.set_probe_args(reqs[i].id, None)?;
+                self.set_probe_settings(&reqs[i], pid)?;
             }
             let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
             groups.sort_by_key(|members| members[0]);

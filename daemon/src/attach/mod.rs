@@ -28,7 +28,6 @@ use aya::{
         trace_point::TracePointLinkId,
     },
 };
-use probed_common::MAX_PROBES;
 
 use self::perf_link::PerfLink;
 pub use self::{
@@ -239,11 +238,7 @@ impl Tracer {
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<(usize, AttachError)>, AttachError> {
         for req in reqs {
-            if req.id >= MAX_PROBES {
-                return Err(AttachError::TooManyProbes(req.id));
-            }
-            self.set_pid_filter(req.id, pid)?;
-            self.set_probe_args(req.id, req.args.as_ref())?;
+            self.set_probe_settings(req, pid)?;
         }
         let Some(first) = reqs.first() else {
             return Ok(Vec::new());
@@ -365,18 +360,21 @@ impl Tracer {
     /// closed in parallel: each close waits for a grace period, and concurrent waits share
     /// one.
     pub fn detach_all(&mut self) {
-        let ids: Vec<u32> = self.links.keys().copied().collect();
-        let mut links: Vec<Box<dyn Send>> = ids
-            .into_iter()
-            .filter_map(|id| self.take_link(id))
-            .map(|link| Box::new(link) as Box<dyn Send>)
-            .collect();
-        links.extend(
-            self.multi_links
-                .drain(..)
-                .map(|(_, link)| Box::new(link) as Box<dyn Send>),
-        );
-        close_links(links);
+        close_links(self.take_probe_links());
+    }
+
+    /// Every probe's link, per-probe and multi, taken out of the tracer (dropping them
+    /// detaches the probes).
+    fn take_probe_links(&mut self) -> Vec<Box<dyn Send>> {
+        let per_probe = self
+            .links
+            .drain()
+            .map(|(_, link)| Box::new(link) as Box<dyn Send>);
+        let multi = self
+            .multi_links
+            .drain(..)
+            .map(|(_, link)| Box::new(link) as Box<dyn Send>);
+        per_probe.chain(multi).collect()
     }
 
     /// Number of attached probes.
@@ -412,18 +410,7 @@ impl Drop for Tracer {
     /// grace period: 30–75 ms each here, measured with strace), and one after the other they
     /// made every exit take about a second, several under load.
     fn drop(&mut self) {
-        let mut links: Vec<Box<dyn Send>> = Vec::new();
-        let ids: Vec<u32> = self.links.keys().copied().collect();
-        for id in ids {
-            if let Some(link) = self.take_link(id) {
-                links.push(Box::new(link));
-            }
-        }
-        links.extend(
-            self.multi_links
-                .drain(..)
-                .map(|(_, link)| Box::new(link) as Box<dyn Send>),
-        );
+        let mut links = self.take_probe_links();
         links.extend(self.take_tracker_links());
         close_links(links);
     }

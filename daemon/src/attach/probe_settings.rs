@@ -9,7 +9,7 @@ use probed_common::{
     PROBE_FLAG_RATE_LIMIT, PROBE_FLAGS_LIMITS, ProbeArgs, ProbeLimit, ProbeStats, gcra_params,
 };
 
-use super::{AttachError, RateLimit, Tracer, map_mut, map_ref};
+use super::{AttachError, AttachRequest, RateLimit, Tracer, map_mut, map_ref};
 use crate::pidns::PidNamespace;
 
 /// Name of the per-probe flags array.
@@ -62,6 +62,20 @@ impl Tracer {
         })?;
         self.write_tat(id, 0)?;
         self.write_probe_flags(id, flags | PROBE_FLAG_RATE_LIMIT)
+    }
+
+    /// Writes what BPF checks per probe before its link exists: its pid filter and typed
+    /// arguments (an id past the maps' size is refused).
+    pub(super) fn set_probe_settings(
+        &mut self,
+        req: &AttachRequest,
+        pid: Option<NonZeroU32>,
+    ) -> Result<(), AttachError> {
+        if req.id >= MAX_PROBES {
+            return Err(AttachError::TooManyProbes(req.id));
+        }
+        self.set_pid_filter(req.id, pid)?;
+        self.set_probe_args(req.id, req.args.as_ref())
     }
 
     /// Sets probe `id`'s typed arguments (None: the raw argument registers), before it is
