@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, sync::Mutex};
 
 use common::{PrivateDir, Probed, Target, num, parse_json, probe_summary};
 use serde_json::Value;
@@ -34,6 +34,15 @@ fn arg(hit: &Value, i: usize) -> u64 {
 /// stopped (SIGSTOP) from before the first call until every process has exited, so every hit
 /// is resolved only after its pid already belongs to the next process (or to none).
 fn run_reuse(name: &str, pairs_wanted: u64, calls: u64, hold_daemon: bool) {
+    // Both tests of this file steer the host-wide pid cursor (ns_last_pid) and run in
+    // parallel threads by default: one test's launcher set the cursor just before the other
+    // test forked a long-lived process (its probed or its target), which took the pid for
+    // good and made all 200 retries of a pair miss (CI, stop 23: "pair 0 1544 -1"). One
+    // at a time, the only racers left are unrelated short-lived forks.
+    static PID_CURSOR: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = PID_CURSOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = PrivateDir::new(name);
     let progs = [
         dir.copy(&program(1), "reuse1"),
