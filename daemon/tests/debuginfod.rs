@@ -324,3 +324,165 @@ fn frames_named_when_the_debug_file_arrives() {
     assert_eq!(num(resolver, "resymbolized"), 1, "{summary}");
     assert!(cached.exists());
 }
+
+/// How long [`SlowProxy`] holds each connection before passing it on.
+const HOLD: Duration = Duration::from_secs(6);
+
+/// A TCP proxy in front of a server that holds whatever the client sends [`HOLD`] before
+/// passing it on — every request, also those on a connection kept alive: a debuginfod that
+/// takes its time (a remote one, a slow link).
+struct SlowProxy {
+    port: u16,
+}
+
+impl SlowProxy {
+    fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("its address").port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut from, mut to) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                // Requests: held, then passed on.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        std::thread::sleep(HOLD);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+                // Answers: passed on at once.
+                let (mut from, mut to) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `probed ctl --json list` against `socket` every 200 ms until `stop` is set, from a
+/// thread of its own; each call's duration, or why it failed.
+fn keep_listing(
+    socket: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Result<Duration, String>>> {
+    std::thread::spawn(move || {
+        let mut calls = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let out = common::run_to_end(
+                Command::new(common::probed_bin())
+                    .args(["ctl", "--json", "--socket"])
+                    .arg(&socket)
+                    .arg("list"),
+            );
+            calls.push(if out.status.success() {
+                Ok(out.elapsed)
+            } else {
+                Err(format!("{out:?}"))
+            });
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        calls
+    })
+}
+
+/// The daemon's loop goes on while a probe waits for its debug file (checking a probe is
+/// done off the loop). Through a server that answers each request only after 6 s: a `ctl
+/// add` of the stripped binary's static function returns after the fetch, attached (every
+/// call a hit); a reload adding another (its file removed from the cache first, so fetched
+/// again) applies after the fetch. All the while `ctl list` answers within a second.
+#[test]
+fn daemon_answers_while_a_debug_file_is_fetched() {
+    if !common::require_bpf("daemon_answers_while_a_debug_file_is_fetched") {
+        return;
+    }
+    let split = Split::new("debuginfod-daemon");
+    let (server, cache) = split.serve();
+    let slow = SlowProxy::start(server.port);
+    let mut daemon = common::daemon::Daemon::start_with(
+        common::PrivateDir::new("debuginfod-daemon"),
+        "",
+        |cmd| {
+            cmd.env("DEBUGINFOD_URLS", slow.url())
+                .env("DEBUGINFOD_CACHE_PATH", &cache)
+                .env_remove("http_proxy")
+                .env_remove("HTTP_PROXY")
+                .env_remove("ALL_PROXY");
+        },
+    );
+    let leaf = format!("uprobe:{}:hidden_leaf", split.stripped.display());
+    let mid = format!("uprobe:{}:hidden_mid", split.stripped.display());
+    let cached = cache.join(&split.build_id);
+
+    // ctl add, while another thread lists.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = keep_listing(daemon.socket(), stop.clone());
+    let started = std::time::Instant::now();
+    let added = daemon.ctl(&["add", &leaf]);
+    let add_took = started.elapsed();
+    assert!(added.status.success(), "ctl add: {added:?}");
+    let reply: Value = serde_json::from_str(&added.stdout[0]).expect("JSON reply");
+    let id = reply["id"].as_u64().expect("an id");
+    assert!(
+        add_took >= HOLD,
+        "the add did not wait for the fetch: {add_took:?}"
+    );
+    assert!(cached.join("debuginfo").exists(), "fetched into the cache");
+    let mut target = Target::start(&split.stripped, &["calls", &CALLS.to_string()]);
+    target.go();
+    let counted = common::wait_until(Duration::from_secs(10), || daemon.hits(id) == CALLS);
+    assert!(counted, "hits of {leaf}: {}", daemon.hits(id));
+
+    // A reload adding a probe on hidden_mid: fetched again.
+    std::fs::remove_dir_all(&cached).expect("empty the cache");
+    let started = std::time::Instant::now();
+    let line = daemon.reload(&format!(
+        "[[probes]]\nspec = \"{mid}\"\noutput = \"stdout\"\n"
+    ));
+    let reload_took = started.elapsed();
+    assert!(
+        line.contains("reloaded") && line.contains("1 probe(s) attached"),
+        "{line}"
+    );
+    assert!(
+        reload_took >= HOLD,
+        "the reload did not wait for the fetch: {reload_took:?}: {line}; {:?}",
+        daemon.seen_errors
+    );
+    assert!(cached.join("debuginfo").exists(), "fetched again");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls = lister.join().expect("the lister");
+    target.go();
+    target.finish();
+
+    let slowest = calls.iter().flatten().max().copied().unwrap_or_default();
+    let failed: Vec<&String> = calls.iter().filter_map(|c| c.as_ref().err()).collect();
+    eprintln!(
+        "add {add_took:?}, reload {reload_took:?}; {} ctl list calls meanwhile, slowest {slowest:?}",
+        calls.len()
+    );
+    assert!(failed.is_empty(), "ctl list failed: {failed:?}");
+    // Two fetches of 6 s, a call every ~0.2 s: dozens of calls, each answered at once.
+    assert!(calls.len() >= 20, "{} calls", calls.len());
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a ctl list took {slowest:?}"
+    );
+    let (end, _dir) = daemon.stop(libc::SIGTERM, Duration::from_secs(30));
+    assert!(end.status.success(), "{end:?}");
+}

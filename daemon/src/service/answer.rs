@@ -1,34 +1,42 @@
 //! The daemon's answers to control calls (`ctl list`, `stats`, `add`, `remove`), as typed
 //! replies (reply.rs).
 
+use tokio::sync::oneshot;
+
 use super::{
     control::{AddRequest, Call, Request},
     daemon::Daemon,
+    prepare::{self, Done},
     probe_set::{Entry, Origin},
     reply::{Added, ListReply, ProbeRow, ProbeStatsRow, Removed, Reply, StatsReply},
 };
 use crate::config::{ProbeDef, STDOUT_OUTPUT};
 
 impl Daemon {
-    /// Answers a control call: at once, or — for `remove` — once the probe is detached.
+    /// Answers a control call: at once, or — for `remove` — once the probe is detached, or —
+    /// for `add` — once its probe is prepared off the loop ([`Daemon::finish_add`]).
     pub fn answer(&mut self, call: Call) {
-        if let Request::Remove { id } = call.request {
-            if self.start_remove(id) {
-                if self.probes.get(id).is_some() {
-                    self.waiting.entry(id).or_default().push(call.reply);
-                    return;
-                }
-                // Finished at once (it was already detached).
-                let _ = call.reply.send(Reply::Removed(Removed { id, spec: None }));
-            } else {
-                let _ = call
-                    .reply
-                    .send(Reply::error(format!("no probe with id {id}")));
+        let Call { request, reply } = call;
+        match request {
+            Request::Add(add) => self.start_add(def_of(add), reply),
+            Request::Remove { id } => self.start_remove_call(id, reply),
+            request => {
+                let answer = self.reply(request);
+                let _ = reply.send(answer);
             }
-            return;
         }
-        let reply = self.reply(call.request);
-        let _ = call.reply.send(reply);
+    }
+
+    /// Starts a `ctl remove`: answered once the probe is detached.
+    fn start_remove_call(&mut self, id: u32, reply: oneshot::Sender<Reply>) {
+        if !self.start_remove(id) {
+            let _ = reply.send(Reply::error(format!("no probe with id {id}")));
+        } else if self.probes.get(id).is_some() {
+            self.waiting.entry(id).or_default().push(reply);
+        } else {
+            // Finished at once (it was already detached).
+            let _ = reply.send(Reply::Removed(Removed { id, spec: None }));
+        }
     }
 
     /// The reply to a request answered at once.
@@ -38,32 +46,76 @@ impl Daemon {
                 probes: self.list(),
             }),
             Request::Stats => Reply::Stats(Box::new(self.stats())),
-            Request::Add(add) => {
-                let def = def_of(add);
-                if self
-                    .probes
-                    .iter()
-                    .any(|(_, e)| e.def == def && e.origin == Origin::Ctl && !e.removing)
-                {
-                    return Reply::error(format!(
-                        "the same probe is already attached: {}",
-                        def.spec
-                    ));
-                }
-                if self.outputs.sink(&def.output).is_none() {
-                    return Reply::error(format!(
-                        "no output named `{}` (expected one of: {})",
-                        def.output,
-                        self.outputs.names().join(", ")
-                    ));
-                }
-                match self.plan(&def).and_then(|p| self.attach(p, Origin::Ctl)) {
-                    Ok(id) => Reply::Added(Added { id }),
-                    Err(err) => Reply::error(err.one_line()),
-                }
-            }
+            Request::Add(_) => Reply::error("adding is asynchronous".to_owned()),
             Request::Remove { id } => Reply::error(format!("probe {id}: removal is asynchronous")),
         }
+    }
+
+    /// Starts a `ctl add`: refused at once if it cannot be added, else prepared off the loop
+    /// while `reply` waits.
+    fn start_add(&mut self, def: ProbeDef, reply: oneshot::Sender<Reply>) {
+        if let Err(refusal) = self.add_refusal(&def) {
+            let _ = reply.send(Reply::error(refusal));
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let started = prepare::off_loop(&self.prepared_tx, move || {
+            let outcome = Box::new(prepare::prepare(&def));
+            Done::Add {
+                token,
+                def,
+                outcome,
+            }
+        });
+        match started {
+            Ok(()) => {
+                self.adding.insert(token, reply);
+            }
+            Err(err) => {
+                let _ = reply.send(Reply::error(err.one_line()));
+            }
+        }
+    }
+
+    /// Finishes a `ctl add` whose probe was prepared: checked again against what changed
+    /// meanwhile (the same probe added by another call, outputs changed by a reload), given
+    /// an id, attached, answered.
+    pub fn finish_add(&mut self, token: u64, def: ProbeDef, outcome: prepare::Outcome) {
+        let Some(reply) = self.adding.remove(&token) else {
+            return;
+        };
+        let answer = match self.add_refusal(&def) {
+            Err(refusal) => Reply::error(refusal),
+            Ok(()) => match outcome
+                .and_then(|p| self.number(p))
+                .and_then(|p| self.attach(p, Origin::Ctl))
+            {
+                Ok(id) => Reply::Added(Added { id }),
+                Err(err) => Reply::error(err.one_line()),
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Why `def` cannot be added now, if it cannot: the same probe already added, an unknown
+    /// output, a stack copy under the lock tracker, a dead pid.
+    fn add_refusal(&self, def: &ProbeDef) -> Result<(), String> {
+        if self
+            .probes
+            .iter()
+            .any(|(_, e)| e.def == *def && e.origin == Origin::Ctl && !e.removing)
+        {
+            return Err(format!("the same probe is already attached: {}", def.spec));
+        }
+        if self.outputs.sink(&def.output).is_none() {
+            return Err(format!(
+                "no output named `{}` (expected one of: {})",
+                def.output,
+                self.outputs.names().join(", ")
+            ));
+        }
+        self.check(def).map_err(|e| e.one_line())
     }
 
     /// Every probe, for `ctl list`.

@@ -14,23 +14,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     attach::{RateLimit, Tracer},
-    config::{self, Config, ProbeConfig, ProbeDef, Source},
-    container::ContainerRoot,
+    config::{Config, ProbeConfig, ProbeDef, Source},
     events::EventStream,
     output::sink::Sink,
     pidns::PidNamespace,
     pipeline::Pipeline,
-    probes::{self, Probe},
+    probes::Probe,
     resolve::ProbeId,
     service::{
         op_error::{ApplyError, ProbeOpError},
         outputs::Outputs,
+        prepare::{self, Done, Prepared},
         probe_set::{Entry, Origin, ProbeSet},
-        reload,
+        reload::{self, ReloadState},
         reply::{Removed, Reply},
         runaway::RateMeter,
     },
-    spec::ProbeSpec,
     track::{BpfSeq, Generations, Tracked},
 };
 
@@ -82,11 +81,27 @@ pub struct Daemon {
     pub drain_timeout: std::time::Duration,
     /// The hit ring buffer's size (bounds a drain; `run.rs` chooses it).
     pub ring_bytes: u32,
+    /// Where threads preparing probes report (prepare.rs).
+    pub(super) prepared_tx: mpsc::UnboundedSender<Done>,
+    /// `ctl add` replies waiting for their probe to be prepared, by token.
+    pub(super) adding: HashMap<u64, oneshot::Sender<Reply>>,
+    /// The next `ctl add` token.
+    pub(super) next_token: u64,
+    /// A reload under way.
+    pub(super) reload: ReloadState,
+}
+
+/// What reaches the loop from off it: closed links, prepared probes.
+pub struct Inbox {
+    /// For [`Daemon::on_closed`].
+    pub closed: mpsc::UnboundedReceiver<Closed>,
+    /// For [`Daemon::finish_add`] and [`Daemon::finish_reload`].
+    pub prepared: mpsc::UnboundedReceiver<Done>,
 }
 
 impl Daemon {
-    /// The daemon around a loaded tracer, with no probes yet, and the channel on which its
-    /// link closers report (the loop passes each report to [`Daemon::on_closed`]).
+    /// The daemon around a loaded tracer, with no probes yet, and the channels on which work
+    /// done off the loop reports (the loop passes each report back to the daemon).
     pub fn new(
         tracer: Tracer,
         pipeline: Pipeline<Sink, BpfSeq>,
@@ -94,8 +109,9 @@ impl Daemon {
         generations: Arc<Generations>,
         tracked: Tracked,
         config_path: PathBuf,
-    ) -> (Self, mpsc::UnboundedReceiver<Closed>) {
-        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    ) -> (Self, Inbox) {
+        let (closed_tx, closed) = mpsc::unbounded_channel();
+        let (prepared_tx, prepared) = mpsc::unbounded_channel();
         let daemon = Self {
             tracer,
             pipeline,
@@ -114,13 +130,36 @@ impl Daemon {
             waiting: HashMap::new(),
             drain_timeout: crate::stop::DEFAULT_DRAIN_TIMEOUT,
             ring_bytes: super::run::DAEMON_RING_BYTES,
+            prepared_tx,
+            adding: HashMap::new(),
+            next_token: 0,
+            reload: ReloadState::default(),
         };
-        (daemon, closed_rx)
+        (daemon, Inbox { closed, prepared })
+    }
+
+    /// The probes `config` adds to what runs.
+    pub fn config_adds(&self, config: &Config) -> Vec<ProbeDef> {
+        let wanted: Vec<ProbeDef> = config.probes.iter().map(ProbeConfig::def).collect();
+        reload::diff(&self.probes, &wanted).add
     }
 
     /// Checks every probe of `config` and opens its outputs, then attaches everything —
-    /// nothing is attached unless all of it checks out. Used at start and on reload.
+    /// nothing is attached unless all of it checks out. Used at start, before the loop runs
+    /// (a reload prepares off the loop: [`Daemon::start_reload`]).
     pub fn apply_config(&mut self, source: &Source, config: &Config) -> Result<String, ApplyError> {
+        let prepared = prepare::prepare_all(self.config_adds(config));
+        self.apply_prepared(source, config, prepared)
+    }
+
+    /// [`Daemon::apply_config`] with the new probes already prepared (`prepared`: by
+    /// definition; one missing is prepared here).
+    pub fn apply_prepared(
+        &mut self,
+        source: &Source,
+        config: &Config,
+        mut prepared: Vec<(ProbeDef, prepare::Outcome)>,
+    ) -> Result<String, ApplyError> {
         let wanted: Vec<ProbeDef> = config.probes.iter().map(ProbeConfig::def).collect();
         let diff = reload::diff(&self.probes, &wanted);
         let opened = self.outputs.open(config)?;
@@ -131,7 +170,13 @@ impl Daemon {
                 .iter()
                 .find(|p| p.def() == *def)
                 .map(|p| p.spec.span());
-            match self.plan(def) {
+            // Prepared off the loop — unless the set changed meanwhile (a config probe
+            // removed with `ctl remove` while the reload was prepared): rare, done here.
+            let outcome = match prepared.iter().position(|(d, _)| d == def) {
+                Some(i) => prepared.swap_remove(i).1,
+                None => prepare::prepare(def),
+            };
+            match self.check(def).and(outcome).and_then(|p| self.number(p)) {
                 Ok(p) => planned.push(p),
                 Err(err) => {
                     for p in &planned {
@@ -188,20 +233,9 @@ impl Daemon {
         ))
     }
 
-    /// Rereads the config file and applies it (SIGHUP). A config that does not load or check
-    /// changes nothing.
-    pub fn reload(&mut self) -> Result<String, ApplyError> {
-        let (source, config) = config::load(&self.config_path).map_err(ApplyError::Config)?;
-        let applied = self.apply_config(&source, &config)?;
-        self.drain_timeout = config.drain_timeout();
-        crate::logging::apply_config_level(config.log_level.as_ref().map(|l| l.get_ref().as_str()));
-        Ok(applied)
-    }
-
-    /// Checks a probe against its file and reserves its id. (Its output was checked by the
-    /// config's load, or by [`Daemon::answer`] for `ctl add`.)
-    pub fn plan(&mut self, def: &ProbeDef) -> Result<Planned, ProbeOpError> {
-        let spec: ProbeSpec = def.spec.parse()?;
+    /// The checks of `def` that need the daemon's state and no file: a stack copy under the
+    /// lock tracker, a dead pid. Quick, on the loop.
+    pub fn check(&self, def: &ProbeDef) -> Result<(), ProbeOpError> {
         if let Some(mode) = def.stack
             && mode.copies_stack()
             && !self.pipeline.tracker().replays()
@@ -210,33 +244,27 @@ impl Daemon {
                 mode: mode.as_str(),
             });
         }
-        if let Some(pid) = def.pid
-            && !crate::trace::is_alive(pid)
-        {
-            return Err(ProbeOpError::NoProcess(pid));
-        }
-        let root = def.container.map(ContainerRoot::of_pid).transpose()?;
-        let pidns = def.container.map(PidNamespace::of_pid).transpose()?;
+        prepare::pid_alive(def.pid)
+    }
+
+    /// Gives a prepared probe its id.
+    pub fn number(&mut self, prepared: Prepared) -> Result<Planned, ProbeOpError> {
+        let Prepared {
+            def,
+            mut probe,
+            pidns,
+        } = prepared;
         let (id, reused) = self
             .probes
             .reserve()
             .ok_or(ProbeOpError::TooMany { max: MAX_PROBES })?;
-        let scope = probes::Scope {
-            container: root.as_ref(),
-            pid: def.pid,
-        };
-        match probes::prepare_one(id, spec, scope) {
-            Ok(probe) => Ok(Planned {
-                def: def.clone(),
-                probe,
-                reused,
-                pidns,
-            }),
-            Err(err) => {
-                self.probes.release(id);
-                Err(err.into())
-            }
-        }
+        probe.id = id;
+        Ok(Planned {
+            def,
+            probe,
+            reused,
+            pidns,
+        })
     }
 
     /// Attaches a planned probe and starts taking its hits.

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod notify;
 pub mod op_error;
 pub mod outputs;
+pub mod prepare;
 pub mod probe_set;
 pub mod reload;
 pub mod reply;

@@ -46,6 +46,9 @@ pub enum ProbeOpError {
         /// The mode asked for.
         mode: &'static str,
     },
+    /// No thread could be started to check the probe off the event loop (prepare.rs).
+    #[error("cannot start a thread to check the probe")]
+    PrepareThread(#[source] std::io::Error),
 }
 
 impl ProbeOpError {

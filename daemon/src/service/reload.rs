@@ -5,9 +5,70 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    config::ProbeDef,
-    service::probe_set::{Origin, ProbeSet},
+    config::{self, Config, ProbeDef, Source},
+    service::{
+        daemon::Daemon,
+        op_error::ApplyError,
+        prepare::{self, Done, Outcome},
+        probe_set::{Origin, ProbeSet},
+    },
 };
+
+/// Whether a reload is under way (its new probes being prepared off the loop), and whether
+/// another SIGHUP came meanwhile.
+#[derive(Debug, Default)]
+pub struct ReloadState {
+    in_flight: bool,
+    again: bool,
+}
+
+impl Daemon {
+    /// Whether a reload's probes are being prepared.
+    pub fn reload_in_flight(&self) -> bool {
+        self.reload.in_flight
+    }
+
+    /// A SIGHUP while a reload is prepared: reread the file once that one is applied (once,
+    /// however many came: the file is read then).
+    pub fn queue_reload(&mut self) {
+        self.reload.again = true;
+    }
+
+    /// Rereads the config file (SIGHUP) and prepares the probes it adds off the loop
+    /// (prepare.rs): [`Daemon::finish_reload`] applies them when [`Done::Reload`] arrives. A
+    /// config that does not load is rejected at once and changes nothing.
+    pub fn start_reload(&mut self) -> Result<(), ApplyError> {
+        let (source, config) = config::load(&self.config_path).map_err(ApplyError::Config)?;
+        let adds = self.config_adds(&config);
+        prepare::off_loop(&self.prepared_tx, move || Done::Reload {
+            prepared: prepare::prepare_all(adds),
+            source,
+            config: Box::new(config),
+        })
+        .map_err(ApplyError::Unplaced)?;
+        self.reload.in_flight = true;
+        Ok(())
+    }
+
+    /// Applies a prepared reload (nothing changes unless all of it checks out). Returns the
+    /// outcome, and whether a SIGHUP came meanwhile (the caller starts that reload).
+    pub fn finish_reload(
+        &mut self,
+        source: &Source,
+        config: &Config,
+        prepared: Vec<(ProbeDef, Outcome)>,
+    ) -> (Result<String, ApplyError>, bool) {
+        self.reload.in_flight = false;
+        let result = self.apply_prepared(source, config, prepared);
+        if result.is_ok() {
+            self.drain_timeout = config.drain_timeout();
+            crate::logging::apply_config_level(
+                config.log_level.as_ref().map(|l| l.get_ref().as_str()),
+            );
+        }
+        (result, std::mem::take(&mut self.reload.again))
+    }
+}
 
 /// The plan of a reload.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -10,7 +10,11 @@
 //! there and does not wait. SIGKILL leaves nothing attached either: links are file
 //! descriptors and die with the process (tested in daemon/tests/service_daemon.rs).
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -30,7 +34,9 @@ use crate::{
         control::{Call, ControlSocket},
         daemon::Daemon,
         notify::{Notifier, NotifyError},
+        op_error::ApplyError,
         outputs::Outputs,
+        prepare::Done,
     },
     symbolize::Symbolizer,
     track::GenCheckedMaps,
@@ -115,7 +121,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     )
     .keep_going_on_write_errors()
     .with_tracker(tracer.tracker_mode().0);
-    let (mut daemon, mut closed) = Daemon::new(
+    let (mut daemon, mut inbox) = Daemon::new(
         tracer,
         pipeline,
         stream,
@@ -177,10 +183,26 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
                 daemon.answer(call);
                 flush(&mut daemon);
             }
-            Some(done) = closed.recv() => {
+            Some(done) = inbox.closed.recv() => {
                 daemon.on_closed(done);
                 flush(&mut daemon);
             }
+            Some(done) = inbox.prepared.recv() => match done {
+                Done::Add { token, def, outcome } => {
+                    daemon.finish_add(token, def, *outcome);
+                    flush(&mut daemon);
+                }
+                Done::Reload { source, config, prepared } => {
+                    let (result, again) = daemon.finish_reload(&source, &config, prepared);
+                    // READY=1 ends the reload whether the new config was taken or rejected.
+                    notify(notifier.ready());
+                    reloaded(&mut daemon, &args.config, result);
+                    flush(&mut daemon);
+                    if again {
+                        start_reload(&mut daemon, &notifier, &args.config);
+                    }
+                }
+            },
             Some(reply) = scrapes.recv() => {
                 let _ = reply.send(daemon.metrics_snapshot());
             }
@@ -192,26 +214,8 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
                     None => std::future::pending().await,
                 }
             } => notify(notifier.watchdog()),
-            _ = sighup.recv() => {
-                notify(notifier.reloading());
-                let result = daemon.reload();
-                // READY=1 ends the reload whether the new config was taken or rejected.
-                notify(notifier.ready());
-                match result {
-                    Ok(applied) => {
-                        daemon.reloads += 1;
-                        tracing::info!(config = %args.config.display(), "reloaded: {applied}");
-                    }
-                    Err(err) => {
-                        daemon.reload_failures += 1;
-                        tracing::error!(
-                            config = %args.config.display(),
-                            "reload rejected, the running configuration stays: {}",
-                            crate::cli::one_line(&anyhow::Error::new(err))
-                        );
-                    }
-                }
-            }
+            // The new probes are prepared off the loop (prepare.rs); applied when ready.
+            _ = sighup.recv() => start_reload(&mut daemon, &notifier, &args.config),
             // Last: under a flood the ring is always ready, and everything above must still
             // get its turn.
             batch = daemon.stream.next_batch(
@@ -236,7 +240,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     // so that their last hits are written too.
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
     while daemon.closing() {
-        match tokio::time::timeout_at(deadline, closed.recv()).await {
+        match tokio::time::timeout_at(deadline, inbox.closed.recv()).await {
             Ok(Some(done)) => daemon.on_closed(done),
             _ => break,
         }
@@ -263,6 +267,37 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     }
     // The control socket's file is removed as `control` drops, on this and every error path.
     Ok(())
+}
+
+/// A SIGHUP: starts a reload, or queues it behind the one under way.
+fn start_reload(daemon: &mut Daemon, notifier: &Notifier, config: &Path) {
+    if daemon.reload_in_flight() {
+        daemon.queue_reload();
+        return;
+    }
+    notify(notifier.reloading());
+    if let Err(err) = daemon.start_reload() {
+        notify(notifier.ready());
+        reloaded(daemon, config, Err(err));
+    }
+}
+
+/// Counts and logs a reload's outcome.
+fn reloaded(daemon: &mut Daemon, config: &Path, result: Result<String, ApplyError>) {
+    match result {
+        Ok(applied) => {
+            daemon.reloads += 1;
+            tracing::info!(config = %config.display(), "reloaded: {applied}");
+        }
+        Err(err) => {
+            daemon.reload_failures += 1;
+            tracing::error!(
+                config = %config.display(),
+                "reload rejected, the running configuration stays: {}",
+                crate::cli::one_line(&anyhow::Error::new(err))
+            );
+        }
+    }
 }
 
 /// A failed notification is logged, never fatal: systemd may have gone away (its own stop),
