@@ -52,9 +52,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     pub drain_timeout: f64,
     /// Capture the user stack with every hit (up to 127 frames), each frame resolved to
-    /// module, symbol and offset. `auto` (the default): BPF copies 16 KiB of the stack and
-    /// probed unwinds it with each module's .eh_frame, by frame pointer where a module has
-    /// none; `dwarf`: .eh_frame only; `fp`: the kernel's frame-pointer walk (no copy).
+    /// module, symbol and offset. `auto` (the default): BPF copies 16 KiB of the stack (see
+    /// --stack-copy-kib) and probed unwinds it with each module's .eh_frame, by frame
+    /// pointer where a module has none; `dwarf`: .eh_frame only; `fp`: the kernel's
+    /// frame-pointer walk (no copy).
     #[arg(
         long,
         value_enum,
@@ -64,6 +65,12 @@ pub struct TraceArgs {
         default_missing_value = "auto"
     )]
     pub stack: Option<crate::unwind::StackMode>,
+    /// How much of the user stack BPF copies per hit for --stack=auto|dwarf, in KiB: 4, 8,
+    /// 16, 32 or 64. A stack deeper than the copy ends with the stop reason
+    /// `stack_copy_end`; a larger copy costs each hit more and gets a larger ring buffer
+    /// (32 MiB up to 16 KiB, 64 MiB for 32, 128 MiB for 64).
+    #[arg(long, value_name = "KIB", default_value = "16", value_parser = parse_copy_kib)]
+    pub stack_copy_kib: usize,
     /// Write output to this file instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -101,6 +108,18 @@ pub enum Aggregate {
     Stack,
 }
 
+/// A stack copy's size in KiB: one of the sizes BPF has a path for.
+pub fn parse_copy_kib(text: &str) -> Result<usize, String> {
+    let page_kib = probed_common::STACK_PAGE / 1024;
+    let choices = probed_common::STACK_COPY_PAGE_CHOICES.map(|pages| pages * page_kib);
+    match text.parse::<usize>() {
+        Ok(kib) if choices.contains(&kib) => Ok(kib),
+        _ => Err(format!(
+            "`{text}` is not a stack copy size in KiB (one of {choices:?})"
+        )),
+    }
+}
+
 /// A number of seconds: finite and not negative.
 fn parse_secs(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -127,6 +146,15 @@ impl TraceArgs {
     /// How stacks are walked (`--stack=MODE`; `auto` when an aggregation asks for stacks).
     pub fn stack_mode(&self) -> crate::unwind::StackMode {
         self.stack.unwrap_or_default()
+    }
+
+    /// The pages of each stack copy, 0 when the run copies no stacks.
+    pub fn copy_pages(&self) -> usize {
+        if self.captures_stacks() && self.stack_mode().copies_stack() {
+            self.stack_copy_kib * 1024 / probed_common::STACK_PAGE
+        } else {
+            0
+        }
     }
 
     /// The per-probe rate limit asked for (`--rate-limit`, `--burst`).

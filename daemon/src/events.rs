@@ -36,8 +36,8 @@ pub enum Event {
     CapturedStack(Box<CapturedStackEvent>),
     /// Lock mode: the path of a file a capture names.
     FileName(FileNameEvent),
-    /// A probe that unwinds stacks in the daemon fired (boxed: 16 KiB of stack copy).
-    StackCopy(Box<StackCopyHitEvent>),
+    /// A probe that unwinds stacks in the daemon fired (boxed: 4–64 KiB of stack copy).
+    StackCopy(Box<StackCopy>),
     /// The string arguments of the hit that follows (boxed: 1.5 KiB).
     ArgStrings(Box<ArgStringsEvent>),
 }
@@ -50,7 +50,7 @@ impl Event {
             Event::Stack(e) => Some(&e.hit),
             Event::CapturedHit(e) => Some(&e.hit),
             Event::CapturedStack(e) => Some(&e.stack.hit),
-            Event::StackCopy(e) => Some(&e.hit),
+            Event::StackCopy(e) => Some(&e.head.hit),
             Event::Proc(_) | Event::Change(_) | Event::FileName(_) | Event::ArgStrings(_) => None,
         }
     }
@@ -100,11 +100,32 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 path: probed_common::FilePath::EMPTY,
             })
         }),
-        EVENT_STACK_COPY_HIT => {
-            read::<StackCopyHitEvent>(bytes).map(|e| Event::StackCopy(Box::new(e)))
-        }
+        EVENT_STACK_COPY_HIT => StackCopy::read(bytes).map(|e| Event::StackCopy(Box::new(e))),
         EVENT_ARG_STRINGS => read::<ArgStringsEvent>(bytes).map(|e| Event::ArgStrings(Box::new(e))),
         _ => None,
+    }
+}
+
+/// A stack-copy record: the hit and registers, and the bytes of the copy that were read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackCopy {
+    /// The hit and the registers.
+    pub head: StackCopyHitEvent,
+    /// The user stack from `head.stack_base` up (`head.stack_len` bytes, or what the record
+    /// holds if that is less).
+    pub stack: Vec<u8>,
+}
+
+impl StackCopy {
+    /// The record in `bytes` (of any of the copy sizes: the ring item's length says which).
+    pub fn read(bytes: &[u8]) -> Option<Self> {
+        let head = read::<StackCopyHitEvent>(bytes)?;
+        let rest = &bytes[std::mem::size_of::<StackCopyHitEvent>()..];
+        let len = (head.stack_len as usize).min(rest.len());
+        Some(Self {
+            head,
+            stack: rest[..len].to_vec(),
+        })
     }
 }
 

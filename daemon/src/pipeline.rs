@@ -21,7 +21,7 @@ use std::{io::Write, sync::Arc};
 
 use probed_common::{
     CAPTURE_FAILED, ChangeEvent, HitEvent, KIND_RETURN, MAX_FRAMES, OP_OTHER, PROC_EXEC, PROC_EXIT,
-    PROC_FORK, ProcEvent, STACK_COPY_BYTES, StackCopyHitEvent,
+    PROC_FORK, ProcEvent,
 };
 
 pub use counters::ProbeCounts;
@@ -312,17 +312,17 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     /// Handles a hit with a stack copy: unwinds it (unwind/), then handles it with the
     /// frames found.
-    pub fn handle_stack_copy(&mut self, e: &StackCopyHitEvent) -> bool {
-        let len = (e.stack_len as usize).min(STACK_COPY_BYTES);
+    pub fn handle_stack_copy(&mut self, e: &crate::events::StackCopy) -> bool {
+        let head = &e.head;
         let start = Start {
-            ip: e.ip,
-            sp: e.sp,
-            bp: e.bp,
-            stack_base: e.stack_base,
-            stack: &e.stack[..len],
+            ip: head.ip,
+            sp: head.sp,
+            bp: head.bp,
+            stack_base: head.stack_base,
+            stack: &e.stack,
         };
-        let frames = self.unwind(&e.hit, start);
-        self.handle_inner(&e.hit, Some(&frames.0), None, Some(frames.1))
+        let frames = self.unwind(&head.hit, start);
+        self.handle_inner(&head.hit, Some(&frames.0), None, Some(frames.1))
     }
 
     /// Handles a hit: its stack walked by the kernel (`unwound` None: frame pointers, cut at

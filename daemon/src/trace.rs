@@ -131,9 +131,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    // Stack copies are 16 KiB a hit: their runs get a ring that holds a burst of them.
-    let copies = args.captures_stacks() && args.stack_mode().copies_stack();
-    let ring_bytes = probed_common::ring_bytes(probed_common::RING_BYTES, copies);
+    // Stack copies are 4–64 KiB a hit: their runs get a ring that holds a burst of them.
+    let copy_pages = args.copy_pages();
+    let copies = copy_pages > 0;
+    let ring_bytes = probed_common::ring_bytes(probed_common::RING_BYTES, copy_pages);
     let tracker = crate::track::TrackerRequest {
         choice: args.tracker,
         copied_stacks: copies,
@@ -141,7 +142,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut tracer = Tracer::load_with_ring(ring_bytes, tracker)?;
     for probe in &probes {
         if args.captures_stacks() {
-            tracer.set_probe_flags(probe.id, stack_flags(args.stack_mode()))?;
+            tracer.set_probe_flags(probe.id, stack_flags(args.stack_mode(), copy_pages))?;
         }
         if let Some(limit) = args.rate_limit() {
             tracer.set_rate_limit(probe.id, Some(limit))?;
@@ -472,10 +473,16 @@ pub(crate) fn is_alive(pid: NonZeroU32) -> bool {
 }
 
 /// The BPF probe flags of a stack mode: the kernel's frame-pointer walk, or registers and a
-/// stack copy for the daemon's unwinder.
-pub fn stack_flags(mode: crate::unwind::StackMode) -> u32 {
+/// stack copy of `copy_pages` pages (one of `STACK_COPY_PAGE_CHOICES`; another size takes
+/// the default) for the daemon's unwinder.
+pub fn stack_flags(mode: crate::unwind::StackMode, copy_pages: usize) -> u32 {
     if mode.copies_stack() {
-        probed_common::PROBE_FLAG_STACK | probed_common::PROBE_FLAG_STACK_COPY
+        let copy = probed_common::stack_copy_flags(copy_pages)
+            .or(probed_common::stack_copy_flags(
+                probed_common::STACK_COPY_DEFAULT_PAGES,
+            ))
+            .unwrap_or(probed_common::PROBE_FLAG_STACK_COPY);
+        probed_common::PROBE_FLAG_STACK | copy
     } else {
         probed_common::PROBE_FLAG_STACK
     }

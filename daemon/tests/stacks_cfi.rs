@@ -179,3 +179,89 @@ fn libc_static_functions_by_debug_file() {
         assert_eq!(hit["stack_stop"], "end", "{hit}");
     }
 }
+
+/// The copy's size is the user's (`--stack-copy-kib`). leaf called through 24 nested
+/// frames of 1 KiB (~25 KiB of stack): with 64 KiB every stack is unwound to `_start`
+/// (leaf, beta, alpha, 24 × deep, main; stop reason `end`); with 16 and 4 KiB it is cut
+/// where the copy ends (`stack_copy_end`), after at most 16 and 4 `deep` frames. A size
+/// BPF has no path for is refused with one line.
+#[test]
+fn stack_copy_size_is_the_users() {
+    if !common::require_bpf("stack_copy_size_is_the_users") {
+        return;
+    }
+    const DEPTH: usize = 24;
+    let exe = nofp_exe();
+    let spec = format!("uprobe:{}:leaf", exe.display());
+    let deep_frames = |hit: &Value| {
+        hit["stack"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no stack: {hit}"))
+            .iter()
+            .filter(|f| f["symbol"] == "deep")
+            .count()
+    };
+    for (kib, stop, most_deep) in [
+        ("64", "end", DEPTH),
+        ("16", "stack_copy_end", 16),
+        ("4", "stack_copy_end", 4),
+    ] {
+        let mut target = Target::start(&exe, &["calls", "20", &DEPTH.to_string()]);
+        let pid = target.pid.to_string();
+        let probed = Probed::start(&[
+            "trace",
+            &spec,
+            "--pid",
+            &pid,
+            "--stack",
+            "--stack-copy-kib",
+            kib,
+            "--format",
+            "json",
+        ]);
+        target.go();
+        let end = probed.stop(libc::SIGINT);
+        assert!(end.status.success(), "{end:?}");
+        target.finish();
+        let (hits, summary) = common::parse_json(&end.stdout);
+        let summary = summary.expect("a summary");
+        assert_eq!(hits.len(), 20, "{kib} KiB: {:?}", end.stdout);
+        for hit in &hits {
+            assert_eq!(hit["stack_stop"], stop, "{kib} KiB: {hit}");
+            let deep = deep_frames(hit);
+            let names: Vec<&str> = hit["stack"].as_array().expect("a stack")[..3]
+                .iter()
+                .map(|f| f["symbol"].as_str().unwrap_or("?"))
+                .collect();
+            assert_eq!(names, ["leaf", "beta", "alpha"], "{kib} KiB: {hit}");
+            if stop == "end" {
+                assert_eq!(deep, DEPTH, "{kib} KiB: {hit}");
+                let stack = hit["stack"].as_array().expect("a stack");
+                assert_eq!(stack[3 + DEPTH]["symbol"], "main", "{hit}");
+                assert_eq!(stack.last().expect("frames")["symbol"], "_start", "{hit}");
+            } else {
+                assert!(
+                    deep <= most_deep && deep + 4 >= most_deep,
+                    "{kib} KiB: {deep} deep frames: {hit}"
+                );
+            }
+        }
+        let stops = format!("stack_stop_{stop}");
+        assert_eq!(num(&summary["resolver"], &stops), 20, "{summary}");
+    }
+    let refused = common::run_to_end(std::process::Command::new(common::probed_bin()).args([
+        "trace",
+        &spec,
+        "--stack",
+        "--stack-copy-kib",
+        "12",
+    ]));
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .iter()
+            .any(|l| l.contains("is not a stack copy size in KiB (one of [4, 8, 16, 32, 64])")),
+        "{refused:?}"
+    );
+}

@@ -182,7 +182,7 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
         // Registers and a stack copy for the daemon's CFI unwinder (stack.rs). Not captured
         // in lock mode: the frames are only known once unwound in the daemon, whose module
         // lookups then go through the picture of the hit's sequence (or fail, counted).
-        stack::record(hit, regs, stats);
+        stack::record(hit, regs, stats, flags);
         return false;
     }
     // Lock mode, and the daemon's picture of this process is not of this sequence: the hit

@@ -280,7 +280,9 @@ impl Daemon {
             if reused {
                 self.tracer.reset_probe(id)?;
             }
-            let flags = def.stack.map_or(0, crate::trace::stack_flags);
+            let flags = def.stack.map_or(0, |mode| {
+                crate::trace::stack_flags(mode, probed_common::STACK_COPY_DEFAULT_PAGES)
+            });
             self.tracer.set_probe_flags(id, flags)?;
             let limit = def.rate_limit.map(|rate| RateLimit {
                 per_sec: rate.get(),

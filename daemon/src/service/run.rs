@@ -96,7 +96,12 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         .probes
         .iter()
         .any(|p| p.stack.is_some_and(StackMode::copies_stack));
-    let ring_bytes = probed_common::ring_bytes(DAEMON_RING_BYTES, copied_stacks);
+    let copy_pages = if copied_stacks {
+        probed_common::STACK_COPY_DEFAULT_PAGES
+    } else {
+        0
+    };
+    let ring_bytes = probed_common::ring_bytes(DAEMON_RING_BYTES, copy_pages);
     let tracker = TrackerRequest {
         choice: config.tracker,
         copied_stacks,

@@ -1,8 +1,8 @@
 //! Unwinding a copied user stack with the modules' call frame information (`--stack`,
 //! modes `auto` and `dwarf`).
 //!
-//! BPF sends the registers an unwinder starts from (ip, sp, bp) and up to 16 KiB of the
-//! stack from the page of sp (`probed_common::StackCopyHitEvent`). Each step finds the
+//! BPF sends the registers an unwinder starts from (ip, sp, bp) and up to 4–64 KiB of the
+//! stack from the page of sp (`probed_common::StackCopyRecord`). Each step finds the
 //! frame's module through the caller's `locate` — the resolver's picture of the address
 //! space *at the hit* (so a library dlclosed since, or a process gone since, still unwinds)
 //! — and runs framehop on that module's `.eh_frame` (tables.rs), at the file's own
@@ -197,7 +197,7 @@ pub struct Unwinder {
     /// Walks ended, by reason (indexed like [`StopReason::ALL`]).
     stops: [u64; StopReason::ALL.len()],
     /// The most stack above sp a walk that reached its outermost frame read: what the copy
-    /// must hold for such stacks (sizing `STACK_COPY_PAGES`).
+    /// must hold for such stacks (sizing `--stack-copy-kib`).
     max_used: u64,
     /// Frames found by all walks.
     frames: u64,
