@@ -50,10 +50,11 @@ const SELECTED: &[Selected] = &[
     },
     Selected {
         exe: "stacks_cfi",
-        // One case: the stack copy (registers and 16 KiB of user stack read in BPF straight
-        // into a ring record) through this verifier, unwound with .eh_frame.
+        // One case: the stack copy (registers and 4–64 KiB of user stack read in BPF straight
+        // into a ring record, one path per size: all verified at load) through this
+        // verifier, unwound with .eh_frame.
         filters: &["chain_without_frame_pointers_unwinds"],
-        why: "registers and a 16 KiB user-stack copy read in BPF; .eh_frame unwinding of a \
+        why: "registers and a 4-64 KiB user-stack copy read in BPF; .eh_frame unwinding of a \
               chain built without frame pointers",
     },
     Selected {
