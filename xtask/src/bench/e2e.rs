@@ -18,7 +18,7 @@
 //! compare-and-swap on the shared bucket), so `rate_probed_limited_over_probed` is the
 //! limiter's cost on the traced program.
 
-use super::harness::{self, TOOL_TIMEOUT};
+use super::harness::{self, tool_timeout};
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
@@ -235,7 +235,7 @@ fn run_bpftrace(mode: Mode, target: &Path, probe_offset: u64, out_file: &Path) -
         .spawn()
         .context("start bpftrace")?;
     // Ready, and the breakpoint in the target says the uprobe is in place.
-    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let deadline = Instant::now() + tool_timeout();
     while !std::fs::read_to_string(out_file)?.contains("ready\n")
         || text_byte(t.pid, target, probe_offset)? != BREAKPOINT_BYTE
     {
@@ -288,7 +288,7 @@ impl LoopTarget {
         let stdin = child.stdin.take();
         let stdout = harness::lines(child.stdout.take().context("target stdout")?);
         let ready = stdout
-            .recv_timeout(TOOL_TIMEOUT)
+            .recv_timeout(tool_timeout())
             .context("target says ready")?;
         let pid = ready
             .strip_prefix("ready ")
@@ -307,7 +307,7 @@ impl LoopTarget {
         let mut stdin = self.stdin.take().context("target already started")?;
         stdin.write_all(b"go\n")?;
         drop(stdin);
-        let timeout = Duration::from_secs_f64(LOOP_SECS) + TOOL_TIMEOUT;
+        let timeout = Duration::from_secs_f64(LOOP_SECS) + tool_timeout();
         let line = self
             .stdout
             .recv_timeout(timeout)
@@ -333,7 +333,7 @@ impl Drop for LoopTarget {
 }
 
 fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str, who: &str) -> Result<()> {
-    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let deadline = Instant::now() + tool_timeout();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx

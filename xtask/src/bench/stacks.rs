@@ -35,7 +35,7 @@
 //!
 //! Writes target/probed-bench/stacks.json and prints a table.
 
-use super::harness::{self, TOOL_TIMEOUT};
+use super::harness::{self, tool_timeout};
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -598,7 +598,7 @@ impl Workload {
             .with_context(|| format!("start {}", bin.display()))?;
         let stdin = child.stdin.take();
         let stdout = harness::lines(child.stdout.take().context("workload stdout")?);
-        let ready = stdout.recv_timeout(TOOL_TIMEOUT).context("ready line")?;
+        let ready = stdout.recv_timeout(tool_timeout()).context("ready line")?;
         let pid = ready
             .strip_prefix("ready ")
             .and_then(|p| p.parse().ok())
@@ -618,7 +618,7 @@ impl Workload {
         drop(stdin);
         let line = self
             .stdout
-            .recv_timeout(Duration::from_secs_f64(LOOP_SECS) + TOOL_TIMEOUT)
+            .recv_timeout(Duration::from_secs_f64(LOOP_SECS) + tool_timeout())
             .context("result line")?;
         let status = self.child.wait()?;
         ensure!(status.success(), "workload failed: {status}");
@@ -640,7 +640,7 @@ impl Drop for Workload {
 }
 
 fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str) -> Result<()> {
-    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let deadline = Instant::now() + tool_timeout();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx

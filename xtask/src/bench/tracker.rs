@@ -30,7 +30,7 @@
 //! tracers (e.g. other probed instances) running on the host attach system-wide tracepoints
 //! and slow every mode down: their number is recorded in the report.
 
-use super::harness::{self, TOOL_TIMEOUT};
+use super::harness::{self, tool_timeout};
 use std::{
     fs::File,
     io::{BufRead, BufReader, Write},
@@ -335,7 +335,7 @@ impl Waiting {
             .with_context(|| format!("start {}", bin.display()))?;
         let stdin = child.stdin.take();
         let stdout = harness::lines(child.stdout.take().context("stdout")?);
-        let ready = stdout.recv_timeout(TOOL_TIMEOUT).context("ready line")?;
+        let ready = stdout.recv_timeout(tool_timeout()).context("ready line")?;
         ensure!(ready.starts_with("ready "), "unexpected line: {ready}");
         Ok(Self {
             child,
@@ -351,7 +351,7 @@ impl Waiting {
         drop(stdin);
         let line = self
             .stdout
-            .recv_timeout(length + TOOL_TIMEOUT)
+            .recv_timeout(length + tool_timeout())
             .context("result line")?;
         let status = self.child.wait()?;
         ensure!(status.success(), "workload failed: {status}");
@@ -393,7 +393,7 @@ impl Tracer {
             .spawn()
             .context("start probed")?;
         let stderr = harness::lines(child.stderr.take().context("probed stderr")?);
-        let deadline = Instant::now() + TOOL_TIMEOUT;
+        let deadline = Instant::now() + tool_timeout();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = stderr
