@@ -163,6 +163,10 @@ pub struct ProbeConfig {
     /// daemon does not run lock mode when a configured probe asks for one).
     #[serde(default, deserialize_with = "crate::unwind::setting::deserialize")]
     pub stack: Option<StackMode>,
+    /// KiB of user stack copied per hit with `stack = "auto"|"dwarf"`: 4, 8, 16 (the
+    /// default), 32 or 64.
+    #[serde(default)]
+    pub stack_copy_kib: Option<u32>,
 }
 
 /// What a probe is, without where its text was: two configs' probes are the same probe when
@@ -185,6 +189,8 @@ pub struct ProbeDef {
     pub disable_above: Option<NonZeroU64>,
     /// How stacks are captured, if they are.
     pub stack: Option<StackMode>,
+    /// KiB of stack copied per hit (copying modes; default 16).
+    pub stack_copy_kib: Option<u32>,
 }
 
 impl ProbeConfig {
@@ -199,6 +205,7 @@ impl ProbeConfig {
             burst: self.burst.as_ref().map(|b| *b.get_ref()),
             disable_above: self.disable_above,
             stack: self.stack,
+            stack_copy_kib: self.stack_copy_kib,
         }
     }
 }

@@ -122,3 +122,73 @@ fn copied_stacks_refused_under_lock_mode() {
     let (done, _) = daemon.stop(libc::SIGTERM, Duration::from_secs(5));
     assert!(done.status.success(), "{:?}", done.stderr);
 }
+
+/// Each daemon probe copies as much stack as it says (`stack_copy_kib` in the config,
+/// `--stack-copy-kib` with `ctl add`): leaf called through 24 nested 1 KiB frames is cut at
+/// the end of a 4 KiB copy (config probe) and unwound to `_start` with a 64 KiB one (ctl
+/// probe at leaf's return). A size BPF has no path for, or a size without a copied stack,
+/// is refused with its reason, the running probes untouched.
+#[test]
+fn daemon_copy_size_per_probe() {
+    if !common::require_bpf("daemon_copy_size_per_probe") {
+        return;
+    }
+    let exe = nofp_exe();
+    let entry = format!("uprobe:{}:leaf", exe.display());
+    let ret = format!("uretprobe:{}:leaf", exe.display());
+    let config = format!(
+        "[outputs.null]\nkind = \"file\"\npath = \"/dev/null\"\n\
+         [[probes]]\nspec = \"{entry}\"\noutput = \"null\"\nstack = \"dwarf\"\nstack_copy_kib = 4\n"
+    );
+    let mut daemon = Daemon::start(PrivateDir::new("svc-stacks-size"), &config);
+    let list = daemon.ctl_ok(&["list"]);
+    assert_eq!(list["probes"][0]["stack_copy_kib"], 4, "{list}");
+    let stop = |daemon: &Daemon, reason: &str, want: u64| {
+        let mut stats = Value::Null;
+        common::wait_until(Duration::from_secs(10), || {
+            stats = daemon.ctl_ok(&["stats"]);
+            stats["resolver"][reason] == want
+        });
+        assert_eq!(stats["resolver"][reason], want, "{reason}: {stats}");
+    };
+    let mut target = Target::start(&exe, &["calls", &N.to_string(), "24"]);
+    target.go();
+    stop(&daemon, "stack_stop_stack_copy_end", N);
+    stop(&daemon, "stack_stop_end", 0);
+
+    let added = daemon.ctl_ok(&[
+        "add",
+        &ret,
+        "--output",
+        "null",
+        "--stack=dwarf",
+        "--stack-copy-kib",
+        "64",
+    ]);
+    assert!(added["id"].is_u64(), "{added}");
+    target.go();
+    target.finish();
+    stop(&daemon, "stack_stop_stack_copy_end", 2 * N);
+    stop(&daemon, "stack_stop_end", N);
+
+    // Refused: by the client (no such size), by the daemon (a size without a copy).
+    let bad = daemon.ctl(&["add", &ret, "--stack=dwarf", "--stack-copy-kib", "12"]);
+    assert!(!bad.status.success(), "{bad:?}");
+    assert!(
+        format!("{:?}", bad.stderr).contains("is not a stack copy size in KiB"),
+        "{bad:?}"
+    );
+    let line = daemon.reload(&format!(
+        "{config}[[probes]]\nspec = \"{ret}\"\noutput = \"null\"\nstack_copy_kib = 8\n"
+    ));
+    assert!(
+        line.contains("reload rejected") && line.contains("stack_copy_kib needs stack"),
+        "{line}"
+    );
+    assert_eq!(
+        daemon.ctl_ok(&["list"])["probes"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let (done, _) = daemon.stop(libc::SIGTERM, Duration::from_secs(5));
+    assert!(done.status.success(), "{:?}", done.stderr);
+}

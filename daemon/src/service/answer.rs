@@ -139,6 +139,7 @@ impl Daemon {
                 burst: e.def.burst.map(|b| b.get()),
                 disable_above: e.def.disable_above.map(|d| d.get()),
                 stack: e.def.stack,
+                stack_copy_kib: e.def.stack_copy_kib,
             })
             .collect()
     }
@@ -206,5 +207,6 @@ fn def_of(add: AddRequest) -> ProbeDef {
         burst: add.burst,
         disable_above: add.disable_above,
         stack: add.stack,
+        stack_copy_kib: add.stack_copy_kib,
     }
 }

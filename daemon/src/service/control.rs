@@ -96,6 +96,18 @@ pub struct AddRequest {
         deserialize_with = "crate::unwind::setting::deserialize"
     )]
     pub stack: Option<crate::unwind::StackMode>,
+    /// KiB of user stack copied per hit with `--stack=auto|dwarf`: 4, 8, 16 (the default),
+    /// 32 or 64.
+    #[arg(long, value_name = "KIB", value_parser = parse_kib)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_copy_kib: Option<u32>,
+}
+
+/// `--stack-copy-kib`, checked on the client as `probed trace` checks it (the daemon checks
+/// again: a request may come from elsewhere).
+fn parse_kib(text: &str) -> Result<u32, String> {
+    let kib = crate::cli::parse_copy_kib(text)?;
+    u32::try_from(kib).map_err(|e| e.to_string())
 }
 
 /// A parsed request and where its reply goes; the daemon loop answers.

@@ -149,6 +149,9 @@ fn print_reply(out: &mut impl Write, request: &Request, reply: Value) -> anyhow:
                 if let Some(mode) = p.stack {
                     extra.push(format!("stack={}", mode.as_str()));
                 }
+                if let Some(kib) = p.stack_copy_kib {
+                    extra.push(format!("stack_copy_kib={kib}"));
+                }
                 if let Some(why) = &p.disabled_reason {
                     extra.push(format!("({why})"));
                 }

@@ -244,6 +244,7 @@ impl Daemon {
                 mode: mode.as_str(),
             });
         }
+        copy_pages(def)?;
         prepare::pid_alive(def.pid)
     }
 
@@ -280,9 +281,10 @@ impl Daemon {
             if reused {
                 self.tracer.reset_probe(id)?;
             }
-            let flags = def.stack.map_or(0, |mode| {
-                crate::trace::stack_flags(mode, probed_common::STACK_COPY_DEFAULT_PAGES)
-            });
+            let pages = copy_pages(&def).unwrap_or(probed_common::STACK_COPY_DEFAULT_PAGES);
+            let flags = def
+                .stack
+                .map_or(0, |mode| crate::trace::stack_flags(mode, pages));
             self.tracer.set_probe_flags(id, flags)?;
             let limit = def.rate_limit.map(|rate| RateLimit {
                 per_sec: rate.get(),
@@ -481,4 +483,23 @@ impl Daemon {
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
+}
+
+/// The pages of `def`'s stack copies (`stack_copy_kib`, else the default), or why its
+/// `stack_copy_kib` is not a size BPF has a path for.
+pub fn copy_pages(def: &ProbeDef) -> Result<usize, ProbeOpError> {
+    let Some(kib) = def.stack_copy_kib else {
+        return Ok(probed_common::STACK_COPY_DEFAULT_PAGES);
+    };
+    if !def
+        .stack
+        .is_some_and(crate::unwind::StackMode::copies_stack)
+    {
+        return Err(ProbeOpError::StackCopySize(
+            "stack_copy_kib needs stack = \"auto\" or \"dwarf\" (a copied stack)".to_owned(),
+        ));
+    }
+    crate::cli::parse_copy_kib(&kib.to_string())
+        .map(|kib| kib * 1024 / probed_common::STACK_PAGE)
+        .map_err(|why| ProbeOpError::StackCopySize(format!("stack_copy_kib: {why}")))
 }

@@ -46,6 +46,9 @@ pub enum ProbeOpError {
         /// The mode asked for.
         mode: &'static str,
     },
+    /// `stack_copy_kib` is not one of the sizes BPF copies.
+    #[error("{0}")]
+    StackCopySize(String),
     /// No thread could be started to check the probe off the event loop (prepare.rs).
     #[error("cannot start a thread to check the probe")]
     PrepareThread(#[source] std::io::Error),

@@ -136,6 +136,7 @@ mod tests {
                 burst: None,
                 disable_above: None,
                 stack: None,
+                stack_copy_kib: None,
             },
             origin: Origin::Ctl,
             disabled: None,

@@ -118,6 +118,7 @@ mod tests {
             burst: None,
             disable_above: None,
             stack: None,
+            stack_copy_kib: None,
         }
     }
 

@@ -43,6 +43,9 @@ pub struct ProbeRow {
     /// How hits' user stacks are captured, if they are (`fp`, `auto`, `dwarf`).
     #[serde(default, deserialize_with = "crate::unwind::setting::deserialize")]
     pub stack: Option<crate::unwind::StackMode>,
+    /// KiB of stack copied per hit, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_copy_kib: Option<u32>,
 }
 
 /// `ctl list`.
@@ -203,6 +206,7 @@ mod tests {
             burst: None,
             disable_above: None,
             stack: Some(crate::unwind::StackMode::Dwarf),
+            stack_copy_kib: Some(32),
         };
         let list = ListReply {
             probes: vec![row.clone()],

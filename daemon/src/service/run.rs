@@ -89,18 +89,22 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     };
 
     // Probes configured with stack copies (`stack = "auto"|"dwarf"`) need a replaying tracker
-    // (auto then takes kprobes or syscalls, not lock) and room for 16 KiB records: the ring
-    // then has `probed trace`'s stack-copy size. Such probes added later by `ctl add` or a
-    // reload are refused while lock mode runs, and share the ring chosen here.
-    let copied_stacks = config
+    // (auto then takes kprobes or syscalls, not lock) and room for their records: the ring
+    // then has `probed trace`'s size for the largest copy configured. Such probes added later
+    // by `ctl add` or a reload are refused while lock mode runs, and share the ring chosen
+    // here (a larger copy than any at start fits fewer times).
+    let copy_pages = config
         .probes
         .iter()
-        .any(|p| p.stack.is_some_and(StackMode::copies_stack));
-    let copy_pages = if copied_stacks {
-        probed_common::STACK_COPY_DEFAULT_PAGES
-    } else {
-        0
-    };
+        .filter(|p| p.stack.is_some_and(StackMode::copies_stack))
+        // A bad size is reported when the probe is checked (apply_config).
+        .map(|p| {
+            crate::service::daemon::copy_pages(&p.def())
+                .unwrap_or(probed_common::STACK_COPY_DEFAULT_PAGES)
+        })
+        .max()
+        .unwrap_or(0);
+    let copied_stacks = copy_pages > 0;
     let ring_bytes = probed_common::ring_bytes(DAEMON_RING_BYTES, copy_pages);
     let tracker = TrackerRequest {
         choice: config.tracker,
