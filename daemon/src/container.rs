@@ -14,17 +14,11 @@ use std::{
     fs::File,
     io,
     num::NonZeroU32,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
-/// `struct open_how` of linux/openat2.h (libc's is non-exhaustive, so it cannot be built).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 /// Why a path could not be resolved in a container.
 #[derive(Debug, thiserror::Error)]
@@ -103,25 +97,18 @@ impl ContainerRoot {
     /// Opens the root of process `pid` (a pid of our namespace, any process of the
     /// container).
     pub fn of_pid(pid: NonZeroU32) -> Result<Self, ContainerError> {
-        let path = format!("/proc/{pid}/root");
-        let c_path = std::ffi::CString::new(path).expect("no NUL in a /proc path");
-        // SAFETY: `c_path` is a valid NUL-terminated string for the duration of the call;
-        // open returns a new descriptor or -1, and touches no memory of ours otherwise.
-        let fd = unsafe {
-            libc::open(
-                c_path.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let err = io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::ENOENT | libc::ESRCH) => ContainerError::NoProcess(pid),
-                _ => ContainerError::Root { pid, source: err },
-            });
-        }
-        // SAFETY: open returned a new descriptor that nothing else owns.
-        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        let root = rustix::fs::open(
+            format!("/proc/{pid}/root").as_str(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| match errno {
+            rustix::io::Errno::NOENT | rustix::io::Errno::SRCH => ContainerError::NoProcess(pid),
+            errno => ContainerError::Root {
+                pid,
+                source: errno.into(),
+            },
+        })?;
         Ok(Self { pid, root })
     }
 
@@ -193,47 +180,29 @@ impl ContainerRoot {
 
 /// `openat2(root, path, O_RDONLY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
 fn openat2_in_root(root: &OwnedFd, path: &std::ffi::CStr) -> io::Result<File> {
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-        mode: 0,
+    let fd = rustix::fs::openat2(
+        root,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
         // In the root: `..` and absolute symlinks stop at the container's root. No magic
         // links: a /proc/self/… inside the container must not reach out of it.
-        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: openat2 reads `path` (NUL-terminated, alive for the call) and `how` (a valid
-    // open_how of the size passed); it returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &raw const how,
-            size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).expect("a descriptor fits an int");
-    // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    Ok(File::from(fd))
 }
 
 /// Symlinks followed before giving up (the kernel's limit, MAXSYMLINKS).
 const MAX_SYMLINKS: u32 = 40;
 
-/// `openat(dir, name, flags)`.
-fn openat(dir: &OwnedFd, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let name = std::ffi::CString::new(name.as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `name` is NUL-terminated and alive for the call; openat returns a new
-    // descriptor or -1.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openat returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// `openat(dir, name, flags | O_CLOEXEC)`.
+fn openat(dir: &OwnedFd, name: &std::ffi::OsStr, flags: OFlags) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// What `RESOLVE_IN_ROOT` does, one component at a time: each component is opened
@@ -262,27 +231,16 @@ fn walk_in_root(root: &OwnedFd, path: &Path) -> io::Result<File> {
             continue;
         }
         let dir = dirs.last().expect("the root is never popped");
-        let fd = openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let fd = openat(dir, &name, OFlags::PATH | OFlags::NOFOLLOW)?;
         let meta = File::from(fd.try_clone()?).metadata()?;
         if meta.file_type().is_symlink() {
             links += 1;
             if links > MAX_SYMLINKS {
                 return Err(io::Error::from_raw_os_error(libc::ELOOP));
             }
-            let mut buf = vec![0u8; libc::PATH_MAX as usize];
-            // SAFETY: readlinkat with an empty path reads the link `fd` (O_PATH|O_NOFOLLOW)
-            // names into `buf`, at most `buf.len()` bytes, and returns the length or -1.
-            let n = unsafe {
-                libc::readlinkat(
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-            buf.truncate(n);
-            let target = PathBuf::from(OsString::from_vec(buf));
+            // An empty path reads the link `fd` itself (opened O_PATH | O_NOFOLLOW).
+            let target = rustix::fs::readlinkat(&fd, c"", Vec::new())?;
+            let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
             if target.is_absolute() {
                 dirs.truncate(1);
             }
@@ -294,7 +252,7 @@ fn walk_in_root(root: &OwnedFd, path: &Path) -> io::Result<File> {
                 }
             }
         } else if rest.is_empty() {
-            return openat(dir, &name, libc::O_RDONLY | libc::O_NOFOLLOW).map(File::from);
+            return openat(dir, &name, OFlags::RDONLY | OFlags::NOFOLLOW).map(File::from);
         } else {
             dirs.push(fd);
         }

@@ -3,11 +3,12 @@
 //! process, root, or luck with timing.
 
 use std::{
-    ffi::CString,
     fs::File,
     io::{self, Read},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
 };
+
+use rustix::fs::{Mode, OFlags};
 
 use super::{maps::ParseError, proc_key::ProcKey};
 
@@ -147,29 +148,25 @@ fn open_dir(path: &str) -> io::Result<File> {
 }
 
 fn open_at(dir: &File, name: &str) -> io::Result<File> {
-    openat(dir, name, libc::O_RDONLY | libc::O_CLOEXEC)
+    openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC)
 }
 
 fn open_at_dir(dir: &File, name: &str) -> io::Result<File> {
     openat(
         dir,
         name,
-        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECTORY,
     )
 }
 
-/// `openat(2)`: std has no way to open a path relative to a directory descriptor.
-fn openat(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
-    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `dir` is an open descriptor borrowed for the duration of the call and `name` is
-    // a NUL-terminated string that outlives it; openat has no other memory effects.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by a successful openat, so it is open and owned by no
-    // one else; OwnedFd takes over closing it.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+/// `openat(2)` (rustix): std has no way to open a path relative to a directory descriptor.
+fn openat(dir: &File, name: &str, flags: OFlags) -> io::Result<File> {
+    Ok(File::from(rustix::fs::openat(
+        dir,
+        name,
+        flags,
+        Mode::empty(),
+    )?))
 }
 
 #[cfg(all(test, not(probed_loom)))]
