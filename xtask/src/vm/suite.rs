@@ -300,6 +300,12 @@ fn runner(exe: &TestExe, filters: &[&str], args: &[String]) -> String {
         words.extend(filters.iter().map(|f| shell(f)));
     }
     words.extend(args.iter().map(|a| shell(a)));
+    // One test at a time in a guest: two probed processes starting at once on 6.1 under
+    // QEMU emulation once locked both CPUs up (soft lockups, "stuck for 782s! [probed]",
+    // in a 12-run loop of stacks_basic's two tests, 2026-12-06; not seen one at a time,
+    // README "Kernels"). A hang ends the whole guest; one at a time, the suite tests each
+    // kernel path rather than that race.
+    words.push("--test-threads=1".into());
     format!(
         "echo '{BEGIN}{name}'\n(cd {dir} && {cmd})\necho \"{END}{name} $?\"\n",
         name = exe.name,
@@ -335,12 +341,18 @@ mod tests {
         assert_eq!(
             s,
             "echo '=== probed-vm begin trace_basic'\n\
-             (cd '/w/daemon' && '/w/target/release/deps/trace_basic-1' 'a' 'b')\n\
+             (cd '/w/daemon' && '/w/target/release/deps/trace_basic-1' 'a' 'b' --test-threads=1)\n\
              echo \"=== probed-vm end trace_basic $?\"\n"
         );
         let s = runner(&exe, &["a"], &["--nocapture".into()]);
-        assert!(s.contains("trace_basic-1' 'a' '--nocapture')"), "{s}");
+        assert!(
+            s.contains("trace_basic-1' 'a' '--nocapture' --test-threads=1)"),
+            "{s}"
+        );
         let s = runner(&exe, &["a"], &["other".into()]);
-        assert!(s.contains("trace_basic-1' 'other')"), "{s}");
+        assert!(
+            s.contains("trace_basic-1' 'other' --test-threads=1)"),
+            "{s}"
+        );
     }
 }
