@@ -18,8 +18,11 @@ pub fn run() -> anyhow::Result<()> {
     println!("ok: BPF object embedded");
     crate::privileges::check()?;
     println!("ok: privileges ({})", crate::privileges::NEEDED);
-    let tracer =
+    let mut tracer =
         Tracer::load(crate::track::TrackerChoice::Auto).context("loading the BPF programs")?;
+    tracer
+        .load_probe_programs()
+        .context("loading the uprobe programs")?;
     let (mode, why) = tracer.tracker_mode();
     let why = why.to_owned();
     drop(tracer);

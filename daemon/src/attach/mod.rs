@@ -181,13 +181,9 @@ impl Tracer {
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(object)
             .map_err(|e| AttachError::Load(Box::new(e)))?;
-        for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
-            let program: &mut UProbe = program(&mut ebpf, name)?;
-            program.load().map_err(|source| AttachError::ProgramLoad {
-                name,
-                source: Box::new(source),
-            })?;
-        }
+        // The per-probe uprobe programs are loaded when first needed
+        // (`load_probe_programs`): a `probed trace` whose probes all go through uprobe_multi
+        // links loads copies of its own (grouped.rs) and would verify these for nothing.
         let map_fds = map_fds(&ebpf);
         // Before the tracker starts and before any probe: probed must never see its own work.
         crate::self_filter::install(&mut ebpf)?;
@@ -205,6 +201,28 @@ impl Tracer {
         };
         tracer.start_change_tracker(&kprobes.unwrap_or_default())?;
         Ok(tracer)
+    }
+
+    /// Loads the per-probe uprobe programs (entry and return) unless they are: the
+    /// verifier's work, 0.1–0.2 s each on this machine kind. `probed trace` leaves it to the
+    /// first probe attached one by one; the daemon and `self-check` call it at start, so
+    /// that a refusal is said before anything runs.
+    pub fn load_probe_programs(&mut self) -> Result<(), AttachError> {
+        self.load_programs(&[ENTRY_PROGRAM, RETURN_PROGRAM])
+    }
+
+    /// Loads each of `names` that is not loaded yet.
+    fn load_programs(&mut self, names: &[&'static str]) -> Result<(), AttachError> {
+        for &name in names {
+            let program: &mut UProbe = program(&mut self.ebpf, name)?;
+            if program.fd().is_err() {
+                program.load().map_err(|source| AttachError::ProgramLoad {
+                    name,
+                    source: Box::new(source),
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Attaches one probe, to all processes or to one pid (see [`Self::attach_many`]).
@@ -251,19 +269,12 @@ impl Tracer {
                 *self.pmu.insert(pmu)
             }
         };
+        self.load_probe_programs()?;
         // Typed probes run their own programs, loaded on first use: older verifiers refuse
         // them (Debian's 6.1: too complex), which must only refuse typed probes.
         let typed = reqs.iter().any(|r| r.args.is_some());
         if typed {
-            for name in [ENTRY_TYPED_PROGRAM, RETURN_TYPED_PROGRAM] {
-                let program: &mut UProbe = program(&mut self.ebpf, name)?;
-                if program.fd().is_err() {
-                    program.load().map_err(|source| AttachError::ProgramLoad {
-                        name,
-                        source: Box::new(source),
-                    })?;
-                }
-            }
+            self.load_programs(&[ENTRY_TYPED_PROGRAM, RETURN_TYPED_PROGRAM])?;
         }
         let fd = |name: &'static str| -> Result<_, AttachError> {
             let program: &UProbe = self

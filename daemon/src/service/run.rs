@@ -111,6 +111,8 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         copied_stacks,
     };
     let mut tracer = Tracer::load_with_ring(ring_bytes, tracker)?;
+    // Verified now, not at the first `ctl add` (on the loop).
+    tracer.load_probe_programs()?;
     let (seq, generations, tracked) = tracer.take_tracker()?;
     let stream = EventStream::new(tracer.take_ring()?)?;
     let generations = Arc::new(generations);
