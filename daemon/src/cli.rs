@@ -110,14 +110,26 @@ pub enum Aggregate {
 
 /// A stack copy's size in KiB: one of the sizes BPF has a path for.
 pub fn parse_copy_kib(text: &str) -> Result<usize, String> {
+    let kib = text.parse().map_err(|_| not_a_copy_size(text))?;
+    copy_kib_pages(kib).map(|_| kib)
+}
+
+/// The pages of a stack copy of `kib` KiB, or why BPF has no path for that size (the one
+/// check behind `--stack-copy-kib`, `ctl add --stack-copy-kib` and `stack_copy_kib`).
+pub fn copy_kib_pages(kib: usize) -> Result<usize, String> {
+    let page_kib = probed_common::STACK_PAGE / 1024;
+    let pages = kib / page_kib;
+    if kib.is_multiple_of(page_kib) && probed_common::STACK_COPY_PAGE_CHOICES.contains(&pages) {
+        Ok(pages)
+    } else {
+        Err(not_a_copy_size(kib))
+    }
+}
+
+fn not_a_copy_size(what: impl std::fmt::Display) -> String {
     let page_kib = probed_common::STACK_PAGE / 1024;
     let choices = probed_common::STACK_COPY_PAGE_CHOICES.map(|pages| pages * page_kib);
-    match text.parse::<usize>() {
-        Ok(kib) if choices.contains(&kib) => Ok(kib),
-        _ => Err(format!(
-            "`{text}` is not a stack copy size in KiB (one of {choices:?})"
-        )),
-    }
+    format!("`{what}` is not a stack copy size in KiB (one of {choices:?})")
 }
 
 /// A number of seconds: finite and not negative.
@@ -151,7 +163,8 @@ impl TraceArgs {
     /// The pages of each stack copy, 0 when the run copies no stacks.
     pub fn copy_pages(&self) -> usize {
         if self.captures_stacks() && self.stack_mode().copies_stack() {
-            self.stack_copy_kib * 1024 / probed_common::STACK_PAGE
+            // Checked by the parser.
+            copy_kib_pages(self.stack_copy_kib).unwrap_or(probed_common::STACK_COPY_DEFAULT_PAGES)
         } else {
             0
         }
@@ -203,6 +216,22 @@ mod tests {
     struct Cmd {
         #[command(flatten)]
         args: TraceArgs,
+    }
+
+    /// Copy sizes: the five BPF has paths for, in pages; anything else refused by one check.
+    #[test]
+    fn copy_sizes() {
+        let pages: Vec<_> = [4, 8, 16, 32, 64].map(copy_kib_pages).into_iter().collect();
+        assert_eq!(pages, [Ok(1), Ok(2), Ok(4), Ok(8), Ok(16)]);
+        for bad in [0, 2, 6, 12, 128] {
+            assert!(copy_kib_pages(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_copy_kib("32"), Ok(32));
+        assert_eq!(
+            parse_copy_kib("x"),
+            Err("`x` is not a stack copy size in KiB (one of [4, 8, 16, 32, 64])".to_owned())
+        );
+        assert_eq!(parse_copy_kib("12"), Err(copy_kib_pages(12).unwrap_err()));
     }
 
     fn parse(args: &[&str]) -> Result<TraceArgs, clap::Error> {

@@ -499,7 +499,6 @@ pub fn copy_pages(def: &ProbeDef) -> Result<usize, ProbeOpError> {
             "stack_copy_kib needs stack = \"auto\" or \"dwarf\" (a copied stack)".to_owned(),
         ));
     }
-    crate::cli::parse_copy_kib(&kib.to_string())
-        .map(|kib| kib * 1024 / probed_common::STACK_PAGE)
+    crate::cli::copy_kib_pages(kib as usize)
         .map_err(|why| ProbeOpError::StackCopySize(format!("stack_copy_kib: {why}")))
 }
