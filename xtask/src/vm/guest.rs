@@ -167,6 +167,15 @@ impl Guest {
         cmd.env("PATH", std::env::join_paths(dirs).expect("PATH entries"));
         if !self.kvm.0 {
             cmd.arg("--disable-kvm");
+            // QEMU 7.2's multi-threaded TCG (one host thread per vCPU, its default) now and
+            // then runs a vCPU on code translated before another vCPU re-patched it: the
+            // kernel's live patching of a static key (a tracepoint probed attaches or
+            // detaches, perf's sched hooks) ends in "Oops: int3" at the patched site and a
+            // panic (6.12: kernel_clone+0xdb during probed's clone3, __schedule+0x423 on an
+            // idle CPU; 1 boot in 4 of stacks_cfi's guest run, 2026-12-06). One host thread
+            // running both vCPUs in turn never interleaves a patch with a translation; the
+            // guest still has two CPUs (`tcg_thread`, README "Kernels").
+            cmd.arg(format!("--qemu-opts=-accel tcg,thread={}", tcg_thread()));
         }
         // QEMU 7.2's virtiofsd is too old for virtme-ng: the root goes over 9p.
         cmd.arg("--force-9p")
@@ -188,6 +197,15 @@ impl Guest {
             .arg("--exec")
             .arg(format!("sh {}", script.display()));
         cmd
+    }
+}
+
+/// How TCG runs the vCPUs: `single` (default, see `command`), or `multi` from
+/// `PROBED_VM_TCG_THREAD=multi` to compare.
+fn tcg_thread() -> &'static str {
+    match std::env::var("PROBED_VM_TCG_THREAD").as_deref() {
+        Ok("multi") => "multi",
+        _ => "single",
     }
 }
 
