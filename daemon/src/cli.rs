@@ -99,6 +99,47 @@ pub struct TraceArgs {
     /// syscall on the host), `auto` (`lock` where the kernel allows it, else `syscalls`).
     #[arg(long, value_enum, default_value = "auto", env = "PROBED_TRACKER")]
     pub tracker: crate::track::TrackerChoice,
+    /// Also record what the run consumed into FILE (the ring buffer's records, the /proc and
+    /// sequence reads behind each answer), for `probed replay FILE` on this machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "container")]
+    pub record: Option<PathBuf>,
+}
+
+/// `probed replay FILE [--format text|json] [--output FILE] [--aggregate stack]
+/// [--latency] [--print-hits] [--summary-only] [--measure]`.
+#[derive(Args, Clone, Debug)]
+#[command(group(
+    clap::ArgGroup::new("aggregating")
+        .multiple(true)
+        .args(["aggregate", "latency"])
+))]
+pub struct ReplayArgs {
+    /// A recording written by `probed trace --record FILE` on this machine (the probed
+    /// files are read again from their paths and must be the ones recorded).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Write output to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Count hits per distinct user stack (the recording must have stacks).
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub aggregate: Option<Aggregate>,
+    /// Pair entries and returns per thread into a latency histogram.
+    #[arg(long)]
+    pub latency: bool,
+    /// Print every hit even with --aggregate or --latency.
+    #[arg(long)]
+    pub print_hits: bool,
+    /// Print no hit, only the summary's counts.
+    #[arg(long, conflicts_with_all = ["print_hits", "aggregating"])]
+    pub summary_only: bool,
+    /// Print one JSON line on stderr at the end: events replayed, the CPU and wall seconds
+    /// they took, events per CPU second, and how many seam reads diverged from the run's.
+    #[arg(long)]
+    pub measure: bool,
 }
 
 /// What `--aggregate` counts hits by.

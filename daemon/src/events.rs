@@ -145,6 +145,8 @@ pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Items that did not decode (should stay 0: both sides share `probed-common`).
     pub malformed: u64,
+    /// `probed trace --record`: every item, as read, before it is decoded.
+    recorder: Option<std::sync::Arc<crate::recording::Recorder>>,
 }
 
 impl EventStream {
@@ -154,7 +156,16 @@ impl EventStream {
         // SAFETY: the ring buffer owns its fd for as long as the AsyncFd (which owns the ring)
         // lives, so the registration never outlives the descriptor.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
-        Ok(Self { ring, malformed: 0 })
+        Ok(Self {
+            ring,
+            malformed: 0,
+            recorder: None,
+        })
+    }
+
+    /// Records every item read from here on (`probed trace --record`).
+    pub fn record_to(&mut self, recorder: std::sync::Arc<crate::recording::Recorder>) {
+        self.recorder = Some(recorder);
     }
 
     /// Waits until events are ready, then hands each to `f` until the ring is empty, `f`
@@ -176,6 +187,9 @@ impl EventStream {
                 emptied = true;
                 break;
             };
+            if let Some(recorder) = &self.recorder {
+                recorder.item(&item);
+            }
             match decode(&item) {
                 Some(event) => {
                     n += 1;
@@ -212,6 +226,9 @@ impl EventStream {
             let Some(item) = ring.next() else {
                 return Drained { n, empty: true };
             };
+            if let Some(recorder) = &self.recorder {
+                recorder.item(&item);
+            }
             match decode(&item) {
                 Some(event) => {
                     n += 1;

@@ -28,6 +28,7 @@ pub mod pidns;
 pub mod pipeline;
 pub mod privileges;
 pub mod probes;
+pub mod recording;
 pub mod resolve;
 pub mod self_check;
 pub mod self_filter;

@@ -40,6 +40,9 @@ enum Command {
     List(probed::list::ListArgs),
     /// Check that this probed can trace here: BPF object present, privileges, kernel support.
     SelfCheck,
+    /// Feed a run recorded with `probed trace --record FILE` through the pipeline again (no
+    /// BPF, no privileges): another output format, an aggregation, or a measurement.
+    Replay(probed::cli::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => probed::service::ctl::run(args),
         Command::List(args) => probed::list::run(args),
         Command::SelfCheck => probed::self_check::run(),
+        Command::Replay(args) => probed::recording::play::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,10 +25,14 @@ use crate::{
     pidns::PidNamespace,
     pipeline::{Pipeline, Stop},
     probes::{self, Probe},
+    recording::{
+        Header, RecordedProbe, Recorder,
+        seams::{RecordingMaps, RecordingSeq},
+    },
     resolve::{Config, ProbeId, Resolver, SeqSource},
     stop,
     symbolize::Symbolizer,
-    track::{self, GenCheckedMaps},
+    track::{self, GenCheckedMaps, TrackerMode},
 };
 
 /// How often the ring buffer is drained without a wake-up (BPF wakes the daemon only once
@@ -198,12 +202,23 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     if args.pid.is_none() {
         tracer.watch_files(probes.iter().map(|p| p.target.id))?;
     }
+    let recorder = match &args.record {
+        Some(path) => Some(Arc::new(Recorder::create(
+            path,
+            &recording_header(&args, &probes, tracer.tracker_mode().0),
+        )?)),
+        None => None,
+    };
     let (seq, generations, tracked) = tracer.take_tracker()?;
+    let seq = RecordingSeq::new(seq, recorder.clone());
     let mut stream = EventStream::new(tracer.take_ring()?)?;
+    if let Some(recorder) = &recorder {
+        stream.record_to(recorder.clone());
+    }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let generations = Arc::new(generations);
-    let maps = GenCheckedMaps::new(generations.clone());
+    let maps = RecordingMaps::new(GenCheckedMaps::new(generations.clone()), recorder.clone());
     // The tracker reports every mapping change in the same ring buffer as the hits.
     let config = Config {
         reported_changes: true,
@@ -223,7 +238,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         &generations,
         &tracked,
         &resolver,
-    );
+        &|proc| {
+            if let Some(r) = &recorder {
+                r.track(proc);
+            }
+        },
+    )
+    .len();
     tracing::debug!(
         running,
         "running processes that map a probed file are tracked"
@@ -278,7 +299,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                 }
                 batch = stream.next_batch(stop::BATCH, |event| pipeline.handle_event(&event)) => {
                     batch.context("reading the hit ring buffer")?;
-                    if let Some(ended) = after_batch(&mut pipeline) {
+                    if let Some(ended) = after_batch(&mut pipeline, recorder.as_deref()) {
                         break ended;
                     }
                 }
@@ -286,7 +307,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                     stream.drain(stop::BATCH, |event| {
                         pipeline.handle_event(&event);
                     });
-                    if let Some(ended) = after_batch(&mut pipeline) {
+                    if let Some(ended) = after_batch(&mut pipeline, recorder.as_deref()) {
                         break ended;
                     }
                 }
@@ -346,6 +367,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };
+    if let Some(r) = &recorder {
+        for probe in pipeline.probe_ids() {
+            if let Ok(stats) = tracer.stats(probe) {
+                r.stats(probe, &stats);
+            }
+        }
+        r.finish().context("--record")?;
+    }
     pipeline.summarize(&mut summary, |id| tracer.stats(id))?;
     // Aggregations before the summary, which stays the last line.
     pipeline.write_aggregations(true, summary.duration_s)?;
@@ -363,7 +392,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 /// After a batch of events: flushes the hits (they are printed as they come, not when a
 /// buffer fills: someone is watching, or a pipe reader is waiting) and says whether the run
 /// is over.
-fn after_batch<W: Write, S: SeqSource>(pipeline: &mut Pipeline<W, S>) -> Option<EndedBy> {
+fn after_batch<W: Write, S: SeqSource>(
+    pipeline: &mut Pipeline<W, S>,
+    recorder: Option<&Recorder>,
+) -> Option<EndedBy> {
+    if let Some(r) = recorder {
+        r.batch_end();
+    }
     pipeline.end_batch();
     if pipeline.flush().is_err() {
         return Some(EndedBy::OutputClosed);
@@ -371,6 +406,27 @@ fn after_batch<W: Write, S: SeqSource>(pipeline: &mut Pipeline<W, S>) -> Option<
     match pipeline.stopped()? {
         Stop::Count => Some(EndedBy::Count),
         Stop::OutputClosed => Some(EndedBy::OutputClosed),
+    }
+}
+
+/// What `--record` writes first: the run's SPECs and settings, and each attached probe's
+/// file.
+fn recording_header(args: &TraceArgs, probes: &[Probe], tracker: TrackerMode) -> Header {
+    Header {
+        version: crate::recording::VERSION,
+        specs: args.specs.clone(),
+        pid: args.pid.map(NonZeroU32::get),
+        stack_mode: args.captures_stacks().then(|| args.stack_mode()),
+        tracker,
+        probes: probes
+            .iter()
+            .map(|p| RecordedProbe {
+                id: p.id,
+                spec: p.spec.text.clone(),
+                dev: p.target.id.dev,
+                ino: p.target.id.ino,
+            })
+            .collect(),
     }
 }
 

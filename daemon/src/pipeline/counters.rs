@@ -49,6 +49,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         self.unwinder.stops_by_reason()
     }
 
+    /// The ids of the probes this pipeline prints, in order.
+    pub fn probe_ids(&self) -> Vec<u32> {
+        self.probes.iter().flatten().map(|s| s.probe.id).collect()
+    }
+
     /// How many hit records BPF wrote into the ring buffer that this pipeline has not read
     /// yet, from BPF's counters (`stats`): per probe, what was neither refused in BPF nor
     /// lost, less what was read. Exact once no probe can fire (links closed); a stop drains

@@ -315,7 +315,9 @@ impl Daemon {
             &self.generations,
             &self.tracked,
             &resolver,
-        );
+            &|_| {},
+        )
+        .len();
         let sink = self.outputs.sink(&def.output).unwrap_or(0);
         let host_path = probe
             .in_container

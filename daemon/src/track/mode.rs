@@ -33,7 +33,7 @@ pub enum TrackerChoice {
 }
 
 /// The hooks that run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrackerMode {
     /// mmap_lock raw tracepoints.

@@ -12,14 +12,16 @@ use crate::{
 
 /// Tracks every live process whose maps show one of `files` — or, with `only`, that process
 /// whatever it maps now (it may map a probed library later, and its changes must be
-/// replayed from the start) — and returns how many were tracked.
+/// replayed from the start) — and returns those tracked. `before_track` is told each
+/// process just before the resolver takes its first picture (`probed trace --record`).
 pub fn track_mapping_processes<S: SeqSource>(
     files: &HashSet<FileId>,
     only: Option<u32>,
     generations: &Generations,
     tracked_set: &Tracked,
     resolver: &Resolver<S>,
-) -> usize {
+    before_track: &dyn Fn(ProcKey),
+) -> Vec<ProcKey> {
     let pids: Vec<u32> = match only {
         Some(pid) => vec![pid],
         None => std::fs::read_dir("/proc")
@@ -34,7 +36,7 @@ pub fn track_mapping_processes<S: SeqSource>(
     // running probed's executable.
     let self_pid = std::process::id();
     let own_exe = crate::self_filter::exe_of("self").ok();
-    let mut tracked = 0;
+    let mut tracked = Vec::new();
     for pid in pids.into_iter().filter(|&p| p != self_pid) {
         let Ok(text) = std::fs::read(format!("/proc/{pid}/maps")) else {
             continue;
@@ -58,8 +60,10 @@ pub fn track_mapping_processes<S: SeqSource>(
             tracing::warn!(pid, "cannot track a running process: the BPF set is full");
             continue;
         }
-        match resolver.track(ProcKey::new(pid, generation)) {
-            Ok(_) => tracked += 1,
+        let proc = ProcKey::new(pid, generation);
+        before_track(proc);
+        match resolver.track(proc) {
+            Ok(_) => tracked.push(proc),
             Err(err) => tracing::debug!(pid, error = %err, "could not track a running process"),
         }
     }

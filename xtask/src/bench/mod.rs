@@ -3,6 +3,7 @@
 mod attach;
 mod e2e;
 mod harness;
+mod pipeline;
 mod resolver;
 mod stacks;
 mod tracker;
@@ -29,6 +30,9 @@ pub enum Which {
     /// Resolved frames per second with ~20-frame user stacks, the resolver's share of daemon
     /// CPU, the fast-path share, no loss → target/probed-bench/stacks.json.
     Stacks,
+    /// The consumer's events per CPU second on recorded runs (`probed trace --record`,
+    /// `probed replay --measure`), per output mode → target/probed-bench/pipeline.json.
+    Pipeline,
 }
 
 /// Builds what a benchmark runs (the BPF object and a release probed), unless
@@ -55,5 +59,6 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Tracker { tracker } => tracker::run(&tracker),
         Which::Stacks => stacks::run(),
         Which::Attach => attach::run(),
+        Which::Pipeline => pipeline::run(),
     }
 }

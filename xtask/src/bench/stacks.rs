@@ -581,17 +581,22 @@ fn print_table(r: &Value) {
 }
 
 /// The workload, started: it printed "ready PID" and waits for a go line.
-struct Workload {
+pub(super) struct Workload {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: mpsc::Receiver<String>,
-    pid: u32,
+    pub(super) pid: u32,
 }
 
 impl Workload {
     fn start(bin: &Path) -> Result<Self> {
+        Self::start_for(bin, LOOP_SECS)
+    }
+
+    /// The workload at `bin`, to loop for `secs` once started.
+    pub(super) fn start_for(bin: &Path, secs: f64) -> Result<Self> {
         let mut child = Command::new(bin)
-            .arg(LOOP_SECS.to_string())
+            .arg(secs.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -612,13 +617,13 @@ impl Workload {
     }
 
     /// Starts the loop and returns (calls, calls/s) once it is over.
-    fn go(&mut self) -> Result<(u64, f64)> {
+    pub(super) fn go(&mut self) -> Result<(u64, f64)> {
         let mut stdin = self.stdin.take().context("already started")?;
         stdin.write_all(b"go\n")?;
         drop(stdin);
         let line = self
             .stdout
-            .recv_timeout(Duration::from_secs_f64(LOOP_SECS) + tool_timeout())
+            .recv_timeout(Duration::from_secs(60) + tool_timeout())
             .context("result line")?;
         let status = self.child.wait()?;
         ensure!(status.success(), "workload failed: {status}");
@@ -639,7 +644,7 @@ impl Drop for Workload {
     }
 }
 
-fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str) -> Result<()> {
+pub(super) fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str) -> Result<()> {
     let deadline = Instant::now() + tool_timeout();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -653,7 +658,7 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str) -> Result<()> {
     }
 }
 
-fn signal(pid: u32, sig: i32) -> Result<()> {
+pub(super) fn signal(pid: u32, sig: i32) -> Result<()> {
     let pid = i32::try_from(pid)?;
     // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
     if unsafe { libc::kill(pid, sig) } != 0 {

@@ -1,0 +1,190 @@
+//! `probed replay FILE`: a recorded run through the pipeline again — decode, resolve,
+//! symbolize, unwind, aggregate, output — with no BPF, on one thread, optionally measured
+//! (`--measure`: events per CPU second of that thread, for `cargo xtask bench pipeline`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    io::{self, BufWriter, Write},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Instant,
+};
+
+use anyhow::{Context, bail};
+use probed_common::ProbeStats;
+
+use super::{
+    Frame,
+    seams::{ReplayMaps, ReplaySeq},
+};
+use crate::{
+    cli::{Aggregate, ReplayArgs},
+    output::{Aggregations, Latency, StackCounts, Summary, Writer},
+    pipeline::Pipeline,
+    probes::{self, Probe},
+    resolve::{Config, ProbeId, Resolver},
+    symbolize::Symbolizer,
+};
+
+/// What `--measure` prints (one JSON line on stderr).
+#[derive(Debug, serde::Serialize)]
+struct Measured {
+    /// Ring items handed to the pipeline.
+    events: u64,
+    /// CPU time of the replaying thread, from the first frame to the written summary.
+    cpu_s: f64,
+    /// Wall time of the same.
+    wall_s: f64,
+    /// `events / cpu_s`.
+    events_per_cpu_s: f64,
+    /// Sequence reads and maps reads that did not meet their recorded answer (0: the
+    /// replay took the run's own paths).
+    seq_diverged: u64,
+    maps_diverged: u64,
+}
+
+/// Runs `probed replay`.
+pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let recording = super::read(&args.file)?;
+    let header = &recording.header;
+    let probes = rebuild_probes(header)?;
+
+    let out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout().lock()),
+    };
+    let writer = Writer::new(BufWriter::new(out), args.format);
+    let seq = ReplaySeq::new(&recording.frames);
+    let maps = ReplayMaps::new(&recording.frames);
+    let maps_diverged = maps.diverged();
+    let config = Config {
+        reported_changes: true,
+        history: header.tracker.history(),
+        ..Config::default()
+    };
+    let resolver = Arc::new(Resolver::with_config(seq, maps, config));
+    for probe in &probes {
+        resolver
+            .registry()
+            .insert(probe.target.id, probe.file_offset, ProbeId(probe.id));
+    }
+    let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
+    let stacks = args.aggregate == Some(Aggregate::Stack);
+    let aggregations = Aggregations {
+        stacks: stacks.then(StackCounts::new),
+        print_stacks: stacks,
+        latency: args.latency.then(Latency::new),
+    };
+    let print_hits = args.print_hits || (!stacks && !args.latency && !args.summary_only);
+    let mut pipeline = Pipeline::new(probes, writer, None, &resolver, symbolizer)
+        .with_pid_filter(header.pid)
+        .with_aggregations(aggregations, print_hits)
+        .with_tracker(header.tracker)
+        .with_stack_mode(header.stack_mode.unwrap_or_default());
+
+    let mut stats: BTreeMap<u32, ProbeStats> = BTreeMap::new();
+    let mut events = 0u64;
+    let wall = Instant::now();
+    let cpu = thread_cpu_s();
+    for frame in &recording.frames {
+        match frame {
+            Frame::Item(bytes) => {
+                if let Some(event) = crate::events::decode(bytes) {
+                    events += 1;
+                    pipeline.handle_event(&event);
+                }
+            }
+            Frame::BatchEnd => {
+                pipeline.end_batch();
+                if pipeline.flush().is_err() {
+                    break;
+                }
+            }
+            Frame::Track(proc) => {
+                if let Err(err) = resolver.track(*proc) {
+                    tracing::debug!(%proc, error = %err, "recorded process not tracked");
+                }
+            }
+            Frame::Stats(id, s) => {
+                stats.insert(*id, *s);
+            }
+            // Given back by the seams when the pipeline asks.
+            Frame::Maps(..) | Frame::SeqBegin(..) | Frame::SeqRetry(..) | Frame::Header(_) => {}
+        }
+    }
+    // No end_batch here: a live run's stop drains the ring without one (stop.rs).
+    let mut summary = Summary {
+        ended_by: "replay",
+        tracker: header.tracker.as_str(),
+        duration_s: wall.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    pipeline.summarize(&mut summary, |id| {
+        Ok(stats.get(&id).copied().unwrap_or_default())
+    })?;
+    pipeline.write_aggregations(true, summary.duration_s)?;
+    pipeline.finish(&summary)?;
+    let cpu_s = thread_cpu_s() - cpu;
+    if args.measure {
+        let m = Measured {
+            events,
+            cpu_s,
+            wall_s: wall.elapsed().as_secs_f64(),
+            events_per_cpu_s: if cpu_s > 0.0 {
+                events as f64 / cpu_s
+            } else {
+                0.0
+            },
+            seq_diverged: resolver.seq.diverged(),
+            maps_diverged: maps_diverged.load(Relaxed),
+        };
+        eprintln!("{}", serde_json::to_string(&m)?);
+    }
+    Ok(())
+}
+
+/// The recorded run's probe table, from its SPECs: the same ids, each on the same file
+/// (device and inode), or an error saying which file changed.
+fn rebuild_probes(header: &super::Header) -> anyhow::Result<Vec<Probe>> {
+    let scope = probes::Scope {
+        container: None,
+        pid: None,
+    };
+    let mut probes = probes::prepare(&header.specs, scope)
+        .context("the recording's SPECs no longer name what they named")?;
+    let kept: BTreeSet<u32> = header.probes.iter().map(|p| p.id).collect();
+    probes.retain(|p| kept.contains(&p.id));
+    for recorded in &header.probes {
+        let Some(probe) = probes.iter().find(|p| p.id == recorded.id) else {
+            bail!(
+                "probe {} ({}) of the recording is not named by its SPECs any more",
+                recorded.id,
+                recorded.spec
+            );
+        };
+        if (probe.target.id.dev, probe.target.id.ino) != (recorded.dev, recorded.ino)
+            || probe.spec.text != recorded.spec
+        {
+            bail!(
+                "{} changed since the recording ({} is now {}, file {}; recorded: {}, file \
+                 {}:{}): a replay reads the files the run read",
+                probe.path.display(),
+                recorded.spec,
+                probe.spec.text,
+                probe.target.id,
+                recorded.spec,
+                recorded.dev,
+                recorded.ino
+            );
+        }
+    }
+    Ok(probes)
+}
+
+/// CPU seconds this thread has used.
+fn thread_cpu_s() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}

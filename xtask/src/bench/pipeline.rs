@@ -1,0 +1,289 @@
+//! `cargo xtask bench pipeline`: the consumer's capacity — events per CPU second of the one
+//! thread that decodes, resolves, symbolizes, unwinds, aggregates and writes — measured
+//! in-process on recorded real runs, with no BPF and no uprobe trap pacing it.
+//!
+//! Each workload is traced once with `probed trace --record` (the workload of `bench
+//! stacks`, daemon/tests/fixtures/stacks_bench.c, looping on `bench_leaf` at 21 frames deep):
+//! - `loop`: entry and return probes on `bench_leaf`, no stacks (two events a call);
+//! - `stack_fp`: entry probe with `--stack=fp` (the kernel's 21-frame walk, every frame
+//!   resolved and symbolized);
+//! - `stack_cfi`: the workload built without frame pointers, `--stack=auto
+//!   --stack-copy-kib 4` (registers and 4 KiB of stack a hit, unwound with .eh_frame).
+//!
+//! Then `probed replay --measure` plays each recording in each output mode, interleaved
+//! over [`ROUNDS`] rounds (the order rotates): `json` and `text` lines to a file on tmpfs,
+//! `aggregate` (`--aggregate stack`, stack workloads), `latency` (`--latency`, the loop),
+//! `count` (`--summary-only`: counted per probe, nothing printed). A replay's figure is its
+//! events divided by its thread's CPU time from the first frame to the written summary
+//! (symbol tables are loaded before); the report keeps the median. A replay whose seam reads
+//! diverged from the run's (`seq_diverged`, `maps_diverged`) is reported as such.
+//!
+//! Not measured: two or more consumer threads (the daemon has one consumer; issue 16).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+
+use super::{
+    harness,
+    stacks::{Workload, signal, wait_for_line},
+};
+use crate::{exec, paths};
+
+/// Interleaved rounds of every replay.
+const ROUNDS: usize = 5;
+/// The probed function of the workload.
+const SYMBOL: &str = "bench_leaf";
+
+/// A recorded workload.
+struct Recorded {
+    name: &'static str,
+    file: PathBuf,
+    modes: &'static [&'static str],
+    /// Calls the workload made while recorded.
+    calls: u64,
+}
+
+/// Runs the benchmark, writes target/probed-bench/pipeline.json and prints a table.
+pub fn run() -> Result<()> {
+    super::build()?;
+    let out_dir = paths::bench_dir();
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    let compile = |name: &str, frame_pointer: &str| -> Result<PathBuf> {
+        let out = out_dir.join(name);
+        exec::exec(
+            Command::new("cc")
+                .args(["-O1", frame_pointer, "-fno-inline", "-o"])
+                .arg(&out)
+                .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
+        )?;
+        Ok(out)
+    };
+    let fp = compile("stacks_bench", "-fno-omit-frame-pointer")?;
+    let nofp = compile("stacks_bench_nofp", "-fomit-frame-pointer")?;
+    let scratch = harness::hits_file("pipeline");
+    let dir = scratch.parent().context("scratch dir")?.to_owned();
+    let rec = |name: &str| dir.join(format!("probed-pipeline-{name}-{}.rec", std::process::id()));
+
+    let entry = |bin: &Path| format!("uprobe:{}:{SYMBOL}", bin.display());
+    let ret = |bin: &Path| format!("uretprobe:{}:{SYMBOL}", bin.display());
+    let recorded = vec![
+        record(
+            "loop",
+            &fp,
+            &[entry(&fp), ret(&fp)],
+            &[],
+            2.0,
+            &rec("loop"),
+            &["json", "text", "latency", "count"],
+        )?,
+        record(
+            "stack_fp",
+            &fp,
+            &[entry(&fp)],
+            &["--stack=fp"],
+            2.0,
+            &rec("stack_fp"),
+            &["json", "text", "aggregate", "count"],
+        )?,
+        record(
+            "stack_cfi",
+            &nofp,
+            &[entry(&nofp)],
+            &["--stack=auto", "--stack-copy-kib", "4"],
+            1.0,
+            &rec("stack_cfi"),
+            &["json", "text", "aggregate", "count"],
+        )?,
+    ];
+
+    let mut figures: BTreeMap<(&str, &str), Vec<Value>> = BTreeMap::new();
+    let plays: Vec<(&Recorded, &str)> = recorded
+        .iter()
+        .flat_map(|r| r.modes.iter().map(move |m| (r, *m)))
+        .collect();
+    for round in 0..ROUNDS {
+        for i in 0..plays.len() {
+            let (r, mode) = plays[(round + i) % plays.len()];
+            let m = replay(&r.file, mode, &scratch)?;
+            eprintln!(
+                "pipeline: round {}/{ROUNDS} {:<9} {:<9} {:>10.0} events/CPU-s  ({} events, {:.3} CPU-s)",
+                round + 1,
+                r.name,
+                mode,
+                m["events_per_cpu_s"].as_f64().unwrap_or(0.0),
+                m["events"],
+                m["cpu_s"].as_f64().unwrap_or(0.0)
+            );
+            figures.entry((r.name, mode)).or_default().push(m);
+        }
+    }
+    for r in &recorded {
+        let _ = std::fs::remove_file(&r.file);
+    }
+    let _ = std::fs::remove_file(&scratch);
+
+    let report = report(&recorded, &figures);
+    let out = out_dir.join("pipeline.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("write {}", out.display()))?;
+    print_table(&report);
+    println!("\nwrote {}", out.display());
+    Ok(())
+}
+
+/// Traces `bin` (looping for `secs`) with `specs` and `extra` flags into the recording `file`.
+fn record(
+    name: &'static str,
+    bin: &Path,
+    specs: &[String],
+    extra: &[&str],
+    secs: f64,
+    file: &Path,
+    modes: &'static [&'static str],
+) -> Result<Recorded> {
+    let mut target = Workload::start_for(bin, secs)?;
+    let pid = target.pid.to_string();
+    let mut probed = Command::new(paths::probed_bin())
+        .arg("trace")
+        .args(specs)
+        .args(["--pid", &pid, "--format", "json", "--output", "/dev/null"])
+        .args(extra)
+        .arg("--record")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start probed")?;
+    let stderr = harness::lines(probed.stderr.take().context("probed stderr")?);
+    wait_for_line(&stderr, "probed: tracing")?;
+    let (calls, _) = target.go()?;
+    signal(probed.id(), libc::SIGINT)?;
+    let (status, _) = harness::wait_with_rusage(&mut probed)?;
+    ensure!(
+        status == 0,
+        "probed trace --record exited with wait status {status}"
+    );
+    let size = std::fs::metadata(file)?.len();
+    eprintln!(
+        "pipeline: recorded {name}: {calls} calls, {:.1} MiB",
+        size as f64 / (1 << 20) as f64
+    );
+    Ok(Recorded {
+        name,
+        file: file.to_owned(),
+        modes,
+        calls,
+    })
+}
+
+/// One `probed replay --measure` of `file` in `mode`; its measurement line.
+fn replay(file: &Path, mode: &str, scratch: &Path) -> Result<Value> {
+    let flags: &[&str] = match mode {
+        "json" => &["--format", "json"],
+        "text" => &["--format", "text"],
+        "aggregate" => &["--aggregate", "stack"],
+        "latency" => &["--latency"],
+        "count" => &["--summary-only"],
+        other => anyhow::bail!("unknown mode {other}"),
+    };
+    let out = Command::new(paths::probed_bin())
+        .arg("replay")
+        .arg(file)
+        .args(flags)
+        .arg("--output")
+        .arg(scratch)
+        .arg("--measure")
+        .stdin(Stdio::null())
+        .output()
+        .context("run probed replay")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "probed replay failed: {stderr}");
+    let line = stderr.lines().last().context("no measurement line")?;
+    let m: Value = serde_json::from_str(line).with_context(|| format!("measurement: {line}"))?;
+    let _ = std::fs::remove_file(scratch);
+    Ok(m)
+}
+
+fn report(recorded: &[Recorded], figures: &BTreeMap<(&str, &str), Vec<Value>>) -> Value {
+    let mut workloads = serde_json::Map::new();
+    for r in recorded {
+        let mut modes = serde_json::Map::new();
+        let mut events = 0;
+        for mode in r.modes {
+            let runs = figures.get(&(r.name, *mode)).cloned().unwrap_or_default();
+            let rate = harness::median(
+                runs.iter()
+                    .filter_map(|m| m["events_per_cpu_s"].as_f64())
+                    .collect(),
+            );
+            let diverged: u64 = runs
+                .iter()
+                .map(|m| {
+                    m["seq_diverged"].as_u64().unwrap_or(0)
+                        + m["maps_diverged"].as_u64().unwrap_or(0)
+                })
+                .sum();
+            events = runs.first().and_then(|m| m["events"].as_u64()).unwrap_or(0);
+            modes.insert(
+                (*mode).to_string(),
+                json!({
+                    "events_per_core_s": rate,
+                    "ns_per_event": 1e9 / rate,
+                    "diverged_reads": diverged,
+                    "runs": runs,
+                }),
+            );
+        }
+        workloads.insert(
+            r.name.to_string(),
+            json!({ "calls": r.calls, "events": events, "modes": modes }),
+        );
+    }
+    let rate = |w: &str, m: &str| workloads[w]["modes"][m]["events_per_core_s"].clone();
+    json!({
+        "rounds": ROUNDS,
+        "json_events_per_core_s": rate("loop", "json"),
+        "aggregate_events_per_core_s": rate("stack_fp", "aggregate"),
+        "scaling_2t": null,
+        "scaling_2t_note": "not measured: the consumer is one thread (issue 16)",
+        "goals": {
+            "json_events_per_core_s": 1_000_000,
+            "aggregate_events_per_core_s": 3_500_000,
+            "scaling_2t": 1.8,
+        },
+        "workloads": workloads,
+    })
+}
+
+fn print_table(r: &Value) {
+    println!(
+        "\n{:<10} {:<10} {:>10} {:>16} {:>12} {:>9}",
+        "workload", "mode", "events", "events/core-s", "ns/event", "diverged"
+    );
+    let Some(workloads) = r["workloads"].as_object() else {
+        return;
+    };
+    for (name, w) in workloads {
+        let Some(modes) = w["modes"].as_object() else {
+            continue;
+        };
+        for (mode, m) in modes {
+            println!(
+                "{:<10} {:<10} {:>10} {:>16.0} {:>12.0} {:>9}",
+                name,
+                mode,
+                w["events"],
+                m["events_per_core_s"].as_f64().unwrap_or(f64::NAN),
+                m["ns_per_event"].as_f64().unwrap_or(f64::NAN),
+                m["diverged_reads"]
+            );
+        }
+    }
+}
