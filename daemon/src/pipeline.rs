@@ -15,6 +15,7 @@ mod counters;
 mod lock;
 mod lookup;
 mod outputs;
+mod stack_memo;
 mod table;
 
 use std::{io::Write, sync::Arc};
@@ -101,6 +102,8 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     unwinder: Unwinder,
     /// Unwind tables per file.
     unwind_tables: Tables,
+    /// Folded stacks by raw stack, in runs that only count stacks (see `with_aggregations`).
+    memo: Option<stack_memo::StackMemo>,
 }
 
 impl<W: Write, S: SeqSource> Pipeline<W, S> {
@@ -147,6 +150,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             stack_mode: StackMode::Auto,
             unwinder: Unwinder::new(),
             unwind_tables: Tables::default(),
+            memo: None,
         }
     }
 
@@ -344,6 +348,33 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             slot.counts.not_printed += 1;
             return false;
         }
+        // A stack counted before, at the same sequence: counted again under its folded text
+        // (pipeline/stack_memo.rs says when that is exact).
+        let memo_frames = match (&mut self.memo, frames) {
+            (Some(_), Some(f))
+                if unwound.is_none() && captures.is_none() && slot.probe.args.is_none() =>
+            {
+                Some(f)
+            }
+            _ => None,
+        };
+        if let (Some(memo), Some(raw)) = (&mut self.memo, memo_frames)
+            && let Some((folded, cut)) = memo.lookup(hit, raw)
+            && let Some(stacks) = &mut self.aggregations.stacks
+        {
+            stacks.count(folded);
+            memo.hits += 1;
+            if cut {
+                self.stacks_truncated += 1;
+            }
+            slot.counts.printed += 1;
+            self.printed += 1;
+            if self.limit.is_some_and(|n| self.printed >= n) {
+                self.stop = Some(Stop::Count);
+                return false;
+            }
+            return true;
+        }
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
         // Which capture is the hit's address: the only one of a plain hit; in a stack, frame
         // 0 for an entry probe (the probed instruction), the extra one for a return probe
@@ -374,6 +405,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 );
             }
         }
+        let by_resolver = resolved.is_ok();
         if let Err(reason) = resolved {
             // The kernel matched this hit to the probe's (inode, offset) when it fired, so the
             // probe itself is an exact answer the resolver could not give (a hit in the
@@ -444,6 +476,16 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             typed_args,
         };
         self.aggregations.add(&record);
+        if let (Some(memo), Some(stacks)) = (&mut self.memo, &self.aggregations.stacks)
+            && memo_frames.is_some()
+            && by_resolver
+            && record
+                .stack
+                .as_ref()
+                .is_some_and(|s| !s.is_empty() && s.iter().all(|f| f.unresolved.is_none()))
+        {
+            memo.remember(stacks.last_key(), stack_truncated);
+        }
         if self.print_hits {
             let written = match self.writers.get_mut(slot.sink) {
                 Some(Some(writer)) => writer.hit(&record),

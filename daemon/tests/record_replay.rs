@@ -191,3 +191,78 @@ fn dev_ino(path: &Path) -> (u64, u64) {
     let id = probed::file_id::FileId::of_path(path).expect("stat");
     (id.dev, id.ino)
 }
+
+/// `--aggregate stack` alone remembers a frame-pointer stack by its raw addresses and
+/// sequence (pipeline/stack_memo.rs): the live run, which counts repeats from the memo,
+/// folds exactly what a replay that resolves every hit (`--print-hits` turns the memo off)
+/// folds. Syscall tracker: in lock mode a hit that came before probed published its picture
+/// of the process carries captured mappings and is not remembered — in a 20-call run, often
+/// every hit.
+#[test]
+fn remembered_stacks_fold_as_resolved_ones() {
+    if !common::require_bpf("remembered_stacks_fold_as_resolved_ones") {
+        return;
+    }
+    let exe = probed::fixtures::build(
+        "stacks_nofp.c",
+        "stacks_fp",
+        &["-O1", "-fno-omit-frame-pointer"],
+    )
+    .expect("build")
+    .canonicalize()
+    .expect("canonical path");
+    let rec = scratch("memo.rec");
+    let mut target = Target::start(&exe, &["calls", "20"]);
+    let pid = target.pid.to_string();
+    let spec = format!("uprobe:{}:leaf", exe.display());
+    let probed = Probed::start(&[
+        "trace",
+        &spec,
+        "--pid",
+        &pid,
+        "--stack=fp",
+        "--aggregate",
+        "stack",
+        "--tracker",
+        "syscalls",
+        "--format",
+        "json",
+        "--record",
+        rec.to_str().expect("UTF-8"),
+    ]);
+    target.go();
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    target.finish();
+    let folded = |lines: &[String]| -> Value {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "folded" && v["final"] == true)
+            .unwrap_or_else(|| panic!("no final folded line: {lines:?}"))
+    };
+    let live = folded(&end.stdout);
+    let (_, live_summary) = split(&end.stdout);
+    assert_eq!(live["hits"], 20, "{live}");
+    assert!(
+        live_summary["resolver"]["stacks_memoized"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{live_summary}"
+    );
+    let (ok, stdout, stderr) = replay(&[
+        rec.to_str().unwrap(),
+        "--aggregate",
+        "stack",
+        "--print-hits",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    let (_, summary) = split(&lines);
+    assert_eq!(summary["resolver"]["stacks_memoized"], 0, "{summary}");
+    assert_eq!(folded(&lines)["stacks"], live["stacks"]);
+    let _ = std::fs::remove_file(&rec);
+}

@@ -90,8 +90,14 @@ impl StackCounts {
         self.key = key;
     }
 
-    /// Counts one hit of the folded stack `key`.
-    fn count(&mut self, key: &str) {
+    /// The folded key of the hit [`StackCounts::add`] counted last (empty before any).
+    pub fn last_key(&self) -> &str {
+        &self.key
+    }
+
+    /// Counts one hit of the folded stack `key` (as [`StackCounts::last_key`] gave it for an
+    /// earlier hit with the same stack).
+    pub fn count(&mut self, key: &str) {
         self.hits += 1;
         if let Some(n) = self.counts.get_mut(key) {
             *n += 1;

@@ -151,6 +151,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("rescan_retries", c.rescan_retries),
             ("rescan_failures", c.rescan_failures),
             ("stacks_truncated", self.stacks_truncated),
+            ("stacks_memoized", self.memo.as_ref().map_or(0, |m| m.hits)),
             ("captured", self.lock.captured),
             ("capture_failed", self.lock.capture_failed),
             ("captured_frames", self.lock.captured_frames),

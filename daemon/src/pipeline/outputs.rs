@@ -14,6 +14,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     /// `print_hits` (a hit taken into the aggregations counts as printed for `--count` and
     /// the summary).
     pub fn with_aggregations(mut self, aggregations: Aggregations, print_hits: bool) -> Self {
+        // Only counting stacks: a repeated stack need not be resolved again (stack_memo.rs).
+        let only_stacks = aggregations.stacks.is_some() && aggregations.latency.is_none();
+        self.memo = (only_stacks && !print_hits).then(Default::default);
         self.aggregations = aggregations;
         self.print_hits = print_hits;
         self

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{self, BufWriter, Write},
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::Arc,
     time::Instant,
 };
 
@@ -15,7 +15,7 @@ use probed_common::ProbeStats;
 
 use super::{
     Frame,
-    seams::{ReplayMaps, ReplaySeq},
+    seams::{ItemClock, ReplayMaps, ReplaySeq},
 };
 use crate::{
     cli::{Aggregate, ReplayArgs},
@@ -38,9 +38,13 @@ struct Measured {
     /// `events / cpu_s`.
     events_per_cpu_s: f64,
     /// Sequence reads and maps reads that did not meet their recorded answer (0: the
-    /// replay took the run's own paths).
+    /// replay made no read the run did not make).
     seq_diverged: u64,
     maps_diverged: u64,
+    /// Recorded reads the replay did not make (it did less work than the run: e.g. a
+    /// repeated stack counted without resolving it).
+    seq_skipped: u64,
+    maps_skipped: u64,
 }
 
 /// Runs `probed replay`.
@@ -56,9 +60,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         None => Box::new(io::stdout().lock()),
     };
     let writer = Writer::new(BufWriter::new(out), args.format);
-    let seq = ReplaySeq::new(&recording.frames);
-    let maps = ReplayMaps::new(&recording.frames);
-    let maps_diverged = maps.diverged();
+    let clock = Arc::new(ItemClock::default());
+    let seq = ReplaySeq::new(&recording.frames, clock.clone());
+    let maps = ReplayMaps::new(&recording.frames, clock.clone());
+    let maps_counts = maps.counts();
     let config = Config {
         reported_changes: true,
         history: header.tracker.history(),
@@ -91,6 +96,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     for frame in &recording.frames {
         match frame {
             Frame::Item(bytes) => {
+                clock.tick();
                 if let Some(event) = crate::events::decode(bytes) {
                     events += 1;
                     pipeline.handle_event(&event);
@@ -137,8 +143,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             } else {
                 0.0
             },
-            seq_diverged: resolver.seq.diverged(),
-            maps_diverged: maps_diverged.load(Relaxed),
+            seq_diverged: resolver.seq.counts().diverged,
+            maps_diverged: maps_counts().diverged,
+            seq_skipped: resolver.seq.counts().skipped,
+            maps_skipped: maps_counts().skipped,
         };
         eprintln!("{}", serde_json::to_string(&m)?);
     }

@@ -80,6 +80,110 @@ impl<M: MapsSource> MapsSource for RecordingMaps<M> {
     }
 }
 
+/// Which ring item the replay is handling: the number of items handed to the pipeline so
+/// far (0 before the first: the reads of processes tracked at start). Each recorded answer
+/// carries the number of items before it in the file, so a seam knows which answers belong
+/// to the item being handled.
+#[derive(Debug, Default)]
+pub struct ItemClock(AtomicU64);
+
+impl ItemClock {
+    /// One more item handed over.
+    pub fn tick(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Recorded answers of one seam, given back in order, item by item.
+struct Answers<A> {
+    list: Vec<(u64, ProcKey, A)>,
+    next: AtomicUsize,
+    clock: Arc<ItemClock>,
+    diverged: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl<A> Answers<A> {
+    fn new(
+        frames: &[Frame],
+        clock: Arc<ItemClock>,
+        pick: impl Fn(&Frame) -> Option<(ProcKey, A)>,
+    ) -> Self {
+        let mut items = 0;
+        let mut list = Vec::new();
+        for f in frames {
+            if matches!(f, Frame::Item(_)) {
+                items += 1;
+            } else if let Some((p, a)) = pick(f) {
+                list.push((items, p, a));
+            }
+        }
+        Self {
+            list,
+            next: AtomicUsize::new(0),
+            clock,
+            diverged: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// The next answer of the current item if it is for `proc` and of the kind asked. Else,
+    /// counted as diverged, the latest earlier answer of that kind for `proc` (a call the run
+    /// did not make here). Answers of earlier items nobody asked for are passed over and
+    /// counted as skipped (a replay that did less work: e.g. `--aggregate stack` counting a
+    /// repeated stack without resolving it).
+    #[inline]
+    fn take<T>(&self, proc: ProcKey, pick: impl Fn(&A) -> Option<T>) -> Option<T> {
+        let now = self.clock.now();
+        let mut i = self.next.load(Relaxed);
+        let start = i;
+        while self.list.get(i).is_some_and(|(item, ..)| *item < now) {
+            i += 1;
+        }
+        if i > start {
+            self.skipped.fetch_add((i - start) as u64, Relaxed);
+        }
+        if let Some((item, p, a)) = self.list.get(i)
+            && *item == now
+            && *p == proc
+            && let Some(v) = pick(a)
+        {
+            self.next.store(i + 1, Relaxed);
+            return Some(v);
+        }
+        self.next.store(i, Relaxed);
+        self.diverged.fetch_add(1, Relaxed);
+        self.list[..i]
+            .iter()
+            .rev()
+            .filter(|(_, p, _)| *p == proc)
+            .find_map(|(_, _, a)| pick(a))
+    }
+
+    /// The counts so far; answers not reached yet count as skipped (at the end of a
+    /// replay, those nobody asked for).
+    fn counts(&self) -> SeamCounts {
+        let unreached = self.list.len() - self.next.load(Relaxed).min(self.list.len());
+        SeamCounts {
+            diverged: self.diverged.load(Relaxed),
+            skipped: self.skipped.load(Relaxed) + unreached as u64,
+        }
+    }
+}
+
+/// How a replay's reads met a seam's recorded answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeamCounts {
+    /// Reads the run did not make there (answered from the process's latest earlier answer).
+    pub diverged: u64,
+    /// Recorded answers the replay did not ask for (or has not reached yet).
+    pub skipped: u64,
+}
+
 /// One recorded sequence answer.
 #[derive(Clone, Copy, Debug)]
 enum SeqAnswer {
@@ -88,133 +192,78 @@ enum SeqAnswer {
 }
 
 /// Gives back a recording's sequence answers in order.
-pub struct ReplaySeq {
-    answers: Vec<(ProcKey, SeqAnswer)>,
-    next: AtomicUsize,
-    diverged: AtomicU64,
-}
+pub struct ReplaySeq(Answers<SeqAnswer>);
 
 impl ReplaySeq {
-    /// The sequence answers among `frames`.
-    pub fn new(frames: &[Frame]) -> Self {
-        let answers = frames
-            .iter()
-            .filter_map(|f| match f {
-                Frame::SeqBegin(p, v) => Some((*p, SeqAnswer::Begin(*v))),
-                Frame::SeqRetry(p, m) => Some((*p, SeqAnswer::Retry(*m))),
-                _ => None,
-            })
-            .collect();
-        Self {
-            answers,
-            next: AtomicUsize::new(0),
-            diverged: AtomicU64::new(0),
-        }
+    /// The sequence answers among `frames`, item by item of `clock`.
+    pub fn new(frames: &[Frame], clock: Arc<ItemClock>) -> Self {
+        Self(Answers::new(frames, clock, |f| match f {
+            Frame::SeqBegin(p, v) => Some((*p, SeqAnswer::Begin(*v))),
+            Frame::SeqRetry(p, m) => Some((*p, SeqAnswer::Retry(*m))),
+            _ => None,
+        }))
     }
 
-    /// Calls that did not meet their recorded answer.
-    pub fn diverged(&self) -> u64 {
-        self.diverged.load(Relaxed)
-    }
-
-    /// The next answer if it is for `proc` and of the kind asked; else, counted, the latest
-    /// earlier answer of that kind for `proc`.
-    #[inline]
-    fn take<T>(&self, proc: ProcKey, pick: impl Fn(SeqAnswer) -> Option<T>) -> Option<T> {
-        let i = self.next.load(Relaxed);
-        if let Some(&(p, answer)) = self.answers.get(i)
-            && p == proc
-            && let Some(v) = pick(answer)
-        {
-            self.next.store(i + 1, Relaxed);
-            return Some(v);
-        }
-        self.diverged.fetch_add(1, Relaxed);
-        self.answers[..i.min(self.answers.len())]
-            .iter()
-            .rev()
-            .filter(|(p, _)| *p == proc)
-            .find_map(|(_, a)| pick(*a))
+    /// How the replay's sequence reads met the recorded ones.
+    pub fn counts(&self) -> SeamCounts {
+        self.0.counts()
     }
 }
 
 impl SeqSource for ReplaySeq {
     #[inline]
     fn try_begin(&self, proc: ProcKey) -> Option<u64> {
-        self.take(proc, |a| match a {
-            SeqAnswer::Begin(v) => Some(v),
-            SeqAnswer::Retry(_) => None,
-        })
-        .flatten()
+        self.0
+            .take(proc, |a| match a {
+                SeqAnswer::Begin(v) => Some(*v),
+                SeqAnswer::Retry(_) => None,
+            })
+            .flatten()
     }
 
     #[inline]
     fn retry(&self, proc: ProcKey, _seq: u64) -> bool {
-        self.take(proc, |a| match a {
-            SeqAnswer::Retry(m) => Some(m),
-            SeqAnswer::Begin(_) => None,
-        })
-        .unwrap_or(false)
+        self.0
+            .take(proc, |a| match a {
+                SeqAnswer::Retry(m) => Some(*m),
+                SeqAnswer::Begin(_) => None,
+            })
+            .unwrap_or(false)
     }
 }
 
 /// Gives back a recording's maps reads in order.
-pub struct ReplayMaps {
-    reads: Vec<(ProcKey, MapsResult)>,
-    next: AtomicUsize,
-    diverged: Arc<AtomicU64>,
-}
+pub struct ReplayMaps(Arc<Answers<MapsResult>>);
 
 impl ReplayMaps {
-    /// The maps reads among `frames`.
-    pub fn new(frames: &[Frame]) -> Self {
-        let reads = frames
-            .iter()
-            .filter_map(|f| match f {
-                Frame::Maps(p, r) => Some((*p, r.clone())),
-                _ => None,
-            })
-            .collect();
-        Self {
-            reads,
-            next: AtomicUsize::new(0),
-            diverged: Arc::default(),
-        }
+    /// The maps reads among `frames`, item by item of `clock`.
+    pub fn new(frames: &[Frame], clock: Arc<ItemClock>) -> Self {
+        Self(Arc::new(Answers::new(frames, clock, |f| match f {
+            Frame::Maps(p, r) => Some((*p, r.clone())),
+            _ => None,
+        })))
     }
 
-    /// Reads that did not meet their recorded answer (shared: the resolver owns the source).
-    pub fn diverged(&self) -> Arc<AtomicU64> {
-        self.diverged.clone()
+    /// How the replay's maps reads met the recorded ones; readable after the resolver took
+    /// this source.
+    pub fn counts(&self) -> impl Fn() -> SeamCounts + use<> {
+        let answers = self.0.clone();
+        move || answers.counts()
     }
 }
 
 impl MapsSource for ReplayMaps {
     fn read_maps(&self, proc: ProcKey, buf: &mut Vec<u8>) -> Result<(), ScanError> {
-        let i = self.next.load(Relaxed);
-        let result = match self.reads.get(i) {
-            Some((p, r)) if *p == proc => {
-                self.next.store(i + 1, Relaxed);
-                Some(r)
-            }
-            _ => {
-                self.diverged.fetch_add(1, Relaxed);
-                self.reads[..i.min(self.reads.len())]
-                    .iter()
-                    .rev()
-                    .find(|(p, _)| *p == proc)
-                    .map(|(_, r)| r)
-            }
-        };
-        match result {
+        match self.0.take(proc, |r| Some(r.clone())) {
             Some(MapsResult::Text(text)) => {
                 buf.clear();
-                buf.extend_from_slice(text);
+                buf.extend_from_slice(&text);
                 Ok(())
             }
             Some(MapsResult::Error(msg)) => Err(ScanError::Io {
                 proc,
                 what: "maps (recorded)",
-                source: std::io::Error::other(msg.clone()),
+                source: std::io::Error::other(msg),
             }),
             Some(MapsResult::Gone) | None => Err(ScanError::Gone(proc)),
         }
@@ -235,37 +284,58 @@ mod tests {
     };
 
     #[test]
-    fn answers_come_back_in_order_and_a_stray_call_is_counted() {
+    fn answers_come_back_item_by_item_and_strays_are_counted() {
         let frames = vec![
+            // Before any item: a process tracked at start.
             Frame::SeqBegin(A, Some(4)),
             Frame::Maps(A, MapsResult::Text(b"text-a".to_vec())),
             Frame::SeqRetry(A, false),
+            Frame::Item(vec![]),
             Frame::SeqBegin(B, None),
             Frame::Maps(B, MapsResult::Gone),
+            Frame::Item(vec![]),
             Frame::SeqBegin(A, Some(6)),
         ];
-        let seq = ReplaySeq::new(&frames);
-        let maps = ReplayMaps::new(&frames);
+        let clock = Arc::new(ItemClock::default());
+        let seq = ReplaySeq::new(&frames, clock.clone());
+        let maps = ReplayMaps::new(&frames, clock.clone());
+        let maps_counts = maps.counts();
         let mut buf = Vec::new();
         assert_eq!(seq.try_begin(A), Some(4));
         maps.read_maps(A, &mut buf).unwrap();
         assert_eq!(buf, b"text-a");
         assert!(!seq.retry(A, 4));
+        clock.tick();
         assert_eq!(seq.try_begin(B), None);
         assert!(matches!(
             maps.read_maps(B, &mut buf),
             Err(ScanError::Gone(_))
         ));
-        assert_eq!(seq.diverged(), 0);
-        assert_eq!(maps.diverged().load(Relaxed), 0);
-        // A call the run did not make here: the process's latest earlier answer, counted.
-        assert_eq!(seq.try_begin(B), None);
-        assert_eq!(seq.diverged(), 1);
+        assert_eq!(seq.counts().diverged, 0);
+        assert_eq!(maps_counts(), SeamCounts::default());
+        // A call the run did not make for this item: the process's latest earlier answer,
+        // counted.
         maps.read_maps(A, &mut buf).unwrap();
         assert_eq!(buf, b"text-a");
-        assert_eq!(maps.diverged().load(Relaxed), 1);
-        // The cursor did not move: the recorded call still gets its own answer.
+        assert_eq!(maps_counts().diverged, 1);
+        // The next item's answer is its own, not this item's stray call's.
+        assert_eq!(seq.try_begin(A), Some(4));
+        assert_eq!(seq.counts().diverged, 1);
+        clock.tick();
         assert_eq!(seq.try_begin(A), Some(6));
+        // An item the replay handled without asking: its answers are passed over.
+        let clock2 = Arc::new(ItemClock::default());
+        let seq2 = ReplaySeq::new(&frames, clock2.clone());
+        clock2.tick();
+        clock2.tick();
+        assert_eq!(seq2.try_begin(A), Some(6));
+        assert_eq!(
+            seq2.counts(),
+            SeamCounts {
+                diverged: 0,
+                skipped: 3
+            }
+        );
     }
 
     #[test]
