@@ -79,6 +79,9 @@ pub const PROBE_FLAG_PIDNS: u32 = 4;
 /// Debian's 6.12 (measured) a pid-scoped uretprobe fires for every process that runs the
 /// function while another consumer has a uprobe there.
 pub const PROBE_FLAG_PID: u32 = 16;
+/// `PROBE_FLAGS` bit: count the probe's admitted hits in BPF (`ProbeStats::counted`) and
+/// write nothing to the ring buffer (`probed trace --count-in-bpf`, bpftrace's `count()`).
+pub const PROBE_FLAG_COUNT_ONLY: u32 = 128;
 /// The `PROBE_FLAGS` bits that say a `PROBE_LIMITS` entry must be read.
 pub const PROBE_FLAGS_LIMITS: u32 = PROBE_FLAG_RATE_LIMIT | PROBE_FLAG_PIDNS | PROBE_FLAG_PID;
 
@@ -673,8 +676,8 @@ pub struct ProcEvent {
 /// Per-probe counters, kept per CPU in BPF and summed by the daemon.
 ///
 /// `hits` counts every firing, before the namespace filter and the rate limit, so for every
-/// probe `hits = self_excluded + filtered + rate_limited + (hits written to the ring buffer) +
-/// lost`.
+/// probe `hits = self_excluded + filtered + rate_limited + counted + (hits written to the
+/// ring buffer) + lost`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeStats {
@@ -689,6 +692,8 @@ pub struct ProbeStats {
     /// Hits from a probed process itself (this tracer or any other process running a probed
     /// binary), not written: probed must never feed on its own work.
     pub self_excluded: u64,
+    /// Admitted hits of a count-only probe (`PROBE_FLAG_COUNT_ONLY`): counted, not written.
+    pub counted: u64,
 }
 
 /// `STOP` index 0 set to this: the run is stopping, probes no longer admit (or count) hits.
@@ -819,7 +824,7 @@ const _: () = assert!(
     STACK_COPY_RING_BYTES.is_power_of_two()
         && (STACK_COPY_RING_BYTES as u64).is_multiple_of(PAGE_SIZE)
 );
-const _: () = assert!(core::mem::size_of::<ProbeStats>() == 40);
+const _: () = assert!(core::mem::size_of::<ProbeStats>() == 48);
 const _: () = assert!(core::mem::size_of::<ProbeLimit>() == 40);
 
 #[cfg(test)]

@@ -99,6 +99,14 @@ pub struct TraceArgs {
     /// syscall on the host), `auto` (`lock` where the kernel allows it, else `syscalls`).
     #[arg(long, value_enum, default_value = "auto", env = "PROBED_TRACKER")]
     pub tracker: crate::track::TrackerChoice,
+    /// Count each probe's hits in BPF and write nothing per hit (bpftrace's `count()`): the
+    /// summary's `counted_in_bpf` per probe, at the least cost per hit; no process is
+    /// tracked for it.
+    #[arg(
+        long,
+        conflicts_with_all = ["stack", "aggregate", "latency", "flamegraph", "print_hits", "record", "count", "interval"]
+    )]
+    pub count_in_bpf: bool,
     /// Also record what the run consumed into FILE (the ring buffer's records, the /proc and
     /// sequence reads behind each answer), for `probed replay FILE` on this machine.
     #[arg(long, value_name = "FILE", conflicts_with = "container")]

@@ -154,6 +154,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         if let Some(ns) = container {
             tracer.set_pidns_filter(probe.id, Some(ns))?;
         }
+        if args.count_in_bpf {
+            tracer.set_probe_flags(probe.id, probed_common::PROBE_FLAG_COUNT_ONLY)?;
+        }
     }
     let requests: Vec<_> = probes.iter().map(Probe::attach_request).collect();
     let started = std::time::Instant::now();
@@ -199,7 +202,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         // Attached: the container's file need not stay open.
         probe.release_file();
     }
-    if args.pid.is_none() {
+    // Counted in BPF: no hit is resolved, so no process needs tracking for one.
+    if args.pid.is_none() && !args.count_in_bpf {
         tracer.watch_files(probes.iter().map(|p| p.target.id))?;
     }
     let recorder = match &args.record {
@@ -232,19 +236,24 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             .insert(probe.target.id, probe.file_offset, ProbeId(probe.id));
     }
     let files = probes.iter().map(|p| p.target.id).collect();
-    let running = track::preexisting::track_mapping_processes(
-        &files,
-        args.pid.map(NonZeroU32::get),
-        &generations,
-        &tracked,
-        &resolver,
-        &|proc| {
-            if let Some(r) = &recorder {
-                r.track(proc);
-            }
-        },
-    )
-    .len();
+    // Counted in BPF: no hit is resolved, so no process needs tracking for one.
+    let running = if args.count_in_bpf {
+        0
+    } else {
+        track::preexisting::track_mapping_processes(
+            &files,
+            args.pid.map(NonZeroU32::get),
+            &generations,
+            &tracked,
+            &resolver,
+            &|proc| {
+                if let Some(r) = &recorder {
+                    r.track(proc);
+                }
+            },
+        )
+        .len()
+    };
     tracing::debug!(
         running,
         "running processes that map a probed file are tracked"

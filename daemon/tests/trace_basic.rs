@@ -387,3 +387,60 @@ fn hits_are_printed_promptly() {
     assert!(hits.iter().all(|h| h["symbol"] == "probed_add"));
     target.finish();
 }
+
+/// `--count-in-bpf`: entry and return probes count every call in BPF (`counted_in_bpf` =
+/// hits = N each), nothing is written per hit (no hit line, nothing printed), no process is
+/// tracked for it, and the stop does not wait for records that never come.
+#[test]
+fn counted_in_bpf_exactly() {
+    if !common::require_bpf("counted_in_bpf_exactly") {
+        return;
+    }
+    const N: u64 = 1000;
+    let copy = TargetCopy::new("tb_count");
+    let mut target = Target::start(&copy.path, &[&N.to_string()]);
+    let specs = [
+        copy.spec("uprobe", "probed_add"),
+        copy.spec("uretprobe", "probed_other"),
+    ];
+    let pid = target.pid.to_string();
+    let probed = Probed::start(&[
+        "trace",
+        &specs[0],
+        &specs[1],
+        "--pid",
+        &pid,
+        "--count-in-bpf",
+        "--drain-timeout",
+        "30",
+        "--format",
+        "json",
+    ]);
+    target.go();
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    let (hits, summary) = parse_json(&end.stdout);
+    assert!(hits.is_empty(), "hit lines: {hits:?}");
+    let summary = summary.expect("a summary line");
+    for spec in &specs {
+        let p = probe_summary(&summary, spec);
+        assert_eq!(num(p, "hits"), N, "{p}");
+        assert_eq!(num(p, "counted_in_bpf"), N, "{p}");
+        assert_eq!(num(p, "printed"), 0, "{p}");
+        assert_eq!(num(p, "lost"), 0, "{p}");
+        assert_eq!(num(p, "dropped_at_stop"), 0, "{p}");
+    }
+    assert_eq!(
+        num(&summary["resolver"], "processes_tracked"),
+        0,
+        "{summary}"
+    );
+    // A stop that waited for records a count-only probe never writes would take the whole
+    // 30 s drain deadline.
+    assert!(
+        end.elapsed < std::time::Duration::from_secs(15),
+        "the stop waited for hits that never come: {:?}",
+        end.elapsed
+    );
+    target.finish();
+}

@@ -2,7 +2,8 @@
 //! Every firing of a running tracer counts in `hits`; a hit of probed's own processes is
 //! counted as `self_excluded` and dropped (self_filter.rs); a probe with a pid-namespace
 //! filter or a rate limit then asks limit.rs, and a hit refused there is counted (filtered,
-//! rate_limited), not written.
+//! rate_limited), not written; a count-only probe's admitted hit is counted (`counted`), not
+//! written.
 
 use aya_ebpf::{
     EbpfContext,
@@ -15,8 +16,8 @@ use aya_ebpf::{
 };
 use probed_common::{
     ARG_REGS, EVENT_HIT, EVENT_STACK_HIT, HitEvent, KIND_ENTRY, KIND_RETURN, MAX_FRAMES,
-    MAX_PROBES, PROBE_FLAG_ARG_STRINGS, PROBE_FLAG_ARGS, PROBE_FLAG_STACK, PROBE_FLAG_STACK_COPY,
-    PROBE_FLAGS_LIMITS, StackHitEvent,
+    MAX_PROBES, PROBE_FLAG_ARG_STRINGS, PROBE_FLAG_ARGS, PROBE_FLAG_COUNT_ONLY, PROBE_FLAG_STACK,
+    PROBE_FLAG_STACK_COPY, PROBE_FLAGS_LIMITS, StackHitEvent,
 };
 
 use crate::{
@@ -94,6 +95,13 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
     // Before anything else is done for the hit (tracking the process included): a refused
     // hit costs nothing more.
     if flags & PROBE_FLAGS_LIMITS != 0 && !limit::admit(probe_id, flags, tgid, ts_ns, stats) {
+        return false;
+    }
+    // A count-only probe's admitted hit is this counter and nothing more: no record, no
+    // process tracking (`--count-in-bpf`, bpftrace's `count()`).
+    if flags & PROBE_FLAG_COUNT_ONLY != 0 {
+        // SAFETY: as above (this CPU's slot).
+        unsafe { (*stats).counted += 1 };
         return false;
     }
     // For a uprobe the kernel sets ip to the breakpoint address before running the program;

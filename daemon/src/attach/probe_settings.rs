@@ -225,6 +225,7 @@ impl Tracer {
                 rate_limited: acc.rate_limited + v.rate_limited,
                 filtered: acc.filtered + v.filtered,
                 self_excluded: acc.self_excluded + v.self_excluded,
+                counted: acc.counted + v.counted,
             }))
     }
 }

@@ -15,7 +15,7 @@ pub struct ProbeSummary {
     pub file: String,
     /// Times the probe fired while the run admitted hits (counted in BPF, before the self
     /// filter, the namespace filter and the rate limit): `hits = printed + not_printed +
-    /// lost + rate_limited + filtered + self_excluded + dropped_at_stop`.
+    /// lost + rate_limited + filtered + self_excluded + counted_in_bpf + dropped_at_stop`.
     pub hits: u64,
     /// Hits written to the output (or, when aggregations take the output and hits are not
     /// printed one by one, taken into the aggregations).
@@ -32,6 +32,9 @@ pub struct ProbeSummary {
     /// Hits from probed's own processes (this one or any other running probed), dropped in
     /// BPF: probed never traces itself.
     pub self_excluded: u64,
+    /// Hits counted in BPF and not written (`--count-in-bpf`); absent from JSON when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub counted_in_bpf: u64,
     /// Hits still in the ring buffer when the stop's drain deadline passed (or at a second
     /// SIGINT): read and counted, not processed.
     pub dropped_at_stop: u64,
@@ -61,4 +64,9 @@ pub struct Summary {
     /// The change tracker's error counters (`probed_common::TRACK_ERROR_NAMES`): cases where
     /// it fell back to rescans instead of replaying (never a wrong answer).
     pub tracker_errors: BTreeMap<&'static str, u64>,
+}
+
+/// For `skip_serializing_if`.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -173,6 +173,14 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
             probe_column(p)
         )?;
     }
+    for p in s.probes.iter().filter(|p| p.counted_in_bpf > 0) {
+        writeln!(
+            out,
+            "counted in BPF (--count-in-bpf): {} {}",
+            p.counted_in_bpf,
+            probe_column(p)
+        )?;
+    }
     if !s.tracker.is_empty() {
         writeln!(out, "tracker: {}", s.tracker)?;
     }

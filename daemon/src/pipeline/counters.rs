@@ -66,7 +66,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let mut unread = 0;
         for slot in self.probes.iter().flatten() {
             let bpf = stats(slot.probe.id)?;
-            let written = bpf.hits - bpf.lost - bpf.rate_limited - bpf.filtered - bpf.self_excluded;
+            let written = bpf.hits
+                - bpf.lost
+                - bpf.rate_limited
+                - bpf.filtered
+                - bpf.self_excluded
+                - bpf.counted;
             let c = &slot.counts;
             let read = c.printed + c.not_printed + c.write_errors + c.dropped_at_stop;
             unread += written.saturating_sub(read);
@@ -93,6 +98,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 rate_limited: bpf.rate_limited,
                 filtered: bpf.filtered,
                 self_excluded: bpf.self_excluded,
+                counted_in_bpf: bpf.counted,
                 dropped_at_stop: counts.dropped_at_stop,
                 probe_mismatch: counts.probe_mismatch,
                 unresolved: counts.unresolved.clone(),

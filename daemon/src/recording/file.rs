@@ -68,7 +68,7 @@ pub enum Kind {
     /// A running process tracked at start: pid, generation.
     Track = 7,
     /// A probe's final BPF counters: id u32, hits, lost, rate_limited, filtered,
-    /// self_excluded (u64 each).
+    /// self_excluded, counted (u64 each).
     Stats = 8,
 }
 
@@ -229,9 +229,16 @@ impl Recorder {
 
     /// A probe's final counters.
     pub fn stats(&self, id: u32, s: &ProbeStats) {
-        let mut b = Vec::with_capacity(44);
+        let mut b = Vec::with_capacity(52);
         b.extend_from_slice(&id.to_le_bytes());
-        for v in [s.hits, s.lost, s.rate_limited, s.filtered, s.self_excluded] {
+        for v in [
+            s.hits,
+            s.lost,
+            s.rate_limited,
+            s.filtered,
+            s.self_excluded,
+            s.counted,
+        ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         self.frame(Kind::Stats, &[&b]);
@@ -371,6 +378,7 @@ fn decode(kind: u8, p: &[u8]) -> Option<Frame> {
                     rate_limited: u64_at(p, 20)?,
                     filtered: u64_at(p, 28)?,
                     self_excluded: u64_at(p, 36)?,
+                    counted: u64_at(p, 44)?,
                 },
             )
         }
@@ -428,6 +436,7 @@ mod tests {
             rate_limited: 2,
             filtered: 3,
             self_excluded: 4,
+            counted: 6,
         };
         rec.stats(3, &stats);
         rec.finish().unwrap();

@@ -51,6 +51,8 @@ enum Mode {
     Probed,
     /// The same with a rate limit that admits every hit (the limiter's cost).
     ProbedLimited,
+    /// probed counting hits in BPF (`--count-in-bpf`): bpftrace `count()`'s work.
+    ProbedCount,
     /// bpftrace counting hits in the kernel (the peer).
     Bpftrace,
     /// bpftrace printing every hit (reference: the same work as probed).
@@ -58,10 +60,11 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::None,
         Self::Probed,
         Self::ProbedLimited,
+        Self::ProbedCount,
         Self::Bpftrace,
         Self::BpftracePrintf,
     ];
@@ -71,6 +74,7 @@ impl Mode {
             Self::None => "none",
             Self::Probed => "probed",
             Self::ProbedLimited => "probed_limited",
+            Self::ProbedCount => "probed_count",
             Self::Bpftrace => "bpftrace",
             Self::BpftracePrintf => "bpftrace_printf",
         }
@@ -135,6 +139,7 @@ pub fn run() -> Result<()> {
                     &hits_file,
                     &["--rate-limit", "1000000000", "--burst", "1000000000"],
                 )?,
+                Mode::ProbedCount => run_probed(&target, &hits_file, &["--count-in-bpf"])?,
                 Mode::Bpftrace | Mode::BpftracePrintf => {
                     run_bpftrace(mode, &target, probe_offset, &hits_file)?
                 }
@@ -206,6 +211,10 @@ fn run_probed(target: &Path, hits_file: &Path, extra: &[&str]) -> Result<Run> {
     let _ = std::fs::remove_file(hits_file);
     let summary = summary.context("probed wrote no summary line")?;
     let probe = &summary["probes"][0];
+    // Counted in BPF: no hit lines, the summary's count is the tool's answer.
+    if extra.contains(&"--count-in-bpf") {
+        hits = probe["counted_in_bpf"].as_u64().unwrap_or(0);
+    }
     Ok(Run {
         calls,
         rate,
@@ -437,7 +446,12 @@ fn report(runs: &[(Mode, Run)]) -> Value {
     );
     let every_count_exact = runs
         .iter()
-        .filter(|(m, _)| matches!(m, Mode::Probed | Mode::ProbedLimited | Mode::Bpftrace))
+        .filter(|(m, _)| {
+            matches!(
+                m,
+                Mode::Probed | Mode::ProbedLimited | Mode::ProbedCount | Mode::Bpftrace
+            )
+        })
         .all(|(_, r)| r.hits == Some(r.calls) && r.counted.is_none_or(|c| c == r.calls));
     let ratio = rate_probed / rate_bpftrace;
     let run_list: Vec<Value> = runs
@@ -466,6 +480,10 @@ fn report(runs: &[(Mode, Run)]) -> Value {
         "rate_probed_limited_over_probed": rate_limited / rate_probed,
         "hits_probed_limited": sum(Mode::ProbedLimited, |r| r.hits.unwrap_or(0)),
         "calls_probed_limited": sum(Mode::ProbedLimited, |r| r.calls),
+        "rate_probed_count": rate(Mode::ProbedCount),
+        "rate_probed_count_over_bpftrace": rate(Mode::ProbedCount) / rate_bpftrace,
+        "hits_probed_count": sum(Mode::ProbedCount, |r| r.hits.unwrap_or(0)),
+        "calls_probed_count": sum(Mode::ProbedCount, |r| r.calls),
         "rate_bpftrace_printf": rate_printf,
         "rate_probed_over_bpftrace_printf": rate_probed / rate_printf,
         "rate_bpftrace_printf_over_none": rate_printf / rate_none,
@@ -517,6 +535,7 @@ fn print_table(r: &Value) {
     );
     for (name, key) in [
         ("probed limited", "probed_limited"),
+        ("probed count", "probed_count"),
         ("bpftrace", "bpftrace"),
         ("bpftrace printf", "bpftrace_printf"),
     ] {
