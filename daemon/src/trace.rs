@@ -29,7 +29,7 @@ use crate::{
         Header, RecordedProbe, Recorder,
         seams::{RecordingMaps, RecordingSeq},
     },
-    resolve::{Config, ProbeId, Resolver, SeqSource},
+    resolve::{Config, MapsSource, ProbeId, Resolver, SeqSource},
     stop,
     symbolize::Symbolizer,
     track::{self, GenCheckedMaps, TrackerMode},
@@ -223,18 +223,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let generations = Arc::new(generations);
     let maps = RecordingMaps::new(GenCheckedMaps::new(generations.clone()), recorder.clone());
-    // The tracker reports every mapping change in the same ring buffer as the hits.
-    let config = Config {
-        reported_changes: true,
-        history: tracer.tracker_mode().0.history(),
-        ..Config::default()
-    };
-    let resolver = Arc::new(Resolver::with_config(seq, maps, config));
-    for probe in &probes {
-        resolver
-            .registry()
-            .insert(probe.target.id, probe.file_offset, ProbeId(probe.id));
-    }
+    let resolver = trace_resolver(seq, maps, tracer.tracker_mode().0, &probes);
     let files = probes.iter().map(|p| p.target.id).collect();
     // Counted in BPF: no hit is resolved, so no process needs tracking for one.
     let running = if args.count_in_bpf {
@@ -416,6 +405,29 @@ fn after_batch<W: Write, S: SeqSource>(
         Stop::Count => Some(EndedBy::Count),
         Stop::OutputClosed => Some(EndedBy::OutputClosed),
     }
+}
+
+/// The resolver of a `probed trace` run (or of its replay) over `seq` and `maps`, with
+/// `probes` in its registry.
+pub(crate) fn trace_resolver<S: SeqSource>(
+    seq: S,
+    maps: impl MapsSource + 'static,
+    tracker: TrackerMode,
+    probes: &[Probe],
+) -> Arc<Resolver<S>> {
+    // The tracker reports every mapping change in the same ring buffer as the hits.
+    let config = Config {
+        reported_changes: true,
+        history: tracker.history(),
+        ..Config::default()
+    };
+    let resolver = Arc::new(Resolver::with_config(seq, maps, config));
+    for probe in probes {
+        resolver
+            .registry()
+            .insert(probe.target.id, probe.file_offset, ProbeId(probe.id));
+    }
+    resolver
 }
 
 /// What `--record` writes first: the run's SPECs and settings, and each attached probe's

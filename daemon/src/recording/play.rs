@@ -22,7 +22,6 @@ use crate::{
     output::{Aggregations, Latency, StackCounts, Summary, Writer},
     pipeline::Pipeline,
     probes::{self, Probe},
-    resolve::{Config, ProbeId, Resolver},
     symbolize::Symbolizer,
 };
 
@@ -64,17 +63,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let seq = ReplaySeq::new(&recording.frames, clock.clone());
     let maps = ReplayMaps::new(&recording.frames, clock.clone());
     let maps_counts = maps.counts();
-    let config = Config {
-        reported_changes: true,
-        history: header.tracker.history(),
-        ..Config::default()
-    };
-    let resolver = Arc::new(Resolver::with_config(seq, maps, config));
-    for probe in &probes {
-        resolver
-            .registry()
-            .insert(probe.target.id, probe.file_offset, ProbeId(probe.id));
-    }
+    let resolver = crate::trace::trace_resolver(seq, maps, header.tracker, &probes);
     let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
     let stacks = args.aggregate == Some(Aggregate::Stack);
     let aggregations = Aggregations {

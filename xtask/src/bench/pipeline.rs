@@ -33,7 +33,7 @@ use super::{
     harness,
     stacks::{Workload, signal, wait_for_line},
 };
-use crate::{exec, paths};
+use crate::paths;
 
 /// Interleaved rounds of every replay.
 const ROUNDS: usize = 5;
@@ -54,18 +54,7 @@ pub fn run() -> Result<()> {
     super::build()?;
     let out_dir = paths::bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
-    let compile = |name: &str, frame_pointer: &str| -> Result<PathBuf> {
-        let out = out_dir.join(name);
-        exec::exec(
-            Command::new("cc")
-                .args(["-O1", frame_pointer, "-fno-inline", "-o"])
-                .arg(&out)
-                .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
-        )?;
-        Ok(out)
-    };
-    let fp = compile("stacks_bench", "-fno-omit-frame-pointer")?;
-    let nofp = compile("stacks_bench_nofp", "-fomit-frame-pointer")?;
+    let (fp, nofp) = super::stacks::compile_workloads(&out_dir)?;
     let scratch = harness::hits_file("pipeline");
     let dir = scratch.parent().context("scratch dir")?.to_owned();
     let rec = |name: &str| dir.join(format!("probed-pipeline-{name}-{}.rec", std::process::id()));

@@ -155,19 +155,7 @@ pub fn run() -> Result<()> {
     super::build()?;
     let out_dir = paths::bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
-    let compile = |name: &str, frame_pointer: &str| -> Result<PathBuf> {
-        let out = out_dir.join(name);
-        exec::exec(
-            Command::new("cc")
-                .args(["-O1", frame_pointer, "-fno-inline", "-o"])
-                .arg(&out)
-                .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
-        )?;
-        Ok(out)
-    };
-    let workload = compile("stacks_bench", "-fno-omit-frame-pointer")?;
-    // The same workload as distributions build: no frame pointers (only .eh_frame).
-    let workload_cfi = compile("stacks_bench_nofp", "-fomit-frame-pointer")?;
+    let (workload, workload_cfi) = compile_workloads(&out_dir)?;
     let out_file = harness::hits_file("stacks");
 
     let mut runs = Vec::new();
@@ -201,6 +189,25 @@ pub fn run() -> Result<()> {
     print_table(&report);
     println!("\nwrote {}", out.display());
     Ok(())
+}
+
+/// Builds the workload into `out_dir` with frame pointers and, as distributions build,
+/// without (only .eh_frame).
+pub(super) fn compile_workloads(out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let compile = |name: &str, frame_pointer: &str| -> Result<PathBuf> {
+        let out = out_dir.join(name);
+        exec::exec(
+            Command::new("cc")
+                .args(["-O1", frame_pointer, "-fno-inline", "-o"])
+                .arg(&out)
+                .arg(paths::root().join("daemon/tests/fixtures/stacks_bench.c")),
+        )?;
+        Ok(out)
+    };
+    Ok((
+        compile("stacks_bench", "-fno-omit-frame-pointer")?,
+        compile("stacks_bench_nofp", "-fomit-frame-pointer")?,
+    ))
 }
 
 /// One run of the workload in `mode`; with `perf_data`, probed is profiled into it.
