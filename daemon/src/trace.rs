@@ -365,14 +365,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };
-    if let Some(r) = &recorder {
-        for probe in pipeline.probe_ids() {
-            if let Ok(stats) = tracer.stats(probe) {
-                r.stats(probe, &stats);
+    // A recording that could not be written is said after the summary, which the run's
+    // output still gets.
+    let recorded = match &recorder {
+        Some(r) => {
+            for probe in pipeline.probe_ids() {
+                if let Ok(stats) = tracer.stats(probe) {
+                    r.stats(probe, &stats);
+                }
             }
+            r.finish()
         }
-        r.finish().context("--record")?;
-    }
+        None => Ok(()),
+    };
     pipeline.summarize(&mut summary, |id| tracer.stats(id))?;
     // Aggregations before the summary, which stays the last line.
     pipeline.write_aggregations(true, summary.duration_s)?;
@@ -384,6 +389,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let _ = tracker_closing.join();
     drop(tracer);
     tracing::debug!(took = ?stopping.elapsed(), "tracer closed");
+    recorded.context("--record")?;
     Ok(())
 }
 
