@@ -20,8 +20,15 @@ use crate::{
     },
 };
 
-/// How long `probed ctl` waits for the daemon's reply (attaching a probe loads an ELF file).
+/// How long `probed ctl` waits for the daemon's reply to `list`, `stats` and `remove`.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long it waits for `add`: checking the probe loads its ELF file and may fetch a debug
+/// file from each debuginfod server the daemon knows, up to 30 s a server
+/// (`debuginfod::TOTAL_TIMEOUT`), off the daemon's loop (service/prepare.rs); two servers
+/// could outlast [`REPLY_TIMEOUT`]. Ten servers' worth, on top of it.
+const ADD_REPLY_TIMEOUT: Duration = Duration::from_secs(
+    REPLY_TIMEOUT.as_secs() + 10 * crate::elf::debuginfod::TOTAL_TIMEOUT.as_secs(),
+);
 
 /// `probed ctl` arguments.
 #[derive(Args, Clone, Debug)]
@@ -85,13 +92,26 @@ fn check(request: &Request, reply: Value) -> Result<(), ReplyError> {
 
 /// One request/reply exchange with the daemon at `socket`.
 pub fn call(socket: &std::path::Path, request: &Request) -> anyhow::Result<Value> {
+    let timeout = match request {
+        Request::Add(_) => ADD_REPLY_TIMEOUT,
+        _ => REPLY_TIMEOUT,
+    };
+    call_within(socket, request, timeout)
+}
+
+/// [`call`], waiting at most `timeout` for the reply.
+fn call_within(
+    socket: &std::path::Path,
+    request: &Request,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     let stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot connect to {} (is `probed daemon` running?)",
             socket.display()
         )
     })?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     let sent = (&stream).write_all(&line);
@@ -101,6 +121,21 @@ pub fn call(socket: &std::path::Path, request: &Request) -> anyhow::Result<Value
     let read = BufReader::new(&stream).read_line(&mut reply);
     if reply.is_empty() {
         sent.context("sending the request")?;
+        if let Err(err) = &read
+            && matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        {
+            let after = match request {
+                Request::Add(_) => "; it may still attach the probe (see `probed ctl list`)",
+                _ => "",
+            };
+            bail!(
+                "the daemon did not reply within {} s{after}",
+                timeout.as_secs_f64()
+            );
+        }
         read.context("reading the reply")?;
         bail!("the daemon closed the connection without a reply");
     }
@@ -207,4 +242,30 @@ fn print_reply(out: &mut impl Write, request: &Request, reply: Value) -> anyhow:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon that takes the request and never answers: one line saying so (for `add`,
+    /// that the probe may still come), not an OS error.
+    #[test]
+    fn a_silent_daemon_is_said_to_be_silent() {
+        let path = std::env::temp_dir().join(format!("probed-ctl-silent-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let held = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            drop(conn);
+        });
+        let err = call_within(&path, &Request::List, Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+        held.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(err, "the daemon did not reply within 0.2 s", "{err}");
+        assert!(ADD_REPLY_TIMEOUT >= REPLY_TIMEOUT + 2 * crate::elf::debuginfod::TOTAL_TIMEOUT);
+    }
 }
