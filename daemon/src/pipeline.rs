@@ -350,14 +350,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         }
         // A stack counted before, at the same sequence: counted again under its folded text
         // (pipeline/stack_memo.rs says when that is exact).
-        let memo_frames = match (&mut self.memo, frames) {
-            (Some(_), Some(f))
-                if unwound.is_none() && captures.is_none() && slot.probe.args.is_none() =>
-            {
-                Some(f)
-            }
-            _ => None,
-        };
+        let memo_frames = frames.filter(|_| {
+            self.memo.is_some()
+                && unwound.is_none()
+                && captures.is_none()
+                && slot.probe.args.is_none()
+        });
         if let (Some(memo), Some(raw)) = (&mut self.memo, memo_frames)
             && let Some((folded, cut)) = memo.lookup(hit, raw)
             && let Some(stacks) = &mut self.aggregations.stacks

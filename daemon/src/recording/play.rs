@@ -123,6 +123,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     pipeline.finish(&summary)?;
     let cpu_s = thread_cpu_s() - cpu;
     if args.measure {
+        let seq = resolver.seq.counts();
         let m = Measured {
             events,
             cpu_s,
@@ -132,9 +133,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             } else {
                 0.0
             },
-            seq_diverged: resolver.seq.counts().diverged,
+            seq_diverged: seq.diverged,
             maps_diverged: maps_counts().diverged,
-            seq_skipped: resolver.seq.counts().skipped,
+            seq_skipped: seq.skipped,
             maps_skipped: maps_counts().skipped,
         };
         eprintln!("{}", serde_json::to_string(&m)?);

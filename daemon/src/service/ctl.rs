@@ -266,6 +266,5 @@ mod tests {
         held.join().unwrap();
         let _ = std::fs::remove_file(&path);
         assert_eq!(err, "the daemon did not reply within 0.2 s", "{err}");
-        assert!(ADD_REPLY_TIMEOUT >= REPLY_TIMEOUT + 2 * crate::elf::debuginfod::TOTAL_TIMEOUT);
     }
 }
