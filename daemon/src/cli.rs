@@ -107,6 +107,18 @@ pub struct TraceArgs {
         conflicts_with_all = ["stack", "aggregate", "latency", "flamegraph", "print_hits", "record", "count", "interval"]
     )]
     pub count_in_bpf: bool,
+    /// Consumer threads (1–64; default 1, or `PROBED_CONSUMERS` in runs without --count,
+    /// --interval or --record). With more than one, the ring's items are dealt by process to
+    /// N threads, each resolving, symbolizing and writing its processes' hits: a thread's
+    /// hits stay in hit order, lines of different processes interleave, and the text header
+    /// is written at the start. For hosts where one core cannot keep up.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u8).range(1..=64),
+        conflicts_with_all = ["count", "interval", "record"]
+    )]
+    pub consumers: Option<u8>,
     /// Also record what the run consumed into FILE (the ring buffer's records, the /proc and
     /// sequence reads behind each answer), for `probed replay FILE` on this machine.
     #[arg(long, value_name = "FILE", conflicts_with = "container")]
@@ -144,6 +156,14 @@ pub struct ReplayArgs {
     /// Print no hit, only the summary's counts.
     #[arg(long, conflicts_with_all = ["print_hits", "aggregating"])]
     pub summary_only: bool,
+    /// Consumer threads (1–64), as `probed trace --consumers`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "1",
+        value_parser = clap::value_parser!(u8).range(1..=64)
+    )]
+    pub consumers: u8,
     /// Print one JSON line on stderr at the end: events replayed, the CPU and wall seconds
     /// they took, events per CPU second, and how many seam reads diverged from the run's.
     #[arg(long)]
@@ -225,6 +245,26 @@ impl TraceArgs {
             per_sec,
             burst: self.burst.unwrap_or(per_sec),
         })
+    }
+
+    /// The consumer threads of the run: `--consumers`, else `PROBED_CONSUMERS` where the
+    /// run allows several, else 1.
+    pub fn consumers(&self) -> Result<usize, String> {
+        if let Some(n) = self.consumers {
+            return Ok(n.into());
+        }
+        if self.count.is_some() || self.interval.is_some() || self.record.is_some() {
+            return Ok(1);
+        }
+        match std::env::var("PROBED_CONSUMERS") {
+            Err(_) => Ok(1),
+            Ok(text) => match text.parse::<usize>() {
+                Ok(n @ 1..=64) => Ok(n),
+                _ => Err(format!(
+                    "PROBED_CONSUMERS={text}: not a number of consumer threads (1–64)"
+                )),
+            },
+        }
     }
 
     /// Whether every hit is printed: unless aggregations take the output (--aggregate,

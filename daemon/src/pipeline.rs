@@ -11,10 +11,12 @@
 //! resolver by `track::apply`.
 
 mod arg_strings;
+mod consume;
 mod counters;
 mod lock;
 mod lookup;
 mod outputs;
+mod shards;
 mod stack_memo;
 mod table;
 
@@ -25,10 +27,12 @@ use probed_common::{
     PROC_FORK, ProcEvent,
 };
 
+pub use consume::{Consume, Stats};
 pub use counters::ProbeCounts;
 pub use lock::Captures;
 use lock::LockState;
 use lookup::UNNAMED;
+pub use shards::{ChunkOut, ItemHook, Padded, Shards, consumer, shard_of};
 use table::{Slot, preload};
 
 use crate::{

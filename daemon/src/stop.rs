@@ -11,14 +11,13 @@
 //!    so that `hits = printed + not_printed + lost + rate_limited + filtered +
 //!    self_excluded + dropped_at_stop` stays exact.
 
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
 use tokio::signal::unix::Signal;
 
 use crate::{
     events::{EventStream, max_records},
-    pipeline::Pipeline,
-    resolve::SeqSource,
+    pipeline::Consume,
 };
 
 /// How long a stop processes what is left in the ring buffer by default.
@@ -54,19 +53,19 @@ impl DrainEnd {
 /// until `unread` more hit records were read (the pipeline counts them), the ring is empty,
 /// `timeout` passes, or `sigint`/`sigterm` arrives again; then counts what is left as
 /// dropped_at_stop (a warning says so). `ring_bytes` bounds that count's reading.
-pub async fn finish<W: Write, S: SeqSource>(
+pub async fn finish(
     stream: &mut EventStream,
-    pipeline: &mut Pipeline<W, S>,
+    pipeline: &mut dyn Consume,
     unread: u64,
     timeout: Duration,
     ring_bytes: u32,
     sigint: &mut Signal,
     sigterm: &mut Signal,
 ) -> DrainEnd {
-    let target = pipeline.hit_records.saturating_add(unread);
+    let target = pipeline.hit_records().saturating_add(unread);
     let deadline = tokio::time::Instant::now() + timeout;
     let end = loop {
-        if pipeline.hit_records >= target {
+        if pipeline.hit_records() >= target {
             break DrainEnd::Emptied;
         }
         // Checked here too: a timer due now is only seen at the runtime's next timer turn.
@@ -80,8 +79,8 @@ pub async fn finish<W: Write, S: SeqSource>(
             () = tokio::time::sleep_until(deadline) => break DrainEnd::Deadline,
             drained = async {
                 stream.drain_while(BATCH, |event| {
-                    pipeline.handle_event(&event);
-                    pipeline.hit_records < target
+                    pipeline.handle_owned(event);
+                    pipeline.hit_records() < target
                 })
             } => {
                 if drained.empty {

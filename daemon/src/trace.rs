@@ -21,9 +21,9 @@ use crate::{
     cli::{Aggregate, TraceArgs},
     container::ContainerRoot,
     events::EventStream,
-    output::{Aggregations, Latency, StackCounts, Summary, Writer, folded::FlamegraphError},
+    output::{Aggregations, Latency, StackCounts, Summary, folded::FlamegraphError},
     pidns::PidNamespace,
-    pipeline::{Pipeline, Stop},
+    pipeline::{Consume, Pipeline, Stop, consumer},
     probes::{self, Probe},
     recording::{
         Header, RecordedProbe, Recorder,
@@ -112,6 +112,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     if let Some(pid) = args.pid {
         check_alive(pid)?;
     }
+    let consumers = args.consumers().map_err(anyhow::Error::msg)?;
     let scope = probes::Scope {
         container: root.as_ref(),
         pid: args.pid,
@@ -119,13 +120,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut probes = probes::prepare(&args.specs, scope)?;
     drop(root);
     report_expansion(&probes);
-    let out: Box<dyn Write> = match &args.output {
+    let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         ),
-        None => Box::new(io::stdout().lock()),
+        None => Box::new(io::stdout()),
     };
-    let writer = Writer::new(BufWriter::new(out), args.format);
     // Created now, so that a bad path fails before anything is attached; drawn at the end.
     let flamegraph = match &args.flamegraph {
         Some(path) => Some((
@@ -248,11 +248,26 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         "running processes that map a probed file are tracked"
     );
     let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
-    let mut pipeline = Pipeline::new(probes, writer, args.count, &resolver, symbolizer)
-        .with_pid_filter(args.pid.map(NonZeroU32::get))
-        .with_aggregations(aggregations(&args), args.prints_hits())
-        .with_tracker(tracer.tracker_mode().0)
-        .with_stack_mode(args.stack_mode());
+    let mut pipeline = consumer(
+        consumers,
+        BufWriter::new(out),
+        args.format,
+        None,
+        |writer| {
+            Pipeline::new(
+                probes.clone(),
+                writer,
+                args.count,
+                &resolver,
+                symbolizer.clone(),
+            )
+            .with_pid_filter(args.pid.map(NonZeroU32::get))
+            .with_aggregations(aggregations(&args), args.prints_hits())
+            .with_tracker(tracer.tracker_mode().0)
+            .with_stack_mode(args.stack_mode())
+        },
+    )?;
+    drop(probes);
     let started = Instant::now();
     eprintln!(
         "probed: tracing {} probe(s){}{}; Ctrl-C to stop",
@@ -295,17 +310,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                         break EndedBy::OutputClosed;
                     }
                 }
-                batch = stream.next_batch(stop::BATCH, |event| pipeline.handle_event(&event)) => {
+                batch = stream.next_batch(stop::BATCH, |event| pipeline.handle_owned(event)) => {
                     batch.context("reading the hit ring buffer")?;
-                    if let Some(ended) = after_batch(&mut pipeline, recorder.as_deref()) {
+                    if let Some(ended) = after_batch(pipeline.as_mut(), recorder.as_deref()) {
                         break ended;
                     }
                 }
                 _ = tick.tick() => {
                     stream.drain(stop::BATCH, |event| {
-                        pipeline.handle_event(&event);
+                        pipeline.handle_owned(event);
                     });
-                    if let Some(ended) = after_batch(&mut pipeline, recorder.as_deref()) {
+                    if let Some(ended) = after_batch(pipeline.as_mut(), recorder.as_deref()) {
                         break ended;
                     }
                 }
@@ -336,11 +351,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     tracing::debug!(took = ?stopping.elapsed(), "links closed");
     // Counters read now are final: no program runs any more.
     let unread = pipeline
-        .unread_hits(|id| tracer.stats(id))
+        .unread_hits(&|id| tracer.stats(id))
         .unwrap_or(u64::MAX);
     let drain_end = stop::finish(
         &mut stream,
-        &mut pipeline,
+        pipeline.as_mut(),
         unread,
         args.drain_timeout(),
         ring_bytes,
@@ -378,7 +393,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
         None => Ok(()),
     };
-    pipeline.summarize(&mut summary, |id| tracer.stats(id))?;
+    pipeline.summarize(&mut summary, &|id| tracer.stats(id))?;
     // Aggregations before the summary, which stays the last line.
     pipeline.write_aggregations(true, summary.duration_s)?;
     if let Some((path, file)) = flamegraph {
@@ -396,10 +411,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 /// After a batch of events: flushes the hits (they are printed as they come, not when a
 /// buffer fills: someone is watching, or a pipe reader is waiting) and says whether the run
 /// is over.
-fn after_batch<W: Write, S: SeqSource>(
-    pipeline: &mut Pipeline<W, S>,
-    recorder: Option<&Recorder>,
-) -> Option<EndedBy> {
+fn after_batch(pipeline: &mut dyn Consume, recorder: Option<&Recorder>) -> Option<EndedBy> {
     if let Some(r) = recorder {
         r.batch_end();
     }

@@ -108,6 +108,21 @@ impl StackCounts {
         }
     }
 
+    /// Adds `other`'s counts (another consumer thread's share of the run).
+    pub fn absorb(&mut self, other: StackCounts) {
+        for (key, n) in other.counts {
+            if let Some(mine) = self.counts.get_mut(&key) {
+                *mine += n;
+            } else if self.counts.len() < MAX_STACKS {
+                self.counts.insert(key, n);
+            } else {
+                *self.counts.entry(OVERFLOW_STACK.to_owned()).or_default() += n;
+            }
+        }
+        self.hits += other.hits;
+        self.without_stack += other.without_stack;
+    }
+
     /// Hits counted.
     pub fn hits(&self) -> u64 {
         self.hits

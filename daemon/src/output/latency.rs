@@ -102,6 +102,16 @@ impl Histogram {
         self.max = self.max.max(ns);
     }
 
+    /// Adds `other`'s durations.
+    pub fn absorb(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
     /// Durations recorded.
     pub fn count(&self) -> u64 {
         self.count
@@ -300,6 +310,39 @@ impl Latency {
         if open.is_empty() {
             self.threads.remove(&(pid, tid));
         }
+    }
+
+    /// Adds `other`'s calls (another consumer thread's share of the run: other processes,
+    /// so other threads).
+    pub fn absorb(&mut self, other: Latency) {
+        let mut index = Vec::with_capacity(other.functions.len());
+        for f in other.functions {
+            let key = format!("{}\0{}", f.name, f.module);
+            let i = match self.by_key.get(key.as_str()) {
+                Some(&i) => {
+                    let mine = &mut self.functions[i as usize];
+                    mine.hist.absorb(&f.hist);
+                    mine.unmatched_returns += f.unmatched_returns;
+                    mine.unmatched_entries += f.unmatched_entries;
+                    i
+                }
+                None => {
+                    let i = self.functions.len() as u32;
+                    self.functions.push(f);
+                    self.by_key.insert(key, i);
+                    i
+                }
+            };
+            index.push(i);
+        }
+        for (thread, open) in other.threads {
+            let open = open.into_iter().map(|o| Open {
+                function: index[o.function as usize],
+                ts_ns: o.ts_ns,
+            });
+            self.threads.entry(thread).or_default().extend(open);
+        }
+        self.unidentified += other.unidentified;
     }
 
     /// The functions seen, in order of first hit.

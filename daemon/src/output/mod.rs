@@ -28,6 +28,16 @@ pub struct Aggregations {
 }
 
 impl Aggregations {
+    /// Adds `other`'s aggregations (another consumer thread's share of the run).
+    pub fn absorb(&mut self, other: Aggregations) {
+        if let (Some(mine), Some(theirs)) = (&mut self.stacks, other.stacks) {
+            mine.absorb(theirs);
+        }
+        if let (Some(mine), Some(theirs)) = (&mut self.latency, other.latency) {
+            mine.absorb(theirs);
+        }
+    }
+
     /// Whether nothing is aggregated.
     pub fn is_empty(&self) -> bool {
         self.stacks.is_none() && self.latency.is_none()
@@ -71,6 +81,22 @@ impl<W: Write> Writer<W> {
             format,
             header_done: false,
         }
+    }
+
+    /// This writer's text header is written by another (several consumer threads share
+    /// one output).
+    pub fn header_written(mut self) -> Self {
+        self.header_done = true;
+        self
+    }
+
+    /// Writes the text header now (before any hit) and flushes.
+    pub fn header_now(&mut self) -> io::Result<()> {
+        if self.format == Format::Text && !self.header_done {
+            text::write_header(&mut self.out)?;
+            self.header_done = true;
+        }
+        self.out.flush()
     }
 
     /// Writes one hit.

@@ -32,7 +32,53 @@ pub struct ProbeCounts {
     pub probe_mismatch: u64,
 }
 
+impl ProbeCounts {
+    /// Adds `other`'s counts.
+    pub fn absorb(&mut self, other: &ProbeCounts) {
+        self.printed += other.printed;
+        self.not_printed += other.not_printed;
+        for (reason, n) in &other.unresolved {
+            *self.unresolved.entry(reason).or_default() += n;
+        }
+        for (reason, n) in &other.by_probe {
+            *self.by_probe.entry(reason).or_default() += n;
+        }
+        self.write_errors += other.write_errors;
+        self.dropped_at_stop += other.dropped_at_stop;
+        self.probe_mismatch += other.probe_mismatch;
+    }
+}
+
 impl<W: Write, S: SeqSource> Pipeline<W, S> {
+    /// Adds up another consumer thread's pipeline of the same run (same probes, other
+    /// processes): its counters, its aggregations; its outputs were flushed.
+    pub fn absorb(&mut self, other: Pipeline<W, S>) {
+        for (mine, theirs) in self.probes.iter_mut().zip(&other.probes) {
+            if let (Some(mine), Some(theirs)) = (mine, theirs) {
+                mine.counts.absorb(&theirs.counts);
+            }
+        }
+        self.printed += other.printed;
+        self.unnamed += other.unnamed;
+        self.unknown_probe += other.unknown_probe;
+        self.stacks_truncated += other.stacks_truncated;
+        self.hit_records += other.hit_records;
+        self.stop = self.stop.or(other.stop);
+        let (l, o) = (&mut self.lock, &other.lock);
+        l.captured += o.captured;
+        l.capture_failed += o.capture_failed;
+        l.captured_frames += o.captured_frames;
+        l.capture_failed_frames += o.capture_failed_frames;
+        l.stale_rescans += o.stale_rescans;
+        l.published_count += o.published_count;
+        if let (Some(mine), Some(theirs)) = (&mut self.memo, &other.memo) {
+            mine.hits += theirs.hits;
+        }
+        self.unwinder.absorb(&other.unwinder);
+        self.unwind_tables.loads += other.unwind_tables.loads;
+        self.aggregations.absorb(other.aggregations);
+    }
+
     /// Lock mode: (captured, failed, captured frames, failed frames) so far.
     pub fn captures(&self) -> [u64; 4] {
         let l = &self.lock;

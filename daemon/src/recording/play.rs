@@ -12,15 +12,16 @@ use std::{
 
 use anyhow::{Context, bail};
 use probed_common::ProbeStats;
+use rustix::time::ClockId;
 
 use super::{
     Frame,
-    seams::{ItemClock, ReplayMaps, ReplaySeq},
+    seams::{ItemClocks, ReplayMaps, ReplaySeq},
 };
 use crate::{
     cli::{Aggregate, ReplayArgs},
-    output::{Aggregations, Latency, StackCounts, Summary, Writer},
-    pipeline::Pipeline,
+    output::{Aggregations, Latency, StackCounts, Summary},
+    pipeline::{ItemHook, Pipeline, consumer},
     probes::{self, Probe},
     symbolize::Symbolizer,
 };
@@ -30,12 +31,20 @@ use crate::{
 struct Measured {
     /// Ring items handed to the pipeline.
     events: u64,
-    /// CPU time of the replaying thread, from the first frame to the written summary.
+    /// CPU time of the replaying thread (of the process with several consumers), from the
+    /// first frame to the written summary.
     cpu_s: f64,
     /// Wall time of the same.
     wall_s: f64,
     /// `events / cpu_s`.
     events_per_cpu_s: f64,
+    /// `events / wall_s` (what more consumer threads raise).
+    events_per_wall_s: f64,
+    /// Consumer threads; with more than one, `cpu_s` is the whole process's.
+    consumers: usize,
+    /// CPU time of the thread that reads the recording and deals its items (with one
+    /// consumer, the consumer's own).
+    main_cpu_s: f64,
     /// Sequence reads and maps reads that did not meet their recorded answer (0: the
     /// replay made no read the run did not make).
     seq_diverged: u64,
@@ -52,43 +61,70 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let header = &recording.header;
     let probes = rebuild_probes(header)?;
 
-    let out: Box<dyn Write> = match &args.output {
+    let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         ),
-        None => Box::new(io::stdout().lock()),
+        None => Box::new(io::stdout()),
     };
-    let writer = Writer::new(BufWriter::new(out), args.format);
-    let clock = Arc::new(ItemClock::default());
-    let seq = ReplaySeq::new(&recording.frames, clock.clone());
-    let maps = ReplayMaps::new(&recording.frames, clock.clone());
+    let consumers = usize::from(args.consumers);
+    let clocks = Arc::new(ItemClocks::new(consumers));
+    let seq = ReplaySeq::new(&recording.frames, clocks.clone());
+    let maps = ReplayMaps::new(&recording.frames, clocks.clone());
     let maps_counts = maps.counts();
     let resolver = crate::trace::trace_resolver(seq, maps, header.tracker, &probes);
     let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
     let stacks = args.aggregate == Some(Aggregate::Stack);
-    let aggregations = Aggregations {
-        stacks: stacks.then(StackCounts::new),
-        print_stacks: stacks,
-        latency: args.latency.then(Latency::new),
-    };
     let print_hits = args.print_hits || (!stacks && !args.latency && !args.summary_only);
-    let mut pipeline = Pipeline::new(probes, writer, None, &resolver, symbolizer)
-        .with_pid_filter(header.pid)
-        .with_aggregations(aggregations, print_hits)
-        .with_tracker(header.tracker)
-        .with_stack_mode(header.stack_mode.unwrap_or_default());
+    // Several consumers: each sets its own lane's clock before an item (shards.rs).
+    let hook: Option<ItemHook> = (consumers > 1).then(|| {
+        let clocks = clocks.clone();
+        Arc::new(move |lane: usize, n: u64| clocks.set(lane, n)) as ItemHook
+    });
+    let mut pipeline = consumer(
+        consumers,
+        BufWriter::new(out),
+        args.format,
+        hook,
+        |writer| {
+            let aggregations = Aggregations {
+                stacks: stacks.then(StackCounts::new),
+                print_stacks: stacks,
+                latency: args.latency.then(Latency::new),
+            };
+            Pipeline::new(probes.clone(), writer, None, &resolver, symbolizer.clone())
+                .with_pid_filter(header.pid)
+                .with_aggregations(aggregations, print_hits)
+                .with_tracker(header.tracker)
+                .with_stack_mode(header.stack_mode.unwrap_or_default())
+        },
+    )?;
 
     let mut stats: BTreeMap<u32, ProbeStats> = BTreeMap::new();
     let mut events = 0u64;
+    let mut items = 0u64;
     let wall = Instant::now();
-    let cpu = thread_cpu_s();
+    // The consumers' threads too, when there are several.
+    let cpu_clock = if consumers > 1 {
+        ClockId::ProcessCPUTime
+    } else {
+        ClockId::ThreadCPUTime
+    };
+    let cpu = cpu_s(cpu_clock);
+    let main_cpu = cpu_s(ClockId::ThreadCPUTime);
     for frame in &recording.frames {
         match frame {
             Frame::Item(bytes) => {
-                clock.tick();
+                items += 1;
+                if consumers == 1 {
+                    clocks.set(0, items);
+                }
+                // (A consumer thread numbers the items it is dealt; an undecodable item,
+                // which a recording of this build does not hold, would shift the numbers:
+                // the seams would count the reads after it as diverged.)
                 if let Some(event) = crate::events::decode(bytes) {
                     events += 1;
-                    pipeline.handle_event(&event);
+                    pipeline.handle_owned(event);
                 }
             }
             Frame::BatchEnd => {
@@ -116,23 +152,28 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         duration_s: wall.elapsed().as_secs_f64(),
         ..Default::default()
     };
-    pipeline.summarize(&mut summary, |id| {
+    pipeline.summarize(&mut summary, &|id| {
         Ok(stats.get(&id).copied().unwrap_or_default())
     })?;
     pipeline.write_aggregations(true, summary.duration_s)?;
     pipeline.finish(&summary)?;
-    let cpu_s = thread_cpu_s() - cpu;
+    let main_cpu_s = cpu_s(ClockId::ThreadCPUTime) - main_cpu;
+    let cpu_s = cpu_s(cpu_clock) - cpu;
+    let wall_s = wall.elapsed().as_secs_f64();
     if args.measure {
         let seq = resolver.seq.counts();
         let m = Measured {
             events,
             cpu_s,
-            wall_s: wall.elapsed().as_secs_f64(),
+            wall_s,
             events_per_cpu_s: if cpu_s > 0.0 {
                 events as f64 / cpu_s
             } else {
                 0.0
             },
+            events_per_wall_s: events as f64 / wall_s.max(f64::MIN_POSITIVE),
+            consumers,
+            main_cpu_s,
             seq_diverged: seq.diverged,
             maps_diverged: maps_counts().diverged,
             seq_skipped: seq.skipped,
@@ -181,8 +222,8 @@ fn rebuild_probes(header: &super::Header) -> anyhow::Result<Vec<Probe>> {
     Ok(probes)
 }
 
-/// CPU seconds this thread has used.
-fn thread_cpu_s() -> f64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+/// CPU seconds this thread (or this process) has used.
+fn cpu_s(clock: ClockId) -> f64 {
+    let t = rustix::time::clock_gettime(clock);
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }

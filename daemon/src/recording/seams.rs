@@ -14,7 +14,10 @@ use std::sync::{
 };
 
 use super::file::{Frame, MapsFailure, MapsResult, Recorder};
-use crate::resolve::{MapsSource, ProcKey, ScanError, SeqSource};
+use crate::{
+    pipeline::{Padded, shard_of},
+    resolve::{MapsSource, ProcKey, ScanError, SeqSource},
+};
 
 /// A sequence source that records what it answers when a recorder is set.
 pub struct RecordingSeq<S> {
@@ -80,29 +83,47 @@ impl<M: MapsSource> MapsSource for RecordingMaps<M> {
     }
 }
 
-/// Which ring item the replay is handling: the number of items handed to the pipeline so
-/// far (0 before the first: the reads of processes tracked at start). Each recorded answer
-/// carries the number of items before it in the file, so a seam knows which answers belong
-/// to the item being handled.
-#[derive(Debug, Default)]
-pub struct ItemClock(AtomicU64);
+/// Which ring item the replay is handling, per consumer thread (lane; one lane with one
+/// consumer): the number of items handed out so far (0 before the first: the reads of
+/// processes tracked at start). Each recorded answer carries the number of items before it
+/// in the file, so a seam knows which answers belong to the item being handled. Answers
+/// are laned by process as the consumers are (`pipeline::shard_of`), so each lane's answers
+/// come in the order its consumer asks for them.
+#[derive(Debug)]
+pub struct ItemClocks(Vec<Padded>);
 
-impl ItemClock {
-    /// One more item handed over.
-    pub fn tick(&self) {
-        self.0.fetch_add(1, Relaxed);
+impl ItemClocks {
+    /// `lanes` clocks at 0.
+    pub fn new(lanes: usize) -> Self {
+        Self((0..lanes.max(1)).map(|_| Padded::default()).collect())
     }
 
-    fn now(&self) -> u64 {
-        self.0.load(Relaxed)
+    /// Lane `lane` is at item `n`.
+    pub fn set(&self, lane: usize, n: u64) {
+        self.0[lane].0.store(n, Relaxed);
+    }
+
+    fn now(&self, lane: usize) -> u64 {
+        self.0[lane].0.load(Relaxed)
+    }
+
+    fn lanes(&self) -> usize {
+        self.0.len()
     }
 }
 
-/// Recorded answers of one seam, given back in order, item by item.
-struct Answers<A> {
+/// One lane's recorded answers, given back in order (a cache line of its own: each lane's
+/// consumer moves its cursor per read).
+#[repr(align(128))]
+struct Lane<A> {
     list: Vec<(u64, ProcKey, A)>,
     next: AtomicUsize,
-    clock: Arc<ItemClock>,
+}
+
+/// Recorded answers of one seam, given back in order, item by item, lane by lane.
+struct Answers<A> {
+    lanes: Vec<Lane<A>>,
+    clocks: Arc<ItemClocks>,
     diverged: AtomicU64,
     skipped: AtomicU64,
 }
@@ -110,22 +131,27 @@ struct Answers<A> {
 impl<A> Answers<A> {
     fn new(
         frames: &[Frame],
-        clock: Arc<ItemClock>,
+        clocks: Arc<ItemClocks>,
         pick: impl Fn(&Frame) -> Option<(ProcKey, A)>,
     ) -> Self {
+        let n = clocks.lanes();
         let mut items = 0;
-        let mut list = Vec::new();
+        let mut lanes: Vec<Lane<A>> = (0..n)
+            .map(|_| Lane {
+                list: Vec::new(),
+                next: AtomicUsize::new(0),
+            })
+            .collect();
         for f in frames {
             if matches!(f, Frame::Item(_)) {
                 items += 1;
             } else if let Some((p, a)) = pick(f) {
-                list.push((items, p, a));
+                lanes[shard_of(p.pid, n)].list.push((items, p, a));
             }
         }
         Self {
-            list,
-            next: AtomicUsize::new(0),
-            clock,
+            lanes,
+            clocks,
             diverged: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         }
@@ -138,26 +164,28 @@ impl<A> Answers<A> {
     /// repeated stack without resolving it).
     #[inline]
     fn take<T>(&self, proc: ProcKey, pick: impl Fn(&A) -> Option<T>) -> Option<T> {
-        let now = self.clock.now();
-        let mut i = self.next.load(Relaxed);
+        let lane = shard_of(proc.pid, self.lanes.len());
+        let now = self.clocks.now(lane);
+        let Lane { list, next } = &self.lanes[lane];
+        let mut i = next.load(Relaxed);
         let start = i;
-        while self.list.get(i).is_some_and(|(item, ..)| *item < now) {
+        while list.get(i).is_some_and(|(item, ..)| *item < now) {
             i += 1;
         }
         if i > start {
             self.skipped.fetch_add((i - start) as u64, Relaxed);
         }
-        if let Some((item, p, a)) = self.list.get(i)
+        if let Some((item, p, a)) = list.get(i)
             && *item == now
             && *p == proc
             && let Some(v) = pick(a)
         {
-            self.next.store(i + 1, Relaxed);
+            next.store(i + 1, Relaxed);
             return Some(v);
         }
-        self.next.store(i, Relaxed);
+        next.store(i, Relaxed);
         self.diverged.fetch_add(1, Relaxed);
-        self.list[..i]
+        list[..i]
             .iter()
             .rev()
             .filter(|(_, p, _)| *p == proc)
@@ -167,7 +195,11 @@ impl<A> Answers<A> {
     /// The counts so far; answers not reached yet count as skipped (at the end of a
     /// replay, those nobody asked for).
     fn counts(&self) -> SeamCounts {
-        let unreached = self.list.len() - self.next.load(Relaxed).min(self.list.len());
+        let unreached: usize = self
+            .lanes
+            .iter()
+            .map(|l| l.list.len() - l.next.load(Relaxed).min(l.list.len()))
+            .sum();
         SeamCounts {
             diverged: self.diverged.load(Relaxed),
             skipped: self.skipped.load(Relaxed) + unreached as u64,
@@ -195,9 +227,9 @@ enum SeqAnswer {
 pub struct ReplaySeq(Answers<SeqAnswer>);
 
 impl ReplaySeq {
-    /// The sequence answers among `frames`, item by item of `clock`.
-    pub fn new(frames: &[Frame], clock: Arc<ItemClock>) -> Self {
-        Self(Answers::new(frames, clock, |f| match f {
+    /// The sequence answers among `frames`, item by item of `clocks`.
+    pub fn new(frames: &[Frame], clocks: Arc<ItemClocks>) -> Self {
+        Self(Answers::new(frames, clocks, |f| match f {
             Frame::SeqBegin(p, v) => Some((*p, SeqAnswer::Begin(*v))),
             Frame::SeqRetry(p, m) => Some((*p, SeqAnswer::Retry(*m))),
             _ => None,
@@ -236,9 +268,9 @@ impl SeqSource for ReplaySeq {
 pub struct ReplayMaps(Arc<Answers<MapsResult>>);
 
 impl ReplayMaps {
-    /// The maps reads among `frames`, item by item of `clock`.
-    pub fn new(frames: &[Frame], clock: Arc<ItemClock>) -> Self {
-        Self(Arc::new(Answers::new(frames, clock, |f| match f {
+    /// The maps reads among `frames`, item by item of `clocks`.
+    pub fn new(frames: &[Frame], clocks: Arc<ItemClocks>) -> Self {
+        Self(Arc::new(Answers::new(frames, clocks, |f| match f {
             Frame::Maps(p, r) => Some((*p, r.clone())),
             _ => None,
         })))
@@ -296,7 +328,7 @@ mod tests {
             Frame::Item(vec![]),
             Frame::SeqBegin(A, Some(6)),
         ];
-        let clock = Arc::new(ItemClock::default());
+        let clock = Arc::new(ItemClocks::new(1));
         let seq = ReplaySeq::new(&frames, clock.clone());
         let maps = ReplayMaps::new(&frames, clock.clone());
         let maps_counts = maps.counts();
@@ -305,7 +337,7 @@ mod tests {
         maps.read_maps(A, &mut buf).unwrap();
         assert_eq!(buf, b"text-a");
         assert!(!seq.retry(A, 4));
-        clock.tick();
+        clock.set(0, 1);
         assert_eq!(seq.try_begin(B), None);
         assert!(matches!(
             maps.read_maps(B, &mut buf),
@@ -321,13 +353,12 @@ mod tests {
         // The next item's answer is its own, not this item's stray call's.
         assert_eq!(seq.try_begin(A), Some(4));
         assert_eq!(seq.counts().diverged, 1);
-        clock.tick();
+        clock.set(0, 2);
         assert_eq!(seq.try_begin(A), Some(6));
         // An item the replay handled without asking: its answers are passed over.
-        let clock2 = Arc::new(ItemClock::default());
+        let clock2 = Arc::new(ItemClocks::new(1));
         let seq2 = ReplaySeq::new(&frames, clock2.clone());
-        clock2.tick();
-        clock2.tick();
+        clock2.set(0, 2);
         assert_eq!(seq2.try_begin(A), Some(6));
         assert_eq!(
             seq2.counts(),

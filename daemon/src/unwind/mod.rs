@@ -229,6 +229,15 @@ impl Unwinder {
         }
     }
 
+    /// Adds `other`'s counts (another consumer thread's walks).
+    pub fn absorb(&mut self, other: &Unwinder) {
+        for (mine, theirs) in self.stops.iter_mut().zip(other.stops) {
+            *mine += theirs;
+        }
+        self.max_used = self.max_used.max(other.max_used);
+        self.frames += other.frames;
+    }
+
     /// Walks ended per reason, by the reason's name (`end`, `no_cfi`, …).
     pub fn stops_by_reason(&self) -> Vec<(&'static str, u64)> {
         StopReason::ALL
