@@ -32,7 +32,7 @@ pub use counters::ProbeCounts;
 pub use lock::Captures;
 use lock::LockState;
 use lookup::UNNAMED;
-pub use shards::{ChunkOut, ItemHook, Padded, Shards, consumer, shard_of};
+pub use shards::{Assigner, ChunkOut, ItemHook, Padded, Route, Shards, consumer, lanes, owner};
 use table::{Slot, preload};
 
 use crate::{

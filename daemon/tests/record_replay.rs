@@ -126,6 +126,89 @@ fn replay_prints_what_the_run_printed() {
     let _ = std::fs::remove_file(&rec);
 }
 
+/// Four processes with stacks, recorded, replayed with one consumer thread and with three
+/// (`--consumers 3`, pipeline/shards.rs): the same hit lines (in another interleaving of
+/// processes, each thread's in its order), the same per-probe counts, and every seam read
+/// meeting its recorded answer in both.
+#[test]
+fn consumer_threads_print_what_one_prints() {
+    if !common::require_bpf("consumer_threads_print_what_one_prints") {
+        return;
+    }
+    let exe = nofp_exe();
+    let rec = scratch("threads.rec");
+    let mut targets: Vec<Target> = (0..4)
+        .map(|_| Target::start(&exe, &["calls", "200"]))
+        .collect();
+    let entry = format!("uprobe:{}:leaf", exe.display());
+    let ret = format!("uretprobe:{}:leaf", exe.display());
+    let probed = Probed::start(&[
+        "trace",
+        &entry,
+        &ret,
+        "--stack",
+        "--format",
+        "json",
+        "--record",
+        rec.to_str().expect("UTF-8"),
+    ]);
+    for t in &mut targets {
+        t.go();
+    }
+    let end = probed.stop(libc::SIGINT);
+    assert!(end.status.success(), "{end:?}");
+    for t in targets {
+        t.finish();
+    }
+    let (live_hits, _) = split(&end.stdout);
+    assert_eq!(live_hits.len(), 1600, "{:?}", end.stderr);
+
+    let mut replays = Vec::new();
+    for consumers in ["1", "3"] {
+        let (ok, stdout, stderr) = replay(&[
+            rec.to_str().unwrap(),
+            "--format",
+            "json",
+            "--consumers",
+            consumers,
+            "--measure",
+        ]);
+        assert!(ok, "{stderr}");
+        let measured: Value =
+            serde_json::from_str(stderr.lines().last().expect("a measurement line")).expect("JSON");
+        assert_eq!(measured["seq_diverged"], 0, "{consumers}: {measured}");
+        assert_eq!(measured["maps_diverged"], 0, "{consumers}: {measured}");
+        let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+        replays.push(split(&lines));
+    }
+    let (one, one_summary) = &replays[0];
+    let (three, three_summary) = &replays[1];
+    assert_eq!(one, &live_hits, "one consumer prints the run's lines");
+    let by_thread = |hits: &[String]| {
+        let mut threads: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+        for line in hits {
+            let v: Value = serde_json::from_str(line).expect("hit JSON");
+            threads
+                .entry(v["tid"].as_u64().expect("tid"))
+                .or_default()
+                .push(line.clone());
+        }
+        threads
+    };
+    let (a, b) = (by_thread(one), by_thread(three));
+    assert_eq!(a.len(), 4, "four threads");
+    assert_eq!(
+        a, b,
+        "each thread's lines, in order, the same with three consumers"
+    );
+    assert_eq!(one_summary["probes"], three_summary["probes"]);
+    assert_eq!(
+        one_summary["resolver"]["fast_path"], three_summary["resolver"]["fast_path"],
+        "{one_summary} {three_summary}"
+    );
+    let _ = std::fs::remove_file(&rec);
+}
+
 /// A file that is not a recording, a missing one, and a recording whose probed file was
 /// replaced: each one line saying so, and a non-zero exit.
 #[test]

@@ -139,14 +139,21 @@ pub struct Pass {
     pub tmp: Fixtures,
     /// `PROBED_TRACKER` in the container; `None`: probed's default (`auto`).
     pub tracker: Option<&'static str>,
+    /// `PROBED_CONSUMERS` in the container (consumer threads of every `probed trace` that
+    /// allows several); `None`: one.
+    pub consumers: Option<&'static str>,
 }
 
 impl Pass {
     fn name(self) -> String {
-        match self.tracker {
-            None => self.tmp.name().to_string(),
-            Some(t) => format!("{}, PROBED_TRACKER={t}", self.tmp.name()),
+        let mut name = self.tmp.name().to_string();
+        if let Some(t) = self.tracker {
+            name.push_str(&format!(", PROBED_TRACKER={t}"));
         }
+        if let Some(c) = self.consumers {
+            name.push_str(&format!(", PROBED_CONSUMERS={c}"));
+        }
+        name
     }
 }
 
@@ -159,29 +166,42 @@ impl Fixtures {
 
     /// The passes of this choice. `both` adds a syscall-tracker overlay pass: on 6.14+
     /// kernels (CI's) `auto` runs lock mode, so the syscall tracker — the one Debian's 6.1
-    /// and 6.12 run, containers included — would otherwise go untested by the full run.
+    /// and 6.12 run, containers included — would otherwise go untested by the full run; and
+    /// a pass with two consumer threads in every `probed trace` that allows them, so that
+    /// the exactness tests (churn, exec, fork, short-lived, pid reuse, threads, stacks)
+    /// also hold when processes are dealt to shards (pipeline/shards.rs).
     fn passes(self) -> &'static [Pass] {
         match self {
             Fixtures::Tmpfs => &[Pass {
                 tmp: Fixtures::Tmpfs,
                 tracker: None,
+                consumers: None,
             }],
             Fixtures::Overlay => &[Pass {
                 tmp: Fixtures::Overlay,
                 tracker: None,
+                consumers: None,
             }],
             Fixtures::Both => &[
                 Pass {
                     tmp: Fixtures::Tmpfs,
                     tracker: None,
+                    consumers: None,
                 },
                 Pass {
                     tmp: Fixtures::Overlay,
                     tracker: None,
+                    consumers: None,
                 },
                 Pass {
                     tmp: Fixtures::Overlay,
                     tracker: Some("syscalls"),
+                    consumers: None,
+                },
+                Pass {
+                    tmp: Fixtures::Tmpfs,
+                    tracker: None,
+                    consumers: Some("2"),
                 },
             ],
         }
@@ -377,6 +397,10 @@ fn container(image: &str, sysroot: &Path, exe: &TestExe, pass: Pass) -> Command 
     }
     if let Some(tracker) = pass.tracker {
         cmd.arg("--env").arg(format!("PROBED_TRACKER={tracker}"));
+    }
+    if let Some(consumers) = pass.consumers {
+        cmd.arg("--env")
+            .arg(format!("PROBED_CONSUMERS={consumers}"));
     }
     // What tracing needs: tracefs (the tracker's tracepoints, bpftrace), BTF (probed's
     // offsets), bpffs and debugfs where the host has them.
@@ -618,7 +642,15 @@ mod tests {
         assert!(Fixtures::Both.passes().contains(&Pass {
             tmp: Fixtures::Overlay,
             tracker: Some("syscalls"),
+            consumers: None,
         }));
+        // And the exactness tests with consumer threads.
+        assert!(
+            Fixtures::Both
+                .passes()
+                .iter()
+                .any(|p| p.consumers == Some("2"))
+        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Several consumer threads (`--consumers N`): the ring's items dealt by process to N
-//! pipelines, each on a thread of its own with its own resolver [`Reader`] on the shared
-//! mirror, its own symbol lookups into the shared ELF cache, its lines written whole into
-//! the one output.
+//! pipelines — shard 0 on the thread that reads the ring, the others on threads of their
+//! own — each with its own resolver [`Reader`] on the shared mirror, its own symbol lookups
+//! into the shared ELF cache, its lines written whole into the one output.
 //!
 //! **Why by process.** The resolver's ordering rule is per process: every change report of a
 //! process with ticket ≤ S/2 is applied before a hit of that process stamped S is resolved.
 //! The ring holds a process's reports and hits in that order; a shard gets all of a
 //! process's items, in ring order, through one FIFO channel, so the rule holds in each
 //! shard as it does in one pipeline, and a thread's hits (a thread is in one process) are
-//! written in hit order. Lines of different processes interleave by chunk.
+//! written in hit order. Lines of different processes interleave by chunk. Processes are
+//! given shards in turn as they first appear ([`Assigner`]): the first goes to shard 0, so a
+//! run with one busy process handles it where it is read, with no hop between threads.
 //!
 //! **What crosses processes**, and how it keeps its order:
 //! - a fork report: the child's picture is copied from the parent's as of the fork, so the
@@ -19,13 +21,17 @@
 //! - a strings record (it carries the thread, not the process): kept until its thread's
 //!   hit, which follows it in the ring, and dealt just before that hit.
 //!
-//! The dispatcher runs on the loop's thread (decode, deal, count hit records per probe for
-//! the stop's drain); channels are bounded, so a consumer that falls behind slows the
-//! dispatcher and the ring fills — counted as lost in BPF, as with one consumer.
-//! Aggregations and counters are per shard and added up at the end (`join`).
+//! The dealing thread decodes, deals and counts hit records per probe (the stop's drain);
+//! channels are bounded, so a consumer that falls behind slows the dealer and the ring
+//! fills — counted as lost in BPF, as with one consumer. Aggregations and counters are per
+//! shard and added up at the end (`join`).
+//!
+//! **What it costs** (`cargo xtask bench pipeline`, README "The consumer's capacity"): each
+//! item dealt to another thread is copied once more and read by another core. Sharding the
+//! ring itself in BPF (a ring per shard, read by its own thread) would save that; it would
+//! also need the fork wait across rings and the stop's drain over several rings.
 
 use std::{
-    collections::HashMap,
     io::{self, Write},
     sync::{
         Arc, Mutex, PoisonError,
@@ -35,7 +41,8 @@ use std::{
     thread,
 };
 
-use probed_common::{HitEvent, PROC_FORK};
+use probed_common::{PROC_EXIT, PROC_FORK};
+use rustc_hash::FxHashMap;
 
 use super::{
     Pipeline, Stop,
@@ -45,7 +52,7 @@ use crate::{
     attach::AttachError,
     events::Event,
     output::{Aggregations, Format, Summary, Writer},
-    resolve::SeqSource,
+    resolve::{ProcKey, SeqSource},
 };
 
 /// Items a shard is handed at once (fewer at a batch's end): big enough that a channel
@@ -59,19 +66,104 @@ const KEEP_AT_MOST: usize = 1 << 20;
 /// Strings records waiting for their hit at once (as `arg_strings::MAX_PENDING`).
 const MAX_PENDING_STRINGS: usize = 65536;
 
-/// The shard of a process.
-pub fn shard_of(pid: u32, shards: usize) -> usize {
-    pid as usize % shards.max(1)
+/// The process (pid, generation) an item belongs to (`None`: to every process, or to its
+/// thread's next hit).
+pub fn owner(event: &Event) -> Option<ProcKey> {
+    match event {
+        Event::Proc(p) => Some(ProcKey::new(p.pid, p.proc_gen)),
+        Event::Change(c) => Some(ProcKey::new(c.pid, c.proc_gen)),
+        Event::FileName(_) | Event::ArgStrings(_) => None,
+        other => other.hit().map(|h| ProcKey::new(h.pid, h.proc_gen)),
+    }
 }
 
-/// The process an item belongs to (`None`: to every process, or to its thread's next hit).
-fn owner(event: &Event) -> Option<u32> {
-    match event {
-        Event::Proc(p) => Some(p.pid),
-        Event::Change(c) => Some(c.pid),
-        Event::FileName(_) | Event::ArgStrings(_) => None,
-        other => other.hit().map(|h| h.pid),
+/// Which shard each process goes to: when first seen, the next shard in turn (the first
+/// process to shard 0, which the dispatching thread handles itself: a run of one busy
+/// process adds no thread hop); kept by pid until the process exits (an exec keeps it).
+#[derive(Debug)]
+pub struct Assigner {
+    shards: usize,
+    next: usize,
+    of: FxHashMap<u32, usize>,
+}
+
+impl Assigner {
+    /// Over `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: shards.max(1),
+            next: 0,
+            of: FxHashMap::default(),
+        }
     }
+
+    /// The shard of process `pid`, given one now if it has none.
+    pub fn shard(&mut self, pid: u32) -> usize {
+        let (shards, next) = (self.shards, &mut self.next);
+        *self.of.entry(pid).or_insert_with(|| {
+            let s = *next;
+            *next = (s + 1) % shards;
+            s
+        })
+    }
+
+    /// The shard of process `pid`, if it has one.
+    pub fn known(&self, pid: u32) -> Option<usize> {
+        self.of.get(&pid).copied()
+    }
+
+    /// Deals `event` (its owner's shard, and for a fork the parent's shard if it has one):
+    /// the dispatcher and a replay's seams (which lane answers go to) both go through it.
+    pub fn route(&mut self, event: &Event) -> Option<Route> {
+        let proc = owner(event)?;
+        let shard = self.shard(proc.pid);
+        let route = match event {
+            Event::Proc(p) if p.what == PROC_FORK => Route {
+                proc,
+                shard,
+                parent: self.known(p.parent_pid),
+            },
+            _ => Route {
+                proc,
+                shard,
+                parent: None,
+            },
+        };
+        if let Event::Proc(p) = event
+            && p.what == PROC_EXIT
+        {
+            // Later items of this pid are another process's.
+            self.of.remove(&p.pid);
+        }
+        Some(route)
+    }
+}
+
+/// Where an item goes.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    /// Its process.
+    pub proc: ProcKey,
+    /// Its process's shard.
+    pub shard: usize,
+    /// A fork's parent's shard, if the parent has one.
+    pub parent: Option<usize>,
+}
+
+/// The shard of every process a recorded ring's `events` name, as the dispatcher will
+/// assign them (a replay's seams give each shard's consumer its own processes' answers).
+pub fn lanes<'a>(
+    shards: usize,
+    events: impl Iterator<Item = Event> + 'a,
+) -> FxHashMap<ProcKey, usize> {
+    let mut assigner = Assigner::new(shards);
+    let mut lanes = FxHashMap::default();
+    for event in events {
+        if let Some(route) = assigner.route(&event) {
+            lanes.insert(route.proc, route.shard);
+        }
+    }
+    lanes
 }
 
 /// Called by a shard before it handles item `n` of the ring (numbered from 1 in ring order)
@@ -139,13 +231,10 @@ impl<W: Write> Write for ChunkOut<W> {
 
 /// What a shard is handed.
 enum Work {
-    /// Item `n` of the ring: a plain hit (most items; 144 bytes, where an `Event` is a
-    /// kilobyte for the paths of reports).
-    Hit(u64, HitEvent),
-    /// Item `n` of the ring, any other kind.
-    Item(u64, Box<Event>),
+    /// Item `n` of the ring.
+    Item(u64, Event),
     /// A hit left in the ring at the stop's deadline: counted, not handled.
-    Dropped(Box<Event>),
+    Dropped(Event),
     /// Wait until shard `shard` has handled `done` items (a fork crossing shards).
     Wait { shard: usize, done: u64 },
     /// A drained batch ended after `n` items: lock mode's rescans, then a flush.
@@ -180,68 +269,81 @@ impl<W: Write + Send + 'static, S: SeqSource + Send + Sync + 'static> Shard for 
     }
 }
 
-/// N consumers (pipelines) on threads of their own, fed by process.
+/// N consumers (pipelines), fed by process: shard 0 on the dispatching thread, the others
+/// on threads of their own.
 pub struct Shards<P: Shard> {
-    senders: Vec<mpsc::SyncSender<Vec<Work>>>,
+    /// Shard 0 (`None` once joined).
+    inline: Option<P>,
+    /// Shards 1.. (index 0 unused).
+    senders: Vec<Option<mpsc::SyncSender<Vec<Work>>>>,
     pending: Vec<Vec<Work>>,
     /// Items dealt per shard (what `Work::Wait` waits for).
     dealt: Vec<u64>,
     workers: Vec<thread::JoinHandle<P>>,
     shared: Arc<Shared>,
+    hook: Option<ItemHook>,
+    assigner: Assigner,
     /// Strings records by thread, with their item numbers, until their hit.
-    strings: HashMap<u32, (u64, Event)>,
+    strings: FxHashMap<u32, (u64, Event)>,
     /// Ring items seen.
     items: u64,
     hit_records: u64,
     /// The run's probes, and hit records read per probe (the stop's `unread_hits`).
     probe_ids: Vec<u32>,
-    read: HashMap<u32, u64>,
+    read: FxHashMap<u32, u64>,
     /// The shards added up, once joined.
     merged: Option<P>,
 }
 
 impl<P: Shard> Shards<P> {
-    /// Starts one thread per consumer of `shards` (shard i: processes with
-    /// `shard_of(pid) == i`), `hook` called as [`ItemHook`] says.
-    pub fn start(mut shards: Vec<P>, hook: Option<ItemHook>) -> io::Result<Self> {
+    /// Shard 0 of `shards` on this thread, one thread for each other (processes dealt by
+    /// [`Assigner`]), `hook` called as [`ItemHook`] says.
+    pub fn start(shards: Vec<P>, hook: Option<ItemHook>) -> io::Result<Self> {
         let n = shards.len();
-        let probe_ids = shards
-            .first_mut()
-            .map(Consume::probe_ids)
-            .unwrap_or_default();
         let shared = Arc::new(Shared {
             done: (0..n).map(|_| Padded::default()).collect(),
             closed: AtomicBool::new(false),
         });
-        let mut senders = Vec::with_capacity(n);
+        let mut shards = shards.into_iter();
+        let mut inline = shards.next().expect("a run has at least one consumer");
+        let probe_ids = inline.probe_ids();
+        let mut senders = vec![None];
         let mut workers = Vec::with_capacity(n);
-        for (me, pipeline) in shards.into_iter().enumerate() {
+        for (me, pipeline) in shards.enumerate() {
+            let me = me + 1;
             let (tx, rx) = mpsc::sync_channel(QUEUE);
             let shared = shared.clone();
             let hook = hook.clone();
             let worker = thread::Builder::new()
                 .name(format!("probed-consumer-{me}"))
                 .spawn(move || work(me, pipeline, &rx, &shared, hook.as_deref()))?;
-            senders.push(tx);
+            senders.push(Some(tx));
             workers.push(worker);
         }
         Ok(Self {
+            inline: Some(inline),
             senders,
             pending: (0..n).map(|_| Vec::with_capacity(CHUNK)).collect(),
             dealt: vec![0; n],
             workers,
             shared,
-            strings: HashMap::new(),
+            hook,
+            assigner: Assigner::new(n),
+            strings: FxHashMap::default(),
             items: 0,
             hit_records: 0,
             probe_ids,
-            read: HashMap::new(),
+            read: FxHashMap::default(),
             merged: None,
         })
     }
 
     fn push(&mut self, shard: usize, work: Work) {
-        if matches!(work, Work::Hit(..) | Work::Item(..) | Work::Dropped(_)) {
+        if shard == 0 {
+            self.run_inline(work);
+            return;
+        }
+        if matches!(work, Work::Item(..) | Work::Dropped(_)) {
             self.dealt[shard] += 1;
         }
         self.pending[shard].push(work);
@@ -250,12 +352,27 @@ impl<P: Shard> Shards<P> {
         }
     }
 
+    /// Shard 0's work, done now.
+    fn run_inline(&mut self, work: Work) {
+        if let Work::Wait { shard, done } = work {
+            self.send(shard);
+            wait_for(&self.shared.done[shard].0, done);
+            return;
+        }
+        let Some(inline) = self.inline.as_mut() else {
+            return;
+        };
+        if let Some(closed) = handle(0, inline, work, self.hook.as_deref()) {
+            self.shared.closed.store(closed, Ordering::Relaxed);
+        }
+    }
+
     fn send(&mut self, shard: usize) {
         if self.pending[shard].is_empty() {
             return;
         }
         let chunk = std::mem::replace(&mut self.pending[shard], Vec::with_capacity(CHUNK));
-        if let Some(tx) = self.senders.get(shard)
+        if let Some(Some(tx)) = self.senders.get(shard)
             && tx.send(chunk).is_err()
         {
             // The shard's thread is gone (it panicked): `join` says so.
@@ -270,86 +387,72 @@ impl<P: Shard> Shards<P> {
         }
     }
 
-    /// Item `n`, as handed to a shard.
-    fn work(n: u64, event: Event) -> Work {
-        match event {
-            Event::Hit(hit) => Work::Hit(n, hit),
-            other => Work::Item(n, Box::new(other)),
-        }
-    }
-
     /// Deals one item to its shard(s).
     fn deal(&mut self, event: Event) {
         self.items += 1;
         self.count_hit(&event);
-        let n = self.senders.len();
         let item = self.items;
-        match (&event, owner(&event)) {
-            (Event::ArgStrings(s), _) => {
-                if self.strings.len() >= MAX_PENDING_STRINGS {
-                    self.strings.clear();
-                }
-                self.strings.insert(s.tid, (item, event));
+        if let Event::ArgStrings(s) = &event {
+            if self.strings.len() >= MAX_PENDING_STRINGS {
+                self.strings.clear();
             }
-            (Event::FileName(_), _) => {
-                for shard in 0..n {
-                    self.push(shard, Work::Item(item, Box::new(event.clone())));
-                }
-            }
-            (Event::Proc(p), Some(pid)) if p.what == PROC_FORK => {
-                let child = shard_of(pid, n);
-                let parent = shard_of(p.parent_pid, n);
-                if child != parent {
-                    // The parent's items so far must reach its shard before this one waits
-                    // for them.
-                    self.send(parent);
-                    let done = self.dealt[parent];
-                    self.push(
-                        child,
-                        Work::Wait {
-                            shard: parent,
-                            done,
-                        },
-                    );
-                }
-                self.push(child, Self::work(item, event));
-            }
-            (_, Some(pid)) => {
-                let shard = shard_of(pid, n);
-                if let Some(hit) = event.hit()
-                    && let Some((n, strings)) = self.strings.remove(&hit.tid)
-                {
-                    self.push(shard, Self::work(n, strings));
-                }
-                self.push(shard, Self::work(item, event));
-            }
-            (_, None) => {}
+            self.strings.insert(s.tid, (item, event));
+            return;
         }
+        if let Event::FileName(_) = &event {
+            for shard in 0..self.senders.len() {
+                self.push(shard, Work::Item(item, event.clone()));
+            }
+            return;
+        }
+        let Some(route) = self.assigner.route(&event) else {
+            return;
+        };
+        // A fork's child is copied from its parent as of the fork: the child's shard waits
+        // until the parent's has handled what it was dealt so far (shard 0 has: it runs
+        // here).
+        if let Some(parent) = route.parent
+            && parent != route.shard
+            && parent != 0
+        {
+            self.send(parent);
+            let done = self.dealt[parent];
+            self.push(
+                route.shard,
+                Work::Wait {
+                    shard: parent,
+                    done,
+                },
+            );
+        }
+        if let Some(hit) = event.hit()
+            && let Some((n, strings)) = self.strings.remove(&hit.tid)
+        {
+            self.push(route.shard, Work::Item(n, strings));
+        }
+        self.push(route.shard, Work::Item(item, event));
     }
 
     /// Stops the shards (after what was dealt) and adds their pipelines up; once.
     fn join(&mut self) -> &mut P {
         if self.merged.is_none() {
-            for shard in 0..self.senders.len() {
+            for shard in 1..self.senders.len() {
                 self.send(shard);
             }
             self.senders.clear();
-            let mut merged: Option<P> = None;
+            let mut merged = self.inline.take().expect("joined once");
+            if merged.flush().is_err() {
+                self.shared.closed.store(true, Ordering::Relaxed);
+            }
             for worker in self.workers.drain(..) {
-                let pipeline = match worker.join() {
-                    Ok(p) => p,
+                match worker.join() {
+                    Ok(p) => merged.absorb(p),
                     Err(panic) => std::panic::resume_unwind(panic),
-                };
-                match &mut merged {
-                    None => merged = Some(pipeline),
-                    Some(m) => m.absorb(pipeline),
                 }
             }
-            self.merged = merged;
+            self.merged = Some(merged);
         }
-        self.merged
-            .as_mut()
-            .expect("a run has at least one consumer")
+        self.merged.as_mut().expect("just joined")
     }
 }
 
@@ -390,45 +493,54 @@ fn work<P: Shard>(
 ) -> P {
     while let Ok(chunk) = rx.recv() {
         for work in chunk {
-            match work {
-                Work::Hit(n, hit) => {
-                    if let Some(hook) = hook {
-                        hook(me, n);
-                    }
-                    pipeline.handle_event(&Event::Hit(hit));
-                    shared.done[me].0.fetch_add(1, Ordering::Release);
-                }
-                Work::Item(n, event) => {
-                    if let Some(hook) = hook {
-                        hook(me, n);
-                    }
-                    pipeline.handle_event(&event);
-                    shared.done[me].0.fetch_add(1, Ordering::Release);
-                }
-                Work::Dropped(event) => {
-                    pipeline.count_dropped(&event);
-                    shared.done[me].0.fetch_add(1, Ordering::Release);
-                }
-                Work::Wait { shard, done } => wait_for(&shared.done[shard].0, done),
-                Work::EndBatch(n) => {
-                    if let Some(hook) = hook {
-                        hook(me, n);
-                    }
-                    pipeline.end_batch();
-                    if pipeline.flush().is_err() {
-                        shared.closed.store(true, Ordering::Relaxed);
-                    }
-                }
+            let item = matches!(work, Work::Item(..) | Work::Dropped(_));
+            if let Work::Wait { shard, done } = work {
+                wait_for(&shared.done[shard].0, done);
+            } else if let Some(closed) = handle(me, &mut pipeline, work, hook) {
+                shared.closed.store(closed, Ordering::Relaxed);
             }
-        }
-        if pipeline.stopped().is_some() {
-            shared.closed.store(true, Ordering::Relaxed);
+            if item {
+                shared.done[me].0.fetch_add(1, Ordering::Release);
+            }
+            if pipeline.stopped().is_some() {
+                shared.closed.store(true, Ordering::Relaxed);
+            }
         }
     }
     if pipeline.flush().is_err() {
         shared.closed.store(true, Ordering::Relaxed);
     }
     pipeline
+}
+
+/// Shard `me` handles `work` (not a wait); `Some(true)` when its output failed.
+fn handle<P: Consume>(
+    me: usize,
+    pipeline: &mut P,
+    work: Work,
+    hook: Option<&(dyn Fn(usize, u64) + Send + Sync)>,
+) -> Option<bool> {
+    match work {
+        Work::Item(n, event) => {
+            if let Some(hook) = hook {
+                hook(me, n);
+            }
+            pipeline.handle_event(&event);
+        }
+        Work::Dropped(event) => pipeline.count_dropped(&event),
+        Work::EndBatch(n) => {
+            if let Some(hook) = hook {
+                hook(me, n);
+            }
+            pipeline.end_batch();
+            if pipeline.flush().is_err() {
+                return Some(true);
+            }
+            return None;
+        }
+        Work::Wait { .. } => return None,
+    }
+    None
 }
 
 /// Waits until `counter` reaches `target` (another shard handling a forking parent's
@@ -456,10 +568,11 @@ impl<P: Shard> Consume for Shards<P> {
     }
 
     fn count_dropped(&mut self, event: &Event) {
-        if let Some(hit) = event.hit() {
-            let shard = shard_of(hit.pid, self.senders.len());
+        if event.hit().is_some()
+            && let Some(route) = self.assigner.route(event)
+        {
             self.count_hit(event);
-            self.push(shard, Work::Dropped(Box::new(event.clone())));
+            self.push(route.shard, Work::Dropped(event.clone()));
         }
     }
 
@@ -468,9 +581,9 @@ impl<P: Shard> Consume for Shards<P> {
     }
 
     fn end_batch(&mut self) {
+        let n = self.items;
         for shard in 0..self.senders.len() {
-            let n = self.items;
-            self.pending[shard].push(Work::EndBatch(n));
+            self.push(shard, Work::EndBatch(n));
             self.send(shard);
         }
     }
@@ -484,14 +597,13 @@ impl<P: Shard> Consume for Shards<P> {
     }
 
     fn stopped(&self) -> Option<Stop> {
-        match &self.merged {
-            Some(m) => m.stopped(),
-            None => self
-                .shared
-                .closed
-                .load(Ordering::Relaxed)
-                .then_some(Stop::OutputClosed),
+        if let Some(m) = &self.merged {
+            return m.stopped();
         }
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Some(Stop::OutputClosed);
+        }
+        self.inline.as_ref().and_then(Consume::stopped)
     }
 
     fn unread_hits(&self, stats: Stats<'_>) -> Result<u64, AttachError> {

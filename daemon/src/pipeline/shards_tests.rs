@@ -1,11 +1,13 @@
 //! A stress test of the order several consumer threads keep: random streams of hits,
-//! change reports, forks (most crossing shards), strings records and file names, dealt to
-//! 2–4 stand-in consumers that stall at random, each checking as it goes that
+//! change reports, forks (many crossing shards), strings records and file names, dealt to
+//! 2–4 stand-in consumers (shard 0 on the dealing thread) that stall at random, each
+//! checking as it goes that
 //! - a process's items come in ring order (the resolver's per-process ordering rule),
 //! - a fork is handled only after every earlier item of its parent (its picture is copied
 //!   from the parent's as of the fork),
 //! - a strings record comes right before its hit, on the hit's shard,
-//! - every shard gets every file name, and everything else exactly once.
+//! - every shard gets every file name and every batch's end, and everything else exactly
+//!   once.
 
 use std::{
     collections::HashMap,
@@ -52,6 +54,7 @@ struct Checker {
     strings: Option<u64>,
     items: u64,
     file_names: u64,
+    batches: u64,
     aggregations: Aggregations,
 }
 
@@ -141,7 +144,9 @@ impl Consume for Checker {
         0
     }
 
-    fn end_batch(&mut self) {}
+    fn end_batch(&mut self) {
+        self.batches += 1;
+    }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -180,6 +185,7 @@ impl Shard for Checker {
     fn absorb(&mut self, other: Self) {
         self.items += other.items;
         self.file_names += other.file_names;
+        self.batches += other.batches;
     }
 }
 
@@ -211,7 +217,7 @@ fn stream(seed: u64, len: usize) -> (Vec<Event>, Truth) {
             60..=74 => {
                 let mut c: ChangeEvent = zeroed();
                 (c.event, c.pid, c.tid, c.ts_ns) = (EVENT_CHANGE, pid, pid, i);
-                Event::Change(c)
+                Event::Change(Box::new(c))
             }
             75..=84 => {
                 // A fork: the child's pid is new (the next one: most land on another shard).
@@ -224,7 +230,7 @@ fn stream(seed: u64, len: usize) -> (Vec<Event>, Truth) {
                 parent_items.insert(i, items_of.get(&pid).cloned().unwrap_or_default());
                 items_of.entry(child).or_default().push(i);
                 owner.push(Some(child));
-                events.push(Event::Proc(p));
+                events.push(Event::Proc(Box::new(p)));
                 continue;
             }
             85..=94 => {
@@ -244,7 +250,7 @@ fn stream(seed: u64, len: usize) -> (Vec<Event>, Truth) {
                 f.event = EVENT_FILE_NAME;
                 f.vma.start = i;
                 owner.push(None);
-                events.push(Event::FileName(f));
+                events.push(Event::FileName(Box::new(f)));
                 continue;
             }
         };
@@ -276,6 +282,7 @@ fn shards_keep_every_order_the_resolver_needs() {
                 strings: None,
                 items: 0,
                 file_names: 0,
+                batches: 0,
                 aggregations: Aggregations::default(),
             })
             .collect();
@@ -285,10 +292,12 @@ fn shards_keep_every_order_the_resolver_needs() {
             .iter()
             .filter(|e| matches!(e, Event::FileName(_)))
             .count() as u64;
+        let mut batches = 0;
         for (n, event) in events.iter().enumerate() {
             assert!(dealt.handle_owned(event.clone()));
             if n % 97 == 0 {
                 dealt.end_batch();
+                batches += 1;
             }
         }
         assert_eq!(dealt.hit_records(), hits);
@@ -310,6 +319,11 @@ fn shards_keep_every_order_the_resolver_needs() {
             events.len() as u64 - names,
             "the rest exactly once"
         );
+        assert_eq!(
+            all.batches,
+            batches * shards as u64,
+            "every shard ends every batch"
+        );
         assert!(
             truth
                 .handled
@@ -318,12 +332,11 @@ fn shards_keep_every_order_the_resolver_needs() {
                 .all(|(i, h)| { h.load(Ordering::Relaxed) || truth.owner[i].is_none() })
         );
         // The forks crossed shards (what the waits are for).
+        let mut assigner = super::Assigner::new(shards);
         let crossing = events
             .iter()
-            .filter(|e| {
-                matches!(e, Event::Proc(p)
-                    if super::shard_of(p.pid, shards) != super::shard_of(p.parent_pid, shards))
-            })
+            .filter_map(|e| assigner.route(e))
+            .filter(|r| r.parent.is_some_and(|p| p != r.shard))
             .count();
         assert!(crossing > 100, "{crossing} forks across shards");
     }

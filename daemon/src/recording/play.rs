@@ -21,7 +21,7 @@ use super::{
 use crate::{
     cli::{Aggregate, ReplayArgs},
     output::{Aggregations, Latency, StackCounts, Summary},
-    pipeline::{ItemHook, Pipeline, consumer},
+    pipeline::{ItemHook, Pipeline, consumer, lanes},
     probes::{self, Probe},
     symbolize::Symbolizer,
 };
@@ -68,7 +68,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         None => Box::new(io::stdout()),
     };
     let consumers = usize::from(args.consumers);
-    let clocks = Arc::new(ItemClocks::new(consumers));
+    let clocks = Arc::new(if consumers > 1 {
+        let items = recording.frames.iter().filter_map(|f| match f {
+            Frame::Item(bytes) => crate::events::decode(bytes),
+            _ => None,
+        });
+        ItemClocks::new(consumers, lanes(consumers, items))
+    } else {
+        ItemClocks::one()
+    });
     let seq = ReplaySeq::new(&recording.frames, clocks.clone());
     let maps = ReplayMaps::new(&recording.frames, clocks.clone());
     let maps_counts = maps.counts();

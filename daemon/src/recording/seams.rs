@@ -13,9 +13,11 @@ use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
 };
 
+use rustc_hash::FxHashMap;
+
 use super::file::{Frame, MapsFailure, MapsResult, Recorder};
 use crate::{
-    pipeline::{Padded, shard_of},
+    pipeline::Padded,
     resolve::{MapsSource, ProcKey, ScanError, SeqSource},
 };
 
@@ -87,28 +89,48 @@ impl<M: MapsSource> MapsSource for RecordingMaps<M> {
 /// consumer): the number of items handed out so far (0 before the first: the reads of
 /// processes tracked at start). Each recorded answer carries the number of items before it
 /// in the file, so a seam knows which answers belong to the item being handled. Answers
-/// are laned by process as the consumers are (`pipeline::shard_of`), so each lane's answers
-/// come in the order its consumer asks for them.
+/// are laned by process as the consumers' dispatcher deals processes (`pipeline::lanes`),
+/// so each lane's answers come in the order its consumer asks for them.
 #[derive(Debug)]
-pub struct ItemClocks(Vec<Padded>);
+pub struct ItemClocks {
+    clocks: Vec<Padded>,
+    /// Each process's lane (none with one lane; a process not in it: lane 0).
+    lane_of: FxHashMap<ProcKey, usize>,
+}
 
 impl ItemClocks {
-    /// `lanes` clocks at 0.
-    pub fn new(lanes: usize) -> Self {
-        Self((0..lanes.max(1)).map(|_| Padded::default()).collect())
+    /// One lane's clock at 0.
+    pub fn one() -> Self {
+        Self::new(1, FxHashMap::default())
+    }
+
+    /// `lanes` clocks at 0, processes in the lanes `lane_of` says.
+    pub fn new(lanes: usize, lane_of: FxHashMap<ProcKey, usize>) -> Self {
+        Self {
+            clocks: (0..lanes.max(1)).map(|_| Padded::default()).collect(),
+            lane_of,
+        }
+    }
+
+    fn lane(&self, proc: ProcKey) -> usize {
+        if self.clocks.len() == 1 {
+            0
+        } else {
+            self.lane_of.get(&proc).copied().unwrap_or(0)
+        }
     }
 
     /// Lane `lane` is at item `n`.
     pub fn set(&self, lane: usize, n: u64) {
-        self.0[lane].0.store(n, Relaxed);
+        self.clocks[lane].0.store(n, Relaxed);
     }
 
     fn now(&self, lane: usize) -> u64 {
-        self.0[lane].0.load(Relaxed)
+        self.clocks[lane].0.load(Relaxed)
     }
 
     fn lanes(&self) -> usize {
-        self.0.len()
+        self.clocks.len()
     }
 }
 
@@ -146,7 +168,7 @@ impl<A> Answers<A> {
             if matches!(f, Frame::Item(_)) {
                 items += 1;
             } else if let Some((p, a)) = pick(f) {
-                lanes[shard_of(p.pid, n)].list.push((items, p, a));
+                lanes[clocks.lane(p)].list.push((items, p, a));
             }
         }
         Self {
@@ -164,7 +186,7 @@ impl<A> Answers<A> {
     /// repeated stack without resolving it).
     #[inline]
     fn take<T>(&self, proc: ProcKey, pick: impl Fn(&A) -> Option<T>) -> Option<T> {
-        let lane = shard_of(proc.pid, self.lanes.len());
+        let lane = self.clocks.lane(proc);
         let now = self.clocks.now(lane);
         let Lane { list, next } = &self.lanes[lane];
         let mut i = next.load(Relaxed);
@@ -328,7 +350,7 @@ mod tests {
             Frame::Item(vec![]),
             Frame::SeqBegin(A, Some(6)),
         ];
-        let clock = Arc::new(ItemClocks::new(1));
+        let clock = Arc::new(ItemClocks::one());
         let seq = ReplaySeq::new(&frames, clock.clone());
         let maps = ReplayMaps::new(&frames, clock.clone());
         let maps_counts = maps.counts();
@@ -356,7 +378,7 @@ mod tests {
         clock.set(0, 2);
         assert_eq!(seq.try_begin(A), Some(6));
         // An item the replay handled without asking: its answers are passed over.
-        let clock2 = Arc::new(ItemClocks::new(1));
+        let clock2 = Arc::new(ItemClocks::one());
         let seq2 = ReplaySeq::new(&frames, clock2.clone());
         clock2.set(0, 2);
         assert_eq!(seq2.try_begin(A), Some(6));

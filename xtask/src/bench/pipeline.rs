@@ -18,7 +18,14 @@
 //! (symbol tables are loaded before); the report keeps the median. A replay whose seam reads
 //! diverged from the run's (`seq_diverged`, `maps_diverged`) is reported as such.
 //!
-//! Not measured: two or more consumer threads (the daemon has one consumer; issue 16).
+//!
+//! Consumer threads (`--consumers`, pipeline/shards.rs): `loop4` records the same loop in
+//! four processes at once (no `--pid`); its `json` mode is replayed with one consumer and
+//! with two (`json_2t`), and `scaling_2t` is the median of the rounds' ratios of events per
+//! *wall* second (two threads, twice the CPU). What two cores of this machine give any
+//! two busy threads is measured beside it: `machine_2p` runs two one-consumer replays of
+//! the same recording at once, and `machine_scaling_2p` is their summed rate over the
+//! round's one-consumer rate — the ceiling `scaling_2t` can reach here.
 
 use std::{
     collections::BTreeMap,
@@ -68,8 +75,19 @@ pub fn run() -> Result<()> {
             &[entry(&fp), ret(&fp)],
             &[],
             2.0,
+            1,
             &rec("loop"),
             &["json", "text", "latency", "count"],
+        )?,
+        record(
+            "loop4",
+            &fp,
+            &[entry(&fp), ret(&fp)],
+            &[],
+            2.0,
+            4,
+            &rec("loop4"),
+            &["json", "json_2t", "machine_2p"],
         )?,
         record(
             "stack_fp",
@@ -77,6 +95,7 @@ pub fn run() -> Result<()> {
             &[entry(&fp)],
             &["--stack=fp"],
             2.0,
+            1,
             &rec("stack_fp"),
             &["json", "text", "aggregate", "count"],
         )?,
@@ -86,6 +105,7 @@ pub fn run() -> Result<()> {
             &[entry(&nofp)],
             &["--stack=auto", "--stack-copy-kib", "4"],
             1.0,
+            1,
             &rec("stack_cfi"),
             &["json", "text", "aggregate", "count"],
         )?,
@@ -99,7 +119,11 @@ pub fn run() -> Result<()> {
     for round in 0..ROUNDS {
         for i in 0..plays.len() {
             let (r, mode) = plays[(round + i) % plays.len()];
-            let m = replay(&r.file, mode, &scratch)?;
+            let m = if mode == "machine_2p" {
+                machine_2p(&r.file, &scratch)?
+            } else {
+                replay(&r.file, mode, &scratch)?
+            };
             eprintln!(
                 "pipeline: round {}/{ROUNDS} {:<9} {:<9} {:>10.0} events/CPU-s  ({} events, {:.3} CPU-s)",
                 round + 1,
@@ -126,22 +150,34 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Traces `bin` (looping for `secs`) with `specs` and `extra` flags into the recording `file`.
+/// Traces `procs` processes of `bin` (looping for `secs`) with `specs` and `extra` flags
+/// into the recording `file`.
+#[allow(clippy::too_many_arguments)]
 fn record(
     name: &'static str,
     bin: &Path,
     specs: &[String],
     extra: &[&str],
     secs: f64,
+    procs: usize,
     file: &Path,
     modes: &'static [&'static str],
 ) -> Result<Recorded> {
-    let mut target = Workload::start_for(bin, secs)?;
-    let pid = target.pid.to_string();
+    let mut targets = (0..procs)
+        .map(|_| Workload::start_for(bin, secs))
+        .collect::<Result<Vec<_>>>()?;
+    // One process: only it (`--pid`); several: every process of the binary.
+    let pid = targets[0].pid.to_string();
+    let only = if procs == 1 {
+        vec!["--pid", pid.as_str()]
+    } else {
+        vec![]
+    };
     let mut probed = Command::new(paths::probed_bin())
         .arg("trace")
         .args(specs)
-        .args(["--pid", &pid, "--format", "json", "--output", "/dev/null"])
+        .args(&only)
+        .args(["--format", "json", "--output", "/dev/null"])
         .args(extra)
         .arg("--record")
         .arg(file)
@@ -152,7 +188,13 @@ fn record(
         .context("start probed")?;
     let stderr = harness::lines(probed.stderr.take().context("probed stderr")?);
     wait_for_line(&stderr, "probed: tracing")?;
-    let (calls, _) = target.go()?;
+    for t in &mut targets {
+        t.release()?;
+    }
+    let mut calls = 0;
+    for t in &mut targets {
+        calls += t.result()?.0;
+    }
     signal(probed.id(), libc::SIGINT)?;
     let (status, _) = harness::wait_with_rusage(&mut probed)?;
     ensure!(
@@ -174,30 +216,74 @@ fn record(
 
 /// One `probed replay --measure` of `file` in `mode`; its measurement line.
 fn replay(file: &Path, mode: &str, scratch: &Path) -> Result<Value> {
+    let out = replay_cmd(file, mode, scratch)?
+        .output()
+        .context("run probed replay")?;
+    let m = measurement(&out)?;
+    let _ = std::fs::remove_file(scratch);
+    Ok(m)
+}
+
+/// Two one-consumer `json` replays of `file` at once: their summed events per wall second
+/// (what two busy threads get from this machine's two cores).
+fn machine_2p(file: &Path, scratch: &Path) -> Result<Value> {
+    let other = scratch.with_extension("2");
+    let a = replay_cmd(file, "json", scratch)?
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run probed replay")?;
+    let b = replay_cmd(file, "json", &other)?
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run probed replay")?;
+    let (a, b) = (a.wait_with_output()?, b.wait_with_output()?);
+    let (a, b) = (measurement(&a)?, measurement(&b)?);
+    let _ = std::fs::remove_file(scratch);
+    let _ = std::fs::remove_file(&other);
+    let rate = |m: &Value| m["events_per_wall_s"].as_f64().unwrap_or(0.0);
+    let cpu = |m: &Value| m["cpu_s"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "events": a["events"].as_u64().unwrap_or(0) + b["events"].as_u64().unwrap_or(0),
+        "events_per_wall_s": rate(&a) + rate(&b),
+        "events_per_cpu_s": (a["events"].as_f64().unwrap_or(0.0) + b["events"].as_f64().unwrap_or(0.0))
+            / (cpu(&a) + cpu(&b)).max(f64::MIN_POSITIVE),
+        "cpu_s": cpu(&a) + cpu(&b),
+        "seq_diverged": a["seq_diverged"].as_u64().unwrap_or(0) + b["seq_diverged"].as_u64().unwrap_or(0),
+        "maps_diverged": a["maps_diverged"].as_u64().unwrap_or(0) + b["maps_diverged"].as_u64().unwrap_or(0),
+        "runs": [a, b],
+    }))
+}
+
+/// The measurement line of a finished `probed replay --measure`.
+fn measurement(out: &std::process::Output) -> Result<Value> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "probed replay failed: {stderr}");
+    let line = stderr.lines().last().context("no measurement line")?;
+    serde_json::from_str(line).with_context(|| format!("measurement: {line}"))
+}
+
+/// `probed replay --measure` of `file` in `mode`, writing to `scratch`.
+fn replay_cmd(file: &Path, mode: &str, scratch: &Path) -> Result<Command> {
     let flags: &[&str] = match mode {
         "json" => &["--format", "json"],
+        "json_2t" => &["--format", "json", "--consumers", "2"],
         "text" => &["--format", "text"],
         "aggregate" => &["--aggregate", "stack"],
         "latency" => &["--latency"],
         "count" => &["--summary-only"],
         other => anyhow::bail!("unknown mode {other}"),
     };
-    let out = Command::new(paths::probed_bin())
-        .arg("replay")
+    let mut cmd = Command::new(paths::probed_bin());
+    cmd.arg("replay")
         .arg(file)
         .args(flags)
         .arg("--output")
         .arg(scratch)
         .arg("--measure")
-        .stdin(Stdio::null())
-        .output()
-        .context("run probed replay")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "probed replay failed: {stderr}");
-    let line = stderr.lines().last().context("no measurement line")?;
-    let m: Value = serde_json::from_str(line).with_context(|| format!("measurement: {line}"))?;
-    let _ = std::fs::remove_file(scratch);
-    Ok(m)
+        .stdin(Stdio::null());
+    Ok(cmd)
 }
 
 fn report(recorded: &[Recorded], figures: &BTreeMap<(&str, &str), Vec<Value>>) -> Value {
@@ -236,12 +322,32 @@ fn report(recorded: &[Recorded], figures: &BTreeMap<(&str, &str), Vec<Value>>) -
         );
     }
     let rate = |w: &str, m: &str| workloads[w]["modes"][m]["events_per_core_s"].clone();
+    // Per round: a mode's events per wall second over the one-consumer json replay's.
+    let wall_ratio = |mode: &str| {
+        let base = figures.get(&("loop4", "json")).cloned().unwrap_or_default();
+        let other = figures.get(&("loop4", mode)).cloned().unwrap_or_default();
+        let ratios: Vec<f64> = base
+            .iter()
+            .zip(&other)
+            .filter_map(|(b, o)| {
+                Some(o["events_per_wall_s"].as_f64()? / b["events_per_wall_s"].as_f64()?)
+            })
+            .collect();
+        (harness::median(ratios.clone()), ratios)
+    };
+    let (scaling, scaling_rounds) = wall_ratio("json_2t");
+    let (machine, machine_rounds) = wall_ratio("machine_2p");
     json!({
         "rounds": ROUNDS,
         "json_events_per_core_s": rate("loop", "json"),
         "aggregate_events_per_core_s": rate("stack_fp", "aggregate"),
-        "scaling_2t": null,
-        "scaling_2t_note": "not measured: the consumer is one thread (issue 16)",
+        "scaling_2t": scaling,
+        "scaling_2t_rounds": scaling_rounds,
+        "machine_scaling_2p": machine,
+        "machine_scaling_2p_rounds": machine_rounds,
+        "scaling_2t_note": "loop4 (four traced processes), json: events per wall second with \
+            --consumers 2 over one consumer, per round; machine_scaling_2p: two one-consumer \
+            replays at once over one — what two busy threads get from this machine",
         "goals": {
             "json_events_per_core_s": 1_000_000,
             "aggregate_events_per_core_s": 3_500_000,
@@ -252,6 +358,16 @@ fn report(recorded: &[Recorded], figures: &BTreeMap<(&str, &str), Vec<Value>>) -
 }
 
 fn print_table(r: &Value) {
+    print_modes(r);
+    println!(
+        "\nloop4 json, events per wall second: --consumers 2 / 1 = {:.2} (scaling_2t); two \
+         one-consumer replays at once / one = {:.2} (machine_scaling_2p, this machine's ceiling)",
+        r["scaling_2t"].as_f64().unwrap_or(f64::NAN),
+        r["machine_scaling_2p"].as_f64().unwrap_or(f64::NAN)
+    );
+}
+
+fn print_modes(r: &Value) {
     println!(
         "\n{:<10} {:<10} {:>10} {:>16} {:>12} {:>9}",
         "workload", "mode", "events", "events/core-s", "ns/event", "diverged"

@@ -625,9 +625,20 @@ impl Workload {
 
     /// Starts the loop and returns (calls, calls/s) once it is over.
     pub(super) fn go(&mut self) -> Result<(u64, f64)> {
+        self.release()?;
+        self.result()
+    }
+
+    /// Starts the loop (several workloads loop at once: release each, then wait for each).
+    pub(super) fn release(&mut self) -> Result<()> {
         let mut stdin = self.stdin.take().context("already started")?;
         stdin.write_all(b"go\n")?;
         drop(stdin);
+        Ok(())
+    }
+
+    /// (calls, calls/s) of a released loop, once it is over.
+    pub(super) fn result(&mut self) -> Result<(u64, f64)> {
         let line = self
             .stdout
             .recv_timeout(Duration::from_secs(60) + tool_timeout())
