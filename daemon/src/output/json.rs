@@ -5,105 +5,188 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{HitRecord, Summary};
-use crate::typed_args::ArgValue;
 
-#[derive(Serialize)]
-struct HitLine<'a> {
-    r#type: &'static str,
-    probe: &'a str,
-    probe_id: u32,
-    kind: &'static str,
-    pid: u32,
-    tid: u32,
-    ns_pid: Option<u32>,
-    ns_tid: Option<u32>,
-    comm: &'a str,
-    ts_ns: u64,
-    addr: String,
-    module: Option<&'a str>,
-    symbol: Option<&'a str>,
-    offset: Option<u64>,
-    file_offset: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unresolved: Option<&'static str>,
-    via: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    args: Option<Args<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retval: Option<RetVal<'a>>,
-    /// Typed string arguments cut at BPF's bound, by index (for a return value: `[0]`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    args_truncated: Option<Vec<usize>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ret_addr: Option<String>,
-    seq: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stack: Option<&'a [super::record::Frame]>,
-    /// With a stack: whether the walk was cut at an impossible frame.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stack_truncated: Option<bool>,
-    /// With an unwound stack: why the walk ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stack_stop: Option<&'static str>,
-}
-
-/// A hit's arguments: the six raw registers, or the typed values.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Args<'a> {
-    Raw([u64; 6]),
-    Typed(&'a [ArgValue]),
-}
-
-/// A hit's return value: the raw register, or the typed value.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum RetVal<'a> {
-    Raw(u64),
-    Typed(&'a ArgValue),
-}
-
-/// Writes one hit as a JSON line.
+/// Writes one hit as a JSON line: the fields of `HitLine` (the tests' oracle, below), in
+/// its order and form, written directly — the line is the output of every printed hit, and
+/// serde's derived writer (a call and an escape scan per piece, `String`s for the hex
+/// addresses) was most of the JSON mode's cost (README "The consumer's capacity").
 pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     let resolved = hit.resolved.as_ref().ok();
-    let line = HitLine {
-        r#type: "hit",
-        probe: hit.probe,
-        probe_id: hit.probe_id,
-        kind: hit.kind.as_str(),
-        pid: hit.pid,
-        tid: hit.tid,
-        ns_pid: hit.ns_pid,
-        ns_tid: hit.ns_tid,
-        comm: hit.comm,
-        ts_ns: hit.ts_ns,
-        addr: format!("{:#x}", hit.addr),
-        module: resolved.map(|r| r.module.as_str()),
-        symbol: resolved.and_then(|r| r.symbol.as_deref()),
-        offset: resolved.and_then(|r| r.offset),
-        file_offset: resolved.map(|r| format!("{:#x}", r.file_offset)),
-        unresolved: hit.resolved.as_ref().err().copied(),
-        via: hit.via,
-        args: match (&hit.typed_args, hit.args) {
-            (Some(typed), Some(_)) => Some(Args::Typed(typed)),
-            (_, raw) => raw.map(Args::Raw),
-        },
-        retval: match (&hit.typed_args, hit.retval) {
-            (Some(typed), Some(_)) => typed.first().map(RetVal::Typed),
-            (_, raw) => raw.map(RetVal::Raw),
-        },
-        args_truncated: hit.typed_args.as_ref().and_then(|typed| {
-            let cut: Vec<usize> = (0..typed.len()).filter(|&i| typed[i].truncated()).collect();
-            (!cut.is_empty()).then_some(cut)
-        }),
-        ret_addr: hit.ret_addr.map(|a| format!("{a:#x}")),
-        seq: hit.seq,
-        stack: hit.stack.as_deref(),
-        stack_truncated: hit.stack.as_ref().map(|_| hit.stack_truncated),
-        stack_stop: hit.stack_stop,
-    };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
+    out.write_all(b"{\"type\":\"hit\",\"probe\":")?;
+    string(out, hit.probe)?;
+    out.write_all(b",\"probe_id\":")?;
+    number(out, hit.probe_id)?;
+    out.write_all(b",\"kind\":")?;
+    string(out, hit.kind.as_str())?;
+    out.write_all(b",\"pid\":")?;
+    number(out, hit.pid)?;
+    out.write_all(b",\"tid\":")?;
+    number(out, hit.tid)?;
+    out.write_all(b",\"ns_pid\":")?;
+    optional(out, hit.ns_pid, number)?;
+    out.write_all(b",\"ns_tid\":")?;
+    optional(out, hit.ns_tid, number)?;
+    out.write_all(b",\"comm\":")?;
+    string(out, hit.comm)?;
+    out.write_all(b",\"ts_ns\":")?;
+    number(out, hit.ts_ns)?;
+    out.write_all(b",\"addr\":")?;
+    hex(out, hit.addr)?;
+    out.write_all(b",\"module\":")?;
+    optional(out, resolved.map(|r| r.module.as_str()), string)?;
+    out.write_all(b",\"symbol\":")?;
+    optional(out, resolved.and_then(|r| r.symbol.as_deref()), string)?;
+    out.write_all(b",\"offset\":")?;
+    optional(out, resolved.and_then(|r| r.offset), number)?;
+    out.write_all(b",\"file_offset\":")?;
+    optional(out, resolved.map(|r| r.file_offset), hex)?;
+    if let Err(reason) = &hit.resolved {
+        out.write_all(b",\"unresolved\":")?;
+        string(out, reason)?;
+    }
+    out.write_all(b",\"via\":")?;
+    string(out, hit.via)?;
+    match (&hit.typed_args, hit.args) {
+        (Some(typed), Some(_)) => {
+            out.write_all(b",\"args\":")?;
+            serde_json::to_writer(&mut *out, typed)?;
+        }
+        (_, Some(raw)) => {
+            out.write_all(b",\"args\":[")?;
+            for (i, v) in raw.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                number(out, *v)?;
+            }
+            out.write_all(b"]")?;
+        }
+        _ => {}
+    }
+    match (&hit.typed_args, hit.retval) {
+        (Some(typed), Some(_)) => {
+            if let Some(first) = typed.first() {
+                out.write_all(b",\"retval\":")?;
+                serde_json::to_writer(&mut *out, first)?;
+            }
+        }
+        (_, Some(raw)) => {
+            out.write_all(b",\"retval\":")?;
+            number(out, raw)?;
+        }
+        _ => {}
+    }
+    if let Some(typed) = &hit.typed_args {
+        let mut cut = (0..typed.len())
+            .filter(|&i| typed[i].truncated())
+            .peekable();
+        if cut.peek().is_some() {
+            out.write_all(b",\"args_truncated\":[")?;
+            for (n, i) in cut.enumerate() {
+                if n > 0 {
+                    out.write_all(b",")?;
+                }
+                number(out, i)?;
+            }
+            out.write_all(b"]")?;
+        }
+    }
+    if let Some(ret_addr) = hit.ret_addr {
+        out.write_all(b",\"ret_addr\":")?;
+        hex(out, ret_addr)?;
+    }
+    out.write_all(b",\"seq\":")?;
+    number(out, hit.seq)?;
+    if let Some(stack) = &hit.stack {
+        out.write_all(b",\"stack\":[")?;
+        for (i, frame) in stack.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            write_frame(out, frame)?;
+        }
+        out.write_all(b"],\"stack_truncated\":")?;
+        out.write_all(if hit.stack_truncated {
+            b"true"
+        } else {
+            b"false"
+        })?;
+    }
+    if let Some(stop) = hit.stack_stop {
+        out.write_all(b",\"stack_stop\":")?;
+        string(out, stop)?;
+    }
+    out.write_all(b"}\n")
+}
+
+/// One stack frame as `Frame`'s derived form writes it.
+fn write_frame(out: &mut impl Write, frame: &super::record::Frame) -> io::Result<()> {
+    out.write_all(b"{\"addr\":")?;
+    hex(out, frame.addr)?;
+    out.write_all(b",\"module\":")?;
+    optional(out, frame.module.as_deref(), string)?;
+    out.write_all(b",\"symbol\":")?;
+    optional(out, frame.symbol.as_deref(), string)?;
+    out.write_all(b",\"offset\":")?;
+    optional(out, frame.offset, number)?;
+    if let Some(reason) = frame.unresolved {
+        out.write_all(b",\"unresolved\":")?;
+        string(out, reason)?;
+    }
+    if let Some(file) = &frame.file {
+        out.write_all(b",\"file\":")?;
+        string(out, file)?;
+    }
+    out.write_all(b"}")
+}
+
+/// A JSON string: as is between quotes when nothing in it needs escaping (control
+/// characters, `"` and `\`: serde_json's set; other bytes, UTF-8 included, pass), else
+/// escaped by serde_json.
+fn string<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.write_all(b"\"")?;
+        out.write_all(s.as_bytes())?;
+        out.write_all(b"\"")
+    } else {
+        serde_json::to_writer(out, s).map_err(io::Error::from)
+    }
+}
+
+/// A JSON number.
+fn number<W: Write>(out: &mut W, n: impl itoa::Integer) -> io::Result<()> {
+    out.write_all(itoa::Buffer::new().format(n).as_bytes())
+}
+
+/// `"0x…"`: lowercase hexadecimal text, as `format!("{:#x}")` writes it.
+fn hex<W: Write>(out: &mut W, v: u64) -> io::Result<()> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 20];
+    let mut i = buf.len() - 1;
+    buf[i] = b'"';
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    buf[i - 3..i].copy_from_slice(b"\"0x");
+    out.write_all(&buf[i - 3..])
+}
+
+/// `value` by `write`, or `null`.
+fn optional<W: Write, T>(
+    out: &mut W,
+    value: Option<T>,
+    write: impl FnOnce(&mut W, T) -> io::Result<()>,
+) -> io::Result<()> {
+    match value {
+        Some(v) => write(out, v),
+        None => out.write_all(b"null"),
+    }
 }
 
 #[derive(Serialize)]
@@ -128,6 +211,107 @@ pub fn write_summary(out: &mut impl Write, summary: &Summary) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::typed_args::ArgValue;
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    struct HitLine<'a> {
+        r#type: &'static str,
+        probe: &'a str,
+        probe_id: u32,
+        kind: &'static str,
+        pid: u32,
+        tid: u32,
+        ns_pid: Option<u32>,
+        ns_tid: Option<u32>,
+        comm: &'a str,
+        ts_ns: u64,
+        addr: String,
+        module: Option<&'a str>,
+        symbol: Option<&'a str>,
+        offset: Option<u64>,
+        file_offset: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unresolved: Option<&'static str>,
+        via: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args: Option<Args<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retval: Option<RetVal<'a>>,
+        /// Typed string arguments cut at BPF's bound, by index (for a return value: `[0]`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args_truncated: Option<Vec<usize>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ret_addr: Option<String>,
+        seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stack: Option<&'a [crate::output::record::Frame]>,
+        /// With a stack: whether the walk was cut at an impossible frame.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stack_truncated: Option<bool>,
+        /// With an unwound stack: why the walk ended.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stack_stop: Option<&'static str>,
+    }
+
+    /// A hit's arguments: the six raw registers, or the typed values.
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Args<'a> {
+        Raw([u64; 6]),
+        Typed(&'a [ArgValue]),
+    }
+
+    /// A hit's return value: the raw register, or the typed value.
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum RetVal<'a> {
+        Raw(u64),
+        Typed(&'a ArgValue),
+    }
+
+    /// The derived form the hand-written line must equal (what `write_hit` wrote before).
+    fn write_hit_serde(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
+        let resolved = hit.resolved.as_ref().ok();
+        let line = HitLine {
+            r#type: "hit",
+            probe: hit.probe,
+            probe_id: hit.probe_id,
+            kind: hit.kind.as_str(),
+            pid: hit.pid,
+            tid: hit.tid,
+            ns_pid: hit.ns_pid,
+            ns_tid: hit.ns_tid,
+            comm: hit.comm,
+            ts_ns: hit.ts_ns,
+            addr: format!("{:#x}", hit.addr),
+            module: resolved.map(|r| r.module.as_str()),
+            symbol: resolved.and_then(|r| r.symbol.as_deref()),
+            offset: resolved.and_then(|r| r.offset),
+            file_offset: resolved.map(|r| format!("{:#x}", r.file_offset)),
+            unresolved: hit.resolved.as_ref().err().copied(),
+            via: hit.via,
+            args: match (&hit.typed_args, hit.args) {
+                (Some(typed), Some(_)) => Some(Args::Typed(typed)),
+                (_, raw) => raw.map(Args::Raw),
+            },
+            retval: match (&hit.typed_args, hit.retval) {
+                (Some(typed), Some(_)) => typed.first().map(RetVal::Typed),
+                (_, raw) => raw.map(RetVal::Raw),
+            },
+            args_truncated: hit.typed_args.as_ref().and_then(|typed| {
+                let cut: Vec<usize> = (0..typed.len()).filter(|&i| typed[i].truncated()).collect();
+                (!cut.is_empty()).then_some(cut)
+            }),
+            ret_addr: hit.ret_addr.map(|a| format!("{a:#x}")),
+            seq: hit.seq,
+            stack: hit.stack.as_deref(),
+            stack_truncated: hit.stack.as_ref().map(|_| hit.stack_truncated),
+            stack_stop: hit.stack_stop,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")
+    }
     use crate::{output::Resolved, spec::ProbeKind};
 
     fn record(resolved: Result<Resolved, &'static str>) -> HitRecord<'static> {
@@ -152,6 +336,93 @@ mod tests {
             stack_truncated: false,
             stack_stop: None,
             typed_args: None,
+        }
+    }
+
+    /// The hand-written line is byte for byte the derived one, over records that take every
+    /// branch: resolved or not, nulls, strings that need escaping (quotes, backslashes,
+    /// control characters) or not (UTF-8), typed and raw arguments, stacks with every frame
+    /// form, extreme addresses.
+    #[test]
+    fn written_line_equals_the_derived_one() {
+        use crate::output::record::Frame;
+        let texts = [
+            "f",
+            "",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{1}ctl",
+            "grüße",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        ];
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..2_000 {
+            let pick = |n: u64| texts[(n % texts.len() as u64) as usize];
+            let mut hit = record(if next() % 3 == 0 {
+                Err(["unmapped", "process_gone"][(next() % 2) as usize])
+            } else {
+                Ok(Resolved {
+                    module: pick(next()).into(),
+                    symbol: (next() % 3 != 0).then(|| pick(next()).into()),
+                    offset: (next() % 2 == 0).then(|| next() >> (next() % 64)),
+                    file_offset: next() >> (next() % 64),
+                })
+            });
+            hit.probe = pick(next());
+            hit.comm = pick(next());
+            hit.via = ["fast", "probe"][(next() % 2) as usize];
+            hit.addr = [0, u64::MAX, next()][(next() % 3) as usize];
+            hit.ns_pid = (next() % 2 == 0).then(|| next() as u32);
+            hit.ns_tid = (next() % 2 == 0).then(|| next() as u32);
+            hit.ts_ns = next();
+            hit.seq = next() % 1000;
+            if next() % 2 == 0 {
+                hit.kind = ProbeKind::Return;
+                hit.args = None;
+                hit.retval = Some(next());
+                hit.ret_addr = Some([0, next()][(next() % 2) as usize]);
+            }
+            if next() % 4 == 0 {
+                hit.typed_args = Some(vec![
+                    ArgValue::Str {
+                        text: pick(next()).into(),
+                        truncated: next() % 2 == 0,
+                    },
+                    ArgValue::Signed(next() as i64),
+                    ArgValue::Missing(crate::typed_args::STRING_UNREADABLE),
+                    ArgValue::Ptr(next()),
+                ]);
+            }
+            if next() % 2 == 0 {
+                let frames = (0..next() % 5)
+                    .map(|_| Frame {
+                        addr: next(),
+                        module: (next() % 3 != 0).then(|| pick(next()).into()),
+                        symbol: (next() % 3 != 0).then(|| pick(next()).into()),
+                        offset: (next() % 2 == 0).then(|| next() % 4096),
+                        unresolved: (next() % 3 == 0).then_some("unnamed"),
+                        file: (next() % 4 == 0).then(|| "8:1/1234".to_string()),
+                    })
+                    .collect();
+                hit.stack = Some(frames);
+                hit.stack_truncated = next() % 2 == 0;
+                hit.stack_stop = (next() % 2 == 0).then_some("end");
+            }
+            let (mut mine, mut derived) = (Vec::new(), Vec::new());
+            write_hit(&mut mine, &hit).unwrap();
+            write_hit_serde(&mut derived, &hit).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&mine),
+                String::from_utf8_lossy(&derived),
+                "round {round}: {hit:?}"
+            );
         }
     }
 
