@@ -85,6 +85,8 @@ pub struct Assigner {
     shards: usize,
     next: usize,
     of: FxHashMap<u32, usize>,
+    /// The process asked for last, and its shard.
+    last: Option<(u32, usize)>,
 }
 
 impl Assigner {
@@ -94,17 +96,26 @@ impl Assigner {
             shards: shards.max(1),
             next: 0,
             of: FxHashMap::default(),
+            last: None,
         }
     }
 
     /// The shard of process `pid`, given one now if it has none.
     pub fn shard(&mut self, pid: u32) -> usize {
+        // Items come in runs per process: the last answer again, without hashing.
+        if let Some((last, shard)) = self.last
+            && last == pid
+        {
+            return shard;
+        }
         let (shards, next) = (self.shards, &mut self.next);
-        *self.of.entry(pid).or_insert_with(|| {
+        let shard = *self.of.entry(pid).or_insert_with(|| {
             let s = *next;
             *next = (s + 1) % shards;
             s
-        })
+        });
+        self.last = Some((pid, shard));
+        shard
     }
 
     /// The shard of process `pid`, if it has one.
@@ -134,6 +145,7 @@ impl Assigner {
         {
             // Later items of this pid are another process's.
             self.of.remove(&p.pid);
+            self.last = None;
         }
         Some(route)
     }
@@ -290,7 +302,7 @@ pub struct Shards<P: Shard> {
     hit_records: u64,
     /// The run's probes, and hit records read per probe (the stop's `unread_hits`).
     probe_ids: Vec<u32>,
-    read: FxHashMap<u32, u64>,
+    read: Vec<u64>,
     /// The shards added up, once joined.
     merged: Option<P>,
 }
@@ -333,7 +345,7 @@ impl<P: Shard> Shards<P> {
             items: 0,
             hit_records: 0,
             probe_ids,
-            read: FxHashMap::default(),
+            read: Vec::new(),
             merged: None,
         })
     }
@@ -383,7 +395,11 @@ impl<P: Shard> Shards<P> {
     fn count_hit(&mut self, event: &Event) {
         if let Some(hit) = event.hit() {
             self.hit_records += 1;
-            *self.read.entry(hit.probe_id).or_default() += 1;
+            let id = hit.probe_id as usize;
+            if id >= self.read.len() {
+                self.read.resize(id + 1, 0);
+            }
+            self.read[id] += 1;
         }
     }
 
@@ -425,7 +441,8 @@ impl<P: Shard> Shards<P> {
                 },
             );
         }
-        if let Some(hit) = event.hit()
+        if !self.strings.is_empty()
+            && let Some(hit) = event.hit()
             && let Some((n, strings)) = self.strings.remove(&hit.tid)
         {
             self.push(route.shard, Work::Item(n, strings));
@@ -616,7 +633,7 @@ impl<P: Shard> Consume for Shards<P> {
                 - bpf.filtered
                 - bpf.self_excluded
                 - bpf.counted;
-            unread += written.saturating_sub(self.read.get(&id).copied().unwrap_or(0));
+            unread += written.saturating_sub(self.read.get(id as usize).copied().unwrap_or(0));
         }
         Ok(unread)
     }
