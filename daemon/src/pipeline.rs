@@ -361,10 +361,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 && slot.probe.args.is_none()
         });
         if let (Some(memo), Some(raw)) = (&mut self.memo, memo_frames)
-            && let Some((folded, cut)) = memo.lookup(hit, raw)
+            && let Some((entry, cut)) = memo.lookup(hit, raw)
             && let Some(stacks) = &mut self.aggregations.stacks
         {
-            stacks.count(folded);
+            stacks.count_entry(entry);
             memo.hits += 1;
             if cut {
                 self.stacks_truncated += 1;
@@ -485,8 +485,9 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
                 .stack
                 .as_ref()
                 .is_some_and(|s| !s.is_empty() && s.iter().all(|f| f.unresolved.is_none()))
+            && let Some(entry) = stacks.last_entry()
         {
-            memo.remember(stacks.last_key(), stack_truncated);
+            memo.remember(entry, stack_truncated);
         }
         if self.print_hits {
             let written = match self.writers.get_mut(slot.sink) {

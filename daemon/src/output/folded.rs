@@ -55,12 +55,17 @@ pub enum FlamegraphError {
 /// Hits counted per distinct stack.
 #[derive(Debug, Default)]
 pub struct StackCounts {
-    /// Folded stack (outermost first) → hits. FxHash (rustc-hash 2, whose byte hashing is not
-    /// a one-lane multiply chain): the keys are ~1 KB folded stacks nobody picks to make
-    /// collisions, which std's SipHash takes 150–300 ns to hash. Measured
-    /// (`output::tests::aggregation_cost`, 5 runs each, loaded 2-core VM): 352–404 ns per hit,
-    /// against 386–459 ns with the hand-written four-lane FxHash it replaced.
-    counts: HashMap<String, u64, FxBuildHasher>,
+    /// Folded stack (outermost first) → its entry in `counts`. FxHash (rustc-hash 2, whose
+    /// byte hashing is not a one-lane multiply chain): the keys are ~1 KB folded stacks
+    /// nobody picks to make collisions, which std's SipHash takes 150–300 ns to hash.
+    /// Measured (`output::tests::aggregation_cost`, 5 runs each, loaded 2-core VM): 352–404
+    /// ns per hit, against 386–459 ns with the hand-written four-lane FxHash it replaced.
+    index: HashMap<String, usize, FxBuildHasher>,
+    /// Hits per entry: a hit whose stack is known by its entry (`count_entry`, the stack
+    /// memo's) is counted without hashing its kilobyte of folded text.
+    counts: Vec<u64>,
+    /// The entry counted last.
+    last: Option<usize>,
     /// Hits counted.
     hits: u64,
     /// Hits that came without a stack (folded as their own location).
@@ -86,39 +91,54 @@ impl StackCounts {
                 hit_name(&mut key, &hit.resolved);
             }
         }
-        self.count(&key);
+        self.count_n(&key, 1);
         self.key = key;
     }
 
-    /// The folded key of the hit [`StackCounts::add`] counted last (empty before any).
-    pub fn last_key(&self) -> &str {
-        &self.key
+    /// The entry of the hit [`StackCounts::add`] counted last (`None` before any).
+    pub fn last_entry(&self) -> Option<usize> {
+        self.last
     }
 
-    /// Counts one hit of the folded stack `key` (as [`StackCounts::last_key`] gave it for an
+    /// Counts one more hit of entry `entry` (as [`StackCounts::last_entry`] gave it for an
     /// earlier hit with the same stack).
-    pub fn count(&mut self, key: &str) {
+    pub fn count_entry(&mut self, entry: usize) {
         self.hits += 1;
-        if let Some(n) = self.counts.get_mut(key) {
-            *n += 1;
-        } else if self.counts.len() < MAX_STACKS {
-            self.counts.insert(key.to_owned(), 1);
-        } else {
-            *self.counts.entry(OVERFLOW_STACK.to_owned()).or_default() += 1;
-        }
+        self.counts[entry] += 1;
+        self.last = Some(entry);
+    }
+
+    /// Counts `n` hits of the folded stack `key`; past [`MAX_STACKS`] distinct stacks, a new
+    /// one counts under [`OVERFLOW_STACK`].
+    fn count_n(&mut self, key: &str, n: u64) {
+        self.hits += n;
+        let entry = match self.index.get(key) {
+            Some(&e) => e,
+            None => {
+                let key = if self.index.len() < MAX_STACKS {
+                    key
+                } else {
+                    OVERFLOW_STACK
+                };
+                let next = self.counts.len();
+                let e = *self.index.entry(key.to_owned()).or_insert(next);
+                if e == next {
+                    self.counts.push(0);
+                }
+                e
+            }
+        };
+        self.counts[entry] += n;
+        self.last = Some(entry);
     }
 
     /// Adds `other`'s counts (another consumer thread's share of the run).
     pub fn absorb(&mut self, other: StackCounts) {
-        for (key, n) in other.counts {
-            if let Some(mine) = self.counts.get_mut(&key) {
-                *mine += n;
-            } else if self.counts.len() < MAX_STACKS {
-                self.counts.insert(key, n);
-            } else {
-                *self.counts.entry(OVERFLOW_STACK.to_owned()).or_default() += n;
-            }
+        for (key, e) in &other.index {
+            self.count_n(key, other.counts[*e]);
         }
+        // `count_n` counted the hits; the run's total is the two totals.
+        self.hits -= other.counts.iter().sum::<u64>();
         self.hits += other.hits;
         self.without_stack += other.without_stack;
     }
@@ -136,7 +156,11 @@ impl StackCounts {
     /// Every distinct stack with its count, ordered by folded text (the order flame graph
     /// tools sort into, and stable from one report to the next).
     pub fn stacks(&self) -> Vec<(&str, u64)> {
-        let mut v: Vec<(&str, u64)> = self.counts.iter().map(|(k, &n)| (k.as_str(), n)).collect();
+        let mut v: Vec<(&str, u64)> = self
+            .index
+            .iter()
+            .map(|(k, &e)| (k.as_str(), self.counts[e]))
+            .collect();
         v.sort_unstable_by(|a, b| a.0.cmp(b.0));
         v
     }

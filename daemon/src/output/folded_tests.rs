@@ -140,13 +140,33 @@ fn hit_without_stack() {
 fn bounded_distinct_stacks() {
     let mut c = StackCounts::new();
     for i in 0..MAX_STACKS + 10 {
-        c.count(&format!("main;f{i}"));
+        c.count_n(&format!("main;f{i}"), 1);
     }
-    c.count("main;f0");
-    assert_eq!(c.counts.len(), MAX_STACKS + 1);
-    assert_eq!(c.counts[OVERFLOW_STACK], 10);
-    assert_eq!(c.counts["main;f0"], 2);
-    assert_eq!(c.counts.values().sum::<u64>(), c.hits());
+    c.count_n("main;f0", 1);
+    let count = |c: &StackCounts, key: &str| c.counts[c.index[key]];
+    assert_eq!(c.index.len(), MAX_STACKS + 1);
+    assert_eq!(count(&c, OVERFLOW_STACK), 10);
+    assert_eq!(count(&c, "main;f0"), 2);
+    assert_eq!(c.counts.iter().sum::<u64>(), c.hits());
+    // A stack known by its entry (the memo's way) counts where its text would.
+    let entry = c.index["main;f1"];
+    c.count_entry(entry);
+    assert_eq!(count(&c, "main;f1"), 2);
+    assert_eq!(c.last_entry(), Some(entry));
+    assert_eq!(c.counts.iter().sum::<u64>(), c.hits());
+}
+
+/// Two consumer threads' counts add up by stack, the overflow included.
+#[test]
+fn absorbed_counts_add_by_stack() {
+    let mut a = StackCounts::new();
+    let mut b = StackCounts::new();
+    a.count_n("main;f", 2);
+    b.count_n("main;g", 1);
+    b.count_n("main;f", 3);
+    a.absorb(b);
+    assert_eq!(a.stacks(), vec![("main;f", 5), ("main;g", 1)]);
+    assert_eq!(a.hits(), 6);
 }
 
 /// The JSON form carries every stack and its count, and says whether it is the final one.

@@ -6,8 +6,9 @@
 //! the same addresses, resolve frame for frame to the same places: the sequence names the
 //! address space's version (every mapping change of a tracked process moves it; invariant 2
 //! in BRIEF.md), and the resolver answers a hit as of its sequence. So the folded text of
-//! the first such hit is remembered, and the next ones are counted under it without
-//! resolving or symbolizing a frame — what bpftrace gets from counting by stack id in BPF.
+//! the first such hit is remembered (its entry among the counted stacks), and the next ones
+//! are counted under it without resolving or symbolizing a frame, or hashing that text —
+//! what bpftrace gets from counting by stack id in BPF.
 //!
 //! Remembered only when nothing about the answer was provisional: the hit and every frame
 //! resolved by the resolver (no probe fallback, no unresolved frame), the stack not cut, no
@@ -19,15 +20,15 @@
 use probed_common::HitEvent;
 use rustc_hash::FxHashMap;
 
-/// Entries kept before the memo starts over: ~1 KB each (21 frames, their folded text), so
-/// at most ~16 MB; a run with more distinct stacks than this resolves the rest as before.
+/// Entries kept before the memo starts over: ~0.2 KB each (21 frames), so at most ~4 MB; a run with more distinct stacks than this resolves the rest as before.
 const MAX_ENTRIES: usize = 16_384;
 
-/// Raw stack → folded text, and whether the stack was cut at an impossible frame (a
-/// property of the raw addresses alone: `stack_check.rs`).
+/// Raw stack → its folded stack's entry in the run's `StackCounts`, and whether the stack
+/// was cut at an impossible frame (a property of the raw addresses alone:
+/// `stack_check.rs`).
 #[derive(Debug, Default)]
 pub(super) struct StackMemo {
-    map: FxHashMap<Box<[u64]>, (Box<str>, bool)>,
+    map: FxHashMap<Box<[u64]>, (usize, bool)>,
     /// The current hit's raw key (reused).
     key: Vec<u64>,
     /// Hits counted from the memo.
@@ -35,9 +36,9 @@ pub(super) struct StackMemo {
 }
 
 impl StackMemo {
-    /// Makes `hit` with its raw `frames` the current key; its folded text and cut flag if
-    /// remembered.
-    pub(super) fn lookup(&mut self, hit: &HitEvent, frames: &[u64]) -> Option<(&str, bool)> {
+    /// Makes `hit` with its raw `frames` the current key; its folded stack's entry and cut
+    /// flag if remembered.
+    pub(super) fn lookup(&mut self, hit: &HitEvent, frames: &[u64]) -> Option<(usize, bool)> {
         self.key.clear();
         self.key.extend_from_slice(&[
             u64::from(hit.pid),
@@ -47,18 +48,16 @@ impl StackMemo {
             hit.ip,
         ]);
         self.key.extend_from_slice(frames);
-        self.map
-            .get(self.key.as_slice())
-            .map(|(s, cut)| (&**s, *cut))
+        self.map.get(self.key.as_slice()).copied()
     }
 
-    /// Remembers `folded` for the current key (the one [`StackMemo::lookup`] last made).
-    pub(super) fn remember(&mut self, folded: &str, cut: bool) {
+    /// Remembers `entry` for the current key (the one [`StackMemo::lookup`] last made).
+    pub(super) fn remember(&mut self, entry: usize, cut: bool) {
         if self.map.len() >= MAX_ENTRIES {
             self.map.clear();
         }
         self.map
-            .insert(self.key.clone().into_boxed_slice(), (folded.into(), cut));
+            .insert(self.key.clone().into_boxed_slice(), (entry, cut));
     }
 }
 
@@ -92,8 +91,8 @@ mod tests {
         let mut memo = StackMemo::default();
         let frames = [0x1000, 0x2000, 0x3000];
         assert!(memo.lookup(&hit(4), &frames).is_none());
-        memo.remember("main;f;g", false);
-        assert_eq!(memo.lookup(&hit(4), &frames), Some(("main;f;g", false)));
+        memo.remember(3, false);
+        assert_eq!(memo.lookup(&hit(4), &frames), Some((3, false)));
         // The address space moved on: the same addresses may be other code now.
         assert!(memo.lookup(&hit(6), &frames).is_none());
         // Another stack, another probe kind: not the same key.
