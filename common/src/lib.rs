@@ -696,6 +696,19 @@ pub struct ProbeStats {
     pub counted: u64,
 }
 
+impl ProbeStats {
+    /// Hit records BPF wrote into the ring: the hits neither refused (rate, filter, self),
+    /// lost (ring full) nor counted in BPF.
+    pub fn written(&self) -> u64 {
+        self.hits
+            - self.lost
+            - self.rate_limited
+            - self.filtered
+            - self.self_excluded
+            - self.counted
+    }
+}
+
 /// `STOP` index 0 set to this: the run is stopping, probes no longer admit (or count) hits.
 pub const STOP_ADMITTING: u32 = 1;
 

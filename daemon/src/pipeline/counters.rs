@@ -111,13 +111,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     ) -> Result<u64, AttachError> {
         let mut unread = 0;
         for slot in self.probes.iter().flatten() {
-            let bpf = stats(slot.probe.id)?;
-            let written = bpf.hits
-                - bpf.lost
-                - bpf.rate_limited
-                - bpf.filtered
-                - bpf.self_excluded
-                - bpf.counted;
+            let written = stats(slot.probe.id)?.written();
             let c = &slot.counts;
             let read = c.printed + c.not_printed + c.write_errors + c.dropped_at_stop;
             unread += written.saturating_sub(read);

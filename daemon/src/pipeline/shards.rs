@@ -626,13 +626,7 @@ impl<P: Shard> Consume for Shards<P> {
     fn unread_hits(&self, stats: Stats<'_>) -> Result<u64, AttachError> {
         let mut unread = 0;
         for &id in &self.probe_ids {
-            let bpf = stats(id)?;
-            let written = bpf.hits
-                - bpf.lost
-                - bpf.rate_limited
-                - bpf.filtered
-                - bpf.self_excluded
-                - bpf.counted;
+            let written = stats(id)?.written();
             unread += written.saturating_sub(self.read.get(id as usize).copied().unwrap_or(0));
         }
         Ok(unread)
