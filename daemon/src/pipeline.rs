@@ -11,6 +11,8 @@
 //! resolver by `track::apply`.
 
 mod arg_strings;
+mod assign;
+mod chunk_out;
 mod consume;
 mod counters;
 mod lock;
@@ -27,12 +29,14 @@ use probed_common::{
     PROC_FORK, ProcEvent,
 };
 
+pub use assign::{Assigner, Route, lanes, owner};
+pub use chunk_out::ChunkOut;
 pub use consume::{Consume, Stats};
 pub use counters::ProbeCounts;
 pub use lock::Captures;
 use lock::LockState;
 use lookup::UNNAMED;
-pub use shards::{Assigner, ChunkOut, ItemHook, Padded, Route, Shards, consumer, lanes, owner};
+pub use shards::{ItemHook, Padded, Shards, consumer};
 use table::{Slot, preload};
 
 use crate::{

@@ -34,25 +34,26 @@
 use std::{
     io::{self, Write},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread,
 };
 
-use probed_common::{PROC_EXIT, PROC_FORK};
 use rustc_hash::FxHashMap;
 
 use super::{
     Pipeline, Stop,
+    assign::Assigner,
+    chunk_out::ChunkOut,
     consume::{Consume, Stats},
 };
 use crate::{
     attach::AttachError,
     events::Event,
     output::{Aggregations, Format, Summary, Writer},
-    resolve::{ProcKey, SeqSource},
+    resolve::SeqSource,
 };
 
 /// Items a shard is handed at once (fewer at a batch's end): big enough that a channel
@@ -61,185 +62,13 @@ use crate::{
 const CHUNK: usize = 256;
 /// Chunks waiting per shard before the dispatcher waits for that shard.
 const QUEUE: usize = 64;
-/// Bytes a shard's output keeps before writing its whole lines without a flush.
-const KEEP_AT_MOST: usize = 1 << 20;
 /// Strings records waiting for their hit at once (as `arg_strings::MAX_PENDING`).
 const MAX_PENDING_STRINGS: usize = 65536;
-
-/// The process (pid, generation) an item belongs to (`None`: to every process, or to its
-/// thread's next hit).
-pub fn owner(event: &Event) -> Option<ProcKey> {
-    match event {
-        Event::Proc(p) => Some(ProcKey::new(p.pid, p.proc_gen)),
-        Event::Change(c) => Some(ProcKey::new(c.pid, c.proc_gen)),
-        Event::FileName(_) | Event::ArgStrings(_) => None,
-        other => other.hit().map(|h| ProcKey::new(h.pid, h.proc_gen)),
-    }
-}
-
-/// Which shard each process goes to: when first seen, the next shard in turn (the first
-/// process to shard 0, which the dispatching thread handles itself: a run of one busy
-/// process adds no thread hop); kept by pid until the process exits (an exec keeps it).
-#[derive(Debug)]
-pub struct Assigner {
-    shards: usize,
-    next: usize,
-    of: FxHashMap<u32, usize>,
-    /// The process asked for last, and its shard.
-    last: Option<(u32, usize)>,
-}
-
-impl Assigner {
-    /// Over `shards` shards.
-    pub fn new(shards: usize) -> Self {
-        Self {
-            shards: shards.max(1),
-            next: 0,
-            of: FxHashMap::default(),
-            last: None,
-        }
-    }
-
-    /// The shard of process `pid`, given one now if it has none.
-    pub fn shard(&mut self, pid: u32) -> usize {
-        // Items come in runs per process: the last answer again, without hashing.
-        if let Some((last, shard)) = self.last
-            && last == pid
-        {
-            return shard;
-        }
-        let (shards, next) = (self.shards, &mut self.next);
-        let shard = *self.of.entry(pid).or_insert_with(|| {
-            let s = *next;
-            *next = (s + 1) % shards;
-            s
-        });
-        self.last = Some((pid, shard));
-        shard
-    }
-
-    /// The shard of process `pid`, if it has one.
-    pub fn known(&self, pid: u32) -> Option<usize> {
-        self.of.get(&pid).copied()
-    }
-
-    /// Deals `event` (its owner's shard, and for a fork the parent's shard if it has one):
-    /// the dispatcher and a replay's seams (which lane answers go to) both go through it.
-    pub fn route(&mut self, event: &Event) -> Option<Route> {
-        let proc = owner(event)?;
-        let shard = self.shard(proc.pid);
-        let route = match event {
-            Event::Proc(p) if p.what == PROC_FORK => Route {
-                proc,
-                shard,
-                parent: self.known(p.parent_pid),
-            },
-            _ => Route {
-                proc,
-                shard,
-                parent: None,
-            },
-        };
-        if let Event::Proc(p) = event
-            && p.what == PROC_EXIT
-        {
-            // Later items of this pid are another process's.
-            self.of.remove(&p.pid);
-            self.last = None;
-        }
-        Some(route)
-    }
-}
-
-/// Where an item goes.
-#[derive(Clone, Copy, Debug)]
-pub struct Route {
-    /// Its process.
-    pub proc: ProcKey,
-    /// Its process's shard.
-    pub shard: usize,
-    /// A fork's parent's shard, if the parent has one.
-    pub parent: Option<usize>,
-}
-
-/// The shard of every process a recorded ring's `events` name, as the dispatcher will
-/// assign them (a replay's seams give each shard's consumer its own processes' answers).
-pub fn lanes<'a>(
-    shards: usize,
-    events: impl Iterator<Item = Event> + 'a,
-) -> FxHashMap<ProcKey, usize> {
-    let mut assigner = Assigner::new(shards);
-    let mut lanes = FxHashMap::default();
-    for event in events {
-        if let Some(route) = assigner.route(&event) {
-            lanes.insert(route.proc, route.shard);
-        }
-    }
-    lanes
-}
 
 /// Called by a shard before it handles item `n` of the ring (numbered from 1 in ring order)
 /// and before a batch's end (with the number of items dealt by then): a replay's seams
 /// give back the answers the recorded run read at that point.
 pub type ItemHook = Arc<dyn Fn(usize, u64) + Send + Sync>;
-
-/// One shard's output: its lines kept until a flush, then written whole under the shared
-/// destination's lock (a line is never split between shards).
-pub struct ChunkOut<W: Write> {
-    buf: Vec<u8>,
-    out: Arc<Mutex<W>>,
-}
-
-impl<W: Write> ChunkOut<W> {
-    /// A shard's output onto `out`.
-    pub fn new(out: Arc<Mutex<W>>) -> Self {
-        Self {
-            buf: Vec::new(),
-            out,
-        }
-    }
-}
-
-impl<W: Write> ChunkOut<W> {
-    /// Writes the whole lines kept so far (a long drain between flushes stays bounded).
-    fn write_lines(&mut self) -> io::Result<()> {
-        let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') else {
-            return Ok(());
-        };
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        let written = out.write_all(&self.buf[..=end]);
-        self.buf.drain(..=end);
-        written
-    }
-}
-
-impl<W: Write> Write for ChunkOut<W> {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.write_all(bytes)?;
-        Ok(bytes.len())
-    }
-
-    // The formatters write a line in many small pieces: one copy each, no loop.
-    #[inline]
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= KEEP_AT_MOST {
-            self.write_lines()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        if !self.buf.is_empty() {
-            let written = out.write_all(&self.buf);
-            self.buf.clear();
-            written?;
-        }
-        out.flush()
-    }
-}
 
 /// What a shard is handed.
 enum Work {
