@@ -248,25 +248,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         "running processes that map a probed file are tracked"
     );
     let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
-    let mut pipeline = consumer(
-        consumers,
-        BufWriter::new(out),
-        args.format,
-        None,
-        |writer| {
-            Pipeline::new(
-                probes.clone(),
-                writer,
-                args.count,
-                &resolver,
-                symbolizer.clone(),
-            )
-            .with_pid_filter(args.pid.map(NonZeroU32::get))
-            .with_aggregations(aggregations(&args), args.prints_hits())
-            .with_tracker(tracer.tracker_mode().0)
-            .with_stack_mode(args.stack_mode())
-        },
-    )?;
+    let mut pipeline = consumer(consumers, out, args.format, None, |writer| {
+        Pipeline::new(
+            probes.clone(),
+            writer,
+            args.count,
+            &resolver,
+            symbolizer.clone(),
+        )
+        .with_pid_filter(args.pid.map(NonZeroU32::get))
+        .with_aggregations(aggregations(&args), args.prints_hits())
+        .with_tracker(tracer.tracker_mode().0)
+        .with_stack_mode(args.stack_mode())
+    })?;
     drop(probes);
     let started = Instant::now();
     eprintln!(

@@ -134,12 +134,10 @@ impl StackCounts {
 
     /// Adds `other`'s counts (another consumer thread's share of the run).
     pub fn absorb(&mut self, other: StackCounts) {
+        // `count_n` counts the hits too (a run's hits are the sum of its entries' counts).
         for (key, e) in &other.index {
             self.count_n(key, other.counts[*e]);
         }
-        // `count_n` counted the hits; the run's total is the two totals.
-        self.hits -= other.counts.iter().sum::<u64>();
-        self.hits += other.hits;
         self.without_stack += other.without_stack;
     }
 

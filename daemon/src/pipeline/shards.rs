@@ -203,8 +203,8 @@ impl<P: Shard> Shards<P> {
         let Some(inline) = self.inline.as_mut() else {
             return;
         };
-        if let Some(closed) = handle(0, inline, work, self.hook.as_deref()) {
-            self.shared.closed.store(closed, Ordering::Relaxed);
+        if !handle(0, inline, work, self.hook.as_deref()) {
+            self.shared.closed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -302,9 +302,10 @@ impl<P: Shard> Shards<P> {
     }
 }
 
-/// A run's consumer onto `out`: one pipeline when `n` is 1, else `n` shards on threads of
-/// their own. `build(shard, writer)` makes shard `shard`'s pipeline around `writer` (the
-/// text header is written once, before any shard's line).
+/// A run's consumer onto `out`: one pipeline when `n` is 1, else `n` shards. `build(writer)`
+/// makes one shard's pipeline around `writer`; `out` needs no buffer of its own (each
+/// `ChunkOut` keeps its lines until a flush). With shards, the text header is written once,
+/// before any shard's line.
 pub fn consumer<W, S>(
     n: usize,
     out: W,
@@ -342,8 +343,8 @@ fn work<P: Shard>(
             let item = matches!(work, Work::Item(..) | Work::Dropped(_));
             if let Work::Wait { shard, done } = work {
                 wait_for(&shared.done[shard].0, done);
-            } else if let Some(closed) = handle(me, &mut pipeline, work, hook) {
-                shared.closed.store(closed, Ordering::Relaxed);
+            } else if !handle(me, &mut pipeline, work, hook) {
+                shared.closed.store(true, Ordering::Relaxed);
             }
             if item {
                 shared.done[me].0.fetch_add(1, Ordering::Release);
@@ -359,34 +360,34 @@ fn work<P: Shard>(
     pipeline
 }
 
-/// Shard `me` handles `work` (not a wait); `Some(true)` when its output failed.
+/// Shard `me` handles `work` (a wait is its caller's); false when its output failed.
 fn handle<P: Consume>(
     me: usize,
     pipeline: &mut P,
     work: Work,
     hook: Option<&(dyn Fn(usize, u64) + Send + Sync)>,
-) -> Option<bool> {
+) -> bool {
     match work {
         Work::Item(n, event) => {
             if let Some(hook) = hook {
                 hook(me, n);
             }
             pipeline.handle_event(&event);
+            true
         }
-        Work::Dropped(event) => pipeline.count_dropped(&event),
+        Work::Dropped(event) => {
+            pipeline.count_dropped(&event);
+            true
+        }
         Work::EndBatch(n) => {
             if let Some(hook) = hook {
                 hook(me, n);
             }
             pipeline.end_batch();
-            if pipeline.flush().is_err() {
-                return Some(true);
-            }
-            return None;
+            pipeline.flush().is_ok()
         }
-        Work::Wait { .. } => return None,
+        Work::Wait { .. } => true,
     }
-    None
 }
 
 /// Waits until `counter` reaches `target` (another shard handling a forking parent's

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     sync::Arc,
     time::Instant,
 };
@@ -89,24 +89,18 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         let clocks = clocks.clone();
         Arc::new(move |lane: usize, n: u64| clocks.set(lane, n)) as ItemHook
     });
-    let mut pipeline = consumer(
-        consumers,
-        BufWriter::new(out),
-        args.format,
-        hook,
-        |writer| {
-            let aggregations = Aggregations {
-                stacks: stacks.then(StackCounts::new),
-                print_stacks: stacks,
-                latency: args.latency.then(Latency::new),
-            };
-            Pipeline::new(probes.clone(), writer, None, &resolver, symbolizer.clone())
-                .with_pid_filter(header.pid)
-                .with_aggregations(aggregations, print_hits)
-                .with_tracker(header.tracker)
-                .with_stack_mode(header.stack_mode.unwrap_or_default())
-        },
-    )?;
+    let mut pipeline = consumer(consumers, out, args.format, hook, |writer| {
+        let aggregations = Aggregations {
+            stacks: stacks.then(StackCounts::new),
+            print_stacks: stacks,
+            latency: args.latency.then(Latency::new),
+        };
+        Pipeline::new(probes.clone(), writer, None, &resolver, symbolizer.clone())
+            .with_pid_filter(header.pid)
+            .with_aggregations(aggregations, print_hits)
+            .with_tracker(header.tracker)
+            .with_stack_mode(header.stack_mode.unwrap_or_default())
+    })?;
 
     let mut stats: BTreeMap<u32, ProbeStats> = BTreeMap::new();
     let mut events = 0u64;
