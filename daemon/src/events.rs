@@ -5,7 +5,7 @@
 //! every ready item, then waits again. Draining is also done once more after the probes are
 //! detached, so hits that fired before the stop are never left behind.
 
-use std::{io, os::fd::AsRawFd};
+use std::io;
 
 use aya::maps::{MapData, RingBuf};
 use probed_common::{
@@ -14,7 +14,8 @@ use probed_common::{
     EVENT_LOCK_CHANGE, EVENT_PROC, EVENT_STACK_COPY_HIT, EVENT_STACK_HIT, FileNameEvent, HitEvent,
     LockChangeEvent, OP_OTHER, ProcEvent, StackCopyHitEvent, StackHitEvent,
 };
-use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::ring_source::{BpfRing, RingSource};
 
 /// One item of the event ring buffer.
 // Reports carry file paths (process 880 bytes, change 480, file name 400): boxed, so that
@@ -140,10 +141,11 @@ fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
-/// An async stream of events from the BPF ring buffer.
-pub struct EventStream {
-    /// The ring buffer, registered with the tokio reactor.
-    ring: AsyncFd<RingBuf<MapData>>,
+/// An async stream of events from the BPF ring buffer (or, in tests of the daemon core, from
+/// a channel of records: `ring_source.rs`).
+pub struct EventStream<R: RingSource = BpfRing> {
+    /// Where the items come from.
+    ring: R,
     /// Items that did not decode (should stay 0: both sides share `probed-common`).
     pub malformed: u64,
     /// `probed trace --record`: every item, as read, before it is decoded.
@@ -153,15 +155,18 @@ pub struct EventStream {
 impl EventStream {
     /// Registers the ring buffer with the current tokio runtime.
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
-        tracing::debug!(fd = ring.as_raw_fd(), "registering event ring buffer");
-        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd (which owns the ring)
-        // lives, so the registration never outlives the descriptor.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
-        Ok(Self {
+        Ok(Self::from_source(BpfRing::new(ring)?))
+    }
+}
+
+impl<R: RingSource> EventStream<R> {
+    /// The events of `ring`'s items.
+    pub fn from_source(ring: R) -> Self {
+        Self {
             ring,
             malformed: 0,
             recorder: None,
-        })
+        }
     }
 
     /// Records every item read from here on (`probed trace --record`).
@@ -178,34 +183,17 @@ impl EventStream {
         max: usize,
         mut f: impl FnMut(Event) -> bool,
     ) -> io::Result<usize> {
-        let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+        let (recorder, malformed) = (&self.recorder, &mut self.malformed);
         let mut n = 0;
-        let mut malformed = 0;
-        let mut emptied = false;
-        while n < max {
-            let Some(item) = ring.next() else {
-                emptied = true;
-                break;
-            };
-            if let Some(recorder) = &self.recorder {
-                recorder.item(&item);
-            }
-            match decode(&item) {
-                Some(event) => {
-                    n += 1;
-                    if !f(event) {
-                        break;
-                    }
-                }
-                None => malformed += 1,
-            }
-        }
-        if emptied {
-            // Only an empty ring may clear readiness, or a wake-up could be lost.
-            guard.clear_ready();
-        }
-        self.malformed += malformed;
+        self.ring
+            .next_items(max, |item| {
+                let Some(event) = take(recorder, malformed, item) else {
+                    return true;
+                };
+                n += 1;
+                f(event)
+            })
+            .await?;
         Ok(n)
     }
 
@@ -221,26 +209,16 @@ impl EventStream {
     /// Hands at most `max` events to `f` while it returns true. Returns how many, and whether
     /// the ring was left empty.
     pub fn drain_while(&mut self, max: usize, mut f: impl FnMut(Event) -> bool) -> Drained {
-        let ring = self.ring.get_mut();
+        let (recorder, malformed) = (&self.recorder, &mut self.malformed);
         let mut n = 0;
-        while n < max {
-            let Some(item) = ring.next() else {
-                return Drained { n, empty: true };
+        let (_, empty) = self.ring.take_items(max, |item| {
+            let Some(event) = take(recorder, malformed, item) else {
+                return true;
             };
-            if let Some(recorder) = &self.recorder {
-                recorder.item(&item);
-            }
-            match decode(&item) {
-                Some(event) => {
-                    n += 1;
-                    if !f(event) {
-                        break;
-                    }
-                }
-                None => self.malformed += 1,
-            }
-        }
-        Drained { n, empty: false }
+            n += 1;
+            f(event)
+        });
+        Drained { n, empty }
     }
 
     /// Hands over every event submitted before this call (and possibly some after): at most
@@ -250,6 +228,22 @@ impl EventStream {
     pub fn drain_submitted(&mut self, ring_bytes: u32, f: impl FnMut(Event)) -> Drained {
         self.drain(max_records(ring_bytes), f)
     }
+}
+
+/// One item read: recorded if a recording runs, decoded, or counted as malformed.
+fn take(
+    recorder: &Option<std::sync::Arc<crate::recording::Recorder>>,
+    malformed: &mut u64,
+    item: &[u8],
+) -> Option<Event> {
+    if let Some(recorder) = recorder {
+        recorder.item(item);
+    }
+    let event = decode(item);
+    if event.is_none() {
+        *malformed += 1;
+    }
+    event
 }
 
 /// What one [`EventStream::drain`] did.

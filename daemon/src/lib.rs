@@ -30,6 +30,7 @@ pub mod privileges;
 pub mod probes;
 pub mod recording;
 pub mod resolve;
+pub mod ring_source;
 pub mod self_check;
 pub mod self_filter;
 pub mod service;

@@ -18,6 +18,7 @@ use tokio::signal::unix::Signal;
 use crate::{
     events::{EventStream, max_records},
     pipeline::Consume,
+    ring_source::RingSource,
 };
 
 /// How long a stop processes what is left in the ring buffer by default.
@@ -62,6 +63,26 @@ pub async fn finish(
     sigint: &mut Signal,
     sigterm: &mut Signal,
 ) -> DrainEnd {
+    let again = async {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    finish_until(stream, pipeline, unread, timeout, ring_bytes, again).await
+}
+
+/// [`finish`] for any ring source, ended early when `interrupted` completes (the daemon
+/// core: its second stop signal).
+pub async fn finish_until<R: RingSource>(
+    stream: &mut EventStream<R>,
+    pipeline: &mut dyn Consume,
+    unread: u64,
+    timeout: Duration,
+    ring_bytes: u32,
+    interrupted: impl Future<Output = ()>,
+) -> DrainEnd {
+    tokio::pin!(interrupted);
     let target = pipeline.hit_records().saturating_add(unread);
     let deadline = tokio::time::Instant::now() + timeout;
     let end = loop {
@@ -74,8 +95,7 @@ pub async fn finish(
         }
         tokio::select! {
             biased;
-            _ = sigint.recv() => break DrainEnd::Interrupted,
-            _ = sigterm.recv() => break DrainEnd::Interrupted,
+            () = &mut interrupted => break DrainEnd::Interrupted,
             () = tokio::time::sleep_until(deadline) => break DrainEnd::Deadline,
             drained = async {
                 stream.drain_while(BATCH, |event| {

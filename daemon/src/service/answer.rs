@@ -6,13 +6,14 @@ use tokio::sync::oneshot;
 use super::{
     control::{AddRequest, Call, Request},
     daemon::Daemon,
+    kernel::Kernel,
     prepare::{self, Done},
     probe_set::{Entry, Origin},
     reply::{Added, ListReply, ProbeRow, ProbeStatsRow, Removed, Reply, StatsReply},
 };
 use crate::config::{ProbeDef, STDOUT_OUTPUT};
 
-impl Daemon {
+impl<K: Kernel> Daemon<K> {
     /// Answers a control call: at once, or — for `remove` — once the probe is detached, or —
     /// for `add` — once its probe is prepared off the loop ([`Daemon::finish_add`]).
     pub fn answer(&mut self, call: Call) {
@@ -172,7 +173,7 @@ impl Daemon {
             resolver,
             tracker: self.pipeline.tracker().as_str().to_owned(),
             tracker_errors: self
-                .tracer
+                .kernel
                 .tracker_errors()
                 .unwrap_or_default()
                 .into_iter()

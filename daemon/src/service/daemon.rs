@@ -5,7 +5,6 @@ use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Instant,
 };
 
@@ -13,7 +12,7 @@ use probed_common::MAX_PROBES;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    attach::{RateLimit, Tracer},
+    attach::RateLimit,
     config::{Config, ProbeConfig, ProbeDef, Source},
     events::EventStream,
     output::sink::Sink,
@@ -22,6 +21,7 @@ use crate::{
     probes::Probe,
     resolve::ProbeId,
     service::{
+        kernel::{BpfKernel, Kernel, ProbeSetup},
         op_error::{ApplyError, ProbeOpError},
         outputs::Outputs,
         prepare::{self, Done, Prepared},
@@ -30,7 +30,6 @@ use crate::{
         reply::{Removed, Reply},
         runaway::RateMeter,
     },
-    track::{BpfSeq, Generations, Tracked},
 };
 
 /// A probe checked against its file and given an id, not attached yet.
@@ -52,13 +51,11 @@ pub struct Closed {
     pub id: u32,
 }
 
-/// The daemon.
-pub struct Daemon {
-    pub(super) tracer: Tracer,
-    pub(super) pipeline: Pipeline<Sink, BpfSeq>,
-    pub(super) stream: EventStream,
-    generations: Arc<Generations>,
-    tracked: Tracked,
+/// The daemon: over BPF in production, over a fake kernel in the core's tests.
+pub struct Daemon<K: Kernel = BpfKernel> {
+    pub(super) kernel: K,
+    pub(super) pipeline: Pipeline<Sink, K::Seq>,
+    pub(super) stream: EventStream<K::Ring>,
     pub(super) probes: ProbeSet,
     pub(super) outputs: Outputs,
     /// The config file (reloaded from this path).
@@ -99,25 +96,21 @@ pub struct Inbox {
     pub prepared: mpsc::UnboundedReceiver<Done>,
 }
 
-impl Daemon {
-    /// The daemon around a loaded tracer, with no probes yet, and the channels on which work
-    /// done off the loop reports (the loop passes each report back to the daemon).
+impl<K: Kernel> Daemon<K> {
+    /// The daemon around a loaded kernel side, with no probes yet, and the channels on which
+    /// work done off the loop reports (the loop passes each report back to the daemon).
     pub fn new(
-        tracer: Tracer,
-        pipeline: Pipeline<Sink, BpfSeq>,
-        stream: EventStream,
-        generations: Arc<Generations>,
-        tracked: Tracked,
+        kernel: K,
+        pipeline: Pipeline<Sink, K::Seq>,
+        stream: EventStream<K::Ring>,
         config_path: PathBuf,
     ) -> (Self, Inbox) {
         let (closed_tx, closed) = mpsc::unbounded_channel();
         let (prepared_tx, prepared) = mpsc::unbounded_channel();
         let daemon = Self {
-            tracer,
+            kernel,
             pipeline,
             stream,
-            generations,
-            tracked,
             probes: ProbeSet::new(MAX_PROBES),
             outputs: Outputs::new(),
             config_path,
@@ -277,27 +270,23 @@ impl Daemon {
             pidns,
         } = planned;
         let id = probe.id;
-        let result = (|| -> Result<(), crate::attach::AttachError> {
-            if reused {
-                self.tracer.reset_probe(id)?;
-            }
-            let pages = copy_pages(&def).unwrap_or(probed_common::STACK_COPY_DEFAULT_PAGES);
-            let flags = def
+        let pages = copy_pages(&def).unwrap_or(probed_common::STACK_COPY_DEFAULT_PAGES);
+        let request = probe.attach_request();
+        let result = self.kernel.attach_probe(&ProbeSetup {
+            id,
+            reused,
+            flags: def
                 .stack
-                .map_or(0, |mode| crate::trace::stack_flags(mode, pages));
-            self.tracer.set_probe_flags(id, flags)?;
-            let limit = def.rate_limit.map(|rate| RateLimit {
+                .map_or(0, |mode| crate::trace::stack_flags(mode, pages)),
+            limit: def.rate_limit.map(|rate| RateLimit {
                 per_sec: rate.get(),
                 burst: def.burst.unwrap_or(rate).get(),
-            });
-            self.tracer.set_rate_limit(id, limit)?;
-            self.tracer.set_pidns_filter(id, pidns)?;
-            self.tracer.attach(&probe.attach_request(), def.pid)?;
-            if def.pid.is_none() {
-                self.tracer.watch_files([probe.target.id])?;
-            }
-            Ok(())
-        })();
+            }),
+            pidns,
+            request: &request,
+            pid: def.pid,
+            watch: def.pid.is_none().then_some(probe.target.id),
+        });
         // Attached (or not): a container's file need not stay open.
         probe.release_file();
         if let Err(err) = result {
@@ -309,15 +298,9 @@ impl Daemon {
             .registry()
             .insert(probe.target.id, probe.file_offset, ProbeId(id));
         let files: HashSet<_> = [probe.target.id].into_iter().collect();
-        let running = crate::track::preexisting::track_mapping_processes(
-            &files,
-            def.pid.map(NonZeroU32::get),
-            &self.generations,
-            &self.tracked,
-            &resolver,
-            &|_| {},
-        )
-        .len();
+        let running = self
+            .kernel
+            .track_running(&files, def.pid.map(NonZeroU32::get), &resolver);
         let sink = self.outputs.sink(&def.output).unwrap_or(0);
         let host_path = probe
             .in_container
@@ -351,7 +334,7 @@ impl Daemon {
             return true;
         }
         entry.removing = true;
-        match self.tracer.take_link(id) {
+        match self.kernel.take_link(id) {
             Some(link) => self.close_async(id, link),
             // Already detached (a runaway): done once its close, if any, is.
             None if !self.closing.contains(&id) => self.finish_remove(id),
@@ -361,7 +344,7 @@ impl Daemon {
     }
 
     /// Drops `link` on the blocking pool and reports [`Closed`] when done.
-    fn close_async(&mut self, id: u32, link: crate::attach::ProbeLink) {
+    fn close_async(&mut self, id: u32, link: K::Link) {
         self.closing.insert(id);
         let tx = self.closed_tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -417,17 +400,17 @@ impl Daemon {
     /// which no hit is on its way into the ring buffer). The caller then drains with a
     /// deadline (stop.rs).
     pub fn stop_probes(&mut self) {
-        if let Err(err) = self.tracer.stop_admitting() {
+        if let Err(err) = self.kernel.stop_admitting() {
             tracing::warn!(error = %err, "cannot stop admitting hits in BPF; detaching instead");
         }
-        self.tracer.detach_all();
+        self.kernel.detach_all();
     }
 
     /// Hit records BPF wrote that the pipeline has not read (exact once no link is open);
     /// `u64::MAX` if a counter cannot be read (then a stop drains until the ring is empty).
     pub fn unread_hits(&self) -> u64 {
         self.pipeline
-            .unread_hits(|id| self.tracer.stats(id))
+            .unread_hits(|id| self.kernel.stats(id))
             .unwrap_or(u64::MAX)
     }
 
@@ -459,7 +442,7 @@ impl Daemon {
             if entry.disabled.is_some() {
                 continue;
             }
-            let Ok(stats) = self.tracer.stats(id) else {
+            let Ok(stats) = self.kernel.stats(id) else {
                 continue;
             };
             if let Some(rate) = self.meter.rate(id, stats.hits, now)
@@ -469,7 +452,7 @@ impl Daemon {
             }
         }
         for (id, rate, limit) in &runaway {
-            if let Some(link) = self.tracer.take_link(*id) {
+            if let Some(link) = self.kernel.take_link(*id) {
                 self.close_async(*id, link);
             }
             let reason = format!("fired {rate:.0} times/s, above disable_above = {limit}");

@@ -8,8 +8,10 @@
 
 pub mod answer;
 pub mod control;
+pub mod core;
 pub mod ctl;
 pub mod daemon;
+pub mod kernel;
 pub mod notify;
 pub mod op_error;
 pub mod outputs;
@@ -20,3 +22,8 @@ pub mod reply;
 pub mod run;
 pub mod runaway;
 pub mod scrape;
+
+#[cfg(test)]
+mod core_tests;
+#[cfg(test)]
+pub mod fake_kernel;

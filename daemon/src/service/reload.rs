@@ -8,6 +8,7 @@ use crate::{
     config::{self, Config, ProbeDef, Source},
     service::{
         daemon::Daemon,
+        kernel::Kernel,
         op_error::ApplyError,
         prepare::{self, Done, Outcome},
         probe_set::{Origin, ProbeSet},
@@ -22,7 +23,7 @@ pub struct ReloadState {
     again: bool,
 }
 
-impl Daemon {
+impl<K: Kernel> Daemon<K> {
     /// Whether a reload's probes are being prepared.
     pub fn reload_in_flight(&self) -> bool {
         self.reload.in_flight

@@ -3,16 +3,16 @@
 
 use crate::{
     metrics::{MetricsSnapshot, ProbeMetrics},
-    service::{daemon::Daemon, probe_set::Entry},
+    service::{daemon::Daemon, kernel::Kernel, probe_set::Entry},
 };
 
-impl Daemon {
+impl<K: Kernel> Daemon<K> {
     /// Probe `id`'s counters: BPF's (read from the per-probe map) and the pipeline's. Shared
     /// by scrapes and `ctl stats`.
     pub(super) fn probe_metrics(&self, id: u32, entry: &Entry) -> ProbeMetrics {
         // A probe whose counters cannot be read reports zeros rather than failing the whole
         // scrape or `ctl stats`.
-        let bpf = self.tracer.stats(id).unwrap_or_default();
+        let bpf = self.kernel.stats(id).unwrap_or_default();
         let counts = self.pipeline.probe(id).map(|(_, c)| c);
         let by_reason = |m: &std::collections::BTreeMap<&'static str, u64>| {
             m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
@@ -59,7 +59,7 @@ impl Daemon {
             reload_failures: self.reload_failures,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             tracker: self.pipeline.tracker().as_str(),
-            tracker_errors: self.tracer.tracker_errors().unwrap_or_default(),
+            tracker_errors: self.kernel.tracker_errors().unwrap_or_default(),
             stack_stops: self.pipeline.stack_stops(),
             captures: self.pipeline.captures(),
         }
