@@ -4,25 +4,26 @@
 //!
 //! A library name is resolved here (`libpath`), in the view of the `--pid`/`--container`
 //! process if there is one; a wildcard becomes one probe per matching function address.
+//!
+//! This file holds the probe table's making: the probe, the scope, the SPECs expanded.
+//! Around it in `probes/`: why a SPEC cannot become a probe (`error.rs`), the file a SPEC
+//! names as the scope's process sees it (`file.rs`), and a USDT SPEC's sites (`usdt.rs`).
 
+mod error;
+mod file;
 mod usdt;
 
+pub use error::ProbeError;
+use file::{file_path, load};
 pub use usdt::matcher as usdt_matcher;
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{collections::HashMap, fs::File, num::NonZeroU32, path::PathBuf, sync::Arc};
 
 use crate::{
-    container::{ContainerError, ContainerRoot},
-    elf::{self, AttachTarget, ElfImage},
-    libpath::{self, LibraryError, Lookup},
-    spec::{FileRef, Location, ProbeSpec, SpecError},
-    typed_args::{ArgPlan, PlanError},
+    container::ContainerRoot,
+    elf::{AttachTarget, ElfImage},
+    spec::{Location, ProbeSpec},
+    typed_args::ArgPlan,
 };
 
 /// One probe of the run.
@@ -108,128 +109,6 @@ impl Probe {
             std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
         }
     }
-}
-
-/// Why a SPEC cannot become a probe.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    /// The SPEC does not parse.
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    /// The file is not in the container (or the container is gone).
-    #[error("{spec}: {source}")]
-    Container {
-        /// The SPEC.
-        spec: String,
-        /// What is wrong.
-        #[source]
-        source: ContainerError,
-    },
-    /// The library name resolves to no file, or to several.
-    #[error("{spec}: {source}")]
-    Library {
-        /// The SPEC.
-        spec: String,
-        /// What is wrong.
-        #[source]
-        source: LibraryError,
-    },
-    /// The file, symbol or offset is not usable.
-    #[error("{spec}: {source}")]
-    Target {
-        /// The SPEC.
-        spec: String,
-        /// What is wrong with it.
-        #[source]
-        source: elf::AttachError,
-    },
-    /// The argument list or the USDT operands cannot be evaluated.
-    #[error("{spec}: {source}")]
-    Args {
-        /// The SPEC.
-        spec: String,
-        /// What is wrong.
-        #[source]
-        source: PlanError,
-    },
-    /// The file has no USDT probe of that name.
-    #[error(
-        "{spec}: no USDT probe `{name}` in {path} (list them with `probed list 'usdt:{path}:*'`)"
-    )]
-    NoUsdt {
-        /// The SPEC.
-        spec: String,
-        /// The file searched.
-        path: PathBuf,
-        /// The probe as written (`provider:name` or `name`).
-        name: String,
-    },
-    /// `usdt:PATH:NAME` where several providers have a probe `NAME`.
-    #[error(
-        "{spec}: several providers have a USDT probe `{name}` ({providers}): say which, as usdt:PATH:PROVIDER:{name}"
-    )]
-    UsdtAmbiguous {
-        /// The SPEC.
-        spec: String,
-        /// The name.
-        name: String,
-        /// The providers, comma-separated.
-        providers: String,
-    },
-    /// The USDT notes could not be read.
-    #[error("{spec}: {source}")]
-    Usdt {
-        /// The SPEC.
-        spec: String,
-        /// What is wrong.
-        #[source]
-        source: elf::UsdtError,
-    },
-    /// A USDT probe with several sites where a SPEC must be one probe.
-    #[error(
-        "{spec}: the USDT probe has {sites} sites; a daemon probe is one site (use `probed trace`, which attaches every site)"
-    )]
-    UsdtSites {
-        /// The SPEC.
-        spec: String,
-        /// How many.
-        sites: usize,
-    },
-    /// A note's address is not in the file's loaded segments.
-    #[error("{spec}: the USDT probe's address {addr:#x} is not in a loaded segment of {path}")]
-    UsdtAddress {
-        /// The SPEC.
-        spec: String,
-        /// The file.
-        path: PathBuf,
-        /// The address.
-        addr: u64,
-    },
-    /// A wildcard matches no function.
-    #[error("{spec}: no function in {path} matches `{pattern}`")]
-    NoMatch {
-        /// The SPEC.
-        spec: String,
-        /// The file searched.
-        path: PathBuf,
-        /// The wildcard.
-        pattern: String,
-    },
-    /// Wildcards where each SPEC must be exactly one probe (the daemon's config and `ctl
-    /// add`: a probe's identity there is its SPEC).
-    #[error(
-        "{spec}: wildcards are not supported here (a daemon probe is one function); list the matches with `probed list '{spec}'` and give each its own SPEC"
-    )]
-    PatternNotAllowed {
-        /// The SPEC.
-        spec: String,
-    },
-    /// More SPECs (or wildcard matches) than probe ids.
-    #[error("too many probes: at most {max}")]
-    TooMany {
-        /// The limit.
-        max: u32,
-    },
 }
 
 /// The process a run is limited to, whose view of the file system library names resolve in.
@@ -448,56 +327,10 @@ fn expand(
     }
 }
 
-/// The file a SPEC names: its path, or its library resolved in the scope's process.
-fn file_path(spec: &ProbeSpec, scope: Scope<'_>) -> Result<PathBuf, ProbeError> {
-    let name = match &spec.file {
-        FileRef::Path(path) => return Ok(path.clone()),
-        FileRef::Library(name) => name,
-    };
-    let container = scope.container.map(|c| c.pid().get());
-    let lookup = Lookup {
-        pid: scope.pid.map(NonZeroU32::get).or(container),
-        root_pid: container.or(scope.pid.map(NonZeroU32::get)),
-    };
-    let found = libpath::resolve(name, lookup).map_err(|source| ProbeError::Library {
-        spec: spec.text.clone(),
-        source,
-    })?;
-    // A --pid process's path is in its own mount namespace: reach it through its root unless
-    // that root is ours. (A container's path is opened in the container by the caller.)
-    Ok(match (container, scope.pid) {
-        (None, Some(pid)) if !same_root(pid.get()) => {
-            Path::new(&format!("/proc/{pid}/root")).join(found.strip_prefix("/").unwrap_or(&found))
-        }
-        _ => found,
-    })
-}
-
-/// Whether process `pid` sees the same root directory as probed.
-fn same_root(pid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let theirs = id(&format!("/proc/{pid}/root"));
-    theirs.is_some() && theirs == id("/")
-}
-
-/// The ELF image of the open `file` (named `host_path` in messages).
-fn load(file: &File, host_path: &Path) -> Result<Arc<ElfImage>, elf::AttachError> {
-    let meta = file.metadata().map_err(|source| elf::ElfError::Io {
-        path: host_path.to_owned(),
-        source,
-    })?;
-    // Attaching: a debug file may be fetched from debuginfod, waiting for it.
-    Ok(Arc::new(ElfImage::from_file(
-        file,
-        &meta,
-        host_path,
-        elf::DebugFetch::Wait,
-    )?))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// Where a SPEC must be one probe (the daemon), a wildcard is refused with a pointer to

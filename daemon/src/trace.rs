@@ -4,10 +4,20 @@
 //! checked against its ELF file before anything is attached; on stop the probes are detached
 //! first, then the ring buffer is drained (hits that fired before the stop are still
 //! printed), then the BPF counters are read for the summary.
+//!
+//! This file holds the run itself (set-up, event loop, stop, summary) and the resolver it
+//! (and its replay) reads through. Around it in `trace/`: what is said on stderr while the
+//! probes attach (`report.rs`), the aggregations and the flame graph (`aggregate.rs`), and
+//! a probe's options shared with the daemon (`probe_options.rs`: `--pid` alive, stack
+//! flags).
+
+mod aggregate;
+mod probe_options;
+mod report;
 
 use std::{
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     num::NonZeroU32,
     sync::Arc,
     time::{Duration, Instant},
@@ -16,12 +26,18 @@ use std::{
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use aggregate::{aggregations, draw_flamegraph};
+use probe_options::check_alive;
+pub(crate) use probe_options::is_alive;
+pub use probe_options::stack_flags;
+use report::{AttachProgress, report_expansion};
+
 use crate::{
     attach::Tracer,
-    cli::{Aggregate, TraceArgs},
+    cli::TraceArgs,
     container::ContainerRoot,
     events::EventStream,
-    output::{Aggregations, Latency, StackCounts, Summary, folded::FlamegraphError},
+    output::Summary,
     pidns::PidNamespace,
     pipeline::{Consume, Pipeline, Stop, consumer},
     probes::{self, Probe},
@@ -55,42 +71,6 @@ impl EndedBy {
             Self::Duration => "duration",
             Self::Count => "count",
             Self::OutputClosed => "output_closed",
-        }
-    }
-}
-
-/// Says on stderr what library names resolved to and what wildcards matched (aliases
-/// included), once per SPEC as written.
-fn report_expansion(probes: &[Probe]) {
-    let mut said: Vec<&str> = Vec::new();
-    for probe in probes {
-        let written = probe.pattern.as_deref().unwrap_or(&probe.spec.text);
-        if said.contains(&written) {
-            continue;
-        }
-        said.push(written);
-        if let crate::spec::FileRef::Library(name) = &probe.spec.file {
-            eprintln!("probed: library {name} is {}", probe.path.display());
-        }
-        if probe.pattern.is_some() {
-            let matched: Vec<&Probe> = probes
-                .iter()
-                .filter(|p| p.pattern.as_deref() == Some(written))
-                .collect();
-            let what = if matches!(probe.spec.location, crate::spec::Location::Usdt { .. }) {
-                "USDT probe site(s)"
-            } else {
-                "function(s)"
-            };
-            eprintln!("probed: {written} matches {} {what}", matched.len());
-            for p in matched.iter().filter(|p| !p.aliases.is_empty()) {
-                eprintln!(
-                    "probed: {} (probe {}) also matches its aliases {}",
-                    p.spec.text,
-                    p.id,
-                    p.aliases.join(", ")
-                );
-            }
         }
     }
 }
@@ -463,16 +443,6 @@ fn recording_header(args: &TraceArgs, probes: &[Probe], tracker: TrackerMode) ->
     }
 }
 
-/// The aggregations `args` ask for.
-fn aggregations(args: &TraceArgs) -> Aggregations {
-    let stacks = args.aggregate == Some(Aggregate::Stack);
-    Aggregations {
-        stacks: (stacks || args.flamegraph.is_some()).then(StackCounts::new),
-        print_stacks: stacks,
-        latency: args.latency.then(Latency::new),
-    }
-}
-
 /// Completes at the next `--interval` report, never without one.
 async fn next_report(report: &mut Option<tokio::time::Interval>) {
     match report {
@@ -480,99 +450,5 @@ async fn next_report(report: &mut Option<tokio::time::Interval>) {
             every.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Writes the flame graph of the counted stacks into `file` (at `path`); a run that counted
-/// nothing gets a picture saying so, and a warning.
-fn draw_flamegraph(
-    aggregations: &Aggregations,
-    specs: &[String],
-    path: &std::path::Path,
-    file: File,
-) -> anyhow::Result<()> {
-    let Some(stacks) = &aggregations.stacks else {
-        return Ok(());
-    };
-    let mut out = BufWriter::new(file);
-    let title = format!("probed: {}", specs.join(" "));
-    match stacks.write_flamegraph(&title, &mut out) {
-        Ok(()) => {}
-        Err(err @ FlamegraphError::Empty) => {
-            eprintln!("probed: warning: {}: {err}", path.display());
-        }
-        Err(err) => {
-            return Err(err).with_context(|| format!("cannot write {}", path.display()));
-        }
-    }
-    out.flush()
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// A progress line on a terminal while many probes attach (`uprobe:libc:*`): the kernel
-/// registers each uprobe in every process that maps its file, which takes a while.
-struct AttachProgress {
-    total: usize,
-    /// Shown only for this many probes or more, and on a terminal.
-    shown: bool,
-}
-
-impl AttachProgress {
-    /// Probes from which the line is shown.
-    const FROM: usize = 100;
-
-    fn new(total: usize) -> Self {
-        use std::io::IsTerminal as _;
-        Self {
-            total,
-            shown: total >= Self::FROM && std::io::stderr().is_terminal(),
-        }
-    }
-
-    /// `n` probes are attached (called from the attaching threads; about 100 updates).
-    fn show(&self, n: usize) {
-        if self.shown && (n.is_multiple_of((self.total / 100).max(1)) || n == self.total) {
-            eprint!("\rprobed: attaching {n}/{} probes", self.total);
-        }
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            eprintln!();
-        }
-    }
-}
-
-/// A `--pid` that names no live process is an error before anything is attached.
-pub(crate) fn check_alive(pid: NonZeroU32) -> anyhow::Result<()> {
-    if !is_alive(pid) {
-        anyhow::bail!("no process with pid {pid} (it may have exited)");
-    }
-    Ok(())
-}
-
-/// Whether `pid` names a live process (one we may not signal counts).
-pub(crate) fn is_alive(pid: NonZeroU32) -> bool {
-    let Ok(raw) = i32::try_from(pid.get()) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
-    let signalled = unsafe { libc::kill(raw, 0) } == 0;
-    signalled || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// The BPF probe flags of a stack mode: the kernel's frame-pointer walk, or registers and a
-/// stack copy of `copy_pages` pages (one of `STACK_COPY_PAGE_CHOICES`; another size takes
-/// the default) for the daemon's unwinder.
-pub fn stack_flags(mode: crate::unwind::StackMode, copy_pages: usize) -> u32 {
-    if mode.copies_stack() {
-        let copy = probed_common::stack_copy_flags(copy_pages)
-            .or(probed_common::stack_copy_flags(
-                probed_common::STACK_COPY_DEFAULT_PAGES,
-            ))
-            .unwrap_or(probed_common::PROBE_FLAG_STACK_COPY);
-        probed_common::PROBE_FLAG_STACK | copy
-    } else {
-        probed_common::PROBE_FLAG_STACK
     }
 }

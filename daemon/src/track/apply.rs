@@ -3,7 +3,7 @@
 //! BPF just started tracking, a partial base and a scan).
 //!
 //! The pipeline dispatches the events here in ring order, after its own filtering and lock
-//! mode's bookkeeping (`pipeline.rs`, `handle_proc`, `handle_change`).
+//! mode's bookkeeping (`pipeline/dispatch.rs`, `handle_proc`, `handle_change`).
 
 use probed_common::{ChangeEvent, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent};
 
