@@ -44,24 +44,15 @@ impl Tracer {
         pid: Option<NonZeroU32>,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<(usize, AttachError)>, AttachError> {
-        // Groups: (file, kind) → indexes; typed probes (their own programs) go one by one.
-        let mut groups: HashMap<(&std::path::Path, ProbeKind), Vec<usize>> = HashMap::new();
-        for (i, req) in reqs.iter().enumerate() {
-            if req.args.is_none() {
-                groups.entry((&req.path, req.kind)).or_default().push(i);
-            }
-        }
-        groups.retain(|_, members| members.len() > 1);
+        let groups = multi_groups(reqs);
         // Indexes attached through multi links.
         let mut linked = vec![false; reqs.len()];
         let mut done = 0;
         if !groups.is_empty() && self.multi_ready() {
-            for &i in groups.values().flatten() {
+            for &i in groups.iter().flatten() {
                 self.set_probe_settings(&reqs[i], pid)?;
             }
-            let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
-            groups.sort_by_key(|members| members[0]);
-            for members in groups {
+            for members in &groups {
                 for chunk in members.chunks(CHUNK) {
                     self.attach_chunk(reqs, chunk, pid, &mut linked);
                     done += chunk.iter().filter(|&&i| linked[i]).count();
@@ -116,61 +107,125 @@ impl Tracer {
         pid: Option<NonZeroU32>,
         linked: &mut [bool],
     ) {
-        if chunk.len() < 2 {
-            return;
-        }
-        let first = &reqs[chunk[0]];
-        let ret = first.kind == ProbeKind::Return;
         let MultiState::Ready(programs) = &self.multi else {
             return;
         };
+        let first = &reqs[chunk[0]];
+        let ret = first.kind == ProbeKind::Return;
         let Some(program) = programs.fd(if ret { RETURN_PROGRAM } else { ENTRY_PROGRAM }) else {
             return;
         };
-        let offsets: Vec<u64> = chunk.iter().map(|&i| reqs[i].file_offset).collect();
-        let cookies: Vec<u64> = chunk.iter().map(|&i| u64::from(reqs[i].id)).collect();
-        let semaphores: Vec<u64> = chunk
-            .iter()
-            .map(|&i| reqs[i].semaphore.unwrap_or(0))
-            .collect();
-        let probe = MultiUprobe {
-            path: &first.path,
-            offsets: &offsets,
-            ref_ctr_offsets: semaphores
-                .iter()
-                .any(|&s| s != 0)
-                .then_some(&semaphores[..]),
-            cookies: &cookies,
-            ret,
-            pid: pid.map(NonZeroU32::get),
-        };
-        match multi_link::attach(program, &probe) {
-            Ok(link) => {
-                self.multi_links.push((chunk.len(), link));
-                for &i in chunk {
-                    linked[i] = true;
+        let mut links = Vec::new();
+        let go_on = link_halving(
+            chunk,
+            &mut |part| {
+                let offsets: Vec<u64> = part.iter().map(|&i| reqs[i].file_offset).collect();
+                let cookies: Vec<u64> = part.iter().map(|&i| u64::from(reqs[i].id)).collect();
+                let semaphores: Vec<u64> = part
+                    .iter()
+                    .map(|&i| reqs[i].semaphore.unwrap_or(0))
+                    .collect();
+                let probe = MultiUprobe {
+                    path: &first.path,
+                    offsets: &offsets,
+                    ref_ctr_offsets: semaphores
+                        .iter()
+                        .any(|&s| s != 0)
+                        .then_some(&semaphores[..]),
+                    cookies: &cookies,
+                    ret,
+                    pid: pid.map(NonZeroU32::get),
+                };
+                match multi_link::attach(program, &probe) {
+                    Ok(link) => {
+                        links.push((part.len(), link));
+                        Link::Linked
+                    }
+                    // EINVAL: the kernel does not take the link at all (not a refused
+                    // offset, which is ENOTSUPP): nothing more through multi links.
+                    Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::info!(
+                            error = %err,
+                            "uprobe_multi link refused: one uprobe per probe from here"
+                        );
+                        Link::Unsupported
+                    }
+                    Err(err) => {
+                        tracing::debug!(
+                            error = %err,
+                            path = %first.path.display(),
+                            offsets = part.len(),
+                            "uprobe_multi link refused: trying its halves"
+                        );
+                        Link::Refused
+                    }
                 }
-            }
-            // EINVAL: the kernel does not take the link at all (not a refused offset, which
-            // is ENOTSUPP): nothing more through multi links.
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::info!(
-                    error = %err,
-                    "uprobe_multi link refused: one uprobe per probe from here"
-                );
-                self.multi = MultiState::Unavailable;
-            }
-            Err(err) => {
-                tracing::debug!(
-                    error = %err,
-                    path = %first.path.display(),
-                    offsets = chunk.len(),
-                    "uprobe_multi link refused: trying its halves"
-                );
-                let (a, b) = chunk.split_at(chunk.len() / 2);
-                self.attach_chunk(reqs, a, pid, linked);
-                self.attach_chunk(reqs, b, pid, linked);
-            }
+            },
+            linked,
+        );
+        self.multi_links.extend(links);
+        if !go_on {
+            self.multi = MultiState::Unavailable;
         }
     }
 }
+
+/// The requests that go through multi links, as groups of one file and one kind (in the
+/// order of their first request): untyped probes (typed ones have programs of their own)
+/// sharing their (file, kind) with another.
+fn multi_groups(reqs: &[AttachRequest]) -> Vec<Vec<usize>> {
+    let mut groups: HashMap<(&std::path::Path, ProbeKind), Vec<usize>> = HashMap::new();
+    for (i, req) in reqs.iter().enumerate() {
+        if req.args.is_none() {
+            groups.entry((&req.path, req.kind)).or_default().push(i);
+        }
+    }
+    let mut groups: Vec<Vec<usize>> = groups
+        .into_values()
+        .filter(|members| members.len() > 1)
+        .collect();
+    groups.sort_by_key(|members| members[0]);
+    groups
+}
+
+/// What the kernel answered one multi link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// Attached.
+    Linked,
+    /// Refused (an offset it cannot probe, somewhere in the link): try the halves.
+    Refused,
+    /// No multi links on this kernel at all.
+    Unsupported,
+}
+
+/// Links `chunk` through `link` (one multi link per call), a refused part split in halves
+/// and each tried again down to pairs (a single probe is left to the per-probe way),
+/// marking in `linked` what is attached. Returns false once the kernel said it takes no
+/// multi links at all (nothing more is tried).
+fn link_halving(
+    chunk: &[usize],
+    link: &mut dyn FnMut(&[usize]) -> Link,
+    linked: &mut [bool],
+) -> bool {
+    if chunk.len() < 2 {
+        return true;
+    }
+    match link(chunk) {
+        Link::Linked => {
+            for &i in chunk {
+                linked[i] = true;
+            }
+            true
+        }
+        Link::Unsupported => false,
+        Link::Refused => {
+            let (a, b) = chunk.split_at(chunk.len() / 2);
+            link_halving(a, link, linked) && link_halving(b, link, linked)
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "grouped_tests.rs"]
+mod tests;
