@@ -1,17 +1,40 @@
-//! A minimal HTTP/1.1 server for the metrics endpoint: `GET /metrics`, one request per
-//! connection, `Connection: close`.
+//! The HTTP/1.1 server of the metrics endpoint: `GET /metrics`, one request per connection,
+//! `Connection: close`.
 //!
-//! Hand-written rather than hyper/axum: the endpoint serves one path to one scraper every
-//! few seconds, and a few hundred lines with hard limits are easier to audit than a
-//! framework. Every connection runs in its own task under a head-size limit and timeouts,
-//! and at most [`Limits::max_connections`] run at once (more are answered 503 and closed at
-//! once, never queued), so a slow or hostile client delays nobody else.
+//! HTTP itself is hyper's (server, HTTP/1 only): request parsing, framing, HEAD, the
+//! automatic 400/431 answers to bad heads. It used to be hand-written; a parser and framing
+//! that are maintained elsewhere and carry much of the Rust ecosystem's HTTP (axum, reqwest…)
+//! are easier to trust than our own, and what is left here is routing and the limits. hyper
+//! runs each connection; this module layers on it what a daemon's side endpoint needs so that
+//! a slow or hostile client delays nobody else:
+//!
+//! - a head-size limit, [`MAX_HEAD`] (hyper's `max_header_size`, with its read buffer capped
+//!   to the same size), answered 431 by hyper;
+//! - a head timeout (hyper's `header_read_timeout`, running from accept); hyper then closes
+//!   the connection without an answer;
+//! - the answer timeout: the daemon loop must send the snapshot in time, or the answer is 503;
+//! - a whole-connection deadline (hyper has no write timeout), after which the connection is
+//!   dropped whatever state it is in;
+//! - at most [`Limits::max_connections`] connections at once; more are answered 503 as soon
+//!   as their request is in (the loop is not asked) and closed, never queued;
+//! - keep-alive off, and a gentle close (`close`) so a reply is not destroyed by a reset.
 //!
 //! The daemon loop owns all state; a scrape sends it a oneshot over `scrape` and renders
 //! whatever snapshot comes back, so rendering never runs on the loop.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible, future::poll_fn, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -28,17 +51,22 @@ pub type ScrapeRequest = oneshot::Sender<MetricsSnapshot>;
 /// Largest request head (request line + headers) read; Prometheus sends a few hundred bytes.
 pub const MAX_HEAD: usize = 8 * 1024;
 
+// hyper's `max_buf_size` panics below its minimum read buffer, 8192 bytes (not exported).
+const _: () = assert!(MAX_HEAD >= 8192, "hyper's max_buf_size minimum");
+
 /// The server's limits. [`serve`] uses the defaults; tests shorten the timeouts.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Time a client has to send its whole request head.
+    /// Time a client has to send its whole request head, from accept.
     pub head_timeout: Duration,
     /// Time the daemon loop has to answer a scrape (it is between events, normally µs).
     pub answer_timeout: Duration,
-    /// Time a client has to take the response.
+    /// Time a client has to take the response. hyper has no write timeout, so this is the
+    /// part of a whole-connection deadline (head + answer + write timeouts, from accept)
+    /// left for writing; past it the connection is dropped.
     pub write_timeout: Duration,
-    /// Time to keep reading (and discarding) after an error reply, so that closing with
-    /// unread input does not reset the connection and destroy the reply in flight.
+    /// Time to keep reading (and discarding) after the reply, so that closing with unread
+    /// input does not reset the connection and destroy the reply in flight.
     pub linger: Duration,
     /// Connections handled at once; as many again may be in the middle of being refused.
     pub max_connections: usize,
@@ -89,6 +117,7 @@ pub async fn serve_with(
     scrape: mpsc::Sender<ScrapeRequest>,
     limits: Limits,
 ) {
+    let http = builder(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(Semaphore::new(limits.max_connections));
     // Connection tasks live in a JoinSet so that dropping (aborting) the server ends them
@@ -108,240 +137,146 @@ pub async fn serve_with(
                 }
             },
         };
+        let http = http.clone();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // Queueing would let slow clients delay scrapes; refuse at once instead, with a
-            // 503 (in a task of its own: the client may be slow to take it) while refusals
-            // are bounded too, and by closing outright beyond that.
+            // 503 (in a task of its own: the client may be slow to send its request or to
+            // take the answer) while refusals are bounded too, and by closing outright
+            // beyond that.
             tracing::debug!(
                 "metrics: {peer}: over {} connections, refused",
                 limits.max_connections
             );
             if let Ok(permit) = refusals.clone().try_acquire_owned() {
                 connections.spawn(async move {
-                    let reply = Response::text(503, "too many connections\n").bytes(false);
-                    respond(stream, peer, &reply, true, limits).await;
+                    handle(stream, peer, Role::Refuse, &http, limits).await;
                     drop(permit);
                 });
             }
             continue;
         };
-        let scrape = scrape.clone();
+        let role = Role::Serve(scrape.clone());
         connections.spawn(async move {
-            handle(stream, peer, &scrape, limits).await;
+            handle(stream, peer, role, &http, limits).await;
             drop(permit);
         });
     }
 }
 
-/// Why a request could not be taken.
-#[derive(Debug, thiserror::Error)]
-enum RequestError {
-    /// No complete head within [`MAX_HEAD`] bytes.
-    #[error("request head over {MAX_HEAD} bytes")]
-    TooLarge,
-    /// Not an HTTP/1.x request.
-    #[error("malformed request: {0}")]
-    Malformed(&'static str),
-    /// The client sent nothing and closed: nothing to answer.
-    #[error("closed before sending a request")]
-    Closed,
-    /// Not a whole head within the head timeout.
-    #[error("no complete request within {0:?}")]
-    Timeout(Duration),
-    /// Reading failed (reset…).
-    #[error("reading the request: {0}")]
-    Io(#[from] io::Error),
+/// hyper's connection settings: the limits it enforces itself.
+fn builder(limits: Limits) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http
+        // One request per connection: a scrape every few seconds gains nothing from reuse,
+        // and a connection that ends with its answer cannot idle on a permit.
+        .keep_alive(false)
+        // A client may shut its sending side once its request is out (tests and simple
+        // clients do); without this hyper would take that for an aborted request.
+        .half_close(true)
+        // `max_header_size` makes the limit exact: a complete head of MAX_HEAD bytes is
+        // taken, one byte more is 431. The read buffer is capped to the same size so a
+        // client cannot make hyper buffer more than that (~400 KB by default).
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_HEAD)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout);
+    http
 }
 
-/// One connection: read the head, answer, close.
+/// What a connection is accepted for.
+#[derive(Clone)]
+enum Role {
+    /// Answer the request, asking the daemon loop over this channel for `/metrics`.
+    Serve(mpsc::Sender<ScrapeRequest>),
+    /// Over the connection limit: whatever the request, 503.
+    Refuse,
+}
+
+/// The response body: always the whole of it at once.
+type Body = Full<Bytes>;
+
+/// The service's future; boxed, because hyper's `poll_without_shutdown` wants it `Unpin`.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// One connection: hyper reads the head and writes the answer, within the whole-connection
+/// deadline; then the socket is closed gently.
 async fn handle(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
-    scrape: &mpsc::Sender<ScrapeRequest>,
+    role: Role,
+    http: &http1::Builder,
     limits: Limits,
 ) {
-    let head = match timeout(limits.head_timeout, read_head(&mut stream)).await {
-        Ok(head) => head,
-        Err(_) => Err(RequestError::Timeout(limits.head_timeout)),
-    };
-    let mut extra = false;
-    let request = head.and_then(|(bytes, more)| {
-        extra = more;
-        parse(&bytes)
+    let service = service_fn(move |request: Request<Incoming>| -> Answer {
+        let role = role.clone();
+        Box::pin(async move { Ok(answer(&request, &role, limits).await) })
     });
-    let (response, head_only) = match request {
-        Ok(request) => (
-            route(&request, scrape, limits).await,
-            request.method == "HEAD",
-        ),
-        Err(e) => {
-            tracing::debug!("metrics: {peer}: {e}");
-            let response = match e {
-                RequestError::TooLarge => Response::text(431, "request head too large\n"),
-                RequestError::Malformed(_) => Response::text(400, "bad request\n"),
-                RequestError::Timeout(_) => Response::text(408, "request timeout\n"),
-                RequestError::Closed | RequestError::Io(_) => return,
-            };
-            (response, false)
+    let mut conn = http.serve_connection(TokioIo::new(stream), service);
+    let deadline = limits.head_timeout + limits.answer_timeout + limits.write_timeout;
+    // Without shutdown: the socket comes back from `into_parts` for `close`.
+    match timeout(deadline, poll_fn(|cx| conn.poll_without_shutdown(cx))).await {
+        Ok(Ok(())) => {}
+        // A bad head (hyper has answered 400/431), a head timeout or a client that closed
+        // mid-head (no answer), a reset…: all the client's doing, so only logged at debug.
+        Ok(Err(e)) => tracing::debug!("metrics: {peer}: {e}"),
+        Err(_) => {
+            tracing::debug!("metrics: {peer}: connection not done within {deadline:?}");
+            return;
         }
-    };
-    // Error replies may leave input unread (a body, the rest of an oversized head).
-    let linger = extra || response.status != 200;
-    respond(stream, peer, &response.bytes(head_only), linger, limits).await;
+    }
+    close(conn.into_parts().io.into_inner(), limits.linger).await;
 }
 
-/// Writes `reply` and closes; with `linger`, first reads and discards what the client still
-/// sends (until it closes, or for [`Limits::linger`]): closing a socket with unread input
-/// makes the kernel send a reset, which can destroy the reply before the client reads it.
-async fn respond(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    reply: &[u8],
-    linger: bool,
-    limits: Limits,
-) {
-    let written = timeout(limits.write_timeout, async {
-        stream.write_all(reply).await?;
-        stream.shutdown().await
+/// Closes after the reply: shuts the sending side (the client sees the end of the reply),
+/// then reads and discards what the client still sends until it closes, or for `linger`.
+/// Closing a socket with unread input (the rest of an oversized head, a body the server
+/// never reads) makes the kernel send a reset, which can destroy the reply before the
+/// client reads it.
+async fn close(mut stream: TcpStream, linger: Duration) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = timeout(linger, async {
+        while let Ok(n) = stream.read(&mut sink).await
+            && n > 0
+        {}
     })
     .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::debug!("metrics: {peer}: writing the response: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(
-                "metrics: {peer}: response not taken within {:?}",
-                limits.write_timeout
-            );
-            return;
-        }
-    }
-    if linger {
-        let mut sink = [0u8; 4096];
-        let _ = timeout(limits.linger, async {
-            while let Ok(n) = stream.read(&mut sink).await
-                && n > 0
-            {}
-        })
-        .await;
-    }
 }
 
-/// Reads until the blank line that ends the head; the bytes up to and including it, and
-/// whether more bytes came after it.
-async fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, bool), RequestError> {
-    let mut buf = vec![0u8; MAX_HEAD];
-    let mut len = 0;
-    loop {
-        if len == MAX_HEAD {
-            return Err(RequestError::TooLarge);
-        }
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            return Err(if len == 0 {
-                RequestError::Closed
-            } else {
-                RequestError::Malformed("closed mid-head")
-            });
-        }
-        // Search from a little before the new bytes: the terminator may straddle reads.
-        let from = len.saturating_sub(3);
-        len += n;
-        if let Some(end) = head_end(&buf[from..len]) {
-            let extra = from + end < len;
-            buf.truncate(from + end);
-            return Ok((buf, extra));
-        }
-    }
-}
-
-/// The length of the head within `bytes` (through CRLF CRLF, or LF LF which RFC 9112 lets a
-/// server accept), if complete.
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4);
-    let lf = memchr::memmem::find(bytes, b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The parts of a request the server looks at.
-#[derive(Debug)]
-struct Request {
-    method: String,
-    /// The path, without any query string.
-    path: String,
-}
-
-/// Parses the request line and checks the header lines' shape (their values are unused).
-fn parse(head: &[u8]) -> Result<Request, RequestError> {
-    let head = std::str::from_utf8(head).map_err(|_| RequestError::Malformed("not UTF-8"))?;
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(RequestError::Malformed(
-            "request line is not METHOD TARGET VERSION",
-        ));
+/// The answer to a request hyper has parsed.
+async fn answer(request: &Request<Incoming>, role: &Role, limits: Limits) -> Response<Body> {
+    let Role::Serve(scrape) = role else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
-    if method.is_empty() || !method.bytes().all(is_token) {
-        return Err(RequestError::Malformed("bad method"));
-    }
-    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(RequestError::Malformed("bad request target"));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(RequestError::Malformed("not HTTP/1.x"));
-    }
-    for header in lines.take_while(|l| !l.is_empty()) {
-        let (name, _) = header
-            .split_once(':')
-            .ok_or(RequestError::Malformed("header without colon"))?;
-        if name.is_empty() || !name.bytes().all(is_token) {
-            return Err(RequestError::Malformed("bad header name"));
-        }
-    }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    Ok(Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-    })
-}
-
-/// RFC 9110 `tchar`.
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// The answer to a well-formed request.
-async fn route(
-    request: &Request,
-    scrape: &mpsc::Sender<ScrapeRequest>,
-    limits: Limits,
-) -> Response {
-    if request.method != "GET" && request.method != "HEAD" {
-        let mut r = Response::text(405, "only GET\n");
-        r.allow = true;
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    match request.path.as_str() {
+    match request.uri().path() {
+        // hyper takes `GET metrics` (authority-form, meant for CONNECT) as a request for
+        // the host "metrics"; like any target that is not a path, it is a bad request.
+        path if !path.starts_with('/') => text(StatusCode::BAD_REQUEST, "bad request\n"),
+        // HEAD is answered the same (hyper sends the headers, Content-Length included,
+        // without the body), so it scrapes the loop too.
         "/metrics" => match snapshot(scrape, limits.answer_timeout).await {
-            Some(snap) => Response {
-                status: 200,
-                content_type: render::CONTENT_TYPE,
-                body: render::render(&snap, env!("CARGO_PKG_VERSION")).into_bytes(),
-                allow: false,
-            },
-            None => Response::text(503, "the daemon did not answer\n"),
+            Some(snap) => {
+                let body = render::render(&snap, env!("CARGO_PKG_VERSION"));
+                response(StatusCode::OK, render::CONTENT_TYPE, body.into())
+            }
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon did not answer\n",
+            ),
         },
-        "/" => Response::text(200, "probed: metrics at /metrics\n"),
-        _ => Response::text(404, "not found; metrics are at /metrics\n"),
+        "/" => text(StatusCode::OK, "probed: metrics at /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        ),
     }
 }
 
@@ -357,53 +292,25 @@ async fn snapshot(scrape: &mpsc::Sender<ScrapeRequest>, wait: Duration) -> Optio
     .flatten()
 }
 
-/// A response, always with `Connection: close`.
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-    /// Whether to send `Allow: GET, HEAD` (405).
-    allow: bool,
+/// A plain-text response.
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
-impl Response {
-    fn text(status: u16, body: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.as_bytes().to_vec(),
-            allow: false,
-        }
-    }
-
-    /// The bytes on the wire; `head_only` for HEAD requests (same headers, no body).
-    fn bytes(&self, head_only: bool) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            408 => "Request Timeout",
-            431 => "Request Header Fields Too Large",
-            503 => "Service Unavailable",
-            _ => "",
-        };
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        );
-        if self.allow {
-            out.push_str("Allow: GET, HEAD\r\n");
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
-        if !head_only {
-            out.extend_from_slice(&self.body);
-        }
-        out
-    }
+/// A response with `Connection: close`. hyper adds that header itself to HTTP/1.1 replies
+/// when keep-alive is off, but not to HTTP/1.0 ones (whose default is to close); saying it
+/// always keeps every reply explicit, as before.
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let headers = r.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 #[cfg(test)]
