@@ -15,7 +15,10 @@ use probed_common::{
     LockChangeEvent, OP_OTHER, ProcEvent, StackCopyHitEvent, StackHitEvent,
 };
 
-use crate::ring_source::{BpfRing, RingSource};
+use crate::{
+    event_pool::Pooled,
+    ring_source::{BpfRing, RingSource},
+};
 
 /// One item of the event ring buffer.
 // Reports carry file paths (process 880 bytes, change 480, file name 400): boxed, so that
@@ -30,16 +33,18 @@ pub enum Event {
     Proc(Box<ProcEvent>),
     /// A mapping-changing syscall finished.
     Change(Box<ChangeEvent>),
-    /// A probe that captures stacks fired (boxed: a kilobyte of frames).
-    Stack(Box<StackHitEvent>),
+    /// A probe that captures stacks fired (boxed, the boxes reused: a kilobyte of frames).
+    Stack(Pooled<StackHitEvent>),
     /// Lock mode: a hit with the kernel's mapping of its address (capture.rs in ebpf/).
     CapturedHit(CapturedHitEvent),
-    /// Lock mode: a stack hit with the kernel's mapping of every frame (boxed: 7 KiB).
-    CapturedStack(Box<CapturedStackEvent>),
+    /// Lock mode: a stack hit with the kernel's mapping of every frame (boxed, the boxes
+    /// reused: 7 KiB).
+    CapturedStack(Pooled<CapturedStackEvent>),
     /// Lock mode: the path of a file a capture names.
     FileName(Box<FileNameEvent>),
-    /// A probe that unwinds stacks in the daemon fired (boxed: 4–64 KiB of stack copy).
-    StackCopy(Box<StackCopy>),
+    /// A probe that unwinds stacks in the daemon fired (boxed, the boxes and their copy's
+    /// buffer reused: 4–64 KiB of stack copy).
+    StackCopy(Pooled<StackCopy>),
     /// The string arguments of the hit that follows (boxed: 1.5 KiB).
     ArgStrings(Box<ArgStringsEvent>),
 }
@@ -76,10 +81,10 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_HIT => read::<HitEvent>(bytes).map(Event::Hit),
         EVENT_PROC => read::<ProcEvent>(bytes).map(|e| Event::Proc(Box::new(e))),
         EVENT_CHANGE => read::<ChangeEvent>(bytes).map(|e| Event::Change(Box::new(e))),
-        EVENT_STACK_HIT => read::<StackHitEvent>(bytes).map(|e| Event::Stack(Box::new(e))),
+        EVENT_STACK_HIT => read::<StackHitEvent>(bytes).map(|e| Event::Stack(Pooled::new(e))),
         EVENT_CAPTURED_HIT => read::<CapturedHitEvent>(bytes).map(Event::CapturedHit),
         EVENT_CAPTURED_STACK => {
-            read::<CapturedStackEvent>(bytes).map(|e| Event::CapturedStack(Box::new(e)))
+            read::<CapturedStackEvent>(bytes).map(|e| Event::CapturedStack(Pooled::new(e)))
         }
         EVENT_FILE_NAME => read::<FileNameEvent>(bytes).map(|e| Event::FileName(Box::new(e))),
         // Lock mode's small report is the change report the daemon already handles: a
@@ -102,7 +107,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 path: probed_common::FilePath::EMPTY,
             }))
         }),
-        EVENT_STACK_COPY_HIT => StackCopy::read(bytes).map(|e| Event::StackCopy(Box::new(e))),
+        EVENT_STACK_COPY_HIT => StackCopy::read_pooled(bytes).map(Event::StackCopy),
         EVENT_ARG_STRINGS => read::<ArgStringsEvent>(bytes).map(|e| Event::ArgStrings(Box::new(e))),
         _ => None,
     }
@@ -128,6 +133,24 @@ impl StackCopy {
             head,
             stack: rest[..len].to_vec(),
         })
+    }
+
+    /// [`StackCopy::read`] into a spare box of this thread, whose copy buffer is reused.
+    pub fn read_pooled(bytes: &[u8]) -> Option<Pooled<Self>> {
+        let head = read::<StackCopyHitEvent>(bytes)?;
+        let rest = &bytes[std::mem::size_of::<StackCopyHitEvent>()..];
+        let stack = &rest[..(head.stack_len as usize).min(rest.len())];
+        Some(Pooled::reuse(
+            || Self {
+                head,
+                stack: Vec::new(),
+            },
+            |copy| {
+                copy.head = head;
+                copy.stack.clear();
+                copy.stack.extend_from_slice(stack);
+            },
+        ))
     }
 }
 

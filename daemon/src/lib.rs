@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod container;
 pub mod elf;
+pub mod event_pool;
 pub mod events;
 pub mod file_id;
 #[doc(hidden)]

@@ -18,6 +18,7 @@ mod counters;
 mod dispatch;
 mod lock;
 mod lookup;
+mod names;
 mod outputs;
 mod shards;
 mod stack_memo;
@@ -81,6 +82,10 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     /// Addresses (hits and stack frames) whose mapping was found but whose file no source
     /// could name: printed with the file's identity, never under another file's name.
     unnamed: u64,
+    /// The names hits carry, shared (pipeline/names.rs).
+    names: names::Names,
+    /// The last stack's frames, kept for the next one (`resolve_stack`).
+    frame_buf: Vec<crate::output::Frame>,
     /// The tracker's lost-report count as of the last event.
     lost_reports: u32,
     /// ELF symbol cache shared with other pipelines.
@@ -140,6 +145,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             stop,
             paths,
             unnamed: 0,
+            names: names::Names::default(),
+            frame_buf: Vec::new(),
             lost_reports: 0,
             reader: Reader::new(resolver),
             pid_filter: None,
@@ -216,8 +223,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             stack_base: head.stack_base,
             stack: &e.stack,
         };
-        let frames = self.unwind(&head.hit, start);
-        self.handle_inner(&head.hit, Some(&frames.0), None, Some(frames.1))
+        let (frames, stop) = self.unwind(&head.hit, start);
+        let go_on = self.handle_inner(&head.hit, Some(&frames), None, Some(stop));
+        self.unwinder.give_back(frames);
+        go_on
     }
 
     /// Handles a hit: its stack walked by the kernel (`unwound` None: frame pointers, cut at
@@ -337,7 +346,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let comm = comm_str(&hit.comm);
         let is_return = hit.kind == KIND_RETURN;
         let typed_args = (probe.args.as_ref()).map(|plan| self.pending_strings.values(plan, hit));
-        let record = HitRecord {
+        let mut record = HitRecord {
             probe: &probe.spec.text,
             probe_id: hit.probe_id,
             kind: if is_return {
@@ -376,24 +385,27 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         {
             memo.remember(entry, stack_truncated);
         }
-        if self.print_hits {
-            let written = match self.writers.get_mut(slot.sink) {
+        let written = self
+            .print_hits
+            .then(|| match self.writers.get_mut(slot.sink) {
                 Some(Some(writer)) => writer.hit(&record),
                 _ => Err(std::io::Error::other("the probe's output is closed")),
-            };
-            if let Err(err) = written {
-                if self.stop_on_write_error {
-                    // Not written: counted as not printed, so the summary still adds up.
-                    slot.counts.not_printed += 1;
-                    self.stop = Some(Stop::OutputClosed);
-                    return false;
-                }
-                if slot.counts.write_errors == 0 {
-                    tracing::error!(probe = %probe.spec.text, error = %err, "cannot write hits");
-                }
-                slot.counts.write_errors += 1;
-                return true;
+            });
+        if let Some(frames) = record.stack.take() {
+            self.frame_buf = frames;
+        }
+        if let Some(Err(err)) = written {
+            if self.stop_on_write_error {
+                // Not written: counted as not printed, so the summary still adds up.
+                slot.counts.not_printed += 1;
+                self.stop = Some(Stop::OutputClosed);
+                return false;
             }
+            if slot.counts.write_errors == 0 {
+                tracing::error!(probe = %probe.spec.text, error = %err, "cannot write hits");
+            }
+            slot.counts.write_errors += 1;
+            return true;
         }
         slot.counts.printed += 1;
         self.printed += 1;

@@ -33,7 +33,7 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     out.write_all(b",\"addr\":")?;
     hex(out, hit.addr)?;
     out.write_all(b",\"module\":")?;
-    optional(out, resolved.map(|r| r.module.as_str()), string)?;
+    optional(out, resolved.map(|r| &*r.module), string)?;
     out.write_all(b",\"symbol\":")?;
     optional(out, resolved.and_then(|r| r.symbol.as_deref()), string)?;
     out.write_all(b",\"offset\":")?;

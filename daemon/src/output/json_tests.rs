@@ -76,7 +76,7 @@ fn write_hit_serde(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> 
         comm: hit.comm,
         ts_ns: hit.ts_ns,
         addr: format!("{:#x}", hit.addr),
-        module: resolved.map(|r| r.module.as_str()),
+        module: resolved.map(|r| &*r.module),
         symbol: resolved.and_then(|r| r.symbol.as_deref()),
         offset: resolved.and_then(|r| r.offset),
         file_offset: resolved.map(|r| format!("{:#x}", r.file_offset)),

@@ -272,7 +272,7 @@ impl Latency {
                 let f = self.functions.len() as u32;
                 self.functions.push(Function {
                     name: key[..name_len].to_owned(),
-                    module: r.module.clone(),
+                    module: r.module.to_string(),
                     ..Function::default()
                 });
                 self.by_key.insert(key.clone(), f);

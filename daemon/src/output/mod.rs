@@ -215,7 +215,9 @@ mod tests {
                         .map(|f| Frame {
                             addr: 0x5555_0000 + f,
                             module: Some("/usr/bin/app".into()),
-                            symbol: Some(format!("app::module_{}::function_number_{f}", s / 2)),
+                            symbol: Some(
+                                format!("app::module_{}::function_number_{f}", s / 2).into(),
+                            ),
                             offset: Some(f),
                             unresolved: None,
                             file: None,

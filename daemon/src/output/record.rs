@@ -1,5 +1,7 @@
 //! One hit, resolved as far as it could be: what every output format prints.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::spec::ProbeKind;
@@ -7,10 +9,10 @@ use crate::spec::ProbeKind;
 /// Where a hit address resolved to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Resolved {
-    /// Absolute path of the mapped file.
-    pub module: String,
+    /// Absolute path of the mapped file (shared: `pipeline/names.rs`).
+    pub module: Arc<str>,
     /// The symbol containing the address (demangled), if one does.
-    pub symbol: Option<String>,
+    pub symbol: Option<Arc<str>>,
     /// Bytes from the symbol's start to the address.
     pub offset: Option<u64>,
     /// Byte offset of the address in the file.
@@ -25,9 +27,9 @@ pub struct Frame {
     #[serde(serialize_with = "hex")]
     pub addr: u64,
     /// Absolute path of the mapped file, if resolved.
-    pub module: Option<String>,
+    pub module: Option<Arc<str>>,
     /// The symbol containing the frame (demangled), if one does.
-    pub symbol: Option<String>,
+    pub symbol: Option<Arc<str>>,
     /// Bytes from the symbol's start to the frame's address.
     pub offset: Option<u64>,
     /// Why the frame could not be resolved (resolver or symbolizer reason), if it could not.

@@ -9,6 +9,7 @@ use probed_common::{HitEvent, KIND_RETURN, MAX_FRAMES};
 use super::{
     Pipeline,
     lock::{Capture, Captures, with_captured},
+    names::Names,
 };
 use crate::{
     elf::FileSource,
@@ -83,8 +84,8 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         capture: Option<Capture<'_>>,
     ) -> Answer {
         let pid = hit.pid;
-        self.look_up(proc, hit, addr, back, capture, false, |sym, unnamed, r| {
-            hit_answer(sym, unnamed, pid, back, r)
+        self.look_up(proc, hit, addr, back, capture, false, |names, r| {
+            hit_answer(names, pid, back, r)
         })
     }
 
@@ -101,7 +102,11 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         captures: Option<Captures<'_>>,
         fp_walk: bool,
     ) -> Vec<Frame> {
-        let mut out = Vec::with_capacity(frames.len() + 1);
+        // The last hit's vector, emptied: a stack costs no allocation once one as deep was
+        // seen (each one is a malloc probed would trap on when tracing malloc).
+        let mut out = std::mem::take(&mut self.frame_buf);
+        out.clear();
+        out.reserve(frames.len() + 1);
         let at_entry = fp_walk
             && hit.kind != KIND_RETURN
             && self
@@ -140,14 +145,13 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         capture: Option<Capture<'_>>,
     ) -> Frame {
         let pid = hit.pid;
-        self.look_up(proc, hit, addr, back, capture, true, |sym, unnamed, r| {
-            frame_answer(sym, unnamed, pid, addr, back, r)
+        self.look_up(proc, hit, addr, back, capture, true, |names, r| {
+            frame_answer(names, pid, addr, back, r)
         })
     }
 
     /// Address → mapping, as of the hit's sequence, or, in lock mode, from the address's
-    /// capture (`capture`: status and mapping), handed to `answer` with the symbolizer and
-    /// the unnamed-file count. `back` bytes are subtracted for the lookup (1 for return
+    /// capture (`capture`: status and mapping), handed to `answer` with what names it. `back` bytes are subtracted for the lookup (1 for return
     /// addresses, so that a call at the very end of a function is not attributed to the
     /// next one); `frame`: a stack frame's capture (counted apart from hits').
     #[allow(clippy::too_many_arguments)]
@@ -159,27 +163,40 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         back: u64,
         capture: Option<Capture<'_>>,
         frame: bool,
-        mut answer: impl FnMut(&Symbolizer, &mut u64, Resolution<Hit<'_>>) -> R,
+        answer: impl FnOnce(Namer<'_>, Resolution<Hit<'_>>) -> R,
     ) -> R {
         let lookup = addr.wrapping_sub(back);
-        let symbolizer = &self.symbolizer;
-        let unnamed = &mut self.unnamed;
+        let names = Namer {
+            symbolizer: &self.symbolizer,
+            names: &mut self.names,
+            unnamed: &mut self.unnamed,
+        };
         if let Some(cap) = capture {
             let picture = self.lock.picture(cap, hit.pid, &self.paths);
             return with_captured(&mut self.lock, frame, hit.seq, &picture, lookup, |r| {
-                answer(symbolizer, unnamed, r)
+                answer(names, r)
             });
         }
-        self.reader.resolve_with(proc, lookup, Some(hit.seq), |r| {
-            answer(symbolizer, unnamed, r)
-        })
+        self.reader
+            .resolve_with(proc, lookup, Some(hit.seq), |r| answer(names, r))
     }
+}
+
+/// What names an address once the resolver found its mapping: the symbolizer, the
+/// pipeline's shared names, and the count of mapped files no source could name.
+pub(super) struct Namer<'a> {
+    symbolizer: &'a Symbolizer,
+    names: &'a mut Names,
+    unnamed: &'a mut u64,
 }
 
 /// A hit's address: the resolver's answer, symbolized.
 fn hit_answer(
-    symbolizer: &Symbolizer,
-    unnamed: &mut u64,
+    Namer {
+        symbolizer,
+        names,
+        unnamed,
+    }: Namer<'_>,
     pid: u32,
     back: u64,
     r: Resolution<Hit<'_>>,
@@ -196,11 +213,10 @@ fn hit_answer(
         return (Err(UNNAMED), via, place);
     }
     let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
-    let module = vma.path.to_string_lossy().into_owned();
     let resolved = symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
         Ok(sym) => Ok(Resolved {
-            module,
-            symbol: Some(sym.symbol.demangled().to_owned()),
+            module: names.module(&vma.path),
+            symbol: Some(names.symbol(sym.symbol)),
             offset: Some(sym.offset + back),
             file_offset: found.file_offset + back,
         }),
@@ -211,8 +227,11 @@ fn hit_answer(
 
 /// A stack frame: the resolver's answer, symbolized.
 fn frame_answer(
-    symbolizer: &Symbolizer,
-    unnamed: &mut u64,
+    Namer {
+        symbolizer,
+        names,
+        unnamed,
+    }: Namer<'_>,
     pid: u32,
     addr: u64,
     back: u64,
@@ -244,12 +263,12 @@ fn frame_answer(
         };
     }
     let source = FileSource::mapped(vma.file, &vma.path, pid, vma.start, vma.end);
-    let module = Some(vma.path.to_string_lossy().into_owned());
+    let module = Some(names.module(&vma.path));
     symbolizer.symbolize_with(&source, found.file_offset, |sym| match sym {
         Ok(sym) => Frame {
             addr,
             module,
-            symbol: Some(sym.symbol.demangled().to_owned()),
+            symbol: Some(names.symbol(sym.symbol)),
             offset: Some(sym.offset + back),
             unresolved: None,
             file: None,

@@ -2,7 +2,7 @@
 //! are reused), each with its counts, output and stack mode, and where a probe is (the
 //! answer for hits the resolver cannot place).
 
-use std::io::Write;
+use std::{io::Write, sync::Arc};
 
 use super::{Pipeline, ProbeCounts};
 use crate::{
@@ -12,8 +12,10 @@ use crate::{
 /// One probe of the pipeline's table.
 pub(super) struct Slot {
     pub(super) probe: Probe,
-    /// The probe's file as its processes name it (for hits answered by the probe).
-    module: String,
+    /// The probe's file as its processes name it, and its symbol's name (for hits answered
+    /// by the probe; made once, not per hit).
+    module: Arc<str>,
+    symbol: Option<Arc<str>>,
     pub(super) counts: ProbeCounts,
     /// Index of the writer its hits go to.
     pub(super) sink: usize,
@@ -24,10 +26,12 @@ pub(super) struct Slot {
 
 impl Slot {
     pub(super) fn new(probe: Probe, sink: usize) -> Self {
-        let module = probe.module_path().to_string_lossy().into_owned();
+        let module = probe.module_path().to_string_lossy().into();
+        let symbol = probe.target.symbol.as_ref().map(|s| s.demangled().into());
         Self {
             probe,
             module,
+            symbol,
             counts: ProbeCounts::default(),
             sink,
             stack_mode: None,
@@ -97,11 +101,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         let probe = &slot.probe;
         Resolved {
             module: slot.module.clone(),
-            symbol: probe
-                .target
-                .symbol
-                .as_ref()
-                .map(|s| s.demangled().to_owned()),
+            symbol: slot.symbol.clone(),
             offset: probe
                 .target
                 .symbol

@@ -201,6 +201,8 @@ pub struct Unwinder {
     max_used: u64,
     /// Frames found by all walks.
     frames: u64,
+    /// A walk's frame vector handed back ([`Unwinder::give_back`]) for the next walk.
+    spare: Vec<u64>,
 }
 
 impl Default for Unwinder {
@@ -226,7 +228,15 @@ impl Unwinder {
             stops: [0; StopReason::ALL.len()],
             max_used: 0,
             frames: 0,
+            spare: Vec::new(),
         }
+    }
+
+    /// Takes back a walk's frames once used, so that the next walk fills the same vector
+    /// (no allocation per stack: each would be a `malloc` probed traps on when tracing it).
+    pub fn give_back(&mut self, mut frames: Vec<u64>) {
+        frames.clear();
+        self.spare = frames;
     }
 
     /// Adds `other`'s counts (another consumer thread's walks).
@@ -269,7 +279,9 @@ impl Unwinder {
         limit: u64,
         mut locate: impl FnMut(u64) -> Located,
     ) -> Walk {
-        let mut frames = Vec::with_capacity(32);
+        let mut frames = std::mem::take(&mut self.spare);
+        frames.clear();
+        frames.reserve(32);
         let mut regs = UnwindRegsX86_64::new(start.ip, start.sp, start.bp);
         let top = start.stack_base + start.stack.len() as u64;
         let mut deepest = start.sp;
