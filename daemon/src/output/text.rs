@@ -1,6 +1,9 @@
 //! Aligned text for people: one line per hit, then a summary table.
 
-use std::io::{self, Write};
+use std::{
+    fmt,
+    io::{self, Write},
+};
 
 use super::{HitRecord, Summary};
 use crate::spec::ProbeKind;
@@ -14,13 +17,52 @@ pub fn write_header(out: &mut impl Write) -> io::Result<()> {
     )
 }
 
+/// A short text formatted into a buffer on the stack, so that it can be padded to its column
+/// like a `String` without allocating one per hit (a `malloc` per column would be a trap of
+/// probed itself when it traces `malloc`).
+struct Short {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl Short {
+    fn of(args: fmt::Arguments<'_>) -> Self {
+        let mut s = Self {
+            buf: [0; 24],
+            len: 0,
+        };
+        // Every use fits (a u32 pair, a 64-bit address in hex); a longer one is cut.
+        let _ = fmt::write(&mut s, args);
+        s
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for Short {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dest = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dest.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// A host id, followed by `/` and the id inside the process's own pid namespace when that
 /// is known and differs (a process in a container): `3650/1`.
-fn ids(host: u32, ns: Option<u32>) -> String {
+fn ids(host: u32, ns: Option<u32>) -> Short {
     match ns {
-        Some(ns) if ns != host => format!("{host}/{ns}"),
-        _ => host.to_string(),
+        Some(ns) if ns != host => Short::of(format_args!("{host}/{ns}")),
+        _ => Short::of(format_args!("{host}")),
     }
+}
+
+/// An address as `0x…`, for a padded column.
+fn hex(addr: u64) -> Short {
+    Short::of(format_args!("{addr:#x}"))
 }
 
 /// Writes one hit: time, ids, comm, entry/return arrow, address, symbol+offset [module],
@@ -34,10 +76,10 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     write!(
         out,
         "{secs:>17.6} {:>7} {:>7} {:<16} {arrow:<3} {:<18} ",
-        ids(hit.pid, hit.ns_pid),
-        ids(hit.tid, hit.ns_tid),
+        ids(hit.pid, hit.ns_pid).as_str(),
+        ids(hit.tid, hit.ns_tid).as_str(),
         hit.comm,
-        format!("{:#x}", hit.addr)
+        hex(hit.addr).as_str()
     )?;
     match &hit.resolved {
         Ok(r) => match (&r.symbol, r.offset) {
@@ -77,12 +119,7 @@ pub fn write_hit(out: &mut impl Write, hit: &HitRecord<'_>) -> io::Result<()> {
     }
     writeln!(out)?;
     for (i, frame) in hit.stack.iter().flatten().enumerate() {
-        write!(
-            out,
-            "{:>22}#{i:<3} {:<18} ",
-            "",
-            format!("{:#x}", frame.addr)
-        )?;
+        write!(out, "{:>22}#{i:<3} {:<18} ", "", hex(frame.addr).as_str())?;
         match (&frame.symbol, &frame.module, frame.unresolved) {
             (Some(sym), Some(module), _) => writeln!(
                 out,
@@ -206,6 +243,23 @@ mod tests {
     use crate::output::{ProbeSummary, Resolved};
 
     /// A hit line shows symbol, module and arguments; the summary lists every probe.
+    /// The widest ids and addresses fit the stack buffer whole.
+    #[test]
+    fn short_columns_fit() {
+        assert_eq!(ids(3650, Some(1)).as_str(), "3650/1");
+        assert_eq!(ids(3650, Some(3650)).as_str(), "3650");
+        assert_eq!(ids(7, None).as_str(), "7");
+        assert_eq!(
+            ids(u32::MAX, Some(u32::MAX - 1)).as_str(),
+            "4294967295/4294967294"
+        );
+        assert_eq!(hex(u64::MAX).as_str(), "0xffffffffffffffff");
+        assert_eq!(
+            format!("{:<20}|", hex(0x10).as_str()),
+            "0x10                |"
+        );
+    }
+
     #[test]
     fn hit_and_summary_text() {
         let hit = HitRecord {
