@@ -28,8 +28,7 @@ use std::{io::Write, sync::Arc};
 
 use probed_common::{CAPTURE_FAILED, HitEvent, KIND_RETURN, MAX_FRAMES};
 
-pub use assign::{Assigner, Route, lanes, owner};
-pub use chunk_out::ChunkOut;
+pub use assign::lanes;
 pub use consume::{Consume, Stats};
 pub use counters::ProbeCounts;
 pub use lock::Captures;

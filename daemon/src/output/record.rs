@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::spec::ProbeKind;
 
 /// Where a hit address resolved to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+// Serialize: the derived form is the JSON tests' oracle (output/json_tests.rs); the output
+// itself is written by hand (output/json.rs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 pub struct Resolved {
     /// Absolute path of the mapped file (shared: `pipeline/names.rs`).
     pub module: Arc<str>,
@@ -20,11 +21,12 @@ pub struct Resolved {
 }
 
 /// One frame of a user stack, innermost first, resolved as far as it could be.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 pub struct Frame {
     /// The frame's address (the probed instruction for the innermost frame of an entry
     /// probe, a return address for the others).
-    #[serde(serialize_with = "hex")]
+    #[cfg_attr(test, serde(serialize_with = "hex"))]
     pub addr: u64,
     /// Absolute path of the mapped file, if resolved.
     pub module: Option<Arc<str>>,
@@ -33,14 +35,15 @@ pub struct Frame {
     /// Bytes from the symbol's start to the frame's address.
     pub offset: Option<u64>,
     /// Why the frame could not be resolved (resolver or symbolizer reason), if it could not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub unresolved: Option<&'static str>,
     /// The mapped file's identity (`MAJOR:MINOR/INODE`) when its mapping was found but no
     /// name for it is known (`unresolved: "unnamed"`): never another file's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub file: Option<String>,
 }
 
+#[cfg(test)]
 fn hex<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{addr:#x}"))
 }

@@ -332,7 +332,7 @@ fn shards_keep_every_order_the_resolver_needs() {
                 .all(|(i, h)| { h.load(Ordering::Relaxed) || truth.owner[i].is_none() })
         );
         // The forks crossed shards (what the waits are for).
-        let mut assigner = crate::pipeline::Assigner::new(shards);
+        let mut assigner = crate::pipeline::assign::Assigner::new(shards);
         let crossing = events
             .iter()
             .filter_map(|e| assigner.route(e))
