@@ -3,7 +3,8 @@
 //! (`fake_kernel.rs`) and a ring fed by the test. A config probe on the system's libc is
 //! attached, a hit sent into the ring is written to its output named malloc, `ctl add` and
 //! `ctl remove` change the probes live, a reload replaces them, /metrics and `ctl stats`
-//! count what happened, and a stop drains every hit still in the ring.
+//! count what happened, and a stop drains every hit still in the ring. A probe the kernel
+//! refuses fails the start (config) or is answered with why (`ctl add`), leaving no link.
 
 use std::{
     io::{Read as _, Write as _},
@@ -386,4 +387,41 @@ async fn a_refused_probe_fails_the_start_and_leaves_nothing() {
     let log = log.lock().unwrap();
     assert_eq!(log.open_links, 0, "malloc's link was closed again");
     assert!(!socket.exists());
+}
+
+/// A `ctl add` the kernel refuses is answered with why, leaves no link, and frees its id for
+/// the next probe; the daemon goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_add_is_answered_and_frees_its_id() {
+    let dir = TempDir::new("refused-add");
+    let out = dir.0.join("hits.jsonl");
+    let config_path = dir.0.join("probed.toml");
+    let socket = dir.0.join("ctl.sock");
+    std::fs::write(&config_path, config(&socket, &out, &["malloc"])).unwrap();
+    let (source, config) = crate::config::load(&config_path).unwrap();
+    let s = setup(&dir.0, &config_path, Some(offset_of("free"))).await;
+    let log = s.log.clone();
+    let (signals_tx, signals) = mpsc::unbounded_channel();
+    let add = |symbol: &str| {
+        Request::Add(AddRequest {
+            spec: format!("uprobe:{LIBC}:{symbol}"),
+            ..AddRequest::default()
+        })
+    };
+    let script = async {
+        let refused = ctl(&socket, add("free")).await;
+        assert_eq!(refused["ok"], false, "{refused}");
+        let why = refused["error"].as_str().unwrap();
+        assert!(why.contains("cannot attach uprobe"), "{why}");
+        assert_eq!(log.lock().unwrap().open_links, 1);
+        assert_eq!(list(&socket).await.len(), 1);
+        // The refused probe's id was given back: the next probe gets it.
+        let added = ctl(&socket, add("calloc")).await;
+        assert_eq!(added["ok"], true, "{added}");
+        assert_eq!(added["id"], 1);
+        signals_tx.send(Signal::Stop).unwrap();
+    };
+    let (result, ()) = tokio::join!(core::serve(s.core, &source, &config, signals), script);
+    result.unwrap();
+    assert_eq!(log.lock().unwrap().open_links, 0);
 }
