@@ -8,10 +8,14 @@
 //! system-wide, each of those was a hit of probed itself: excluded in BPF, but only after
 //! the kernel took the uprobe trap.
 //!
-//! Per thread, bounded: with consumer threads an item is decoded on the reading thread and
-//! may be freed on another, whose pool then fills up to [`KEEP`] and frees the rest; the
-//! reading thread then allocates as before. With one consumer (the common case) every box
-//! comes back to the thread that decodes.
+//! Per thread, bounded: with one consumer (the common case) every box comes back to the
+//! thread that decodes. With consumer threads an item dealt to another thread is freed
+//! there, whose pool fills up to [`KEEP`] and frees the rest, and the reading thread
+//! allocates as before (measured tracing malloc with `--stack`: 91,192 self-excluded hits
+//! for 150,091 printed with `--consumers 2`, 27,955 for 146,491 with one). One pool for the
+//! process was tried and measured no better (94,130–96,603): items travel in chunks of 256
+//! and several chunks are in flight, more boxes than a pool should keep (stack copies are up
+//! to 64 KiB each).
 
 // The pools hold boxes, not values: a box is what an Event carries, and handing one out again
 // is the point (a Vec<T> would copy the value into a new box).
