@@ -19,6 +19,12 @@
 //! diverged from the run's (`seq_diverged`, `maps_diverged`) is reported as such.
 //!
 //!
+//! A baseline side by side: with `PROBED_BENCH_BASELINE=/path/to/another/probed` (e.g. the
+//! build of the commit before a change), every replay is also run with that binary in the
+//! same round, right before or after ours (the order alternates), and each mode reports
+//! `vs_baseline`: the median over rounds of ours / the baseline's events per CPU second —
+//! a ratio from adjacent runs, which this noisy machine's absolute figures are not.
+//!
 //! Consumer threads (`--consumers`, pipeline/shards.rs): `loop4` records the same loop in
 //! four processes at once (no `--pid`); its `json` mode is replayed with one consumer and
 //! with two (`json_2t`), and `scaling_2t` is the median of the rounds' ratios of events per
@@ -111,7 +117,13 @@ pub fn run() -> Result<()> {
         )?,
     ];
 
+    let baseline = std::env::var_os("PROBED_BENCH_BASELINE").map(PathBuf::from);
+    if let Some(b) = &baseline {
+        ensure!(b.is_file(), "PROBED_BENCH_BASELINE={} is not a file", b.display());
+    }
+    let ours = paths::probed_bin();
     let mut figures: BTreeMap<(&str, &str), Vec<Value>> = BTreeMap::new();
+    let mut base_figures: BTreeMap<(&str, &str), Vec<Value>> = BTreeMap::new();
     let plays: Vec<(&Recorded, &str)> = recorded
         .iter()
         .flat_map(|r| r.modes.iter().map(move |m| (r, *m)))
@@ -120,9 +132,20 @@ pub fn run() -> Result<()> {
         for i in 0..plays.len() {
             let (r, mode) = plays[(round + i) % plays.len()];
             let m = if mode == "machine_2p" {
-                machine_2p(&r.file, &scratch)?
+                machine_2p(&ours, &r.file, &scratch)?
+            } else if let Some(base) = baseline.as_deref() {
+                // Adjacent runs, the order alternating by round.
+                let (m, b) = if round % 2 == 0 {
+                    let m = replay(&ours, &r.file, mode, &scratch)?;
+                    (m, replay(base, &r.file, mode, &scratch)?)
+                } else {
+                    let b = replay(base, &r.file, mode, &scratch)?;
+                    (replay(&ours, &r.file, mode, &scratch)?, b)
+                };
+                base_figures.entry((r.name, mode)).or_default().push(b);
+                m
             } else {
-                replay(&r.file, mode, &scratch)?
+                replay(&ours, &r.file, mode, &scratch)?
             };
             eprintln!(
                 "pipeline: round {}/{ROUNDS} {:<9} {:<9} {:>10.0} events/CPU-s  ({} events, {:.3} CPU-s)",
@@ -141,7 +164,7 @@ pub fn run() -> Result<()> {
     }
     let _ = std::fs::remove_file(&scratch);
 
-    let report = report(&recorded, &figures);
+    let report = report(&recorded, &figures, &base_figures, baseline.as_deref());
     let out = out_dir.join("pipeline.json");
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("write {}", out.display()))?;
@@ -214,9 +237,10 @@ fn record(
     })
 }
 
-/// One `probed replay --measure` of `file` in `mode`; its measurement line.
-fn replay(file: &Path, mode: &str, scratch: &Path) -> Result<Value> {
-    let out = replay_cmd(file, mode, scratch)?
+/// One `probed replay --measure` of `file` in `mode` by the binary `probed`; its
+/// measurement line.
+fn replay(probed: &Path, file: &Path, mode: &str, scratch: &Path) -> Result<Value> {
+    let out = replay_cmd(probed, file, mode, scratch)?
         .output()
         .context("run probed replay")?;
     let m = measurement(&out)?;
@@ -226,14 +250,14 @@ fn replay(file: &Path, mode: &str, scratch: &Path) -> Result<Value> {
 
 /// Two one-consumer `json` replays of `file` at once: their summed events per wall second
 /// (what two busy threads get from this machine's two cores).
-fn machine_2p(file: &Path, scratch: &Path) -> Result<Value> {
+fn machine_2p(probed: &Path, file: &Path, scratch: &Path) -> Result<Value> {
     let other = scratch.with_extension("2");
-    let a = replay_cmd(file, "json", scratch)?
+    let a = replay_cmd(probed, file, "json", scratch)?
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .context("run probed replay")?;
-    let b = replay_cmd(file, "json", &other)?
+    let b = replay_cmd(probed, file, "json", &other)?
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -264,8 +288,9 @@ fn measurement(out: &std::process::Output) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("measurement: {line}"))
 }
 
-/// `probed replay --measure` of `file` in `mode`, writing to `scratch`.
-fn replay_cmd(file: &Path, mode: &str, scratch: &Path) -> Result<Command> {
+/// `probed replay --measure` of `file` in `mode` by the binary `probed`, writing to
+/// `scratch`.
+fn replay_cmd(probed: &Path, file: &Path, mode: &str, scratch: &Path) -> Result<Command> {
     let flags: &[&str] = match mode {
         "json" => &["--format", "json"],
         "json_2t" => &["--format", "json", "--consumers", "2"],
@@ -275,7 +300,7 @@ fn replay_cmd(file: &Path, mode: &str, scratch: &Path) -> Result<Command> {
         "count" => &["--summary-only"],
         other => anyhow::bail!("unknown mode {other}"),
     };
-    let mut cmd = Command::new(paths::probed_bin());
+    let mut cmd = Command::new(probed);
     cmd.arg("replay")
         .arg(file)
         .args(flags)
@@ -286,7 +311,12 @@ fn replay_cmd(file: &Path, mode: &str, scratch: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
-fn report(recorded: &[Recorded], figures: &BTreeMap<(&str, &str), Vec<Value>>) -> Value {
+fn report(
+    recorded: &[Recorded],
+    figures: &BTreeMap<(&str, &str), Vec<Value>>,
+    base_figures: &BTreeMap<(&str, &str), Vec<Value>>,
+    baseline: Option<&Path>,
+) -> Value {
     let mut workloads = serde_json::Map::new();
     for r in recorded {
         let mut modes = serde_json::Map::new();
@@ -306,15 +336,25 @@ fn report(recorded: &[Recorded], figures: &BTreeMap<(&str, &str), Vec<Value>>) -
                 })
                 .sum();
             events = runs.first().and_then(|m| m["events"].as_u64()).unwrap_or(0);
-            modes.insert(
-                (*mode).to_string(),
-                json!({
-                    "events_per_core_s": rate,
-                    "ns_per_event": 1e9 / rate,
-                    "diverged_reads": diverged,
-                    "runs": runs,
-                }),
-            );
+            let mut entry = json!({
+                "events_per_core_s": rate,
+                "ns_per_event": 1e9 / rate,
+                "diverged_reads": diverged,
+                "runs": runs,
+            });
+            if let Some(base) = base_figures.get(&(r.name, *mode)) {
+                let cpu_rate = |m: &Value| m["events_per_cpu_s"].as_f64();
+                let ratios: Vec<f64> = runs
+                    .iter()
+                    .zip(base)
+                    .filter_map(|(o, b)| Some(cpu_rate(o)? / cpu_rate(b)?))
+                    .collect();
+                entry["baseline_events_per_core_s"] =
+                    json!(harness::median(base.iter().filter_map(cpu_rate).collect()));
+                entry["vs_baseline"] = json!(harness::median(ratios.clone()));
+                entry["vs_baseline_rounds"] = json!(ratios);
+            }
+            modes.insert((*mode).to_string(), entry);
         }
         workloads.insert(
             r.name.to_string(),
@@ -339,6 +379,7 @@ fn report(recorded: &[Recorded], figures: &BTreeMap<(&str, &str), Vec<Value>>) -
     let (machine, machine_rounds) = wall_ratio("machine_2p");
     json!({
         "rounds": ROUNDS,
+        "baseline": baseline.map(|b| b.display().to_string()),
         "json_events_per_core_s": rate("loop", "json"),
         "aggregate_events_per_core_s": rate("stack_fp", "aggregate"),
         "scaling_2t": scaling,
@@ -369,8 +410,8 @@ fn print_table(r: &Value) {
 
 fn print_modes(r: &Value) {
     println!(
-        "\n{:<10} {:<10} {:>10} {:>16} {:>12} {:>9}",
-        "workload", "mode", "events", "events/core-s", "ns/event", "diverged"
+        "\n{:<10} {:<10} {:>10} {:>16} {:>12} {:>9} {:>12}",
+        "workload", "mode", "events", "events/core-s", "ns/event", "diverged", "vs baseline"
     );
     let Some(workloads) = r["workloads"].as_object() else {
         return;
@@ -380,14 +421,18 @@ fn print_modes(r: &Value) {
             continue;
         };
         for (mode, m) in modes {
+            let vs = m["vs_baseline"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
             println!(
-                "{:<10} {:<10} {:>10} {:>16.0} {:>12.0} {:>9}",
+                "{:<10} {:<10} {:>10} {:>16.0} {:>12.0} {:>9} {:>12}",
                 name,
                 mode,
                 w["events"],
                 m["events_per_core_s"].as_f64().unwrap_or(f64::NAN),
                 m["ns_per_event"].as_f64().unwrap_or(f64::NAN),
-                m["diverged_reads"]
+                m["diverged_reads"],
+                vs
             );
         }
     }
