@@ -1,13 +1,14 @@
-//! `probed daemon --config FILE`: start, serve, stop.
+//! `probed daemon --config FILE`: start-up over BPF, then the core (`core.rs`) serves and
+//! stops.
 //!
 //! Start-up order is chosen so that a bad config or a busy socket leaves nothing behind:
 //! load and check the config (file:line:column errors), bind the control socket, load the BPF
 //! object, check every probe against its file and open every output, and only then attach.
 //! READY=1 goes to systemd once all of that is done.
 //!
-//! Stop (SIGTERM, SIGINT): detach every probe, take the hits already in the ring buffer,
-//! flush the outputs, remove the socket, exit 0 — bounded by the drain, which reads what is
-//! there and does not wait. SIGKILL leaves nothing attached either: links are file
+//! Stop (SIGTERM, SIGINT, turned into `core::Signal::Stop`; SIGHUP into `Reload`): detach
+//! every probe, take the hits already in the ring buffer, flush the outputs, remove the
+//! socket, exit 0 — bounded by the drain, which reads what is there and does not wait. SIGKILL leaves nothing attached either: links are file
 //! descriptors and die with the process (tested in daemon/tests/service_daemon.rs).
 
 use std::{path::PathBuf, sync::Arc};
