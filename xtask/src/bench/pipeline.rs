@@ -119,7 +119,11 @@ pub fn run() -> Result<()> {
 
     let baseline = std::env::var_os("PROBED_BENCH_BASELINE").map(PathBuf::from);
     if let Some(b) = &baseline {
-        ensure!(b.is_file(), "PROBED_BENCH_BASELINE={} is not a file", b.display());
+        ensure!(
+            b.is_file(),
+            "PROBED_BENCH_BASELINE={} is not a file",
+            b.display()
+        );
     }
     let ours = paths::probed_bin();
     let mut figures: BTreeMap<(&str, &str), Vec<Value>> = BTreeMap::new();
