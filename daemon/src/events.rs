@@ -287,6 +287,45 @@ pub fn max_records(ring_bytes: u32) -> usize {
     ring_bytes as usize / (smallest + 8) + 1
 }
 
+/// Hit records as BPF writes them, for tests that feed the pipeline or a ring.
+#[cfg(test)]
+pub(crate) mod test_records {
+    use probed_common::{ARG_REGS, COMM_LEN, EVENT_HIT, HitEvent, KIND_ENTRY};
+
+    /// An entry hit of probe `probe_id` at `ip` in process `pid` (generation `proc_gen`),
+    /// stamped with `seq`.
+    pub fn hit(probe_id: u32, pid: u32, proc_gen: u64, ip: u64, seq: u64) -> HitEvent {
+        HitEvent {
+            event: EVENT_HIT,
+            probe_id,
+            kind: KIND_ENTRY,
+            pid,
+            tid: pid,
+            lost_reports: 0,
+            ts_ns: 1,
+            ip,
+            ret_addr: 0,
+            seq,
+            proc_gen,
+            args: [0; ARG_REGS],
+            retval: 0,
+            comm: [0; COMM_LEN],
+            ns_pid: 0,
+            ns_tid: 0,
+        }
+    }
+
+    /// `hit`'s bytes, as the ring holds them.
+    pub fn bytes(hit: &HitEvent) -> Vec<u8> {
+        // SAFETY: HitEvent is #[repr(C)] plain integers without padding (sizes asserted in
+        // probed-common): viewing it as bytes is sound.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(hit).cast::<u8>(), size_of::<HitEvent>())
+        }
+        .to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

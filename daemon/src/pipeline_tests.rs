@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use probed_common::{ARG_REGS, COMM_LEN, EVENT_HIT, HitEvent, KIND_ENTRY};
+use probed_common::HitEvent;
 
 use super::Pipeline;
 use crate::{
@@ -64,24 +64,7 @@ fn libc_text(pgoff: u64) -> FakeVma {
 
 /// A hit of probe 0 at `ip`, stamped with `seq`.
 fn hit_at(ip: u64, seq: u64) -> HitEvent {
-    HitEvent {
-        event: EVENT_HIT,
-        probe_id: 0,
-        kind: KIND_ENTRY,
-        pid: PID,
-        tid: PID,
-        lost_reports: 0,
-        ts_ns: 1,
-        ip,
-        ret_addr: 0,
-        seq,
-        proc_gen: GEN,
-        args: [0; ARG_REGS],
-        retval: 0,
-        comm: [0; COMM_LEN],
-        ns_pid: 0,
-        ns_tid: 0,
-    }
+    crate::events::test_records::hit(0, PID, GEN, ip, seq)
 }
 
 /// A pipeline over a resolver that sees libc's text mapped with file offset `mapped_pgoff`

@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probed_common::{ARG_REGS, COMM_LEN, EVENT_HIT, HitEvent, KIND_ENTRY};
 use tokio::sync::mpsc;
 
 use super::{
@@ -27,7 +26,7 @@ use super::{
     reply::{ListReply, StatsReply},
 };
 use crate::{
-    events::EventStream,
+    events::{EventStream, test_records},
     file_id::FileId,
     pipeline::Pipeline,
     probes,
@@ -90,31 +89,10 @@ fn offset_of(symbol: &str) -> u64 {
         .file_offset
 }
 
-/// A hit of probe `id` at libc's `offset` in [`PID`], stamped with the process's sequence.
+/// A hit of probe `id` at libc's `offset` in [`PID`], stamped with the process's sequence,
+/// as the ring holds it.
 fn hit(id: u32, offset: u64, seq: u64) -> Vec<u8> {
-    let hit = HitEvent {
-        event: EVENT_HIT,
-        probe_id: id,
-        kind: KIND_ENTRY,
-        pid: PID,
-        tid: PID,
-        lost_reports: 0,
-        ts_ns: 1,
-        ip: BASE + offset,
-        ret_addr: 0,
-        seq,
-        proc_gen: GEN,
-        args: [0; ARG_REGS],
-        retval: 0,
-        comm: [0; COMM_LEN],
-        ns_pid: 0,
-        ns_tid: 0,
-    };
-    // SAFETY: HitEvent is #[repr(C)] plain data without padding (sizes asserted in
-    // probed-common), so its bytes are what BPF writes into the ring for it.
-    unsafe {
-        std::slice::from_raw_parts((&raw const hit).cast::<u8>(), size_of::<HitEvent>()).to_vec()
-    }
+    test_records::bytes(&test_records::hit(id, PID, GEN, BASE + offset, seq))
 }
 
 /// The pieces of one in-process daemon, before it runs.
