@@ -2,7 +2,6 @@
 //! without a stack, the bound on distinct stacks, the JSON line and the flame graph.
 
 use super::*;
-use crate::spec::ProbeKind;
 
 fn frame(symbol: &str) -> Frame {
     Frame {
@@ -19,30 +18,15 @@ fn frame(symbol: &str) -> Frame {
 fn hit(stack: Option<Vec<Frame>>) -> HitRecord<'static> {
     HitRecord {
         probe: "uprobe:/usr/bin/app:f",
-        probe_id: 0,
-        kind: ProbeKind::Entry,
-        pid: 1,
-        tid: 1,
-        ns_pid: None,
-        ns_tid: None,
         comm: "app",
-        ts_ns: 1,
-        addr: 0x1000,
         resolved: Ok(Resolved {
             module: "/usr/bin/app".into(),
             symbol: Some("f".into()),
             offset: Some(0),
             file_offset: 0x1000,
         }),
-        via: "fast",
-        args: None,
-        retval: None,
-        ret_addr: None,
-        seq: 0,
         stack,
-        stack_truncated: false,
-        stack_stop: None,
-        typed_args: None,
+        ..crate::output::record::example_hit()
     }
 }
 

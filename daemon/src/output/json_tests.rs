@@ -107,26 +107,13 @@ use crate::{output::Resolved, spec::ProbeKind};
 
 fn record(resolved: Result<Resolved, &'static str>) -> HitRecord<'static> {
     HitRecord {
-        probe: "uprobe:/bin/x:f",
-        probe_id: 0,
-        kind: ProbeKind::Entry,
-        pid: 1,
         tid: 2,
         ns_pid: Some(1),
-        ns_tid: None,
-        comm: "x",
         ts_ns: 3,
         addr: 0x1139,
         resolved,
-        via: "fast",
         args: Some([1, 2, 3, 4, 5, 6]),
-        retval: None,
-        ret_addr: None,
-        seq: 0,
-        stack: None,
-        stack_truncated: false,
-        stack_stop: None,
-        typed_args: None,
+        ..crate::output::record::example_hit()
     }
 }
 

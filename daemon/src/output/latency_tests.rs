@@ -101,31 +101,17 @@ fn percentiles_against_exact() {
 
 fn hit(kind: ProbeKind, tid: u32, symbol: &str, ts_ns: u64) -> HitRecord<'static> {
     HitRecord {
-        probe: "uprobe:/bin/x:f",
-        probe_id: 0,
         kind,
         pid: 7,
         tid,
-        ns_pid: None,
-        ns_tid: None,
-        comm: "x",
         ts_ns,
-        addr: 0x1000,
         resolved: Ok(Resolved {
             module: "/bin/x".into(),
             symbol: Some(symbol.into()),
             offset: Some(0),
             file_offset: 0x1000,
         }),
-        via: "fast",
-        args: None,
-        retval: None,
-        ret_addr: None,
-        seq: 0,
-        stack: None,
-        stack_truncated: false,
-        stack_stop: None,
-        typed_args: None,
+        ..crate::output::record::example_hit()
     }
 }
 

@@ -183,33 +183,19 @@ mod tests {
         (0..stacks)
             .map(|s| HitRecord {
                 probe: "uprobe:/usr/bin/app:f",
-                probe_id: 0,
                 kind: if s % 2 == 0 {
                     ProbeKind::Entry
                 } else {
                     ProbeKind::Return
                 },
-                pid: 1,
-                tid: 1,
-                ns_pid: None,
-                ns_tid: None,
                 comm: "app",
                 ts_ns: s as u64 * 1_000,
-                addr: 0x1000,
                 resolved: Ok(Resolved {
                     module: "/usr/bin/app".into(),
                     symbol: Some("app::server::handle_request".into()),
                     offset: Some(0),
                     file_offset: 0x1000,
                 }),
-                via: "fast",
-                args: None,
-                retval: None,
-                ret_addr: None,
-                seq: 0,
-                stack_truncated: false,
-                stack_stop: None,
-                typed_args: None,
                 stack: Some(
                     (0..20)
                         .map(|f| Frame {
@@ -224,6 +210,7 @@ mod tests {
                         })
                         .collect(),
                 ),
+                ..crate::output::record::example_hit()
             })
             .collect()
     }

@@ -101,6 +101,40 @@ pub fn comm_str(comm: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&comm[..len])
 }
 
+/// A hit for the output tests to start from: an entry of `f` in `/bin/x` (pid and tid 1),
+/// resolved at its first byte, file offset 0x1000, no arguments or stack; each test changes
+/// what it looks at with struct update syntax.
+#[cfg(test)]
+pub(crate) fn example_hit() -> HitRecord<'static> {
+    HitRecord {
+        probe: "uprobe:/bin/x:f",
+        probe_id: 0,
+        kind: ProbeKind::Entry,
+        pid: 1,
+        tid: 1,
+        ns_pid: None,
+        ns_tid: None,
+        comm: "x",
+        ts_ns: 1,
+        addr: 0x1000,
+        resolved: Ok(Resolved {
+            module: "/bin/x".into(),
+            symbol: Some("f".into()),
+            offset: Some(0),
+            file_offset: 0x1000,
+        }),
+        via: "fast",
+        args: None,
+        retval: None,
+        ret_addr: None,
+        seq: 0,
+        stack: None,
+        stack_truncated: false,
+        stack_stop: None,
+        typed_args: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,14 +263,10 @@ mod tests {
     #[test]
     fn hit_and_summary_text() {
         let hit = HitRecord {
-            probe: "uprobe:/bin/x:f",
-            probe_id: 0,
-            kind: ProbeKind::Entry,
             pid: 10,
             tid: 11,
             ns_pid: Some(1),
             ns_tid: Some(11),
-            comm: "x",
             ts_ns: 1_500_000_000,
             addr: 0x1139,
             resolved: Ok(Resolved {
@@ -279,15 +275,8 @@ mod tests {
                 offset: Some(4),
                 file_offset: 0x1139,
             }),
-            via: "fast",
             args: Some([1, 2, 3, 4, 5, 6]),
-            retval: None,
-            ret_addr: None,
-            seq: 0,
-            stack: None,
-            stack_truncated: false,
-            stack_stop: None,
-            typed_args: None,
+            ..crate::output::record::example_hit()
         };
         let mut buf = Vec::new();
         write_hit(&mut buf, &hit).unwrap();
