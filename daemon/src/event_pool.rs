@@ -165,22 +165,14 @@ mod tests {
             let mut head: probed_common::StackCopyHitEvent = unsafe { std::mem::zeroed() };
             head.hit.event = probed_common::EVENT_STACK_COPY_HIT;
             head.stack_len = 4096;
-            // SAFETY: a #[repr(C)] value without padding (asserted in probed-common), read
-            // as its bytes, as BPF writes it.
-            let mut bytes = unsafe {
-                std::slice::from_raw_parts(
-                    (&raw const head).cast::<u8>(),
-                    size_of::<probed_common::StackCopyHitEvent>(),
-                )
-            }
-            .to_vec();
+            let mut bytes = crate::events::test_records::bytes(&head);
             bytes.extend(std::iter::repeat_n(fill, 4096));
             bytes
         };
-        let first = StackCopy::read_pooled(&record(1)).unwrap();
+        let first = StackCopy::read(&record(1)).unwrap();
         let buffer = first.stack.as_ptr();
         drop(first);
-        let second = StackCopy::read_pooled(&record(2)).unwrap();
+        let second = StackCopy::read(&record(2)).unwrap();
         assert_eq!(second.stack.as_ptr(), buffer);
         assert!(second.stack.len() == 4096 && second.stack.iter().all(|&b| b == 2));
     }

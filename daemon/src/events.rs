@@ -107,7 +107,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 path: probed_common::FilePath::EMPTY,
             }))
         }),
-        EVENT_STACK_COPY_HIT => StackCopy::read_pooled(bytes).map(Event::StackCopy),
+        EVENT_STACK_COPY_HIT => StackCopy::read(bytes).map(Event::StackCopy),
         EVENT_ARG_STRINGS => read::<ArgStringsEvent>(bytes).map(|e| Event::ArgStrings(Box::new(e))),
         _ => None,
     }
@@ -124,19 +124,9 @@ pub struct StackCopy {
 }
 
 impl StackCopy {
-    /// The record in `bytes` (of any of the copy sizes: the ring item's length says which).
-    pub fn read(bytes: &[u8]) -> Option<Self> {
-        let head = read::<StackCopyHitEvent>(bytes)?;
-        let rest = &bytes[std::mem::size_of::<StackCopyHitEvent>()..];
-        let len = (head.stack_len as usize).min(rest.len());
-        Some(Self {
-            head,
-            stack: rest[..len].to_vec(),
-        })
-    }
-
-    /// [`StackCopy::read`] into a spare box of this thread, whose copy buffer is reused.
-    pub fn read_pooled(bytes: &[u8]) -> Option<Pooled<Self>> {
+    /// The record in `bytes` (of any of the copy sizes: the ring item's length says which),
+    /// in a spare box whose copy buffer is reused (`event_pool.rs`).
+    pub fn read(bytes: &[u8]) -> Option<Pooled<Self>> {
         let head = read::<StackCopyHitEvent>(bytes)?;
         let rest = &bytes[std::mem::size_of::<StackCopyHitEvent>()..];
         let stack = &rest[..(head.stack_len as usize).min(rest.len())];
@@ -315,12 +305,12 @@ pub(crate) mod test_records {
         }
     }
 
-    /// `hit`'s bytes, as the ring holds them.
-    pub fn bytes(hit: &HitEvent) -> Vec<u8> {
-        // SAFETY: HitEvent is #[repr(C)] plain integers without padding (sizes asserted in
-        // probed-common): viewing it as bytes is sound.
+    /// A record's bytes, as the ring holds them.
+    pub fn bytes<T: aya::Pod>(record: &T) -> Vec<u8> {
+        // SAFETY: a Pod type is #[repr(C)] plain integers without padding (the ABI types'
+        // sizes are asserted in probed-common): viewing it as bytes is sound.
         unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(hit).cast::<u8>(), size_of::<HitEvent>())
+            std::slice::from_raw_parts(std::ptr::from_ref(record).cast::<u8>(), size_of::<T>())
         }
         .to_vec()
     }
@@ -363,12 +353,9 @@ mod tests {
             ns_pid: 1,
             ns_tid: 2,
         };
-        // SAFETY: HitEvent is plain integers without padding; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const hit).cast::<u8>(), size_of::<HitEvent>())
-        };
+        let bytes = test_records::bytes(&hit);
         let mut unaligned = vec![0u8; bytes.len() + 1];
-        unaligned[1..].copy_from_slice(bytes);
+        unaligned[1..].copy_from_slice(&bytes);
         assert_eq!(decode(&unaligned[1..]), Some(Event::Hit(hit)));
         assert_eq!(decode(&bytes[..bytes.len() - 1]), None);
         let mut unknown = bytes.to_vec();

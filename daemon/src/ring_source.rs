@@ -44,25 +44,9 @@ impl BpfRing {
 }
 
 impl RingSource for BpfRing {
-    async fn next_items(
-        &mut self,
-        max: usize,
-        mut f: impl FnMut(&[u8]) -> bool,
-    ) -> io::Result<usize> {
+    async fn next_items(&mut self, max: usize, f: impl FnMut(&[u8]) -> bool) -> io::Result<usize> {
         let mut guard = self.0.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut n = 0;
-        let mut emptied = false;
-        while n < max {
-            let Some(item) = ring.next() else {
-                emptied = true;
-                break;
-            };
-            n += 1;
-            if !f(&item) {
-                break;
-            }
-        }
+        let (n, emptied) = take(guard.get_inner_mut(), max, f);
         if emptied {
             // Only an empty ring may clear readiness, or a wake-up could be lost.
             guard.clear_ready();
@@ -70,20 +54,29 @@ impl RingSource for BpfRing {
         Ok(n)
     }
 
-    fn take_items(&mut self, max: usize, mut f: impl FnMut(&[u8]) -> bool) -> (usize, bool) {
-        let ring = self.0.get_mut();
-        let mut n = 0;
-        while n < max {
-            let Some(item) = ring.next() else {
-                return (n, true);
-            };
-            n += 1;
-            if !f(&item) {
-                break;
-            }
-        }
-        (n, false)
+    fn take_items(&mut self, max: usize, f: impl FnMut(&[u8]) -> bool) -> (usize, bool) {
+        take(self.0.get_mut(), max, f)
     }
+}
+
+/// Hands at most `max` items of `ring` to `f` while it returns true: how many, and whether
+/// the ring was found empty.
+fn take(
+    ring: &mut RingBuf<MapData>,
+    max: usize,
+    mut f: impl FnMut(&[u8]) -> bool,
+) -> (usize, bool) {
+    let mut n = 0;
+    while n < max {
+        let Some(item) = ring.next() else {
+            return (n, true);
+        };
+        n += 1;
+        if !f(&item) {
+            break;
+        }
+    }
+    (n, false)
 }
 
 /// Records sent over a channel, in order: the ring of a daemon core run without BPF.

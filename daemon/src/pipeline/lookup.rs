@@ -151,9 +151,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     }
 
     /// Address → mapping, as of the hit's sequence, or, in lock mode, from the address's
-    /// capture (`capture`: status and mapping), handed to `answer` with what names it. `back` bytes are subtracted for the lookup (1 for return
-    /// addresses, so that a call at the very end of a function is not attributed to the
-    /// next one); `frame`: a stack frame's capture (counted apart from hits').
+    /// capture (`capture`: status and mapping), handed to `answer` with what names it.
+    /// `back` bytes are subtracted for the lookup (1 for return addresses, so that a call at
+    /// the very end of a function is not attributed to the next one); `frame`: a stack
+    /// frame's capture (counted apart from hits').
     #[allow(clippy::too_many_arguments)]
     fn look_up<R>(
         &mut self,

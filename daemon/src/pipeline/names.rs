@@ -35,30 +35,42 @@ impl Names {
     /// `symbol`'s output name (demangled).
     pub fn symbol(&mut self, symbol: &Symbol) -> Arc<str> {
         let text = symbol.demangled();
-        shared(&mut self.symbols, std::ptr::from_ref(symbol) as usize, text)
+        shared(
+            &mut self.symbols,
+            std::ptr::from_ref(symbol) as usize,
+            text.as_bytes(),
+            || text.into(),
+        )
     }
 
-    /// `path`'s output name (lossy UTF-8: a path that is not UTF-8 is named anew each time).
+    /// `path`'s output name (lossy UTF-8: a path that is not UTF-8 never matches its lossy
+    /// name, so it is named anew each time).
     pub fn module(&mut self, path: &Path) -> Arc<str> {
-        let key = path.as_os_str().as_bytes().as_ptr() as usize;
-        match path.to_str() {
-            Some(text) => shared(&mut self.modules, key, text),
-            None => path.to_string_lossy().into(),
-        }
+        let bytes = path.as_os_str().as_bytes();
+        // Compared as bytes: a kept name equal to them is the path's UTF-8, checked once.
+        shared(&mut self.modules, bytes.as_ptr() as usize, bytes, || {
+            path.to_string_lossy().into()
+        })
     }
 }
 
-/// The table's string for `key` if it still reads `text`, else a new one put there.
-fn shared(table: &mut FxHashMap<usize, Arc<str>>, key: usize, text: &str) -> Arc<str> {
+/// The table's string for `key` if it still reads `text`, else a new one (`make()`) put
+/// there.
+fn shared(
+    table: &mut FxHashMap<usize, Arc<str>>,
+    key: usize,
+    text: &[u8],
+    make: impl FnOnce() -> Arc<str>,
+) -> Arc<str> {
     if let Some(name) = table.get(&key)
-        && **name == *text
+        && name.as_bytes() == text
     {
         return name.clone();
     }
     if table.len() >= MAX_ENTRIES {
         table.clear();
     }
-    let name: Arc<str> = text.into();
+    let name = make();
     table.insert(key, name.clone());
     name
 }
@@ -85,6 +97,10 @@ mod tests {
         assert_eq!(&*a, "malloc");
         let p = Path::new("/usr/lib/libc.so.6");
         assert!(Arc::ptr_eq(&names.module(p), &names.module(p)));
+        // A path that is not UTF-8 is named lossily, each time.
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/lib/\xff.so"));
+        assert_eq!(&*names.module(odd), "/lib/\u{fffd}.so");
+        assert_eq!(&*names.module(odd), "/lib/\u{fffd}.so");
     }
 
     /// A key reused by other text (a freed image's address taken by another symbol) never
@@ -92,9 +108,11 @@ mod tests {
     #[test]
     fn a_reused_address_gets_its_own_name() {
         let mut table = FxHashMap::default();
-        let old = shared(&mut table, 7, "free");
-        let new = shared(&mut table, 7, "malloc");
+        let mut name = |text: &'static str| shared(&mut table, 7, text.as_bytes(), || text.into());
+        let old = name("free");
+        let new = name("malloc");
         assert_eq!((&*old, &*new), ("free", "malloc"));
-        assert_eq!(&*shared(&mut table, 7, "malloc"), "malloc");
+        let again = name("malloc");
+        assert!(Arc::ptr_eq(&new, &again));
     }
 }
