@@ -26,6 +26,7 @@ use super::{
     reply::{ListReply, StatsReply},
 };
 use crate::{
+    config::{Config, Source},
     events::{EventStream, test_records},
     file_id::FileId,
     pipeline::Pipeline,
@@ -102,12 +103,24 @@ struct Setup {
     ring: mpsc::UnboundedSender<Vec<u8>>,
     seq: Arc<UserSeq>,
     metrics: std::net::SocketAddr,
+    /// The config as loaded (its text is in `config_path`).
+    source: Source,
+    config: Config,
+    config_path: PathBuf,
+    /// The control socket and the file the config's output writes.
     socket: PathBuf,
+    out: PathBuf,
+    _dir: TempDir,
 }
 
-/// A daemon over a fake kernel that refuses probes at `refuse_offset`, its config at
-/// `config_path`, its control socket in `dir`.
-async fn setup(dir: &Path, config_path: &Path, refuse_offset: Option<u64>) -> Setup {
+/// A daemon (directory `name`) whose config probes libc's `specs` into one file, over a
+/// fake kernel that refuses probes at `refuse_offset`.
+async fn setup(name: &str, specs: &[&str], refuse_offset: Option<u64>) -> Setup {
+    let dir = TempDir::new(name);
+    let (socket, out) = (dir.0.join("ctl.sock"), dir.0.join("hits.jsonl"));
+    let config_path = dir.0.join("probed.toml");
+    std::fs::write(&config_path, config_text(&socket, &out, specs)).unwrap();
+    let (source, config) = crate::config::load(&config_path).unwrap();
     let seq = Arc::new(UserSeq::with_capacity(4));
     let maps = Arc::new(FakeMaps::new());
     let kernel = FakeKernel::new(seq.clone(), maps.clone(), vec![libc_proc()], refuse_offset);
@@ -121,14 +134,13 @@ async fn setup(dir: &Path, config_path: &Path, refuse_offset: Option<u64>) -> Se
         Arc::new(Symbolizer::new()),
     )
     .keep_going_on_write_errors();
-    let (ring, source) = ChannelRing::new();
+    let (ring, items) = ChannelRing::new();
     let (daemon, inbox) = Daemon::new(
         kernel,
         pipeline,
-        EventStream::from_source(source),
-        config_path.to_owned(),
+        EventStream::from_source(items),
+        config_path.clone(),
     );
-    let socket = dir.join("ctl.sock");
     let control = ControlSocket::bind(&socket).unwrap();
     let listener = crate::metrics::bind("127.0.0.1:0".parse().unwrap())
         .await
@@ -147,7 +159,12 @@ async fn setup(dir: &Path, config_path: &Path, refuse_offset: Option<u64>) -> Se
         ring,
         seq,
         metrics,
+        source,
+        config,
+        config_path,
         socket,
+        out,
+        _dir: dir,
     }
 }
 
@@ -205,7 +222,8 @@ async fn scrape(at: std::net::SocketAddr) -> String {
     .unwrap()
 }
 
-fn config(socket: &Path, out: &Path, specs: &[&str]) -> String {
+/// A config whose probes write libc's `specs` to the file `out`.
+fn config_text(socket: &Path, out: &Path, specs: &[&str]) -> String {
     let mut text = format!(
         "control_socket = \"{}\"\n[outputs.hits]\nkind = \"file\"\npath = \"{}\"\n",
         socket.display(),
@@ -220,14 +238,8 @@ fn config(socket: &Path, out: &Path, specs: &[&str]) -> String {
 /// The whole life of a daemon, in-process: start, hits, live changes, scrape, reload, stop.
 #[tokio::test(flavor = "current_thread")]
 async fn the_core_serves_a_config_over_a_fake_kernel() {
-    let dir = TempDir::new("serve");
-    let out = dir.0.join("hits.jsonl");
-    let config_path = dir.0.join("probed.toml");
-    let socket = dir.0.join("ctl.sock");
-    std::fs::write(&config_path, config(&socket, &out, &["malloc"])).unwrap();
-    let (source, config) = crate::config::load(&config_path).unwrap();
-    let s = setup(&dir.0, &config_path, None).await;
-    assert_eq!(s.socket, socket);
+    let s = setup("serve", &["malloc"], None).await;
+    let (socket, out, config_path) = (&s.socket, &s.out, &s.config_path);
     let (signals_tx, signals) = mpsc::unbounded_channel();
     let (log, ring, seq) = (s.log.clone(), s.ring.clone(), s.seq.clone());
     let malloc = offset_of("malloc");
@@ -243,7 +255,7 @@ async fn the_core_serves_a_config_over_a_fake_kernel() {
     let script = async {
         // Started: the config's probe is attached with its file watched, and the process
         // that maps libc is tracked.
-        let listed = list(&socket).await;
+        let listed = list(socket).await;
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!(listed[0].2, "attached");
         {
@@ -255,8 +267,8 @@ async fn the_core_serves_a_config_over_a_fake_kernel() {
 
         // A hit goes through the real pipeline and comes out named malloc.
         send(id, malloc);
-        until("the hit is written", || lines(&out).len() == 1).await;
-        let line: serde_json::Value = serde_json::from_str(&lines(&out)[0]).unwrap();
+        until("the hit is written", || lines(out).len() == 1).await;
+        let line: serde_json::Value = serde_json::from_str(&lines(out)[0]).unwrap();
         // (libc names malloc's address __libc_malloc too; the first name is taken.)
         assert!(
             line["symbol"].as_str().unwrap().ends_with("malloc"),
@@ -267,7 +279,7 @@ async fn the_core_serves_a_config_over_a_fake_kernel() {
 
         // `ctl add` attaches a second probe live; its hits go to stdout (not the file).
         let added = ctl(
-            &socket,
+            socket,
             Request::Add(AddRequest {
                 spec: format!("uprobe:{LIBC}:free"),
                 ..AddRequest::default()
@@ -292,23 +304,23 @@ async fn the_core_serves_a_config_over_a_fake_kernel() {
             "{body}"
         );
         assert_eq!(sample("probed_probe_mismatch_total{").as_deref(), Some("0"));
-        let stats: StatsReply = serde_json::from_value(ctl(&socket, Request::Stats).await).unwrap();
+        let stats: StatsReply = serde_json::from_value(ctl(socket, Request::Stats).await).unwrap();
         let row = stats.probes.iter().find(|p| p.counters.id == id).unwrap();
         assert_eq!((row.counters.hits, row.counters.written), (1, 1), "{row:?}");
         assert_eq!(row.counters.probe_mismatch, 0);
 
         // `ctl remove` closes the probe's link and frees it.
-        let removed = ctl(&socket, Request::Remove { id: free_id }).await;
+        let removed = ctl(socket, Request::Remove { id: free_id }).await;
         assert_eq!(removed["ok"], true, "{removed}");
         assert!(!log.lock().unwrap().attached.contains_key(&free_id));
         assert_eq!(log.lock().unwrap().open_links, 1);
 
         // A reload to a config with free instead of malloc swaps them.
-        std::fs::write(&config_path, self::config(&socket, &out, &["free"])).unwrap();
+        std::fs::write(config_path, config_text(socket, out, &["free"])).unwrap();
         signals_tx.send(Signal::Reload).unwrap();
         let mut now = Vec::new();
         for _ in 0..500 {
-            now = list(&socket).await;
+            now = list(socket).await;
             if now.len() == 1 && now[0].1.ends_with(":free") && now[0].2 == "attached" {
                 break;
             }
@@ -328,9 +340,9 @@ async fn the_core_serves_a_config_over_a_fake_kernel() {
         }
         signals_tx.send(Signal::Stop).unwrap();
     };
-    let (result, ()) = tokio::join!(core::serve(s.core, &source, &config, signals), script);
+    let (result, ()) = tokio::join!(core::serve(s.core, &s.source, &s.config, signals), script);
     result.unwrap();
-    let lines = lines(&out);
+    let lines = lines(out);
     assert_eq!(lines.len(), 101, "every hit written, the stop's included");
     assert!(
         lines[1..]
@@ -347,16 +359,10 @@ async fn the_core_serves_a_config_over_a_fake_kernel() {
 /// A probe the kernel refuses fails the start, and nothing stays attached.
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_probe_fails_the_start_and_leaves_nothing() {
-    let dir = TempDir::new("refused");
-    let out = dir.0.join("hits.jsonl");
-    let config_path = dir.0.join("probed.toml");
-    let socket = dir.0.join("ctl.sock");
-    std::fs::write(&config_path, config(&socket, &out, &["malloc", "free"])).unwrap();
-    let (source, config) = crate::config::load(&config_path).unwrap();
-    let s = setup(&dir.0, &config_path, Some(offset_of("free"))).await;
+    let s = setup("refused", &["malloc", "free"], Some(offset_of("free"))).await;
     let log = s.log.clone();
     let (_signals_tx, signals) = mpsc::unbounded_channel();
-    let err = core::serve(s.core, &source, &config, signals)
+    let err = core::serve(s.core, &s.source, &s.config, signals)
         .await
         .unwrap_err();
     assert!(matches!(err, CoreError::Start { .. }), "{err:?}");
@@ -364,20 +370,15 @@ async fn a_refused_probe_fails_the_start_and_leaves_nothing() {
     assert!(message.contains("cannot attach uprobe"), "{message}");
     let log = log.lock().unwrap();
     assert_eq!(log.open_links, 0, "malloc's link was closed again");
-    assert!(!socket.exists());
+    assert!(!s.socket.exists());
 }
 
 /// A `ctl add` the kernel refuses is answered with why, leaves no link, and frees its id for
 /// the next probe; the daemon goes on.
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_add_is_answered_and_frees_its_id() {
-    let dir = TempDir::new("refused-add");
-    let out = dir.0.join("hits.jsonl");
-    let config_path = dir.0.join("probed.toml");
-    let socket = dir.0.join("ctl.sock");
-    std::fs::write(&config_path, config(&socket, &out, &["malloc"])).unwrap();
-    let (source, config) = crate::config::load(&config_path).unwrap();
-    let s = setup(&dir.0, &config_path, Some(offset_of("free"))).await;
+    let s = setup("refused-add", &["malloc"], Some(offset_of("free"))).await;
+    let socket = &s.socket;
     let log = s.log.clone();
     let (signals_tx, signals) = mpsc::unbounded_channel();
     let add = |symbol: &str| {
@@ -387,19 +388,19 @@ async fn a_refused_add_is_answered_and_frees_its_id() {
         })
     };
     let script = async {
-        let refused = ctl(&socket, add("free")).await;
+        let refused = ctl(socket, add("free")).await;
         assert_eq!(refused["ok"], false, "{refused}");
         let why = refused["error"].as_str().unwrap();
         assert!(why.contains("cannot attach uprobe"), "{why}");
         assert_eq!(log.lock().unwrap().open_links, 1);
-        assert_eq!(list(&socket).await.len(), 1);
+        assert_eq!(list(socket).await.len(), 1);
         // The refused probe's id was given back: the next probe gets it.
-        let added = ctl(&socket, add("calloc")).await;
+        let added = ctl(socket, add("calloc")).await;
         assert_eq!(added["ok"], true, "{added}");
         assert_eq!(added["id"], 1);
         signals_tx.send(Signal::Stop).unwrap();
     };
-    let (result, ()) = tokio::join!(core::serve(s.core, &source, &config, signals), script);
+    let (result, ()) = tokio::join!(core::serve(s.core, &s.source, &s.config, signals), script);
     result.unwrap();
     assert_eq!(log.lock().unwrap().open_links, 0);
 }
