@@ -119,7 +119,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
     )
     .keep_going_on_write_errors()
     .with_tracker(tracker_mode);
-    let kernel = BpfKernel::new(tracer, generations.clone(), tracked);
+    let kernel = BpfKernel::new(tracer, generations, tracked);
     let (mut daemon, inbox) = Daemon::new(kernel, pipeline, stream, args.config.clone());
     daemon.drain_timeout = config.drain_timeout();
     daemon.ring_bytes = ring_bytes;
