@@ -71,7 +71,7 @@ pub trait Kernel {
 /// tracked processes.
 pub struct BpfKernel {
     /// The loaded BPF object and its links.
-    pub tracer: Tracer,
+    tracer: Tracer,
     generations: Arc<Generations>,
     tracked: Tracked,
 }
@@ -101,8 +101,13 @@ impl Kernel for BpfKernel {
         self.tracer.set_rate_limit(id, setup.limit)?;
         self.tracer.set_pidns_filter(id, setup.pidns)?;
         self.tracer.attach(setup.request, setup.pid)?;
-        if let Some(file) = setup.watch {
-            self.tracer.watch_files([file])?;
+        if let Some(file) = setup.watch
+            && let Err(err) = self.tracer.watch_files([file])
+        {
+            // Attached but not followed: closed again, so that the id the daemon frees on
+            // this error has no link left under it (its next user would find one).
+            drop(self.tracer.take_link(id));
+            return Err(err);
         }
         Ok(())
     }
