@@ -229,11 +229,22 @@ fn stack_copy_size_is_the_users() {
         for hit in &hits {
             assert_eq!(hit["stack_stop"], stop, "{kib} KiB: {hit}");
             let deep = deep_frames(hit);
-            let names: Vec<&str> = hit["stack"].as_array().expect("a stack")[..3]
+            let names: Vec<&str> = hit["stack"]
+                .as_array()
+                .expect("a stack")
                 .iter()
+                .take(3)
                 .map(|f| f["symbol"].as_str().unwrap_or("?"))
                 .collect();
-            assert_eq!(names, ["leaf", "beta", "alpha"], "{kib} KiB: {hit}");
+            // The copy starts at the page holding sp: a 4 KiB copy holds what lies above sp
+            // on that page, which ASLR makes anything from a few bytes to 4 KiB — it may end
+            // before alpha's frame (seen in CI: leaf, beta). The frames it gives are these.
+            let whole = if kib == "4" { names.len().max(1) } else { 3 };
+            assert_eq!(
+                names,
+                ["leaf", "beta", "alpha"][..whole],
+                "{kib} KiB: {hit}"
+            );
             if stop == "end" {
                 assert_eq!(deep, DEPTH, "{kib} KiB: {hit}");
                 let stack = hit["stack"].as_array().expect("a stack");
