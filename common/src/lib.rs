@@ -62,6 +62,15 @@ pub const CAPTURE_FAILED: u8 = 0;
 pub const CAPTURE_FOUND: u8 = 1;
 /// No mapping contains the address.
 pub const CAPTURE_UNMAPPED: u8 = 2;
+/// Kseq mode: a mapping contains the address (`vma` is filled) and the address space's
+/// kernel sequence (`mm->mm_lock_seq`) was the hit's (`hit.seq`) while it was read, so the
+/// mapping is the one of the hit's sequence: the daemon keeps it to answer later hits of
+/// that sequence that skip their capture ([`CAPTURE_CACHED`], plain hits).
+pub const CAPTURE_FOUND_AT_SEQ: u8 = 3;
+/// Kseq mode: not captured, because BPF's cache says an earlier capture of the same address
+/// space at the same kernel sequence (`hit.seq`) holds this address: the daemon answers it
+/// from that capture.
+pub const CAPTURE_CACHED: u8 = 4;
 
 /// Most user stack frames captured per hit (what `bpf_get_stack` can return).
 pub const MAX_FRAMES: usize = 127;
@@ -138,6 +147,10 @@ pub const TRACK_MODE_SYSCALLS: u32 = 0;
 /// `TRACK_MODE` index 0: the tracker runs on mmap_lock tracepoints (hits capture their
 /// mappings when the daemon's picture is behind).
 pub const TRACK_MODE_LOCK: u32 = 1;
+/// `TRACK_MODE` index 0: no hook on address-space changes at all. A hit is stamped with the
+/// kernel's own sequence of its address space (`mm->mm_lock_seq`, Linux 6.14+) and captures
+/// its mappings unless an earlier capture at the same sequence holds them (`KSEQ_CACHE`).
+pub const TRACK_MODE_KSEQ: u32 = 2;
 
 /// `TRACK_ERRORS` index: a change could not be marked in flight (`INFLIGHT` full); its slot
 /// is left odd on purpose, so the daemon rescans instead of trusting a picture.
@@ -318,6 +331,12 @@ pub struct TrackConfig {
     pub pid_offsets: PidOffsets,
     /// Offsets for a uretprobe hit's function address where `bpf_get_func_ip` cannot give it.
     pub ret_offsets: RetOffsets,
+    /// `mm_struct.mm_lock_seq.sequence` (the address space's seqcount, Linux 6.14+: odd while
+    /// the mmap_lock is held for writing), or 0 when the kernel has none (kseq mode is then
+    /// unavailable).
+    pub mm_lock_seq: u32,
+    /// Padding, zero.
+    pub _reserved: u32,
 }
 
 /// Byte offsets for reading, at a uretprobe hit, the address of the function returning:
@@ -828,7 +847,7 @@ const _: () = assert!(core::mem::size_of::<StackHitEvent>() == 144 + 8 + 8 * MAX
 const _: () = assert!(core::mem::size_of::<PidOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<PathOffsets>() == 72);
 const _: () = assert!(core::mem::size_of::<RetOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 72 + 24 + 16);
+const _: () = assert!(core::mem::size_of::<TrackConfig>() == 96 + 72 + 24 + 16 + 8);
 const _: () = assert!(seq_slot(u32::MAX) < SEQ_SLOTS);
 // BPF ring buffers must be a power of two and a multiple of the page size.
 const _: () =

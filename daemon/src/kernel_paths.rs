@@ -81,18 +81,24 @@ fn tracker_hooks() -> Choice {
     tracker_hooks_for(
         tracepoints::lock_mode_unavailable(),
         kprobes::available().err(),
+        crate::track::offsets::kseq_mode_unavailable(),
     )
 }
 
-/// [`tracker_hooks`] from what the kernel has: why lock mode and kprobe mode cannot run, for
-/// those that cannot.
-pub fn tracker_hooks_for(lock: Option<String>, kprobes: Option<String>) -> Choice {
+/// [`tracker_hooks`] from what the kernel has: why lock, kprobe and kseq modes cannot run,
+/// for those that cannot.
+pub fn tracker_hooks_for(
+    lock: Option<String>,
+    kprobes: Option<String>,
+    kseq: Option<String>,
+) -> Choice {
     use crate::track::{TrackerChoice, TrackerMode, Unavailable};
     let (mode, why) = TrackerChoice::Auto
         .decide(
             Unavailable {
                 lock: lock.as_deref(),
                 kprobes: kprobes.as_deref(),
+                kseq: kseq.as_deref(),
             },
             false,
         )
@@ -102,6 +108,11 @@ pub fn tracker_hooks_for(lock: Option<String>, kprobes: Option<String>) -> Choic
             "lock: raw tracepoints mmap_lock_acquire_returned and mmap_lock_released (write \
              sections of tracked processes), hits capture their mappings (bpf_find_vma), \
              sched exec/fork/exit; other processes' syscalls keep the fast path"
+        }
+        TrackerMode::Kseq => {
+            "kseq: no address-space hooks; hits stamped with the kernel's mm_lock_seq capture \
+             their mappings (bpf_find_vma) unless a capture at the same value holds them, \
+             sched exec/fork/exit; nobody's syscalls or mmap_lock operations pay"
         }
         TrackerMode::Kprobes => {
             "kprobes: kprobe and kretprobe on the mapping syscalls' functions (__x64_sys_mmap, \

@@ -16,6 +16,7 @@ mod chunk_out;
 mod consume;
 mod counters;
 mod dispatch;
+mod kseq;
 mod lock;
 mod lookup;
 mod names;
@@ -103,6 +104,8 @@ pub struct Pipeline<W: Write, S: SeqSource> {
     print_hits: bool,
     /// Lock mode's bookkeeping (unused in syscall mode).
     lock: LockState,
+    /// Kseq mode: captures by counter value, answering hits that skipped theirs.
+    kseq: kseq::KseqStore,
     /// The tracker's hooks (lock mode: changes are rescanned, not replayed).
     tracker: TrackerMode,
     /// How copied stacks are unwound (`auto` or `dwarf`; `fp` stacks come walked).
@@ -157,6 +160,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             aggregations: Aggregations::default(),
             print_hits: true,
             lock: LockState::default(),
+            kseq: kseq::KseqStore::default(),
             tracker: TrackerMode::Syscalls,
             stack_mode: StackMode::Auto,
             unwinder: Unwinder::new(),
@@ -180,6 +184,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
 
     fn lock_mode(&self) -> bool {
         self.tracker == TrackerMode::Lock
+    }
+
+    fn kseq_mode(&self) -> bool {
+        self.tracker == TrackerMode::Kseq
     }
 
     /// Unwinds copied stacks in `mode` (`dwarf`: CFI only; otherwise CFI where a module has

@@ -49,7 +49,9 @@ fn stable_process_takes_the_fast_path() {
             .all(|h| h["module"] == copy.path_str() && h["symbol"] == "probed_add"),
         "every hit resolves to probed_add"
     );
-    let fast = num(&r, "fast_path");
+    // Kseq mode: no picture at all; after the first hits' captures every hit is answered
+    // from one at its counter value (`kseq_answered`), the mode's lock-free path.
+    let fast = num(&r, "fast_path") + num(&r, "kseq_answered");
     // Lock mode (auto on 6.14+): the hits BPF records before the daemon has published its
     // first picture of the process (the first millisecond or so of this flood: 165–571 of
     // 50,000 in five runs) carry their own captures and answer from them; every later one

@@ -21,13 +21,15 @@ use aya_ebpf::{
     },
 };
 use probed_common::{
-    CAPTURE_FAILED, CAPTURE_FOUND, CAPTURE_UNMAPPED, CapturedHitEvent, CapturedStackEvent,
-    EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK, EVENT_FILE_NAME, FileKey, FileNameEvent, HitEvent,
-    MAX_FRAMES, ProbeStats, TRACK_MODE_LOCK, VmaInfo,
+    CAPTURE_CACHED, CAPTURE_FAILED, CAPTURE_FOUND, CAPTURE_FOUND_AT_SEQ, CAPTURE_UNMAPPED,
+    CapturedHitEvent, CapturedStackEvent, EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK,
+    EVENT_FILE_NAME, EVENT_STACK_HIT, FileKey, FileNameEvent, HitEvent, MAX_FRAMES, ProbeStats,
+    StackHitEvent, TRACK_MODE_LOCK, VmaInfo,
 };
 
 use crate::{
     kread,
+    kseq::{self, Kseq},
     maps::{CAPTURE_SCRATCH, EVENTS, KNOWN_FILES, PROBE_STATS, TRACK_MODE, wakeup},
     path, track,
 };
@@ -58,7 +60,11 @@ struct CaptureCtx {
     vma: VmaInfo,
     /// The mapping's `struct file`, 0 if anonymous.
     fptr: u64,
+    /// 1: found; 2: found, and the address space's counter read `want` (kseq mode).
     found: u64,
+    /// Kseq mode: where the address space's counter is (0 otherwise), and the hit's value.
+    seq_addr: u64,
+    want: u64,
 }
 
 /// bpf_find_vma's callback for captures.
@@ -74,18 +80,29 @@ extern "C" fn capture_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c
         out.vma.dev = dev;
         out.vma.ino = ino;
     }
-    out.found = 1;
+    // bpf_find_vma holds the address space's lock for reading here, so no write section is
+    // open and the counter cannot move: if it still reads the hit's value, this is the
+    // mapping of the hit's sequence.
+    out.found = if out.seq_addr != 0 && u64::from(kread::read_u32(out.seq_addr, 0)) == out.want
+    {
+        2
+    } else {
+        1
+    };
     0
 }
 
 /// Reads the mapping at `addr` into `vma`; names its file first if the daemon may not know
-/// it. Returns a `CAPTURE_*` status.
+/// it. Returns a `CAPTURE_*` status. `seq_addr`, `want`: kseq mode's counter address and the
+/// hit's value (`CAPTURE_FOUND_AT_SEQ` if it still reads that), 0 otherwise.
 #[inline(never)]
-fn capture(addr: u64, vma: &mut VmaInfo) -> u8 {
+fn capture(addr: u64, vma: &mut VmaInfo, seq_addr: u64, want: u64) -> u8 {
     let mut found = CaptureCtx {
         vma: VmaInfo::default(),
         fptr: 0,
         found: 0,
+        seq_addr,
+        want,
     };
     // SAFETY: bpf_get_current_task_btf returns the current task, valid for this program run;
     // the callback is a static function and `found` a live stack object, as the helper needs.
@@ -101,14 +118,18 @@ fn capture(addr: u64, vma: &mut VmaInfo) -> u8 {
     if rc == ENOENT {
         return CAPTURE_UNMAPPED;
     }
-    if rc != 0 || found.found != 1 {
+    if rc != 0 || (found.found != 1 && found.found != 2) {
         return CAPTURE_FAILED;
     }
     *vma = found.vma;
     if found.fptr != 0 && vma.ino != 0 {
         name_file(&found.vma, found.fptr);
     }
-    CAPTURE_FOUND
+    if found.found == 2 {
+        CAPTURE_FOUND_AT_SEQ
+    } else {
+        CAPTURE_FOUND
+    }
 }
 
 /// Writes a `FileNameEvent` for the file `fptr` (mapped as `vma`) unless it is known.
@@ -141,14 +162,36 @@ fn name_file(vma: &VmaInfo, fptr: u64) {
 }
 
 /// Parks `hit` in this CPU's scratch for [`record_pending`]; returns true if it could.
+/// `mm`: kseq mode's address space of the hit (its counter value is `hit.seq`), else 0.
 #[inline(always)]
-pub fn park(hit: &HitEvent) -> bool {
+pub fn park(hit: &HitEvent, mm: u64) -> bool {
     let Some(scratch) = CAPTURE_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: this CPU's map value, only ours while the program runs.
-    unsafe { (&raw mut (*scratch).hit).write(*hit) };
+    unsafe {
+        (&raw mut (*scratch).hit).write(*hit);
+        (&raw mut (*scratch).mm).write(mm);
+    }
     true
+}
+
+/// Kseq mode's context of the parked hit: (tgid, address space and counter), if any.
+#[inline(always)]
+fn parked_kseq() -> Option<(u32, Kseq)> {
+    let scratch = CAPTURE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's map value, written by `park` in this program run.
+    let (mm, tgid, seq) = unsafe { ((*scratch).mm, (*scratch).hit.pid, (*scratch).hit.seq) };
+    (mm != 0).then_some((tgid, Kseq { mm, seq }))
+}
+
+/// `capture` with the parked hit's kseq context.
+#[inline(always)]
+fn capture_parked(addr: u64, vma: &mut VmaInfo) -> u8 {
+    match parked_kseq() {
+        Some((_, k)) => capture(addr, vma, kseq::counter_addr(k.mm), k.seq),
+        None => capture(addr, vma, 0, 0),
+    }
 }
 
 /// Records the hit [`park`] left in this CPU's scratch, with its captures. Called by the
@@ -175,7 +218,7 @@ pub fn record_pending(ctx: *mut c_void) {
 #[inline(never)]
 fn record_hit(hit: &HitEvent, stats: *mut ProbeStats) {
     let mut vma = VmaInfo::default();
-    let status = capture(hit.ip, &mut vma);
+    let status = capture_parked(hit.ip, &mut vma);
     let Some(mut entry) = EVENTS.reserve::<CapturedHitEvent>(0) else {
         // SAFETY: a per-CPU array slot, this CPU's only writer while the program runs.
         unsafe { (*stats).lost += 1 };
@@ -191,10 +234,34 @@ fn record_hit(hit: &HitEvent, stats: *mut ProbeStats) {
         (&raw mut (*e).vma).write(vma);
     }
     entry.submit(wakeup::flags());
+    // Only now, behind the record the daemon will answer from (kseq.rs).
+    if status == CAPTURE_FOUND_AT_SEQ
+        && let Some((tgid, k)) = parked_kseq()
+    {
+        kseq::remember(tgid, k, vma.start, vma.end);
+    }
+}
+
+/// Captures one address of the parked hit into `status`/`vma`, or, in kseq mode, marks it
+/// `CAPTURE_CACHED` when a capture of the hit's sequence holds it. Returns 1 if captured.
+#[inline(always)]
+fn capture_or_cached(addr: u64, status: &mut u8, vma: &mut VmaInfo) -> u64 {
+    if let Some((tgid, k)) = parked_kseq()
+        && kseq::cached(tgid, k, addr)
+    {
+        *status = CAPTURE_CACHED;
+        *vma = VmaInfo::default();
+        return 0;
+    }
+    *status = capture_parked(addr, vma);
+    1
 }
 
 /// bpf_loop's callback: captures frame `index` of the per-CPU scratch. `ctx` points to a u64
 /// on the caller's stack: 1 if the innermost frame is a return address too (return probes).
+/// Addresses captured (not answered by kseq mode's cache) are counted in the scratch's
+/// `uncached`: in map memory, not on the stack, because the verifier would track a stack
+/// counter's every value through the loop and the capture (too many states to verify).
 extern "C" fn capture_frame(index: u64, ctx: *mut c_void) -> i64 {
     let i = index as usize;
     if i >= MAX_FRAMES {
@@ -204,15 +271,42 @@ extern "C" fn capture_frame(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     // SAFETY: `scratch` is this CPU's map value, alive and only ours while the program runs;
-    // `i` is below every array's length.
+    // `i` is below every array's length; `ctx` is record_stack's u64, alive for the loop.
     unsafe {
         let addr = (*scratch).frames[i];
         // Return addresses are looked up one byte back, as the daemon does (a call at the
         // very end of a mapping returns to the first byte after it).
         let back = u64::from(i > 0 || *ctx.cast::<u64>() != 0);
         let mut vma = VmaInfo::default();
-        (*scratch).status[i] = capture(addr.wrapping_sub(back), &mut vma);
+        let mut status = CAPTURE_FAILED;
+        (*scratch).uncached += capture_or_cached(addr.wrapping_sub(back), &mut status, &mut vma);
+        (*scratch).status[i] = status;
         (*scratch).vmas[i] = vma;
+    }
+    0
+}
+
+/// bpf_loop's callback, kseq mode, after the record is submitted: puts frame `index`'s
+/// capture in the cache if it was taken at the hit's sequence.
+extern "C" fn remember_frame(index: u64, _ctx: *mut c_void) -> i64 {
+    let i = index as usize;
+    if i > MAX_FRAMES {
+        return 1;
+    }
+    let Some(scratch) = CAPTURE_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    let Some((tgid, k)) = parked_kseq() else {
+        return 1;
+    };
+    // SAFETY: as in capture_frame; `i` is at most MAX_FRAMES, the arrays' last index.
+    unsafe {
+        if (*scratch).status[i] == CAPTURE_FOUND_AT_SEQ {
+            let (start, end) = ((*scratch).vmas[i].start, (*scratch).vmas[i].end);
+            if !kseq::cached(tgid, k, start) {
+                kseq::remember(tgid, k, start, end);
+            }
+        }
     }
     0
 }
@@ -240,8 +334,10 @@ fn record_stack(ctx: *mut c_void, hit: &HitEvent, stats: *mut ProbeStats) {
         0
     };
     let mut is_return: u64 = u64::from(hit.kind == probed_common::KIND_RETURN);
-    // SAFETY: a static callback and a context on this stack, alive for the whole loop.
+    // SAFETY: this CPU's scratch (see above); then a static callback and a context on this
+    // stack, alive for the whole loop.
     unsafe {
+        (*scratch).uncached = 0;
         bpf_loop(
             n,
             capture_frame as *mut c_void,
@@ -258,15 +354,24 @@ fn record_stack(ctx: *mut c_void, hit: &HitEvent, stats: *mut ProbeStats) {
     };
     if hit.kind == probed_common::KIND_RETURN || hit.ret_addr != 0 {
         let mut vma = VmaInfo::default();
-        let status = capture(extra, &mut vma);
+        let mut status = CAPTURE_FAILED;
+        let captured = capture_or_cached(extra, &mut status, &mut vma);
         // SAFETY: as above; MAX_FRAMES is the last index of both arrays.
         unsafe {
+            (*scratch).uncached += captured;
             (*scratch).status[MAX_FRAMES] = status;
             (*scratch).vmas[MAX_FRAMES] = vma;
         }
     } else {
         // SAFETY: as above.
         unsafe { (*scratch).status[MAX_FRAMES] = CAPTURE_FAILED };
+    }
+    // SAFETY: as above.
+    if unsafe { (*scratch).uncached } == 0 && parked_kseq().is_some() {
+        // Kseq mode, every address held by a capture of this sequence: the plain record
+        // (1 KiB instead of 7.5), which the daemon answers from those captures.
+        record_plain_stack(hit, n, stats);
+        return;
     }
     let Some(mut entry) = EVENTS.reserve::<CapturedStackEvent>(0) else {
         // SAFETY: a per-CPU array slot, this CPU's only writer while the program runs.
@@ -295,6 +400,48 @@ fn record_stack(ctx: *mut c_void, hit: &HitEvent, stats: *mut ProbeStats) {
             (&raw mut (*e).vmas).cast::<c_void>(),
             ((MAX_FRAMES + 1) * core::mem::size_of::<VmaInfo>()) as u32,
             (&raw const (*scratch).vmas).cast::<c_void>(),
+        );
+    }
+    entry.submit(wakeup::flags());
+    if parked_kseq().is_some() {
+        // Only now, behind the record the daemon will answer from (kseq.rs).
+        // SAFETY: a static callback without context.
+        unsafe {
+            bpf_loop(
+                n,
+                remember_frame as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
+        remember_frame(MAX_FRAMES as u64, core::ptr::null_mut());
+    }
+}
+
+/// Kseq mode: records a stack hit whose every address a capture of its sequence holds as
+/// the plain `StackHitEvent`, frames copied from this CPU's scratch.
+#[inline(never)]
+fn record_plain_stack(hit: &HitEvent, n: u32, stats: *mut ProbeStats) {
+    let Some(scratch) = CAPTURE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {
+        // SAFETY: a per-CPU array slot, this CPU's only writer while the program runs.
+        unsafe { (*stats).lost += 1 };
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to a reserved, writable record of StackHitEvent's size; the copy
+    // reads this CPU's scratch frames (kernel memory) of the same size.
+    unsafe {
+        (&raw mut (*e).hit).write(*hit);
+        (&raw mut (*e).hit.event).write(EVENT_STACK_HIT);
+        (&raw mut (*e).nframes).write(n);
+        (&raw mut (*e)._reserved).write(0);
+        bpf_probe_read_kernel(
+            (&raw mut (*e).frames).cast::<c_void>(),
+            (MAX_FRAMES * 8) as u32,
+            (&raw const (*scratch).frames).cast::<c_void>(),
         );
     }
     entry.submit(wakeup::flags());

@@ -21,7 +21,7 @@ use probed_common::{
 };
 
 use crate::{
-    args, limit,
+    args, kseq, limit,
     maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
     self_filter, stack, track,
 };
@@ -148,7 +148,16 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
     // sequence: a hit whose sequence includes a change whose report was lost then also
     // carries the increased count.
     track::track(tgid);
-    let seq = track::read_seq(tgid);
+    // Kseq mode stamps the hit with the kernel's own counter of its address space (kseq.rs);
+    // if it cannot be read, with an odd value no capture is ever cached at, and the hit
+    // captures.
+    let kseq_mode = kseq::enabled();
+    let k = if kseq_mode { kseq::read() } else { None };
+    let seq = if kseq_mode {
+        k.map_or(1, |k| k.seq)
+    } else {
+        track::read_seq(tgid)
+    };
     let lost_reports = track::lost_reports();
     let with_stack = flags & PROBE_FLAG_STACK != 0;
     // With a stack, an entry probe also records the word at the top of the user stack: at a
@@ -193,10 +202,16 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
         stack::record(hit, regs, stats, flags);
         return false;
     }
-    // Lock mode, and the daemon's picture of this process is not of this sequence: the hit
-    // carries the kernel's mappings of its addresses (capture.rs).
-    if crate::capture::needed(tgid, seq) {
-        return crate::capture::park(&hit);
+    // Lock mode, and the daemon's picture of this process is not of this sequence; or kseq
+    // mode, and no capture of this sequence holds the address (a stack is checked frame by
+    // frame there): the hit carries the kernel's mappings of its addresses (capture.rs).
+    let needed = if kseq_mode {
+        with_stack || k.is_none_or(|k| !kseq::cached(tgid, k, ip))
+    } else {
+        crate::capture::needed(tgid, seq)
+    };
+    if needed {
+        return crate::capture::park(&hit, k.map_or(0, |k| k.mm));
     }
     if with_stack {
         let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {

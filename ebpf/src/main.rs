@@ -20,6 +20,7 @@ mod args;
 mod capture;
 mod hit;
 mod kread;
+mod kseq;
 mod limit;
 mod lock;
 mod maps;

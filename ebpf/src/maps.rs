@@ -181,6 +181,10 @@ pub static KNOWN_FILES: LruHashMap<FileKey, u32> = LruHashMap::with_max_entries(
 pub struct CaptureScratch {
     /// The hit waiting for its capture (hit.rs writes it, capture.rs records it).
     pub hit: probed_common::HitEvent,
+    /// Kseq mode: the hit's `mm_struct` (its counter value is `hit.seq`); 0 in lock mode.
+    pub mm: u64,
+    /// Kseq mode: addresses of the stack being recorded that were captured, not cached.
+    pub uncached: u64,
     /// The frames (`bpf_get_stack`).
     pub frames: [u64; probed_common::MAX_FRAMES],
     /// `CAPTURE_*` per frame, index `MAX_FRAMES` for the return address read at entry.

@@ -166,9 +166,11 @@ impl Tracer {
         let request: TrackerRequest = tracker.into();
         let lock = tracepoints::lock_mode_unavailable();
         let kprobes = kprobes::available();
+        let kseq = crate::track::offsets::kseq_mode_unavailable();
         let kernel = Unavailable {
             lock: lock.as_deref(),
             kprobes: kprobes.as_ref().err().map(String::as_str),
+            kseq: kseq.as_deref(),
         };
         let tracker_mode = request
             .choice

@@ -80,13 +80,15 @@ impl Tracer {
             TrackerMode::Syscalls => self.attach_syscalls()?,
             TrackerMode::Kprobes => self.attach_kprobes(kprobe_syscalls)?,
             TrackerMode::Lock => self.attach_lock()?,
+            // Nothing hooks address-space changes: hits read the kernel's own counter.
+            TrackerMode::Kseq => {}
         }
         self.write_tracker_mode()?;
         Ok(())
     }
 
     /// Tells BPF which mode runs (`TRACK_MODE`): the hit programs capture mappings only in
-    /// lock mode.
+    /// lock and kseq modes.
     fn write_tracker_mode(&mut self) -> Result<(), AttachError> {
         let mut array: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, TRACK_MODE_MAP)?;
         array

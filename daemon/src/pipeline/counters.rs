@@ -204,6 +204,10 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             ("capture_failed_frames", self.lock.capture_failed_frames),
             ("stale_rescans", self.lock.stale_rescans),
             ("mirror_published", self.lock.published_count),
+            ("kseq_answered", self.kseq.answered),
+            ("kseq_answered_frames", self.kseq.answered_frames),
+            ("kseq_missed", self.kseq.missed),
+            ("kseq_missed_frames", self.kseq.missed_frames),
             ("unknown_probe", self.unknown_probe),
         ]
         .into_iter()

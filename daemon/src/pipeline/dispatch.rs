@@ -111,7 +111,12 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
             PROC_EXEC | PROC_FORK if self.lock_mode() => {
                 self.lock.stale.insert(proc);
             }
-            PROC_EXIT => self.lock.exited(proc),
+            PROC_EXIT => {
+                self.lock.exited(proc);
+                self.kseq.forget(event.pid);
+            }
+            // A new address space: its counter starts again.
+            PROC_EXEC => self.kseq.forget(event.pid),
             _ => {}
         }
         apply::proc_event(self.reader.resolver(), &self.paths, proc, event);

@@ -8,7 +8,9 @@ use std::{
     sync::Arc,
 };
 
-use probed_common::{CAPTURE_FAILED, HitEvent, VmaInfo};
+use probed_common::{
+    CAPTURE_FAILED, CAPTURE_FOUND, CAPTURE_FOUND_AT_SEQ, HitEvent, MAX_FRAMES, VmaInfo,
+};
 
 use super::Pipeline;
 use crate::{
@@ -34,11 +36,14 @@ pub struct Captures<'a> {
 pub(super) type Capture<'a> = (u8, Option<&'a VmaInfo>);
 
 impl<'a> Captures<'a> {
+    /// Index `i`'s capture; a kseq-mode capture validated at the hit's value
+    /// (`CAPTURE_FOUND_AT_SEQ`) is a found one like any other.
     pub(super) fn get(&self, i: usize) -> Capture<'a> {
-        (
-            self.status.get(i).copied().unwrap_or(CAPTURE_FAILED),
-            self.vmas.get(i),
-        )
+        let status = match self.status.get(i).copied().unwrap_or(CAPTURE_FAILED) {
+            CAPTURE_FOUND_AT_SEQ => CAPTURE_FOUND,
+            other => other,
+        };
+        (status, self.vmas.get(i))
     }
 }
 
@@ -150,6 +155,21 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         captures: Captures<'_>,
     ) -> bool {
         let proc = ProcKey::new(hit.pid, hit.proc_gen);
+        if self.kseq_mode() {
+            // No pictures to refresh: the captures validated at the hit's counter value
+            // answer its later hits of that value (the frames the record filled, and the
+            // extra capture at MAX_FRAMES).
+            let filled = frames.map_or(1, <[u64]>::len);
+            let extra = frames.map(|_| MAX_FRAMES);
+            self.kseq.learn(
+                proc,
+                hit.seq,
+                captures.status,
+                captures.vmas,
+                (0..filled).chain(extra),
+            );
+            return self.handle_inner(hit, frames, Some(captures), None);
+        }
         if hit.seq.is_multiple_of(2)
             && self.lock.published.get(&proc) != Some(&hit.seq)
             && self.lock.rescanned.insert(proc)

@@ -4,10 +4,11 @@
 
 use std::io::Write;
 
-use probed_common::{HitEvent, KIND_RETURN, MAX_FRAMES};
+use probed_common::{CAPTURE_CACHED, CAPTURE_FOUND, HitEvent, KIND_RETURN, MAX_FRAMES};
 
 use super::{
     Pipeline,
+    kseq::with_kseq,
     lock::{Capture, Captures, with_captured},
     names::Names,
 };
@@ -167,11 +168,29 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         answer: impl FnOnce(Namer<'_>, Resolution<Hit<'_>>) -> R,
     ) -> R {
         let lookup = addr.wrapping_sub(back);
+        let kseq_mode = self.kseq_mode();
         let names = Namer {
             symbolizer: &self.symbolizer,
             names: &mut self.names,
             unnamed: &mut self.unnamed,
         };
+        let cached = capture.is_some_and(|(status, _)| status == CAPTURE_CACHED);
+        if cached || (capture.is_none() && kseq_mode) {
+            // Kseq mode, no capture of this address: a capture at the same counter value
+            // answers it (or nothing, counted).
+            let picture = self.kseq.find(proc, hit.seq, lookup).map(|vma| {
+                self.lock
+                    .picture((CAPTURE_FOUND, Some(&vma)), hit.pid, &self.paths)
+            });
+            return with_kseq(
+                &mut self.kseq,
+                frame,
+                hit.seq,
+                picture.as_deref(),
+                lookup,
+                |r| answer(names, r),
+            );
+        }
         if let Some(cap) = capture {
             let picture = self.lock.picture(cap, hit.pid, &self.paths);
             return with_captured(&mut self.lock, frame, hit.seq, &picture, lookup, |r| {

@@ -115,6 +115,9 @@ pub enum Via {
     Rescan,
     /// Lock mode: the kernel's own mapping of the address, captured by BPF at the hit.
     Captured,
+    /// Kseq mode: the mapping an earlier hit captured at the same value of the process's
+    /// kernel counter (this hit skipped its capture).
+    Kseq,
 }
 
 impl Via {
@@ -127,6 +130,7 @@ impl Via {
             Via::Replayed => "replayed",
             Via::Rescan => "rescan",
             Via::Captured => "captured",
+            Via::Kseq => "kseq",
         }
     }
 }

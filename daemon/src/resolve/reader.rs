@@ -146,7 +146,7 @@ impl<S: SeqSource> Reader<S> {
                     Via::Mirror => self.counters.bump(Slot::FromMirror),
                     Via::Retained => self.counters.bump(Slot::Retained),
                     Via::Replayed => self.counters.bump(Slot::Replayed),
-                    Via::Fast | Via::Rescan | Via::Captured => {}
+                    Via::Fast | Via::Rescan | Via::Captured | Via::Kseq => {}
                 }
                 if let Some(i) = self.position(proc)
                     && self.entries[i]

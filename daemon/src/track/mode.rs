@@ -10,6 +10,10 @@
 //!   every mapping change; nothing else on the host pays more than a static-key branch and a
 //!   `write` test), with hits capturing their own mappings when the daemon's picture is
 //!   behind (see ARCHITECTURE.md, "Lock mode").
+//! - `kseq`: no hook on address-space changes at all. Hits are stamped with the kernel's own
+//!   counter of their address space (`mm->mm_lock_seq`, Linux 6.14+) and capture their
+//!   mappings unless a capture at the same counter value holds them (ARCHITECTURE.md, "Kseq
+//!   mode"). Nobody's syscalls or mmap_lock operations pay anything.
 //! - `auto` (default): `lock` where the kernel has the Linux 6.14+ `mmap_lock` tracepoints
 //!   and the run's stacks are not copied for the daemon's unwinder (older events pass a memcg
 //!   path: other arguments, and a cgroup path built per lock operation; tracepoints.rs,
@@ -26,6 +30,8 @@ pub enum TrackerChoice {
     Auto,
     /// mmap_lock raw tracepoints and hit-time captures.
     Lock,
+    /// No hooks: the kernel's address-space counter and hit-time captures.
+    Kseq,
     /// Kprobes on the mapping syscalls' functions and replayed reports.
     Kprobes,
     /// Syscall enter/exit tracepoints and replayed reports.
@@ -38,6 +44,8 @@ pub enum TrackerChoice {
 pub enum TrackerMode {
     /// mmap_lock raw tracepoints.
     Lock,
+    /// No address-space hooks; the kernel's counter.
+    Kseq,
     /// Kprobes and kretprobes on the syscall functions.
     Kprobes,
     /// Syscall tracepoints.
@@ -49,6 +57,7 @@ impl TrackerMode {
     pub const fn as_str(self) -> &'static str {
         match self {
             TrackerMode::Lock => "lock",
+            TrackerMode::Kseq => "kseq",
             TrackerMode::Kprobes => "kprobes",
             TrackerMode::Syscalls => "syscalls",
         }
@@ -59,13 +68,14 @@ impl TrackerMode {
     pub const fn bpf_value(self) -> u32 {
         match self {
             TrackerMode::Lock => probed_common::TRACK_MODE_LOCK,
+            TrackerMode::Kseq => probed_common::TRACK_MODE_KSEQ,
             TrackerMode::Kprobes | TrackerMode::Syscalls => probed_common::TRACK_MODE_SYSCALLS,
         }
     }
 
-    /// Whether every change is reported for the daemon to replay (not lock mode).
+    /// Whether every change is reported for the daemon to replay (not lock or kseq mode).
     pub const fn replays(self) -> bool {
-        !matches!(self, TrackerMode::Lock)
+        !matches!(self, TrackerMode::Lock | TrackerMode::Kseq)
     }
 
     /// Pictures the resolver keeps per process. Lock mode adds an unreplayable marker to a
@@ -75,7 +85,7 @@ impl TrackerMode {
     pub fn history(self) -> usize {
         match self {
             TrackerMode::Lock => 512,
-            TrackerMode::Kprobes | TrackerMode::Syscalls => {
+            TrackerMode::Kseq | TrackerMode::Kprobes | TrackerMode::Syscalls => {
                 crate::resolve::Config::default().history
             }
         }
@@ -112,6 +122,8 @@ impl From<TrackerChoice> for TrackerRequest {
 pub struct Unavailable<'a> {
     /// Lock mode (tracepoints.rs, `lock_mode_unavailable`).
     pub lock: Option<&'a str>,
+    /// Kseq mode (offsets.rs, `kseq_mode_unavailable`).
+    pub kseq: Option<&'a str>,
     /// Kprobe mode (kprobes.rs, `available`).
     pub kprobes: Option<&'a str>,
 }
@@ -122,6 +134,7 @@ impl TrackerChoice {
         match self {
             TrackerChoice::Auto => "auto",
             TrackerChoice::Lock => "lock",
+            TrackerChoice::Kseq => "kseq",
             TrackerChoice::Kprobes => "kprobes",
             TrackerChoice::Syscalls => "syscalls",
         }
@@ -141,8 +154,8 @@ impl TrackerChoice {
         copied_stacks: bool,
     ) -> Result<(TrackerMode, String), String> {
         const COPIES: &str = "copied stacks (--stack=auto|dwarf) are unwound in the daemon, \
-                              which lock mode cannot give the pictures of changed processes; \
-                              use --stack=fp with lock mode";
+                              which lock and kseq modes cannot give the pictures of changed \
+                              processes; use --stack=fp with them";
         let asked = format!("asked for (--tracker {})", self.as_str());
         let refused = |why: &str| format!("{why} (use --tracker syscalls or auto)");
         match self {
@@ -154,6 +167,11 @@ impl TrackerChoice {
             TrackerChoice::Lock => match (copied_stacks, kernel.lock) {
                 (true, _) => Err(COPIES.to_string()),
                 (false, None) => Ok((TrackerMode::Lock, asked)),
+                (false, Some(why)) => Err(refused(why)),
+            },
+            TrackerChoice::Kseq => match (copied_stacks, kernel.kseq) {
+                (true, _) => Err(COPIES.to_string()),
+                (false, None) => Ok((TrackerMode::Kseq, asked)),
                 (false, Some(why)) => Err(refused(why)),
             },
             TrackerChoice::Auto => {
@@ -193,7 +211,11 @@ mod tests {
     fn decisions() {
         let old = Some("tracepoint mmap_lock:mmap_lock_released has the pre-6.14 arguments");
         let no_kprobes = Some("the kernel has no kprobes");
-        let k = |lock, kprobes| Unavailable { lock, kprobes };
+        let k = |lock, kprobes| Unavailable {
+            lock,
+            kprobes,
+            kseq: None,
+        };
         // This machine's kind: 6.18 without kprobes.
         assert_eq!(
             TrackerChoice::Auto

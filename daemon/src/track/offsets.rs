@@ -37,6 +37,8 @@ pub fn track_config(exit_group_dead_offset: u32) -> TrackConfig {
         path_offsets: PathOffsets::default(),
         pid_offsets: PidOffsets::default(),
         ret_offsets: RetOffsets::default(),
+        mm_lock_seq: 0,
+        _reserved: 0,
     };
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
@@ -71,6 +73,11 @@ pub fn track_config(exit_group_dead_offset: u32) -> TrackConfig {
             tracing::debug!(error = %err, "cannot read the uretprobe bookkeeping in BPF")
         }
     }
+    match mm_lock_seq_from_btf(&btf) {
+        Ok(offset) => config.mm_lock_seq = offset,
+        // Only kseq mode reads it; `TrackerChoice::decide` says why that mode is unavailable.
+        Err(err) => tracing::debug!(error = %err, "no address-space seqcount in this kernel"),
+    }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     match crate::track::path_offsets::from_btf(&btf, &release) {
         Ok(offsets) => config.path_offsets = offsets,
@@ -84,6 +91,35 @@ pub fn track_config(exit_group_dead_offset: u32) -> TrackConfig {
 /// `mm_struct.exe_file` from `btf`, checked to be a pointer-wide field.
 pub fn mm_exe_file_from_btf(btf: &Btf) -> Result<u32, KernelOffsetsError> {
     sized_member(btf, "mm_struct", &["exe_file"], 8)
+}
+
+/// `mm_struct.mm_lock_seq.sequence`: the address space's seqcount, which `mmap_write_lock`
+/// makes odd and the write section's end even again (Linux 6.14+, `CONFIG_PER_VMA_LOCK`).
+/// Before 6.14 `mm_lock_seq` was a plain `int` bumped only at the end of a write section —
+/// not odd while a change is under way — so the path through `sequence` fails there, as it
+/// must: kseq mode needs a counter that is odd during changes.
+pub fn mm_lock_seq_from_btf(btf: &Btf) -> Result<u32, KernelOffsetsError> {
+    sized_member(btf, "mm_struct", &["mm_lock_seq", "sequence"], 4)
+}
+
+/// Why kseq mode cannot run on this kernel (`None`: it can): it reads the address space's
+/// seqcount and the task/VMA/file offsets of [`from_btf`].
+pub fn kseq_mode_unavailable() -> Option<String> {
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(err) => return Some(format!("no kernel BTF ({err})")),
+    };
+    if let Err(err) = from_btf(&btf) {
+        return Some(format!(
+            "the kernel's BTF lacks a member the capture reads ({err})"
+        ));
+    }
+    mm_lock_seq_from_btf(&btf).err().map(|err| {
+        format!(
+            "the kernel has no address-space seqcount (mm_struct.mm_lock_seq.sequence, Linux \
+             6.14+: {err})"
+        )
+    })
 }
 
 /// Every offset the tracker needs, with the width it reads checked.
@@ -216,6 +252,8 @@ mod tests {
         );
         assert!(p.pid_numbers > p.pid_level, "{p:?}");
         assert_ne!(p.task_thread_pid, p.task_group_leader);
+        // This machine's kernel (6.18) has the 6.14+ seqcount, never at offset 0.
+        assert!(mm_lock_seq_from_btf(&btf).unwrap() > 0);
         let r = ret_offsets_from_btf(&btf).unwrap();
         assert_eq!(r.valid, 1);
         assert_ne!(r.task_utask, 0, "{r:?}");

@@ -97,6 +97,7 @@ pub fn auto_tracker(copied_stacks: bool) -> &'static str {
 pub fn trace_tracker(copied_stacks: bool) -> &'static str {
     match std::env::var("PROBED_TRACKER").ok().as_deref() {
         Some("lock") => "lock",
+        Some("kseq") => "kseq",
         Some("kprobes") => "kprobes",
         Some("syscalls") => "syscalls",
         _ => auto_tracker(copied_stacks),
@@ -1088,10 +1089,16 @@ pub fn assert_resolver_counters(
             .and_then(|v| v.as_u64())
             .unwrap_or(0),
     );
+    // Kseq mode: hits that skipped their capture are answered from a capture at the same
+    // counter value (`via: kseq`), or, when none holds them, by their probe (counted missed).
+    let (kseq_answered, kseq_missed) = (
+        r.get("kseq_answered").and_then(|v| v.as_u64()).unwrap_or(0),
+        r.get("kseq_missed").and_then(|v| v.as_u64()).unwrap_or(0),
+    );
     assert_eq!(
-        num(&r, "fast_path") + fallbacks + captured + capture_failed,
+        num(&r, "fast_path") + fallbacks + captured + capture_failed + kseq_answered + kseq_missed,
         n,
-        "fast_path + fallbacks + captured + capture_failed != hits: {r}"
+        "fast_path + fallbacks + captured + capture_failed + kseq_* != hits: {r}"
     );
     // Each resolver path's count is the hits reported with that `via`, except hits whose
     // mapping the resolver found but whose symbol could not be read (the mapped file gone
@@ -1103,6 +1110,7 @@ pub fn assert_resolver_counters(
         ("retained", "retained"),
         ("replayed", "replayed"),
         ("captured", "captured"),
+        ("kseq_answered", "kseq"),
     ] {
         let counted = r.get(counter).and_then(|v| v.as_u64()).unwrap_or(0);
         let reported = by(path);
@@ -1113,7 +1121,8 @@ pub fn assert_resolver_counters(
     assert_eq!(
         fallbacks - num(&r, "from_mirror") - num(&r, "retained") - num(&r, "replayed")
             + symbol_failures
-            + capture_failed,
+            + capture_failed
+            + kseq_missed,
         by("rescan") + by("probe"),
         "other fallbacks vs rescan and probe hits: {r} vs {via:?}"
     );
@@ -1124,7 +1133,8 @@ pub fn assert_resolver_counters(
             + by("replayed")
             + by("rescan")
             + by("probe")
-            + by("captured"),
+            + by("captured")
+            + by("kseq"),
         n,
         "a hit with an unknown via: {via:?}"
     );
