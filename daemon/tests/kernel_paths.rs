@@ -86,12 +86,12 @@ fn self_check_names_the_kernel_and_the_paths() {
         path_line(&stdout, "container pids").contains("read in BPF"),
         "{stdout}"
     );
-    // auto = lock mode from 6.14 (the mmap_lock tracepoints without memcg_path), kprobes on
-    // the syscall functions before where the kernel has kprobes (Debian's do), syscall
-    // tracepoints elsewhere; the mode that really ran agrees.
+    // auto = kseq mode from 6.14 (the address-space seqcount), kprobes on the syscall
+    // functions before where the kernel has kprobes (Debian's do), syscall tracepoints
+    // elsewhere; the mode that really ran agrees.
     let mode = common::auto_tracker(false);
     assert_eq!(
-        mode == "lock",
+        mode == "kseq",
         v >= (6, 14),
         "kernel {v:?}: auto would run {mode}"
     );

@@ -369,12 +369,19 @@ fn daemon_metrics_match_hits() {
         assert_eq!(hits[spec.as_str()].1["output"], "stdout", "{hits:?}");
         assert_eq!(lost[spec.as_str()].0, 0.0, "{spec} lost: {lost:?}");
     }
-    let fast = single(&prom, "probed_resolver_fast_path_total");
+    // Kseq mode (auto on 6.14+): hits are answered from a capture at their counter value,
+    // the mode's lock-free path (result="kseq"); elsewhere the resolver's fast path.
+    let fast = single(&prom, "probed_resolver_fast_path_total")
+        + single(&prom, r#"probed_captures_total{what="hit",result="kseq"}"#);
     assert!(fast > 0.0, "no fast-path resolution in {} hits", 4 * N);
     let fallbacks = single(&prom, "sum(probed_resolver_fallbacks_total)");
-    // Lock mode (auto on 6.14+): a hit whose process changed since the daemon's last picture
-    // is answered from its own hit-time capture (or counted as a failed capture).
-    let captured = single(&prom, r#"sum(probed_captures_total{what="hit"})"#);
+    // Lock and kseq modes: a hit whose process changed since the daemon's last picture (or
+    // its last capture) is answered from its own hit-time capture (or counted as a failed
+    // capture, or as kseq_missed).
+    let captured = single(
+        &prom,
+        r#"sum(probed_captures_total{what="hit",result!="kseq"})"#,
+    );
     // Every delivered hit is resolved once: by the fast path, after a fallback, or from its
     // capture.
     assert_eq!(

@@ -44,6 +44,7 @@ fn daemon_unwinds_copied_stacks() {
     let daemon = Daemon::start(dir, &config);
     let stats = daemon.ctl_ok(&["stats"]);
     assert_ne!(stats["tracker"], "lock", "{stats}");
+    assert_ne!(stats["tracker"], "kseq", "{stats}");
     let list = daemon.ctl_ok(&["list"]);
     assert_eq!(list["probes"][0]["stack"], "dwarf", "{list}");
 
@@ -99,9 +100,12 @@ fn copied_stacks_refused_under_lock_mode() {
     }
     let daemon = Daemon::start(PrivateDir::new("svc-stacks-lock"), "");
     let tracker = daemon.ctl_ok(&["stats"])["tracker"].clone();
-    if tracker != "lock" {
+    if tracker != "lock" && tracker != "kseq" {
         // Kernels before 6.14 (the guests) run a replaying tracker, which takes copies.
-        assert!(!common::lock_mode_available(), "{tracker}");
+        assert!(
+            !common::lock_mode_available() && !common::kseq_mode_available(),
+            "{tracker}"
+        );
         return;
     }
     let exe = nofp_exe();
@@ -109,7 +113,10 @@ fn copied_stacks_refused_under_lock_mode() {
     let refused = daemon.ctl(&["add", &spec, "--stack=dwarf"]);
     assert!(!refused.status.success(), "{refused:?}");
     let text = format!("{:?}{:?}", refused.stdout, refused.stderr);
-    assert!(text.contains("lock tracker cannot serve"), "{text}");
+    assert!(
+        text.contains("lock and kseq trackers cannot serve"),
+        "{text}"
+    );
     assert!(
         daemon.ctl_ok(&["list"])["probes"]
             .as_array()

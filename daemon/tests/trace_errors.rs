@@ -195,7 +195,7 @@ fn library_and_wildcard_errors() {
     assert_one_line_error(&end, &["nothing in", "matches"]);
 }
 
-/// `--tracker lock` with stacks copied for the daemon's unwinder (`--stack`) is refused with
+/// `--tracker lock` or `kseq` with stacks copied for the daemon's unwinder (`--stack`) is refused with
 /// one line saying why and what to use instead, before anything is attached (on every
 /// kernel: copied stacks are checked before the kernel's tracepoints).
 #[test]
@@ -204,12 +204,20 @@ fn lock_tracker_refused_with_copied_stacks() {
         return;
     }
     let copy = TargetCopy::new("te_lockstack");
-    let end = common::run_probed(&[
-        "trace",
-        &copy.spec("uprobe", "probed_add"),
-        "--tracker",
-        "lock",
-        "--stack",
-    ]);
-    assert_one_line_error(&end, &["--tracker lock cannot be used", "use --stack=fp"]);
+    for mode in ["lock", "kseq"] {
+        let end = common::run_probed(&[
+            "trace",
+            &copy.spec("uprobe", "probed_add"),
+            "--tracker",
+            mode,
+            "--stack",
+        ]);
+        assert_one_line_error(
+            &end,
+            &[
+                &format!("--tracker {mode} cannot be used"),
+                "use --stack=fp",
+            ],
+        );
+    }
 }

@@ -203,6 +203,7 @@ fn run_churn(name: &str, rounds: u64, mode: Mode, tracker: &str) -> Outcome {
 fn assert_mode_paths(out: &Outcome, tracker: &str) {
     match tracker {
         "syscalls" | "kprobes" => assert_replayed_not_rescanned(out),
+        "kseq" => assert_kseq_captured(out),
         _ => assert_captured_not_guessed(out),
     }
 }
@@ -224,6 +225,25 @@ fn assert_captured_not_guessed(out: &Outcome) {
     assert!(
         num(r, "stale_rescans") * 10 <= n,
         "rescans were not coalesced: {r}"
+    );
+}
+
+/// Kseq mode: a process that never stops changing its mappings has its hits answered from
+/// their captures, or, between changes, from a capture at the same counter value; nothing is
+/// rescanned or published (the mode has no pictures).
+fn assert_kseq_captured(out: &Outcome) {
+    let n = out.hits.len() as u64;
+    let r = &out.resolver;
+    let answered = num(r, "captured") + num(r, "kseq_answered");
+    assert!(num(r, "capture_failed") * 100 <= n, "{r}");
+    assert!(
+        answered * 100 >= n * 99,
+        "only {answered} of {n} hits answered by captures: {r}"
+    );
+    assert_eq!(
+        num(r, "stale_rescans") + num(r, "mirror_published"),
+        0,
+        "{r}"
     );
 }
 
@@ -263,6 +283,20 @@ fn churn_of_a_process_started_under_probed() {
     assert_mode_paths(&out, "lock");
 }
 
+/// The same in kseq mode (no hook on the churn's mapping changes; `auto` on this kernel
+/// kind): 20,000 rounds.
+#[test]
+fn churn_of_a_process_started_under_probed_kseq() {
+    if !common::require_bpf("churn_of_a_process_started_under_probed_kseq")
+        || !common::kseq_mode_or_refusal()
+    {
+        return;
+    }
+    let out = run_churn("tc_churn_new_kseq", 20_000, Mode::UnderProbed, "kseq");
+    assert!(out.hits.len() >= 40_000);
+    assert_mode_paths(&out, "kseq");
+}
+
 /// The same in syscall mode (the exactness reference): 2,000 rounds (on this shared 2-core
 /// machine 10,000 lost hits to a full ring under load), almost all answered through
 /// pictures replayed from the syscall reports rather than rescans.
@@ -299,8 +333,11 @@ fn churn_resolved_after_the_process_exited() {
     if !common::require_bpf("churn_resolved_after_the_process_exited") {
         return;
     }
-    for tracker in ["lock", "kprobes", "syscalls"] {
+    for tracker in ["lock", "kseq", "kprobes", "syscalls"] {
         if tracker == "lock" && !common::lock_mode_or_refusal() {
+            continue;
+        }
+        if tracker == "kseq" && !common::kseq_mode_or_refusal() {
             continue;
         }
         if tracker == "kprobes" && !common::kprobe_mode_or_refusal() {

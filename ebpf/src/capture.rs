@@ -83,8 +83,7 @@ extern "C" fn capture_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c
     // bpf_find_vma holds the address space's lock for reading here, so no write section is
     // open and the counter cannot move: if it still reads the hit's value, this is the
     // mapping of the hit's sequence.
-    out.found = if out.seq_addr != 0 && u64::from(kread::read_u32(out.seq_addr, 0)) == out.want
-    {
+    out.found = if out.seq_addr != 0 && u64::from(kread::read_u32(out.seq_addr, 0)) == out.want {
         2
     } else {
         1
@@ -407,12 +406,7 @@ fn record_stack(ctx: *mut c_void, hit: &HitEvent, stats: *mut ProbeStats) {
         // Only now, behind the record the daemon will answer from (kseq.rs).
         // SAFETY: a static callback without context.
         unsafe {
-            bpf_loop(
-                n,
-                remember_frame as *mut c_void,
-                core::ptr::null_mut(),
-                0,
-            );
+            bpf_loop(n, remember_frame as *mut c_void, core::ptr::null_mut(), 0);
         }
         remember_frame(MAX_FRAMES as u64, core::ptr::null_mut());
     }

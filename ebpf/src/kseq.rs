@@ -104,7 +104,7 @@ pub fn counter_addr(mm: u64) -> u64 {
 /// `addr`. Never while a write section is open (odd counter).
 #[inline(never)]
 pub fn cached(tgid: u32, k: Kseq, addr: u64) -> bool {
-    if k.seq % 2 != 0 {
+    if k.seq & 1 != 0 {
         return false;
     }
     // SAFETY: the value is read field by field while the program runs; a concurrent writer

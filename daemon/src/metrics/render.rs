@@ -22,7 +22,7 @@ const BUILD_INFO: Family = Family::gauge(
 const UPTIME: Family = Family::gauge("probed_uptime_seconds", "Seconds since the daemon started.");
 const TRACKER_INFO: Family = Family::gauge(
     "probed_tracker_info",
-    "Always 1; the mode label says which change tracker runs (lock, kprobes, syscalls).",
+    "Always 1; the mode label says which change tracker runs (kseq, lock, kprobes, syscalls).",
 );
 const TRACKER_ERRORS: Family = Family::counter(
     "probed_tracker_errors_total",
@@ -34,7 +34,7 @@ const STACK_STOPS: Family = Family::counter(
 );
 const CAPTURES: Family = Family::counter(
     "probed_captures_total",
-    "Lock mode: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed).",
+    "Lock and kseq modes: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed); kseq mode: answered from another hit's capture at the same address-space counter value (result: kseq) or held by none (result: kseq_missed, never guessed).",
 );
 const PROBES_ATTACHED: Family = Family::gauge(
     "probed_probes_attached",
@@ -194,12 +194,25 @@ pub fn render(snapshot: &MetricsSnapshot, version: &str) -> String {
         w.sample(&STACK_STOPS, &[("reason", reason)], Value::Int(*n));
     }
     w.family(&CAPTURES);
-    let [captured, failed, captured_frames, failed_frames] = snapshot.captures;
+    let [
+        captured,
+        failed,
+        captured_frames,
+        failed_frames,
+        kseq,
+        kseq_missed,
+        kseq_frames,
+        kseq_missed_frames,
+    ] = snapshot.captures;
     for (what, result, v) in [
         ("hit", "captured", captured),
         ("hit", "failed", failed),
         ("frame", "captured", captured_frames),
         ("frame", "failed", failed_frames),
+        ("hit", "kseq", kseq),
+        ("hit", "kseq_missed", kseq_missed),
+        ("frame", "kseq", kseq_frames),
+        ("frame", "kseq_missed", kseq_missed_frames),
     ] {
         w.sample(
             &CAPTURES,

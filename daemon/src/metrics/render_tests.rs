@@ -53,7 +53,7 @@ probed_build_info{version="1.2.3"} 1
 # HELP probed_uptime_seconds Seconds since the daemon started.
 # TYPE probed_uptime_seconds gauge
 probed_uptime_seconds 1.5
-# HELP probed_tracker_info Always 1; the mode label says which change tracker runs (lock, kprobes, syscalls).
+# HELP probed_tracker_info Always 1; the mode label says which change tracker runs (kseq, lock, kprobes, syscalls).
 # TYPE probed_tracker_info gauge
 probed_tracker_info{mode="syscalls"} 1
 # HELP probed_tracker_errors_total Times the change tracker fell back to rescans instead of replaying, by kind (inflight_full, reports_lost, tracked_full, lock_held_full, exits_missed); never a wrong answer.
@@ -64,12 +64,16 @@ probed_tracker_errors_total{kind="reports_lost"} 2
 # TYPE probed_stack_stops_total counter
 probed_stack_stops_total{reason="end"} 5
 probed_stack_stops_total{reason="no_cfi"} 1
-# HELP probed_captures_total Lock mode: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed).
+# HELP probed_captures_total Lock and kseq modes: addresses (what: hit, frame) answered from their hit-time capture (result: captured) or whose capture failed (result: failed, never guessed); kseq mode: answered from another hit's capture at the same address-space counter value (result: kseq) or held by none (result: kseq_missed, never guessed).
 # TYPE probed_captures_total counter
 probed_captures_total{what="hit",result="captured"} 0
 probed_captures_total{what="hit",result="failed"} 0
 probed_captures_total{what="frame",result="captured"} 0
 probed_captures_total{what="frame",result="failed"} 0
+probed_captures_total{what="hit",result="kseq"} 0
+probed_captures_total{what="hit",result="kseq_missed"} 0
+probed_captures_total{what="frame",result="kseq"} 0
+probed_captures_total{what="frame",result="kseq_missed"} 0
 # HELP probed_probes_attached Configured probes currently attached (not disabled).
 # TYPE probed_probes_attached gauge
 probed_probes_attached 1

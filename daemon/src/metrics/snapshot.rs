@@ -36,9 +36,11 @@ pub struct MetricsSnapshot {
     pub tracker_errors: BTreeMap<&'static str, u64>,
     /// Copied-stack walks (probes with `stack = "auto"|"dwarf"`) ended, by reason.
     pub stack_stops: Vec<(&'static str, u64)>,
-    /// Lock mode: addresses answered from hit-time captures and captures that failed, for
-    /// hits and for stack frames: (captured, failed, captured frames, failed frames).
-    pub captures: [u64; 4],
+    /// Lock and kseq modes: addresses answered from hit-time captures and captures that
+    /// failed, for hits and for stack frames: (captured, failed, captured frames, failed
+    /// frames); then kseq mode's answers from a capture at the hit's counter value and
+    /// addresses none held: (kseq, kseq_missed, the same for frames).
+    pub captures: [u64; 8],
 }
 
 /// One probe's counters: what a scrape reports, and the counter part of a `ctl stats` row.

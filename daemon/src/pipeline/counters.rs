@@ -79,14 +79,19 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         self.aggregations.absorb(other.aggregations);
     }
 
-    /// Lock mode: (captured, failed, captured frames, failed frames) so far.
-    pub fn captures(&self) -> [u64; 4] {
-        let l = &self.lock;
+    /// Lock and kseq modes: (captured, failed, captured frames, failed frames) so far, then
+    /// kseq mode's (answered, missed, answered frames, missed frames).
+    pub fn captures(&self) -> [u64; 8] {
+        let (l, k) = (&self.lock, &self.kseq);
         [
             l.captured,
             l.capture_failed,
             l.captured_frames,
             l.capture_failed_frames,
+            k.answered,
+            k.missed,
+            k.answered_frames,
+            k.missed_frames,
         ]
     }
 

@@ -35,11 +35,11 @@ pub enum ProbeOpError {
     /// The kernel refused the attachment.
     #[error(transparent)]
     Attach(#[from] AttachError),
-    /// A stack copy (`stack = "auto"|"dwarf"`) while the tracker runs lock mode, which
+    /// A stack copy (`stack = "auto"|"dwarf"`) while the tracker runs lock or kseq mode, which
     /// captures only what BPF walks itself: copied frames of a changed process would have no
     /// picture.
     #[error(
-        "stack = \"{mode}\" copies stacks, which the lock tracker cannot serve; use stack = \"fp\" \
+        "stack = \"{mode}\" copies stacks, which the lock and kseq trackers cannot serve; use stack = \"fp\" \
          (or true), or run the daemon with tracker = \"kprobes\" or \"syscalls\""
     )]
     CopiedStacksUnderLock {

@@ -14,10 +14,12 @@
 //!   counter of their address space (`mm->mm_lock_seq`, Linux 6.14+) and capture their
 //!   mappings unless a capture at the same counter value holds them (ARCHITECTURE.md, "Kseq
 //!   mode"). Nobody's syscalls or mmap_lock operations pay anything.
-//! - `auto` (default): `lock` where the kernel has the Linux 6.14+ `mmap_lock` tracepoints
-//!   and the run's stacks are not copied for the daemon's unwinder (older events pass a memcg
-//!   path: other arguments, and a cgroup path built per lock operation; tracepoints.rs,
-//!   `lock_mode_unavailable`); else `kprobes` where the kernel has kprobes; else `syscalls`.
+//! - `auto` (default): where the run's stacks are not copied for the daemon's unwinder,
+//!   `kseq` where the kernel has the Linux 6.14+ address-space seqcount (offsets.rs,
+//!   `kseq_mode_unavailable`), else `lock` where it has the 6.14+ `mmap_lock` tracepoints
+//!   (older events pass a memcg path: other arguments, and a cgroup path built per lock
+//!   operation; tracepoints.rs, `lock_mode_unavailable`); else `kprobes` where the kernel
+//!   has kprobes; else `syscalls`.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +27,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrackerChoice {
-    /// `lock` where the kernel allows it, else `kprobes`, else `syscalls`.
+    /// `kseq` where the kernel allows it, else `lock`, else `kprobes`, else `syscalls`.
     #[default]
     Auto,
     /// mmap_lock raw tracepoints and hit-time captures.
@@ -175,15 +177,23 @@ impl TrackerChoice {
                 (false, Some(why)) => Err(refused(why)),
             },
             TrackerChoice::Auto => {
-                let no_lock = match (copied_stacks, kernel.lock) {
-                    (true, _) => COPIES.to_string(),
-                    (false, None) => {
+                let no_lock = match (copied_stacks, kernel.kseq, kernel.lock) {
+                    (true, _, _) => COPIES.to_string(),
+                    (false, None, _) => {
+                        return Ok((
+                            TrackerMode::Kseq,
+                            "auto: the kernel has the 6.14+ address-space seqcount".into(),
+                        ));
+                    }
+                    (false, Some(_), None) => {
                         return Ok((
                             TrackerMode::Lock,
                             "auto: the kernel has the 6.14+ mmap_lock tracepoints".into(),
                         ));
                     }
-                    (false, Some(why)) => format!("lock mode unavailable ({why})"),
+                    (false, Some(kseq), Some(lock)) => {
+                        format!("kseq mode unavailable ({kseq}); lock mode unavailable ({lock})")
+                    }
                 };
                 Ok(match kernel.kprobes {
                     None => (
@@ -204,17 +214,20 @@ impl TrackerChoice {
 mod tests {
     use super::*;
 
-    /// Auto takes lock mode where it can run, kprobes where only they can, and syscalls
+    /// Auto takes kseq mode where it can run, then lock mode, kprobes where only they can, and syscalls
     /// elsewhere; an explicit request the kernel cannot serve is refused with the reason,
     /// never silently downgraded.
     #[test]
     fn decisions() {
         let old = Some("tracepoint mmap_lock:mmap_lock_released has the pre-6.14 arguments");
         let no_kprobes = Some("the kernel has no kprobes");
-        let k = |lock, kprobes| Unavailable {
+        // Kernels with the 6.14+ mmap_lock tracepoints have the 6.14+ seqcount too: kseq
+        // mode is unavailable exactly where lock mode is, unless a case says otherwise.
+        let no_seqcount = "the kernel has no address-space seqcount";
+        let k = |lock: Option<&'static str>, kprobes| Unavailable {
             lock,
             kprobes,
-            kseq: None,
+            kseq: lock.map(|_| no_seqcount),
         };
         // This machine's kind: 6.18 without kprobes.
         assert_eq!(
@@ -222,8 +235,28 @@ mod tests {
                 .decide(k(None, no_kprobes), false)
                 .unwrap()
                 .0,
+            TrackerMode::Kseq
+        );
+        // Without the seqcount but with the tracepoints: lock mode.
+        let only_lock = Unavailable {
+            kseq: Some(no_seqcount),
+            ..k(None, no_kprobes)
+        };
+        assert_eq!(
+            TrackerChoice::Auto.decide(only_lock, false).unwrap().0,
             TrackerMode::Lock
         );
+        assert!(
+            TrackerChoice::Kseq
+                .decide(only_lock, false)
+                .unwrap_err()
+                .contains("seqcount")
+        );
+        assert_eq!(
+            TrackerChoice::Kseq.decide(k(None, None), false).unwrap().0,
+            TrackerMode::Kseq
+        );
+        assert!(TrackerChoice::Kseq.decide(k(None, None), true).is_err());
         // Debian's 6.1 and 6.12: old mmap_lock events, kprobes.
         let (mode, why) = TrackerChoice::Auto.decide(k(old, None), false).unwrap();
         assert_eq!(mode, TrackerMode::Kprobes);

@@ -67,6 +67,12 @@ pub fn lock_mode_available() -> bool {
     format.contains("bool write") && !format.contains("memcg_path")
 }
 
+/// Whether this kernel can run the kseq-mode tracker: the 6.14+ address-space seqcount in
+/// its BTF, decided by probed's own check.
+pub fn kseq_mode_available() -> bool {
+    probed::track::offsets::kseq_mode_unavailable().is_none()
+}
+
 /// Whether this kernel can run the kprobe-mode tracker, read the way probed decides it: a
 /// kprobe PMU and the syscall functions in kallsyms (Debian's 6.1 and 6.12 have both; this
 /// machine kind's 6.18 has no kprobes).
@@ -78,11 +84,13 @@ pub fn kprobe_mode_available() -> bool {
             .any(|l| l.split_whitespace().nth(2) == Some("__x64_sys_mmap"))
 }
 
-/// The mode `--tracker auto` picks on this kernel: lock mode where the kernel has it and
-/// stacks are not copied for the daemon's unwinder, else kprobes where the kernel has them,
-/// else syscalls (daemon/src/track/mode.rs).
+/// The mode `--tracker auto` picks on this kernel: where stacks are not copied for the
+/// daemon's unwinder, kseq mode where the kernel has it, else lock mode where it has that;
+/// else kprobes where the kernel has them, else syscalls (daemon/src/track/mode.rs).
 pub fn auto_tracker(copied_stacks: bool) -> &'static str {
-    if !copied_stacks && lock_mode_available() {
+    if !copied_stacks && kseq_mode_available() {
+        "kseq"
+    } else if !copied_stacks && lock_mode_available() {
         "lock"
     } else if kprobe_mode_available() {
         "kprobes"
@@ -128,6 +136,17 @@ fn refused(mode: &str) {
         errors[0].contains(&format!("--tracker {mode} cannot be used")),
         "{end:?}"
     );
+}
+
+/// For a test's kseq-mode case: true where the kernel has kseq mode; elsewhere (Debian's 6.1
+/// and 6.12) checks that `probed trace --tracker kseq` is refused with one error and a
+/// non-zero exit, and returns false.
+pub fn kseq_mode_or_refusal() -> bool {
+    if kseq_mode_available() {
+        return true;
+    }
+    refused("kseq");
+    false
 }
 
 /// For a test's lock-mode case: true where the kernel has lock mode; elsewhere (Debian's 6.1
