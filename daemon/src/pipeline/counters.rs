@@ -71,6 +71,7 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
         l.capture_failed_frames += o.capture_failed_frames;
         l.stale_rescans += o.stale_rescans;
         l.published_count += o.published_count;
+        self.kseq.absorb_counts(&other.kseq);
         if let (Some(mine), Some(theirs)) = (&mut self.memo, &other.memo) {
             mine.hits += theirs.hits;
         }

@@ -20,6 +20,10 @@ use crate::{
 const SEQS_KEPT: usize = 8;
 /// Mappings kept per value (BPF's cache holds 8; a stack's captures add the rest).
 const VMAS_PER_SEQ: usize = 64;
+/// Processes kept. Exit reports forget theirs; one lost to a full ring would leave it, so the
+/// store starts over past this many (a hit then finds nothing: counted `kseq_missed` until
+/// its process's next capture).
+const MAX_PROCS: usize = 16_384;
 
 /// The validated captures of each process, by counter value (newest last).
 #[derive(Debug, Default)]
@@ -54,6 +58,9 @@ impl KseqStore {
     }
 
     fn keep(&mut self, proc: ProcKey, seq: u64, vma: &VmaInfo) {
+        if self.procs.len() >= MAX_PROCS && !self.procs.contains_key(&proc) {
+            self.procs.clear();
+        }
         let seqs = self.procs.entry(proc).or_default();
         if seqs.back().is_none_or(|(s, _)| *s != seq) {
             // A value seen before (a queued hit of an older one) is found by `find` anyway;
@@ -78,6 +85,14 @@ impl KseqStore {
         list.iter()
             .find(|v| v.start <= addr && addr < v.end)
             .copied()
+    }
+
+    /// Adds another consumer thread's counts (its processes are its own).
+    pub(super) fn absorb_counts(&mut self, other: &KseqStore) {
+        self.answered += other.answered;
+        self.answered_frames += other.answered_frames;
+        self.missed += other.missed;
+        self.missed_frames += other.missed_frames;
     }
 
     /// Forgets `pid`'s captures, of every generation (it exited, or exec'd: a new address

@@ -20,8 +20,8 @@ pub enum Which {
     /// anonymous mmap) → target/probed-bench/tracker.json.
     Tracker {
         /// probed's tracker modes to measure side by side (comma-separated: syscalls, lock,
-        /// auto).
-        #[arg(long, value_delimiter = ',', default_value = "syscalls,lock")]
+        /// kseq, kprobes, auto).
+        #[arg(long, value_delimiter = ',', default_value = "syscalls,lock,kseq")]
         tracker: Vec<String>,
     },
     /// Seconds to attach and detach 10, 100, 1,000 and all of libc's functions, probed vs

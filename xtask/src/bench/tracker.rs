@@ -24,7 +24,7 @@
 //!    `tax_getppid` and `tax_mmap_untracked` are the medians' ratios with / without probed.
 //!    `rate_tracked_over_none` is the churn workload's (1.) tracked / alone ratio.
 //!
-//! Every measurement with probed is made once per tracker mode (`--tracker syscalls,lock`:
+//! Every measurement with probed is made once per tracker mode (`--tracker syscalls,lock,kseq`:
 //! probed's `--tracker`), in the same interleaved rounds, so the modes are compared on the
 //! same machine state. Writes target/probed-bench/tracker.json and prints a table. Other
 //! tracers (e.g. other probed instances) running on the host attach system-wide tracepoints
