@@ -1,4 +1,8 @@
-//! Lock mode: hits capture what the daemon's picture cannot answer.
+//! Lock and kseq modes: hits capture what the daemon cannot otherwise answer.
+//!
+//! Kseq mode (kseq.rs) captures every address no capture at the hit's counter value holds,
+//! marks a capture validated at that value `CAPTURE_FOUND_AT_SEQ` and puts it in the cache
+//! after its record is submitted; a stack frame the cache holds is `CAPTURE_CACHED`.
 //!
 //! The lock tracker (lock.rs) says *that* a process's mappings changed, not *what* changed.
 //! The daemon rescans a changed process and publishes the sequence of the picture it holds

@@ -141,9 +141,9 @@ pub static PROBED_EXES: HashMap<FileKey, u32> = HashMap::with_max_entries(16, 0)
 #[map(name = "STOP")]
 pub static STOP: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Which hooks the tracker runs on (index 0: `TRACK_MODE_SYSCALLS` or `TRACK_MODE_LOCK`),
-/// written by the daemon before any probe is attached. Hits capture their mappings only in
-/// lock mode.
+/// Which hooks the tracker runs on (index 0: `TRACK_MODE_SYSCALLS`, `TRACK_MODE_LOCK` or
+/// `TRACK_MODE_KSEQ`), written by the daemon before any probe is attached. Hits capture their
+/// mappings only in lock and kseq modes.
 #[map(name = "TRACK_MODE")]
 pub static TRACK_MODE: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -170,13 +170,13 @@ pub static LOCK_HELD: HashMap<u32, LockHeld> = HashMap::with_max_entries(16384, 
 #[map(name = "OPEN_WRITES")]
 pub static OPEN_WRITES: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Lock mode: file identities (kernel encoding) whose path the daemon knows, or that a
-/// `FileNameEvent` already named. A capture of any other file names it first.
+/// Lock and kseq modes: file identities (kernel encoding) whose path the daemon knows, or
+/// that a `FileNameEvent` already named. A capture of any other file names it first.
 #[map(name = "KNOWN_FILES")]
 pub static KNOWN_FILES: LruHashMap<FileKey, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// Lock mode: per-CPU room for a stack capture before it is copied into its ring record
-/// (file names must be written into the ring before the capture that needs them).
+/// Lock and kseq modes: per-CPU room for a stack capture before it is copied into its ring
+/// record (file names must be written into the ring before the capture that needs them).
 #[repr(C)]
 pub struct CaptureScratch {
     /// The hit waiting for its capture (hit.rs writes it, capture.rs records it).

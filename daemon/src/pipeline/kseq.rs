@@ -128,14 +128,7 @@ pub(super) fn with_kseq<R>(
     f: impl FnOnce(Resolution<Hit<'_>>) -> R,
 ) -> R {
     let outcome = match picture {
-        Some(Captured::Picture(snap)) => match snap.lookup(lookup) {
-            Some(vma) => Ok(Hit {
-                vma,
-                file_offset: vma.file_offset(lookup),
-                probe: None,
-            }),
-            None => Err(Reason::from(snap.miss(lookup))),
-        },
+        Some(Captured::Picture(snap)) => super::lock::looked_up(snap, lookup),
         Some(Captured::Unmapped | Captured::Failed) | None => Err(Reason::NoSnapshotAtSeq),
     };
     let counter = match (outcome.is_ok() || picture.is_some(), frame) {

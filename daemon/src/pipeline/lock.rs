@@ -14,7 +14,7 @@ use probed_common::{
 
 use super::Pipeline;
 use crate::{
-    resolve::{Hit, ProcKey, Reason, Resolution, SeqSource, Via},
+    resolve::{Hit, ProcKey, Reason, Resolution, SeqSource, Snapshot, Via},
     track::{
         captured::{self, Captured},
         paths::PathIndex,
@@ -184,6 +184,18 @@ impl<W: Write, S: SeqSource> Pipeline<W, S> {
     }
 }
 
+/// `lookup` in a capture's one-mapping picture, by the resolver's own rules.
+pub(super) fn looked_up(snap: &Snapshot, lookup: u64) -> Result<Hit<'_>, Reason> {
+    match snap.lookup(lookup) {
+        Some(vma) => Ok(Hit {
+            vma,
+            file_offset: vma.file_offset(lookup),
+            probe: None,
+        }),
+        None => Err(Reason::from(snap.miss(lookup))),
+    }
+}
+
 /// Answers `f` from a capture's picture, as the resolver would from a picture of the hit's
 /// time (`via: captured`), counting captures and failed ones.
 pub(super) fn with_captured<R>(
@@ -195,14 +207,7 @@ pub(super) fn with_captured<R>(
     f: impl FnOnce(Resolution<Hit<'_>>) -> R,
 ) -> R {
     let outcome = match picture {
-        Captured::Picture(snap) => match snap.lookup(lookup) {
-            Some(vma) => Ok(Hit {
-                vma,
-                file_offset: vma.file_offset(lookup),
-                probe: None,
-            }),
-            None => Err(Reason::from(snap.miss(lookup))),
-        },
+        Captured::Picture(snap) => looked_up(snap, lookup),
         Captured::Unmapped => Err(Reason::Unmapped),
         Captured::Failed => Err(Reason::CaptureFailed),
     };
