@@ -278,9 +278,15 @@ fn churn_of_a_process_started_under_probed() {
     {
         return;
     }
-    let out = run_churn("tc_churn_new", 50_000, Mode::UnderProbed, "lock");
-    assert!(out.hits.len() >= 100_000);
-    assert_mode_paths(&out, "lock");
+    churn_under_probed("tc_churn_new", 50_000, "lock");
+}
+
+/// `rounds` of churn in a target started after probed, in `tracker` mode: every call made a
+/// hit (two per round) and the counters show the mode's paths.
+fn churn_under_probed(name: &str, rounds: u64, tracker: &str) {
+    let out = run_churn(name, rounds, Mode::UnderProbed, tracker);
+    assert!(out.hits.len() as u64 >= 2 * rounds, "{}", out.hits.len());
+    assert_mode_paths(&out, tracker);
 }
 
 /// The same in kseq mode (no hook on the churn's mapping changes; `auto` on this kernel
@@ -292,9 +298,7 @@ fn churn_of_a_process_started_under_probed_kseq() {
     {
         return;
     }
-    let out = run_churn("tc_churn_new_kseq", 20_000, Mode::UnderProbed, "kseq");
-    assert!(out.hits.len() >= 40_000);
-    assert_mode_paths(&out, "kseq");
+    churn_under_probed("tc_churn_new_kseq", 20_000, "kseq");
 }
 
 /// The same in syscall mode (the exactness reference): 2,000 rounds (on this shared 2-core
@@ -305,9 +309,7 @@ fn churn_of_a_process_started_under_probed_syscalls() {
     if !common::require_bpf("churn_of_a_process_started_under_probed_syscalls") {
         return;
     }
-    let out = run_churn("tc_churn_new_sys", 2_000, Mode::UnderProbed, "syscalls");
-    assert!(out.hits.len() >= 4_000);
-    assert_mode_paths(&out, "syscalls");
+    churn_under_probed("tc_churn_new_sys", 2_000, "syscalls");
 }
 
 /// The same with a target already running when probed starts and named with `--pid` (it maps

@@ -62,18 +62,15 @@ impl KseqStore {
             self.procs.clear();
         }
         let seqs = self.procs.entry(proc).or_default();
-        if seqs.back().is_none_or(|(s, _)| *s != seq) {
-            // A value seen before (a queued hit of an older one) is found by `find` anyway;
-            // only a new one is appended.
-            if let Some(at) = seqs.iter_mut().find(|(s, _)| *s == seq) {
-                return push(&mut at.1, vma);
-            }
+        // A value seen before (a queued hit of an older one) keeps its place; a new one goes
+        // last, the oldest out.
+        if !seqs.iter().any(|(s, _)| *s == seq) {
             if seqs.len() == SEQS_KEPT {
                 seqs.pop_front();
             }
             seqs.push_back((seq, Vec::new()));
         }
-        if let Some((_, list)) = seqs.back_mut() {
+        if let Some((_, list)) = seqs.iter_mut().rev().find(|(s, _)| *s == seq) {
             push(list, vma);
         }
     }
@@ -131,7 +128,8 @@ pub(super) fn with_kseq<R>(
         Some(Captured::Picture(snap)) => super::lock::looked_up(snap, lookup),
         Some(Captured::Unmapped | Captured::Failed) | None => Err(Reason::NoSnapshotAtSeq),
     };
-    let counter = match (outcome.is_ok() || picture.is_some(), frame) {
+    // The store's mappings are captured ones (found): a picture is an answer.
+    let counter = match (picture.is_some(), frame) {
         (true, false) => &mut store.answered,
         (true, true) => &mut store.answered_frames,
         (false, false) => &mut store.missed,
