@@ -21,6 +21,7 @@ mod lock;
 mod lookup;
 mod names;
 mod outputs;
+mod rings;
 mod shards;
 mod stack_memo;
 mod table;
@@ -29,13 +30,14 @@ use std::{io::Write, sync::Arc};
 
 use probed_common::{CAPTURE_FAILED, HitEvent, KIND_RETURN, MAX_FRAMES};
 
-pub use assign::lanes;
+pub use assign::{lanes, owner};
 pub use consume::{Consume, Stats};
 pub use counters::ProbeCounts;
 pub use lock::Captures;
 use lock::LockState;
 use lookup::UNNAMED;
-pub use shards::{ItemHook, Padded, Shards, consumer};
+pub use rings::{Control, Feed, RingShards};
+pub use shards::{Feeding, ItemHook, Padded, Shard, Shards, consumer};
 use table::{Slot, preload};
 
 use crate::{

@@ -14,6 +14,7 @@
 mod aggregate;
 mod probe_options;
 mod report;
+mod ring_feed;
 
 use std::{
     fs::File,
@@ -39,7 +40,7 @@ use crate::{
     events::EventStream,
     output::Summary,
     pidns::PidNamespace,
-    pipeline::{Consume, Pipeline, Stop, consumer},
+    pipeline::{Consume, Feeding, Pipeline, Stop, consumer},
     probes::{self, Probe},
     recording::{
         Header, RecordedProbe, Recorder,
@@ -53,7 +54,7 @@ use crate::{
 
 /// How often the ring buffer is drained without a wake-up (BPF wakes the daemon only once
 /// 32 KiB of events wait: see ebpf maps::wakeup). Bounds how late a hit is printed.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+pub(crate) const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Why a trace run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +124,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         choice: args.tracker,
         copied_stacks: copies,
     };
-    let mut tracer = Tracer::load_with_ring(ring_bytes, tracker)?;
+    let mut tracer = Tracer::load_with_rings(ring_bytes, consumers, tracker)?;
     for probe in &probes {
         if args.captures_stacks() {
             tracer.set_probe_flags(probe.id, stack_flags(args.stack_mode(), copy_pages))?;
@@ -195,7 +196,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     let (seq, generations, tracked) = tracer.take_tracker()?;
     let seq = RecordingSeq::new(seq, recorder.clone());
-    let mut stream = EventStream::new(tracer.take_ring()?)?;
+    // Several consumers in kseq mode: a ring each (ring 0 read here, the others by their
+    // threads); otherwise one ring, dealt to the consumers if there are several.
+    let mut rings = tracer.take_rings()?.into_iter();
+    let mut stream = EventStream::new(rings.next().expect("ring 0"))?;
+    let feeds: Vec<_> = rings.map(|r| ring_feed::feed(r, ring_bytes)).collect();
+    let ring_count = feeds.len() + 1;
+    let feeding = match feeds.is_empty() {
+        true => Feeding::Dealt {
+            n: consumers,
+            hook: None,
+        },
+        false => Feeding::Rings(feeds),
+    };
     if let Some(recorder) = &recorder {
         stream.record_to(recorder.clone());
     }
@@ -228,7 +241,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         "running processes that map a probed file are tracked"
     );
     let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
-    let mut pipeline = consumer(consumers, out, args.format, None, |writer| {
+    let mut pipeline = consumer(out, args.format, feeding, |writer| {
         Pipeline::new(
             probes.clone(),
             writer,
@@ -323,6 +336,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     tracer.detach_all();
     tracing::debug!(took = ?stopping.elapsed(), "links closed");
+    pipeline.stopping(Instant::now() + args.drain_timeout());
     // Counters read now are final: no program runs any more.
     let unread = pipeline
         .unread_hits(&|id| tracer.stats(id))
@@ -352,6 +366,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             Default::default()
         }),
         duration_s: started.elapsed().as_secs_f64(),
+        consumers: if consumers > 1 { consumers as u64 } else { 0 },
+        rings: if ring_count > 1 { ring_count as u64 } else { 0 },
         ..Default::default()
     };
     // A recording that could not be written is said after the summary, which the run's

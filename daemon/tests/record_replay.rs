@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{Probed, Target, probed_bin};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn nofp_exe() -> PathBuf {
     let exe = probed::fixtures::build(
@@ -127,14 +127,23 @@ fn replay_prints_what_the_run_printed() {
 }
 
 /// Four processes with stacks, recorded, replayed with one consumer thread and with three
-/// (`--consumers 3`, pipeline/shards.rs): the same hit lines (in another interleaving of
-/// processes, each thread's in its order), the same per-probe counts, and every seam read
-/// meeting its recorded answer in both.
+/// (`--consumers 3`): the same hit lines (in another interleaving of processes, each
+/// thread's in its order), the same per-probe counts, and every seam read meeting its
+/// recorded answer in both. Copied stacks (`--stack`) run a replaying mode, whose items are
+/// dealt from one ring (pipeline/shards.rs); `--stack=fp` runs kseq mode where the kernel
+/// has it, where each consumer reads a ring of its own (pipeline/rings.rs,
+/// recording/ring_lanes.rs) — the summary says which.
 #[test]
 fn consumer_threads_print_what_one_prints() {
     if !common::require_bpf("consumer_threads_print_what_one_prints") {
         return;
     }
+    consumers_print_what_one_prints("--stack", false);
+    let kseq = common::auto_tracker(false) == "kseq";
+    consumers_print_what_one_prints("--stack=fp", kseq);
+}
+
+fn consumers_print_what_one_prints(stack: &str, rings: bool) {
     let exe = nofp_exe();
     let rec = scratch("threads.rec");
     let mut targets: Vec<Target> = (0..4)
@@ -146,7 +155,7 @@ fn consumer_threads_print_what_one_prints() {
         "trace",
         &entry,
         &ret,
-        "--stack",
+        stack,
         "--format",
         "json",
         "--record",
@@ -205,6 +214,16 @@ fn consumer_threads_print_what_one_prints() {
     assert_eq!(
         one_summary["resolver"]["fast_path"], three_summary["resolver"]["fast_path"],
         "{one_summary} {three_summary}"
+    );
+    assert_eq!(
+        one_summary["resolver"]["kseq_answered"], three_summary["resolver"]["kseq_answered"],
+        "{one_summary} {three_summary}"
+    );
+    assert_eq!(three_summary["consumers"], 3, "{stack}: {three_summary}");
+    let expected_rings = if rings { json!(3) } else { Value::Null };
+    assert_eq!(
+        three_summary["rings"], expected_rings,
+        "{stack}: a ring per consumer in kseq mode only: {three_summary}"
     );
     let _ = std::fs::remove_file(&rec);
 }

@@ -11,7 +11,7 @@ use probed_common::{
     EVENT_ARG_STRINGS, ProbeArgs, narrow,
 };
 
-use crate::maps::{EVENTS, PROBE_ARGS};
+use crate::{maps::PROBE_ARGS, ring::Ring};
 
 /// The probe's specs, if it has any.
 #[inline(always)]
@@ -93,7 +93,9 @@ pub fn record_strings(
     values: &[u64; ARG_REGS],
     specs: &ProbeArgs,
 ) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<ArgStringsEvent>(0) else {
+    // The hit program's task: the strings go to its process's ring, before its hit.
+    let ring = Ring::of((aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32);
+    let Some((mut entry, wake)) = ring.reserve::<ArgStringsEvent>() else {
         return false;
     };
     let e = entry.as_mut_ptr();
@@ -145,6 +147,6 @@ pub fn record_strings(
         (&raw mut (*e).truncated).write(truncated);
         (&raw mut (*e).faulted).write(faulted);
     }
-    entry.submit(crate::maps::wakeup::flags());
+    entry.submit(wake);
     true
 }

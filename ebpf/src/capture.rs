@@ -27,15 +27,17 @@ use aya_ebpf::{
 use probed_common::{
     CAPTURE_CACHED, CAPTURE_FAILED, CAPTURE_FOUND, CAPTURE_FOUND_AT_SEQ, CAPTURE_UNMAPPED,
     CapturedHitEvent, CapturedStackEvent, EVENT_CAPTURED_HIT, EVENT_CAPTURED_STACK,
-    EVENT_FILE_NAME, EVENT_STACK_HIT, FileKey, FileNameEvent, HitEvent, MAX_FRAMES, ProbeStats,
-    StackHitEvent, TRACK_MODE_LOCK, VmaInfo,
+    EVENT_FILE_NAME, EVENT_STACK_HIT, FileKey, HitEvent, MAX_FRAMES, ProbeStats, StackHitEvent,
+    TRACK_MODE_LOCK, VmaInfo,
 };
 
 use crate::{
     kread,
     kseq::{self, Kseq},
-    maps::{CAPTURE_SCRATCH, EVENTS, KNOWN_FILES, PROBE_STATS, TRACK_MODE, wakeup},
-    path, track,
+    maps::{CAPTURE_SCRATCH, KNOWN_FILES, NAME_SCRATCH, PROBE_STATS, TRACK_MODE},
+    path,
+    ring::{self, Ring},
+    track,
 };
 
 /// `-ENOENT` from bpf_find_vma: no mapping contains the address.
@@ -135,7 +137,11 @@ fn capture(addr: u64, vma: &mut VmaInfo, seq_addr: u64, want: u64) -> u8 {
     }
 }
 
-/// Writes a `FileNameEvent` for the file `fptr` (mapped as `vma`) unless it is known.
+/// Writes a `FileNameEvent` for the file `fptr` (mapped as `vma`) to every ring in use
+/// unless it is known. Marked known only once every ring has it, and after: a capture that
+/// finds it known (and so names no file) comes after the name in whichever ring it goes to.
+/// The record is built once in this CPU's scratch and copied into each ring
+/// (`bpf_ringbuf_output`): one path walk, and one verification of it.
 #[inline(never)]
 fn name_file(vma: &VmaInfo, fptr: u64) {
     let key = FileKey {
@@ -146,13 +152,10 @@ fn name_file(vma: &VmaInfo, fptr: u64) {
     if unsafe { KNOWN_FILES.get(&key) }.is_some() {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<FileNameEvent>(0) else {
-        // Not marked known: the next capture tries again. The daemon names it by identity
-        // if it can, else counts the frame `unnamed`.
+    let Some(e) = NAME_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let e = entry.as_mut_ptr();
-    // SAFETY: `e` points to a reserved, writable record of FileNameEvent's size.
+    // SAFETY: `e` is this CPU's map value, only ours while the program runs.
     unsafe {
         (&raw mut (*e).event).write(EVENT_FILE_NAME);
         (&raw mut (*e)._reserved).write(0);
@@ -160,8 +163,38 @@ fn name_file(vma: &VmaInfo, fptr: u64) {
         (&raw mut (*e).name).write([0; probed_common::NAME_LEN]);
         path::read_file_path(fptr, &raw mut (*e).path);
     }
-    entry.submit(wakeup::flags());
-    let _ = KNOWN_FILES.insert(&key, &1, 0);
+    // One ring at a time in a bpf_loop callback, verified once: a loop here with a count
+    // of the rings that took it made the verifier walk every count (1M instructions).
+    let mut missed: u64 = 0;
+    // SAFETY: the callback is a static function and `missed` a live stack object, as the
+    // helper needs.
+    unsafe {
+        bpf_loop(
+            ring::count(),
+            name_in_ring as *mut c_void,
+            (&raw mut missed).cast::<c_void>(),
+            0,
+        );
+    }
+    // A full ring: not marked known, the next capture tries again (the daemon names the
+    // file by identity if it can meanwhile, else counts the frame `unnamed`).
+    if missed == 0 {
+        let _ = KNOWN_FILES.insert(&key, &1, 0);
+    }
+}
+
+/// bpf_loop's callback: copies this CPU's file name record into ring `index`; sets the u64
+/// at `ctx` (on the caller's stack) to 1 if that ring is full.
+extern "C" fn name_in_ring(index: u64, ctx: *mut c_void) -> i64 {
+    let Some(e) = NAME_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's map value, filled by name_file; read only here.
+    if !ring::output_at(index as u32, unsafe { &*e }) {
+        // SAFETY: `ctx` is the caller's live u64 (name_file).
+        unsafe { *ctx.cast::<u64>() = 1 };
+    }
+    0
 }
 
 /// Parks `hit` in this CPU's scratch for [`record_pending`]; returns true if it could.
@@ -222,7 +255,8 @@ pub fn record_pending(ctx: *mut c_void) {
 fn record_hit(hit: &HitEvent, stats: *mut ProbeStats) {
     let mut vma = VmaInfo::default();
     let status = capture_parked(hit.ip, &mut vma);
-    let Some(mut entry) = EVENTS.reserve::<CapturedHitEvent>(0) else {
+    let ring = Ring::of(hit.pid);
+    let Some((mut entry, wake)) = ring.reserve::<CapturedHitEvent>() else {
         // SAFETY: a per-CPU array slot, this CPU's only writer while the program runs.
         unsafe { (*stats).lost += 1 };
         return;
@@ -236,7 +270,7 @@ fn record_hit(hit: &HitEvent, stats: *mut ProbeStats) {
         (&raw mut (*e)._reserved).write(0);
         (&raw mut (*e).vma).write(vma);
     }
-    entry.submit(wakeup::flags());
+    entry.submit(wake);
     // Only now, behind the record the daemon will answer from (kseq.rs).
     if status == CAPTURE_FOUND_AT_SEQ
         && let Some((tgid, k)) = parked_kseq()
@@ -376,7 +410,8 @@ fn record_stack(ctx: *mut c_void, hit: &HitEvent, stats: *mut ProbeStats) {
         record_plain_stack(hit, n, stats);
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<CapturedStackEvent>(0) else {
+    let ring = Ring::of(hit.pid);
+    let Some((mut entry, wake)) = ring.reserve::<CapturedStackEvent>() else {
         // SAFETY: a per-CPU array slot, this CPU's only writer while the program runs.
         unsafe { (*stats).lost += 1 };
         return;
@@ -405,7 +440,7 @@ fn record_stack(ctx: *mut c_void, hit: &HitEvent, stats: *mut ProbeStats) {
             (&raw const (*scratch).vmas).cast::<c_void>(),
         );
     }
-    entry.submit(wakeup::flags());
+    entry.submit(wake);
     if parked_kseq().is_some() {
         // Only now, behind the record the daemon will answer from (kseq.rs).
         // SAFETY: a static callback without context.
@@ -423,7 +458,8 @@ fn record_plain_stack(hit: &HitEvent, n: u32, stats: *mut ProbeStats) {
     let Some(scratch) = CAPTURE_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {
+    let ring = Ring::of(hit.pid);
+    let Some((mut entry, wake)) = ring.reserve::<StackHitEvent>() else {
         // SAFETY: a per-CPU array slot, this CPU's only writer while the program runs.
         unsafe { (*stats).lost += 1 };
         return;
@@ -442,5 +478,5 @@ fn record_plain_stack(hit: &HitEvent, n: u32, stats: *mut ProbeStats) {
             (&raw const (*scratch).frames).cast::<c_void>(),
         );
     }
-    entry.submit(wakeup::flags());
+    entry.submit(wake);
 }

@@ -22,7 +22,8 @@ use probed_common::{
 
 use crate::{
     args, kseq, limit,
-    maps::{EVENTS, PROBE_FLAGS, PROBE_STATS},
+    maps::{PROBE_FLAGS, PROBE_STATS},
+    ring::Ring,
     self_filter, stack, track,
 };
 
@@ -213,8 +214,9 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
     if needed {
         return crate::capture::park(&hit, k.map_or(0, |k| k.mm));
     }
+    let ring = Ring::of(tgid);
     if with_stack {
-        let Some(mut entry) = EVENTS.reserve::<StackHitEvent>(0) else {
+        let Some((mut entry, wake)) = ring.reserve::<StackHitEvent>() else {
             // SAFETY: as above.
             unsafe { (*stats).lost += 1 };
             return false;
@@ -236,15 +238,15 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
             let n = if got > 0 { (got as u64 / 8) as u32 } else { 0 };
             (&raw mut (*e).nframes).write(n);
         }
-        entry.submit(crate::maps::wakeup::flags());
+        entry.submit(wake);
     } else {
-        let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
+        let Some((mut entry, wake)) = ring.reserve::<HitEvent>() else {
             // SAFETY: as above.
             unsafe { (*stats).lost += 1 };
             return false;
         };
         entry.write(hit);
-        entry.submit(crate::maps::wakeup::flags());
+        entry.submit(wake);
     }
     false
 }

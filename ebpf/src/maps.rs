@@ -9,9 +9,22 @@ use probed_common::{
     FileKey, MAX_PROBES, ProbeLimit, ProbeStats, RING_BYTES, SEQ_SLOTS, SeqSlot, TrackConfig,
 };
 
-/// Hit and process events, consumed by the daemon in one ordered stream.
+/// Hit and process events, consumed by the daemon in one ordered stream: ring 0, and the
+/// only ring unless several consumer threads read rings of their own (`ring.rs`).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Rings 1–3, each read by a consumer thread of its own when the daemon asks for them
+/// (ring.rs `RING_COUNT`). One page
+/// each unless the daemon sizes them at load (a ring unused costs 4 KiB).
+#[map(name = "EVENTS1")]
+pub static EVENTS1: RingBuf = RingBuf::with_byte_size(PAGE_BYTES, 0);
+#[map(name = "EVENTS2")]
+pub static EVENTS2: RingBuf = RingBuf::with_byte_size(PAGE_BYTES, 0);
+#[map(name = "EVENTS3")]
+pub static EVENTS3: RingBuf = RingBuf::with_byte_size(PAGE_BYTES, 0);
+
+const PAGE_BYTES: u32 = probed_common::PAGE_SIZE as u32;
 
 /// Per-probe hit and loss counters (index = probe id), per CPU so updates need no atomics.
 #[map(name = "PROBE_STATS")]
@@ -86,31 +99,6 @@ pub static TRACK_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 /// first event reserved after it, whichever CPU it comes from.
 #[map(name = "LOST_REPORTS")]
 pub static LOST_REPORTS: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Wake-up policy for the consumer of `EVENTS`.
-///
-/// Nothing wakes the daemon per event: a wake-up (and the context switch it causes) per hit
-/// or per mmap would cost more than the event itself. Events are submitted without a
-/// wake-up until 32 KiB are waiting, then with a forced one; the daemon also drains the ring
-/// on a short timer, which bounds how late an event of a quiet probe is seen.
-pub mod wakeup {
-    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-
-    use super::EVENTS;
-
-    /// Bytes waiting in the ring above which a submission wakes the daemon.
-    const WAKE_AT: u64 = 32 * 1024;
-
-    /// Flags for submitting an event.
-    #[inline(always)]
-    pub fn flags() -> u64 {
-        if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
-            BPF_RB_FORCE_WAKEUP as u64
-        } else {
-            BPF_RB_NO_WAKEUP as u64
-        }
-    }
-}
 
 /// Processes whose address-space changes are tracked (tgid → 1). Only these pay for change
 /// tracking; every other process's mmap costs one lookup here. A process is tracked from its
@@ -192,6 +180,11 @@ pub struct CaptureScratch {
     /// The mapping per frame.
     pub vmas: [probed_common::VmaInfo; probed_common::MAX_FRAMES + 1],
 }
+
+/// A file's name record, built once and copied into every ring (capture.rs `name_file`).
+#[map(name = "NAME_SCRATCH")]
+pub static NAME_SCRATCH: PerCpuArray<probed_common::FileNameEvent> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Lock mode: see [`CaptureScratch`].
 #[map(name = "CAPTURE_SCRATCH")]

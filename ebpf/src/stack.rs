@@ -7,7 +7,7 @@ use probed_common::{
     HitEvent, ProbeStats, STACK_PAGE, StackCopyHitEvent, StackCopyRecord, stack_copy_pages,
 };
 
-use crate::maps::EVENTS;
+use crate::ring::Ring;
 
 /// Reserves, fills and submits the stack-copy record of `hit`, of the size `flags` (the
 /// probe's) say; counts a loss if the ring buffer is full. A reservation's size must be a
@@ -26,7 +26,8 @@ pub fn record(hit: HitEvent, regs: &pt_regs, stats: *mut ProbeStats, flags: u32)
 /// [`record`] with a copy of at most `BYTES` bytes.
 #[inline(always)]
 fn record_sized<const BYTES: usize>(hit: HitEvent, regs: &pt_regs, stats: *mut ProbeStats) {
-    let Some(mut entry) = EVENTS.reserve::<StackCopyRecord<BYTES>>(0) else {
+    let ring = Ring::of(hit.pid);
+    let Some((mut entry, wake)) = ring.reserve::<StackCopyRecord<BYTES>>() else {
         // SAFETY: `stats` is this CPU's slot of the per-CPU stats array (see hit.rs).
         unsafe { (*stats).lost += 1 };
         return;
@@ -65,5 +66,5 @@ fn record_sized<const BYTES: usize>(hit: HitEvent, regs: &pt_regs, stats: *mut P
         }
         (&raw mut (*e).head.stack_len).write(len);
     }
-    entry.submit(crate::maps::wakeup::flags());
+    entry.submit(wake);
 }

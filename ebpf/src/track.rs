@@ -35,10 +35,11 @@ use probed_common::{
 use crate::{
     kread,
     maps::{
-        EVENTS, INFLIGHT, InFlight, LOST_REPORTS, PROBED_FILES, PROC_GEN, SEQS, TRACK_CONFIG,
-        TRACK_ERRORS, TRACKED, wakeup,
+        INFLIGHT, InFlight, LOST_REPORTS, PROBED_FILES, PROC_GEN, SEQS, TRACK_CONFIG, TRACK_ERRORS,
+        TRACKED,
     },
     path,
+    ring::Ring,
 };
 
 /// mmap flags and the vm_flags they become.
@@ -488,8 +489,9 @@ pub fn syscall_exit(ret: i64) {
             }
         }
     }
-    match EVENTS.reserve::<ChangeEvent>(0) {
-        Some(mut entry) => {
+    let ring = Ring::of(tgid);
+    match ring.reserve::<ChangeEvent>() {
+        Some((mut entry, wake)) => {
             let e = entry.as_mut_ptr();
             // Written in place: the event is too big to build on the BPF stack as well.
             // SAFETY: `e` points to a reserved, writable record of ChangeEvent's size.
@@ -510,7 +512,7 @@ pub fn syscall_exit(ret: i64) {
                 // The file's name now, while it is the file mapped there (see path.rs).
                 path::read_file_path(found.fptr, &raw mut (*e).path);
             }
-            entry.submit(wakeup::flags());
+            entry.submit(wake);
         }
         // The daemon sees the counter move and stops trusting replayed pictures.
         None => report_lost(),
@@ -529,8 +531,9 @@ pub fn syscall_exit(ret: i64) {
 /// `s` must point to a live `SEQS` map value.
 #[inline(always)]
 pub unsafe fn report_rescan(tgid: u32, tid: u32, ticket: u64, s: *mut SeqSlot) {
-    match EVENTS.reserve::<probed_common::LockChangeEvent>(0) {
-        Some(mut entry) => {
+    let ring = Ring::of(tgid);
+    match ring.reserve::<probed_common::LockChangeEvent>() {
+        Some((mut entry, wake)) => {
             entry.write(probed_common::LockChangeEvent {
                 event: probed_common::EVENT_LOCK_CHANGE,
                 pid: tgid,
@@ -541,7 +544,7 @@ pub unsafe fn report_rescan(tgid: u32, tid: u32, ticket: u64, s: *mut SeqSlot) {
                 // SAFETY: no preconditions.
                 ts_ns: unsafe { bpf_ktime_get_ns() },
             });
-            entry.submit(wakeup::flags());
+            entry.submit(wake);
         }
         None => report_lost(),
     }
@@ -659,7 +662,8 @@ fn emit_exec(
     exe: Option<&VmaCtx>,
     ip: Option<u64>,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+    let ring = Ring::of(tgid);
+    let Some((mut entry, wake)) = ring.reserve::<ProcEvent>() else {
         report_lost();
         return;
     };
@@ -692,7 +696,7 @@ fn emit_exec(
             }
         }
     }
-    entry.submit(wakeup::flags());
+    entry.submit(wake);
 }
 
 #[inline(always)]
@@ -784,7 +788,8 @@ pub fn exit(ctx: &TracePointContext) {
     }
     let _ = TRACKED.remove(&tgid);
     let (s, ticket) = instant_change(tgid);
-    if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
+    let ring = Ring::of(tgid);
+    if let Some((mut entry, wake)) = ring.reserve::<ProcEvent>() {
         let e = entry.as_mut_ptr();
         // SAFETY: `e` points to a reserved, writable ring buffer record of ProcEvent's size.
         unsafe {
@@ -795,7 +800,7 @@ pub fn exit(ctx: &TracePointContext) {
             (&raw mut (*e).exe_name).write([0; NAME_LEN]);
             (&raw mut (*e).entry_name).write([0; NAME_LEN]);
         }
-        entry.submit(wakeup::flags());
+        entry.submit(wake);
     } else {
         report_lost();
     }
@@ -825,7 +830,9 @@ pub fn fork(parent_task: u64, child_task: u64) {
     let fresh = unsafe { bpf_ktime_get_ns() };
     let _ = PROC_GEN.insert(&child_tgid, &fresh, 0);
     let (s, ticket) = instant_change(child_tgid);
-    if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
+    // The child's ring: its first record, before any of its hits.
+    let ring = Ring::of(child_tgid);
+    if let Some((mut entry, wake)) = ring.reserve::<ProcEvent>() {
         let e = entry.as_mut_ptr();
         // SAFETY: `e` points to a reserved, writable ring buffer record of ProcEvent's size.
         unsafe {
@@ -839,7 +846,7 @@ pub fn fork(parent_task: u64, child_task: u64) {
             (&raw mut (*e).parent_gen).write(parent_gen);
             (&raw mut (*e).parent_seq).write(parent_seq);
         }
-        entry.submit(wakeup::flags());
+        entry.submit(wake);
     } else {
         report_lost();
     }

@@ -10,6 +10,7 @@ mod grouped;
 mod multi_link;
 mod perf_link;
 mod probe_settings;
+mod rings;
 mod tracker_hooks;
 
 use std::{
@@ -22,7 +23,6 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, RingBuf},
     programs::{
         UProbe, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
@@ -31,7 +31,8 @@ use aya::{
 
 use self::perf_link::PerfLink;
 pub use self::{
-    error::AttachError, perf_link::PerfLink as ProbeLink, tracker_hooks::TrackerErrors,
+    error::AttachError, perf_link::PerfLink as ProbeLink, rings::usable as usable_rings,
+    tracker_hooks::TrackerErrors,
 };
 use crate::{
     bpf_object, privileges,
@@ -47,8 +48,6 @@ const RETURN_PROGRAM: &str = "probed_return";
 const ENTRY_TYPED_PROGRAM: &str = "probed_entry_typed";
 /// Name of the return program of probes with a typed return value.
 const RETURN_TYPED_PROGRAM: &str = "probed_return_typed";
-/// Name of the event ring buffer map (hits and process events).
-const EVENTS_MAP: &str = "EVENTS";
 
 /// A probe ready to attach: a file and a byte offset in it.
 #[derive(Clone, Debug)]
@@ -100,6 +99,8 @@ pub struct Tracer {
     kprobe_links: Vec<(&'static str, KProbeLinkId)>,
     /// The change tracker's hooks, and why they were chosen.
     tracker_mode: (TrackerMode, String),
+    /// Ring buffers BPF writes to (see rings.rs).
+    rings: usize,
 }
 
 /// Threads that attach probes at once at most (see `Tracer::attach_many`).
@@ -148,14 +149,17 @@ where
 impl Tracer {
     /// Checks privileges, loads the embedded BPF object and its two programs.
     pub fn load(tracker: impl Into<TrackerRequest>) -> Result<Self, AttachError> {
-        Self::load_with_ring(probed_common::RING_BYTES, tracker)
+        Self::load_with_rings(probed_common::RING_BYTES, 1, tracker)
     }
 
-    /// As [`Tracer::load`], with a hit ring buffer of `ring_bytes` (a power of two, a
-    /// multiple of the page size). The daemon uses a larger one: attaching a probe holds its
-    /// event loop for a kernel uprobe registration, and the ring absorbs the hits meanwhile.
-    pub fn load_with_ring(
+    /// As [`Tracer::load`], with hit ring buffers of `ring_bytes` (a power of two, a
+    /// multiple of the page size) — one, or `rings` where kseq mode lets each consumer
+    /// thread read a ring of its own (rings.rs). The daemon uses a larger one: attaching a
+    /// probe holds its event loop for a kernel uprobe registration, and the ring absorbs the
+    /// hits meanwhile.
+    pub fn load_with_rings(
         ring_bytes: u32,
+        rings: usize,
         tracker: impl Into<TrackerRequest>,
     ) -> Result<Self, AttachError> {
         let object = bpf_object::bytes()?;
@@ -179,8 +183,15 @@ impl Tracer {
                 choice: request.choice.as_str(),
                 why,
             })?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(EVENTS_MAP, ring_bytes)
+        let rings = rings::usable(tracker_mode.0, rings);
+        let ring_count = rings as u32;
+        let mut loader = EbpfLoader::new();
+        for name in &probed_common::RING_NAMES[..rings] {
+            loader.map_max_entries(name, ring_bytes);
+        }
+        // A constant of the loaded programs: a process's records never change rings.
+        loader.override_global(rings::COUNT_GLOBAL, &ring_count, true);
+        let mut ebpf = loader
             .load(object)
             .map_err(|e| AttachError::Load(Box::new(e)))?;
         // The per-probe uprobe programs are loaded when first needed
@@ -200,6 +211,7 @@ impl Tracer {
             raw_links: Vec::new(),
             kprobe_links: Vec::new(),
             tracker_mode,
+            rings,
         };
         tracer.start_change_tracker(&kprobes.unwrap_or_default())?;
         Ok(tracer)
@@ -399,15 +411,6 @@ impl Tracer {
     /// grace period each).
     pub fn links_held(&self) -> usize {
         self.links.len() + self.multi_links.len()
-    }
-
-    /// Takes the event ring buffer (once).
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        let map = self
-            .ebpf
-            .take_map(EVENTS_MAP)
-            .ok_or(AttachError::Map(EVENTS_MAP))?;
-        RingBuf::try_from(map).map_err(|_| AttachError::Map(EVENTS_MAP))
     }
 
     /// Makes every probe stop admitting hits at once, before the links are closed (closing

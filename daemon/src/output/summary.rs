@@ -64,6 +64,13 @@ pub struct Summary {
     /// The change tracker's error counters (`probed_common::TRACK_ERROR_NAMES`): cases where
     /// it fell back to rescans instead of replaying (never a wrong answer).
     pub tracker_errors: BTreeMap<&'static str, u64>,
+    /// Consumer threads, when more than one (0: one).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub consumers: u64,
+    /// Ring buffers BPF wrote to, each read by a consumer thread of its own, when more than
+    /// one (0: one ring, whose items are dealt to the threads if there are several).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rings: u64,
 }
 
 /// For `skip_serializing_if`.

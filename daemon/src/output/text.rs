@@ -221,6 +221,12 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> io::Result<()> {
     if !s.tracker.is_empty() {
         writeln!(out, "tracker: {}", s.tracker)?;
     }
+    if s.consumers > 1 {
+        match s.rings {
+            0 | 1 => writeln!(out, "consumers: {} (dealt from one ring)", s.consumers)?,
+            n => writeln!(out, "consumers: {} (a ring each: {n} rings)", s.consumers)?,
+        }
+    }
     if s.tracker_errors.values().any(|&n| n > 0) {
         let parts: Vec<String> = s
             .tracker_errors
@@ -301,12 +307,18 @@ mod tests {
             resolver: Default::default(),
             tracker: "kprobes",
             tracker_errors: [("exits_missed", 3), ("reports_lost", 0)].into(),
+            consumers: 2,
+            rings: 2,
         };
         let mut buf = Vec::new();
         write_summary(&mut buf, &summary).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("uprobe:/bin/x:f"), "{text}");
         assert!(text.contains("ended by count"), "{text}");
+        assert!(
+            text.contains("consumers: 2 (a ring each: 2 rings)"),
+            "{text}"
+        );
         assert!(text.contains("tracker: kprobes"), "{text}");
         // Only the counters that moved are named.
         assert!(text.contains("tracker errors: exits_missed=3\n"), "{text}");

@@ -1,4 +1,6 @@
-//! Several consumer threads (`--consumers N`): the ring's items dealt by process to N
+//! Several consumer threads (`--consumers N`) over one ring — the replaying modes, and more
+//! consumers than BPF has rings (kseq mode gives each consumer a ring of its own instead:
+//! rings.rs): the ring's items dealt by process to N
 //! pipelines — shard 0 on the thread that reads the ring, the others on threads of their
 //! own — each with its own resolver [`Reader`] on the shared mirror, its own symbol lookups
 //! into the shared ELF cache, its lines written whole into the one output.
@@ -27,9 +29,10 @@
 //! shard and added up at the end (`join`).
 //!
 //! **What it costs** (`cargo xtask bench pipeline`, README "The consumer's capacity"): each
-//! item dealt to another thread is copied once more and read by another core. Sharding the
-//! ring itself in BPF (a ring per shard, read by its own thread) would save that; it would
-//! also need the fork wait across rings and the stop's drain over several rings.
+//! item dealt to another thread is copied once more and read by another core, and the
+//! reading thread decodes everyone's items. A ring per shard (rings.rs) saves that where
+//! nothing orders two processes' items: kseq mode. The replaying modes copy a forked
+//! child's picture from its parent's as of the fork, which two rings would not order.
 
 use std::{
     io::{self, Write},
@@ -302,15 +305,24 @@ impl<P: Shard> Shards<P> {
     }
 }
 
-/// A run's consumer onto `out`: one pipeline when `n` is 1, else `n` shards. `build(writer)`
-/// makes one shard's pipeline around `writer`; `out` needs no buffer of its own (each
-/// `ChunkOut` keeps its lines until a flush). With shards, the text header is written once,
-/// before any shard's line.
+/// How a run's items reach its consumers.
+pub enum Feeding<P> {
+    /// One ring, its items dealt to `n` consumers (one: no dealer), `hook` called as
+    /// [`ItemHook`] says.
+    Dealt { n: usize, hook: Option<ItemHook> },
+    /// A ring (a source) per consumer: shard 0 fed by the caller, the others by these
+    /// feeds (rings.rs).
+    Rings(Vec<super::Feed<P>>),
+}
+
+/// A run's consumer onto `out`: one pipeline, shards dealt from one ring, or shards reading
+/// rings of their own, as `feeding` says. `build(writer)` makes one shard's pipeline around
+/// `writer`; `out` needs no buffer of its own (each `ChunkOut` keeps its lines until a
+/// flush). With shards, the text header is written once, before any shard's line.
 pub fn consumer<W, S>(
-    n: usize,
     out: W,
     format: Format,
-    hook: Option<ItemHook>,
+    feeding: Feeding<Pipeline<ChunkOut<W>, S>>,
     build: impl Fn(Writer<ChunkOut<W>>) -> Pipeline<ChunkOut<W>, S>,
 ) -> io::Result<Box<dyn Consume>>
 where
@@ -318,6 +330,10 @@ where
     S: SeqSource + Send + Sync + 'static,
 {
     let out = Arc::new(Mutex::new(out));
+    let n = match &feeding {
+        Feeding::Dealt { n, .. } => *n,
+        Feeding::Rings(feeds) => feeds.len() + 1,
+    };
     if n <= 1 {
         return Ok(Box::new(build(Writer::new(ChunkOut::new(out), format))));
     }
@@ -326,7 +342,10 @@ where
     let pipelines = (0..n)
         .map(|_| build(Writer::new(ChunkOut::new(out.clone()), format).header_written()))
         .collect();
-    Ok(Box::new(Shards::start(pipelines, hook)?))
+    Ok(match feeding {
+        Feeding::Dealt { hook, .. } => Box::new(Shards::start(pipelines, hook)?),
+        Feeding::Rings(feeds) => Box::new(super::RingShards::start(pipelines, feeds)?),
+    })
 }
 
 /// A shard's thread: handles what it is handed until the dispatcher hangs up; gives its

@@ -16,6 +16,7 @@
 
 mod file;
 pub mod play;
+mod ring_lanes;
 pub mod seams;
 
 pub use file::{

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{self, Write},
-    sync::Arc,
+    sync::{Arc, Barrier},
     time::Instant,
 };
 
@@ -15,14 +15,15 @@ use probed_common::ProbeStats;
 use rustix::time::ClockId;
 
 use super::{
-    Frame,
+    Frame, ring_lanes,
     seams::{ItemClocks, ReplayMaps, ReplaySeq},
 };
 use crate::{
     cli::{Aggregate, ReplayArgs},
     output::{Aggregations, Latency, StackCounts, Summary},
-    pipeline::{ItemHook, Pipeline, consumer, lanes},
+    pipeline::{Feeding, ItemHook, Pipeline, consumer, lanes},
     probes::{self, Probe},
+    resolve::{ProcKey, Resolver, SeqSource},
     symbolize::Symbolizer,
 };
 
@@ -57,7 +58,8 @@ struct Measured {
 
 /// Runs `probed replay`.
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let recording = super::read(&args.file)?;
+    let mut recording = super::read(&args.file)?;
+    let frames = Arc::new(std::mem::take(&mut recording.frames));
     let header = &recording.header;
     let probes = rebuild_probes(header)?;
 
@@ -68,17 +70,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         None => Box::new(io::stdout()),
     };
     let consumers = usize::from(args.consumers);
-    let clocks = Arc::new(if consumers > 1 {
-        let items = recording.frames.iter().filter_map(|f| match f {
-            Frame::Item(bytes) => crate::events::decode(bytes),
-            _ => None,
-        });
-        ItemClocks::new(consumers, lanes(consumers, items))
-    } else {
-        ItemClocks::one()
+    // As the live run with as many consumers: a ring each in kseq mode (split now, as BPF
+    // splits it), else one ring dealt to them.
+    let ring_lanes = (crate::attach::usable_rings(header.tracker, consumers) > 1)
+        .then(|| ring_lanes::split(&frames, consumers));
+    let clocks = Arc::new(match &ring_lanes {
+        Some(split) => ItemClocks::new(consumers, split.lane_of.clone()),
+        None if consumers > 1 => {
+            let items = frames.iter().filter_map(|f| match f {
+                Frame::Item(bytes) => crate::events::decode(bytes),
+                _ => None,
+            });
+            ItemClocks::new(consumers, lanes(consumers, items))
+        }
+        None => ItemClocks::one(),
     });
-    let seq = ReplaySeq::new(&recording.frames, clocks.clone());
-    let maps = ReplayMaps::new(&recording.frames, clocks.clone());
+    let seq = ReplaySeq::new(&frames, clocks.clone());
+    let maps = ReplayMaps::new(&frames, clocks.clone());
     let maps_counts = maps.counts();
     let resolver = crate::trace::trace_resolver(seq, maps, header.tracker, &probes);
     let symbolizer = Arc::new(Symbolizer::new().with_debuginfod(crate::elf::debuginfod::global()));
@@ -89,7 +97,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         let clocks = clocks.clone();
         Arc::new(move |lane: usize, n: u64| clocks.set(lane, n)) as ItemHook
     });
-    let mut pipeline = consumer(consumers, out, args.format, hook, |writer| {
+    // Ring lanes start with the timed part (`go`).
+    let go = Arc::new(Barrier::new(consumers));
+    let ring_mode = ring_lanes.is_some();
+    let (feeding, lane0) = match ring_lanes {
+        Some(split) => {
+            let mut lanes = split.lanes.into_iter();
+            let lane0 = lanes.next().expect("lane 0");
+            let feeds = lanes
+                .map(|entries| {
+                    ring_lanes::feed(entries, frames.clone(), clocks.clone(), go.clone())
+                })
+                .collect();
+            (Feeding::Rings(feeds), Some((lane0, split.events)))
+        }
+        None => (Feeding::Dealt { n: consumers, hook }, None),
+    };
+    let mut pipeline = consumer(out, args.format, feeding, |writer| {
         let aggregations = Aggregations {
             stacks: stacks.then(StackCounts::new),
             print_stacks: stacks,
@@ -105,6 +129,19 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let mut stats: BTreeMap<u32, ProbeStats> = BTreeMap::new();
     let mut events = 0u64;
     let mut items = 0u64;
+    if lane0.is_some() {
+        // The lanes hold only items and batch ends: the rest is read first (a run's tracked
+        // processes are recorded before its first item).
+        for frame in frames.iter() {
+            match frame {
+                Frame::Track(proc) => track(&resolver, *proc),
+                Frame::Stats(id, s) => {
+                    stats.insert(*id, *s);
+                }
+                _ => {}
+            }
+        }
+    }
     let wall = Instant::now();
     // The consumers' threads too, when there are several.
     let cpu_clock = if consumers > 1 {
@@ -114,37 +151,39 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let cpu = cpu_s(cpu_clock);
     let main_cpu = cpu_s(ClockId::ThreadCPUTime);
-    for frame in &recording.frames {
-        match frame {
-            Frame::Item(bytes) => {
-                items += 1;
-                if consumers == 1 {
-                    clocks.set(0, items);
+    if let Some((lane0, n)) = lane0 {
+        go.wait();
+        events = n;
+        ring_lanes::replay(0, &lane0, &frames, &clocks, pipeline.as_mut());
+    } else {
+        for frame in frames.iter() {
+            match frame {
+                Frame::Item(bytes) => {
+                    items += 1;
+                    if consumers == 1 {
+                        clocks.set(0, items);
+                    }
+                    // (A consumer thread numbers the items it is dealt; an undecodable item,
+                    // which a recording of this build does not hold, would shift the
+                    // numbers: the seams would count the reads after it as diverged.)
+                    if let Some(event) = crate::events::decode(bytes) {
+                        events += 1;
+                        pipeline.handle_owned(event);
+                    }
                 }
-                // (A consumer thread numbers the items it is dealt; an undecodable item,
-                // which a recording of this build does not hold, would shift the numbers:
-                // the seams would count the reads after it as diverged.)
-                if let Some(event) = crate::events::decode(bytes) {
-                    events += 1;
-                    pipeline.handle_owned(event);
+                Frame::BatchEnd => {
+                    pipeline.end_batch();
+                    if pipeline.flush().is_err() {
+                        break;
+                    }
                 }
-            }
-            Frame::BatchEnd => {
-                pipeline.end_batch();
-                if pipeline.flush().is_err() {
-                    break;
+                Frame::Track(proc) => track(&resolver, *proc),
+                Frame::Stats(id, s) => {
+                    stats.insert(*id, *s);
                 }
+                // Given back by the seams when the pipeline asks.
+                Frame::Maps(..) | Frame::SeqBegin(..) | Frame::SeqRetry(..) | Frame::Header(_) => {}
             }
-            Frame::Track(proc) => {
-                if let Err(err) = resolver.track(*proc) {
-                    tracing::debug!(%proc, error = %err, "recorded process not tracked");
-                }
-            }
-            Frame::Stats(id, s) => {
-                stats.insert(*id, *s);
-            }
-            // Given back by the seams when the pipeline asks.
-            Frame::Maps(..) | Frame::SeqBegin(..) | Frame::SeqRetry(..) | Frame::Header(_) => {}
         }
     }
     // No end_batch here: a live run's stop drains the ring without one (stop.rs).
@@ -152,6 +191,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         ended_by: "replay",
         tracker: header.tracker.as_str(),
         duration_s: wall.elapsed().as_secs_f64(),
+        consumers: if consumers > 1 { consumers as u64 } else { 0 },
+        rings: if ring_mode { consumers as u64 } else { 0 },
         ..Default::default()
     };
     pipeline.summarize(&mut summary, &|id| {
@@ -222,6 +263,13 @@ fn rebuild_probes(header: &super::Header) -> anyhow::Result<Vec<Probe>> {
         }
     }
     Ok(probes)
+}
+
+/// Tracks a process the recorded run tracked at its start.
+fn track<S: SeqSource>(resolver: &Resolver<S>, proc: ProcKey) {
+    if let Err(err) = resolver.track(proc) {
+        tracing::debug!(%proc, error = %err, "recorded process not tracked");
+    }
 }
 
 /// CPU seconds this thread (or this process) has used.

@@ -96,7 +96,7 @@ pub async fn run(args: DaemonArgs, notifier: Notifier) -> anyhow::Result<()> {
         choice: config.tracker,
         copied_stacks,
     };
-    let mut tracer = Tracer::load_with_ring(ring_bytes, tracker)?;
+    let mut tracer = Tracer::load_with_rings(ring_bytes, 1, tracker)?;
     // Verified now, not at the first `ctl add` (on the loop).
     tracer.load_probe_programs()?;
     let (seq, generations, tracked) = tracer.take_tracker()?;

@@ -25,10 +25,13 @@
 //! `vs_baseline`: the median over rounds of ours / the baseline's events per CPU second —
 //! a ratio from adjacent runs, which this noisy machine's absolute figures are not.
 //!
-//! Consumer threads (`--consumers`, pipeline/shards.rs): `loop4` records the same loop in
-//! four processes at once (no `--pid`); its `json` mode is replayed with one consumer and
-//! with two (`json_2t`), and `scaling_2t` is the median of the rounds' ratios of events per
-//! *wall* second (two threads, twice the CPU). What two cores of this machine give any
+//! Consumer threads (`--consumers`): `loop4` records the same loop in four processes at
+//! once (no `--pid`); its `json` mode is replayed with one consumer and with two
+//! (`json_2t`), and `scaling_2t` is the median of the rounds' ratios of events per *wall*
+//! second (two threads, twice the CPU). Recorded in kseq mode (`auto` here), the replay with
+//! two consumers reads the recording split in two rings as BPF splits a live run's
+//! (pipeline/rings.rs, recording/ring_lanes.rs); a recording of another mode is dealt from
+//! one ring (pipeline/shards.rs). What two cores of this machine give any
 //! two busy threads is measured beside it: `machine_2p` runs two one-consumer replays of
 //! the same recording at once, and `machine_scaling_2p` is their summed rate over the
 //! round's one-consumer rate — the ceiling `scaling_2t` can reach here.
