@@ -26,21 +26,13 @@ pub const ARG_REGS: usize = 6;
 pub const RING_BYTES: u32 = 1 << 22;
 
 /// Most ring buffers BPF writes to (`EVENTS` … `EVENTS3`): with several consumer threads in
-/// kseq mode each reads a ring of its own, and a process's records all go to ring
-/// `tgid % RING_COUNT[0]` (see [`ring_of`]). Each ring more costs the verifier ~14,000
-/// instructions per hit program (measured: 167k with one, 183k with two, 266k with eight).
+/// kseq mode each reads a ring of its own, and a process's records all go to the ring it
+/// was given (ebpf ring.rs). Each ring more costs the verifier ~14,000 instructions per hit
+/// program (measured: 158k with one, 183k with two, 266k with eight).
 pub const MAX_RINGS: u32 = 4;
 
 /// The names of the rings, index = ring.
 pub const RING_NAMES: [&str; MAX_RINGS as usize] = ["EVENTS", "EVENTS1", "EVENTS2", "EVENTS3"];
-
-/// The ring a record about process `tgid` goes to when `rings` rings are in use (the
-/// subject's tgid: a fork's report goes to the child's ring). BPF and the daemon's replay
-/// both route by it.
-#[inline(always)]
-pub const fn ring_of(tgid: u32, rings: u32) -> u32 {
-    if rings > 1 { tgid % rings } else { 0 }
-}
 
 /// `HitEvent::kind` of an entry probe (uprobe).
 pub const KIND_ENTRY: u32 = 0;

@@ -81,11 +81,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_HIT => read::<HitEvent>(bytes).map(Event::Hit),
         EVENT_PROC => read::<ProcEvent>(bytes).map(|e| Event::Proc(Box::new(e))),
         EVENT_CHANGE => read::<ChangeEvent>(bytes).map(|e| Event::Change(Box::new(e))),
-        EVENT_STACK_HIT => read::<StackHitEvent>(bytes).map(|e| Event::Stack(Pooled::new(e))),
+        EVENT_STACK_HIT => read_pooled::<StackHitEvent>(bytes).map(Event::Stack),
         EVENT_CAPTURED_HIT => read::<CapturedHitEvent>(bytes).map(Event::CapturedHit),
-        EVENT_CAPTURED_STACK => {
-            read::<CapturedStackEvent>(bytes).map(|e| Event::CapturedStack(Pooled::new(e)))
-        }
+        EVENT_CAPTURED_STACK => read_pooled::<CapturedStackEvent>(bytes).map(Event::CapturedStack),
         EVENT_FILE_NAME => read::<FileNameEvent>(bytes).map(|e| Event::FileName(Box::new(e))),
         // Lock mode's small report is the change report the daemon already handles: a
         // change it cannot replay (OP_OTHER), so it rescans.
@@ -142,6 +140,30 @@ impl StackCopy {
             },
         ))
     }
+}
+
+/// Reads a large plain-integer event type out of `bytes`, if it is long enough, straight
+/// into a spare box of this thread (`event_pool.rs`): a stack record (1 KiB, 7.5 KiB
+/// captured) is copied once, not onto the stack and then into the box.
+fn read_pooled<T: aya::Pod + crate::event_pool::Poolable>(bytes: &[u8]) -> Option<Pooled<T>> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    Some(Pooled::reuse(
+        || read::<T>(bytes).expect("the length was checked"),
+        |slot| {
+            // SAFETY: the length was checked above; T is Pod (plain integers, any bit
+            // pattern is valid), `slot` is a live, exclusively borrowed T, and the ring's
+            // memory and the box do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    std::ptr::from_mut(slot).cast::<u8>(),
+                    size_of::<T>(),
+                );
+            }
+        },
+    ))
 }
 
 /// Reads a plain-integer event type out of `bytes` if it is long enough.

@@ -30,7 +30,7 @@ use std::{io::Write, sync::Arc};
 
 use probed_common::{CAPTURE_FAILED, HitEvent, KIND_RETURN, MAX_FRAMES};
 
-pub use assign::{lanes, owner};
+pub use assign::{Assigner, lanes};
 pub use consume::{Consume, Stats};
 pub use counters::ProbeCounts;
 pub use lock::Captures;

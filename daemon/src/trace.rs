@@ -351,6 +351,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         &mut sigterm,
     )
     .await;
+    if drain_end == stop::DrainEnd::Interrupted {
+        // The other rings' threads too: what they hold is counted, not handled.
+        pipeline.stopping(Instant::now());
+    }
     tracing::debug!(took = ?stopping.elapsed(), ended = drain_end.as_str(), "ring drained");
     if stream.malformed > 0 {
         tracing::error!(

@@ -181,6 +181,16 @@ pub struct CaptureScratch {
     pub vmas: [probed_common::VmaInfo; probed_common::MAX_FRAMES + 1],
 }
 
+/// The ring each process was given (tgid → index; ring.rs), while several are in use. LRU:
+/// an entry is removed at its process's exit, and one evicted before is a process quiet
+/// for as long as 32,768 others took rings.
+#[map(name = "RING_OF")]
+pub static RING_OF: LruHashMap<u32, u32> = LruHashMap::with_max_entries(32768, 0);
+
+/// The next ring to give (index 0; mod the rings in use).
+#[map(name = "RING_NEXT")]
+pub static RING_NEXT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// A file's name record, built once and copied into every ring (capture.rs `name_file`).
 #[map(name = "NAME_SCRATCH")]
 pub static NAME_SCRATCH: PerCpuArray<probed_common::FileNameEvent> =

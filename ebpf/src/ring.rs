@@ -3,19 +3,24 @@
 //! One ring (`EVENTS`) unless the daemon runs several consumer threads in kseq mode: then
 //! `RING_COUNT` rings, each read by a thread of its own, and every record about a process —
 //! its hits, stacks, captures, strings, its exec and exit, the fork that made it — goes to
-//! ring `tgid % RING_COUNT` ([`probed_common::ring_of`]). A ring is FIFO, so a process's
-//! records reach its consumer in the order they were reserved, which is the per-process
-//! order the daemon relies on; nothing orders records of different processes, and nothing
-//! needs to. A file's name, which any process's capture may refer to once it is known, is
-//! written to every ring in use (`capture.rs`).
+//! the process's ring. Processes get rings in turn as BPF first writes about them
+//! (`RING_OF`, forgotten at exit), as the daemon's dealer gives threads processes: a
+//! `tgid % n` would put every process of a spawner that starts a thread per child (pids
+//! P, P+2, P+4…) on one ring. A ring is FIFO, so a process's records reach its consumer
+//! in the order they were reserved, which is the per-process order the daemon relies on;
+//! nothing orders records of different processes, and nothing needs to. A file's name,
+//! which any process's capture may refer to once it is known, is written to every ring in
+//! use (`capture.rs`).
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     maps::{RingBuf, ring_buf::RingBufEntry},
 };
-use probed_common::ring_of;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{EVENTS, EVENTS1, EVENTS2, EVENTS3};
+use aya_ebpf::bindings::BPF_NOEXIST;
+
+use crate::maps::{EVENTS, EVENTS1, EVENTS2, EVENTS3, RING_NEXT, RING_OF};
 
 /// Bytes waiting in a ring above which a submission wakes its consumer.
 ///
@@ -44,8 +49,18 @@ impl Ring {
     /// with (see [`WAKE_AT`]; what waited before it).
     #[inline(always)]
     pub fn reserve<T: 'static>(self) -> Option<(RingBufEntry<T>, u64)> {
-        let wake = wake_flags(self.tgid);
-        reserve_in::<T>(self.tgid).map(|entry| (entry, wake))
+        let index = index_of(self.tgid);
+        let wake = wake_flags(index);
+        reserve_in::<T>(index).map(|entry| (entry, wake))
+    }
+}
+
+/// Process `tgid` ended (its exit report is written): a process that gets its pid later
+/// gets a ring of its own.
+#[inline(always)]
+pub fn forget(tgid: u32) {
+    if count() > 1 {
+        let _ = RING_OF.remove(&tgid);
     }
 }
 
@@ -56,23 +71,47 @@ pub fn output_at<T>(index: u32, record: &T) -> bool {
     map.output::<T>(record, flags(map)).is_ok()
 }
 
-// The ring is chosen inside functions of their own (BPF subprograms), from the tgid, never
-// in the caller: the verifier walks each ring's path to the function's end and, right
-// after the call, finds them alike (the caller knows nothing of the index) and goes on
-// with one. Chosen in the caller, the rest of every hit program was walked once per ring
-// and per what the caller knew of the index (twice the instructions to verify, three times
-// the load time; in a capture, 1M instructions, the verifier's limit).
+// The ring is chosen inside functions of their own (BPF subprograms), not inline in every
+// record's writer, and the count is a load-time constant: with one ring the verifier sees
+// one path (158k instructions per hit program, from 135k before rings); each ring more
+// costs it ~14k (183k with two, 266k with eight: hence four at most).
 
-/// [`Ring::reserve`]'s record in process `tgid`'s ring.
+/// The ring of process `tgid`: the one it was given, else the next in turn (given now).
 #[inline(never)]
-fn reserve_in<T: 'static>(tgid: u32) -> Option<RingBufEntry<T>> {
-    map(ring_of(tgid, count())).reserve::<T>(0)
+fn index_of(tgid: u32) -> u32 {
+    let n = count();
+    if n <= 1 {
+        return 0;
+    }
+    // SAFETY: a plain u32 copied out at once.
+    if let Some(&i) = unsafe { RING_OF.get(&tgid) } {
+        return i % n;
+    }
+    let Some(next) = RING_NEXT.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: `next` points into the live RING_NEXT value, only ever updated atomically.
+    let i =
+        (unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(next, 1) } % n as u64) as u32;
+    if RING_OF.insert(&tgid, &i, BPF_NOEXIST as u64).is_ok() {
+        return i;
+    }
+    // Another CPU gave it one just now (another thread of the process), or the map is full
+    // (evicted entries: processes long quiet).
+    // SAFETY: as above.
+    unsafe { RING_OF.get(&tgid) }.map_or(i, |&j| j % n)
 }
 
-/// The flags to submit a record to process `tgid`'s ring with.
+/// [`Ring::reserve`]'s record in ring `index`.
 #[inline(never)]
-fn wake_flags(tgid: u32) -> u64 {
-    flags(map(ring_of(tgid, count())))
+fn reserve_in<T: 'static>(index: u32) -> Option<RingBufEntry<T>> {
+    map(index).reserve::<T>(0)
+}
+
+/// The flags to submit a record to ring `index` with.
+#[inline(never)]
+fn wake_flags(index: u32) -> u64 {
+    flags(map(index))
 }
 
 /// Ring `index` (`EVENTS` for any index out of range).

@@ -777,6 +777,14 @@ pub fn exit(ctx: &TracePointContext) {
     if !group_dead {
         return;
     }
+    process_exit(tgid, tid);
+    // After its exit report: every record of the process went to its ring.
+    crate::ring::forget(tgid);
+}
+
+/// [`exit`] of a whole process: its report, if it is tracked.
+#[inline(always)]
+fn process_exit(tgid: u32, tid: u32) {
     // SAFETY: a plain u64 copied out at once.
     let Some(gen_) = (unsafe { PROC_GEN.get(&tgid) }).copied() else {
         let _ = TRACKED.remove(&tgid);

@@ -1,6 +1,6 @@
 //! The ring buffers BPF writes to: one (`EVENTS`), or — with several consumer threads in
 //! kseq mode — one per consumer, each read by its thread (ebpf ring.rs routes a process's
-//! records to ring `tgid % n`).
+//! records to the ring it gave the process).
 //!
 //! Why only kseq mode: there every record a process's hits need comes from that process
 //! (its captures; BPF's cache of them is per process too), so its ring holds all of it in

@@ -39,7 +39,8 @@ pub trait Consume {
     /// Whether the run should end, and why.
     fn stopped(&self) -> Option<Stop>;
     /// The run stops: its probes are detached, so nothing more comes but what its rings
-    /// hold; consumers that read rings of their own drain theirs by `deadline`.
+    /// hold; consumers that read rings of their own drain theirs by `deadline` (called
+    /// again with now: a second signal, stop draining).
     fn stopping(&mut self, _deadline: std::time::Instant) {}
     /// Hit records BPF wrote that were not read yet (see `Pipeline::unread_hits`).
     fn unread_hits(&self, stats: Stats<'_>) -> Result<u64, AttachError>;

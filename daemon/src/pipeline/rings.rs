@@ -1,6 +1,6 @@
 //! Several consumer threads that each read a ring of their own (kseq mode, `--consumers
-//! N`, N ≤ 8): BPF writes every record about a process to ring `tgid % N` (ebpf ring.rs),
-//! so no thread deals items to another. Shard 0 runs on the caller's thread, fed by the
+//! N`, N ≤ 4): BPF writes every record about a process to the ring it gave that process
+//! (in turn, at first sight: ebpf ring.rs), so no thread deals items to another. Shard 0 runs on the caller's thread, fed by the
 //! caller (the run's loop over ring 0); shards 1.. each run a *feed* on a thread of their
 //! own — the live run's reads its BPF ring (trace/ring_feed.rs), a replay's its lane of the
 //! recording — and give their pipeline back when it ends.

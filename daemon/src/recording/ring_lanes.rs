@@ -1,9 +1,11 @@
 //! A replay with a ring per consumer: a kseq-mode recording replayed with `--consumers N`
-//! (N ≤ 8), as the live run with N consumers would have read it — BPF writing each process's
-//! records to ring `tgid % N` (ebpf ring.rs), a thread per ring (pipeline/rings.rs).
+//! (N ≤ 4), as the live run with N consumers would have read it — BPF writing each process's
+//! records to its ring (ebpf ring.rs), a thread per ring (pipeline/rings.rs).
 //!
 //! The recorded ring is split into those N rings before the replay is timed (BPF does the
-//! split in the live run, at no cost to the daemon): every item to its process's lane, a
+//! split in the live run, at no cost to the daemon): every item to its process's lane —
+//! processes given lanes in turn as they first appear, kept until their exit, as BPF gives
+//! them rings (the recorded ring's order is the order BPF reserved its records in) — a
 //! file name to every lane (BPF writes it to every ring), a strings record to the lane of
 //! its thread's next hit (BPF writes both to the thread's process's ring, strings first),
 //! every batch end to every lane. Lane 0 is replayed by the caller's thread, the others by
@@ -11,13 +13,12 @@
 
 use std::sync::{Arc, Barrier};
 
-use probed_common::ring_of;
 use rustc_hash::FxHashMap;
 
 use super::{Frame, seams::ItemClocks};
 use crate::{
     events::{Event, decode},
-    pipeline::{Consume, Control, Feed, Shard, owner},
+    pipeline::{Assigner, Consume, Control, Feed, Shard},
     resolve::ProcKey,
 };
 
@@ -48,6 +49,7 @@ pub fn split(frames: &[Frame], n: usize) -> RingLanes {
     let mut lane_of = FxHashMap::default();
     // Strings records by thread, until their hit.
     let mut strings: FxHashMap<u32, Entry> = FxHashMap::default();
+    let mut assigner = Assigner::new(n);
     let (mut items, mut events) = (0u64, 0u64);
     for (frame, f) in frames.iter().enumerate() {
         match f {
@@ -62,15 +64,15 @@ pub fn split(frames: &[Frame], n: usize) -> RingLanes {
                     strings.insert(s.tid, entry);
                     continue;
                 }
-                let Some(proc) = owner(&event) else {
+                let Some(route) = assigner.route(&event) else {
                     // A file name: every ring has it.
                     for lane in &mut lanes {
                         lane.push(entry);
                     }
                     continue;
                 };
-                let lane = ring_of(proc.pid, n as u32) as usize;
-                lane_of.insert(proc, lane);
+                let lane = route.shard;
+                lane_of.insert(route.proc, lane);
                 if let Some(hit) = event.hit()
                     && let Some(s) = strings.remove(&hit.tid)
                 {
@@ -141,24 +143,57 @@ pub fn feed<P: Shard>(
 
 #[cfg(test)]
 mod tests {
+    use probed_common::{ArgStringsEvent, EVENT_ARG_STRINGS, EVENT_FILE_NAME, FileNameEvent};
+
     use super::*;
     use crate::events::test_records;
 
+    fn hit(pid: u32) -> Frame {
+        Frame::Item(test_records::bytes(&test_records::hit(
+            1, pid, 7, 0x1000, 2,
+        )))
+    }
+
+    fn name() -> Frame {
+        // SAFETY: a Pod record: all zeros is a valid value.
+        let mut e: FileNameEvent = unsafe { std::mem::zeroed() };
+        e.event = EVENT_FILE_NAME;
+        Frame::Item(test_records::bytes(&e))
+    }
+
+    fn strings(tid: u32) -> Frame {
+        // SAFETY: as above.
+        let mut e: ArgStringsEvent = unsafe { std::mem::zeroed() };
+        e.event = EVENT_ARG_STRINGS;
+        e.tid = tid;
+        Frame::Item(test_records::bytes(&e))
+    }
+
     #[test]
-    fn items_go_to_their_process_ring_strings_before_their_hit_names_everywhere() {
-        let hit = |pid: u32| {
-            Frame::Item(test_records::bytes(&test_records::hit(
-                1, pid, 7, 0x1000, 2,
-            )))
-        };
-        let frames = vec![hit(10), hit(11), Frame::BatchEnd, hit(12), hit(13)];
+    fn processes_take_rings_in_turn_strings_ride_with_their_hit_names_go_everywhere() {
+        // Pids 10, 12, 14 (what a spawner with a thread per child gets): lanes 0, 1, 0 —
+        // by first appearance, not by pid.
+        let frames = vec![
+            hit(10),     // 0: lane 0
+            strings(12), // 1: waits for 12's hit
+            name(),      // 2: both lanes
+            hit(12),     // 3: lane 1, after its strings
+            Frame::BatchEnd,
+            hit(10), // 5: lane 0
+            hit(14), // 6: lane 0
+            hit(12), // 7: lane 1
+        ];
         let split = split(&frames, 2);
         let frames_of =
             |lane: usize| -> Vec<usize> { split.lanes[lane].iter().map(|e| e.frame).collect() };
-        assert_eq!(frames_of(0), vec![0, 2, 3]);
-        assert_eq!(frames_of(1), vec![1, 2, 4]);
-        assert_eq!(split.events, 4);
-        assert_eq!(split.lanes[1][1], Entry { frame: 2, n: 2 });
-        assert_eq!(split.lane_of[&ProcKey::new(13, 7)], 1);
+        assert_eq!(frames_of(0), vec![0, 2, 4, 5, 6]);
+        assert_eq!(frames_of(1), vec![2, 1, 3, 4, 7]);
+        assert_eq!(split.events, 7);
+        // Each entry keeps its item's number in the recorded ring (the seams' clock), a
+        // batch end the items before it.
+        assert_eq!(split.lanes[1][1], Entry { frame: 1, n: 2 });
+        assert_eq!(split.lanes[1][3], Entry { frame: 4, n: 4 });
+        assert_eq!(split.lane_of[&ProcKey::new(12, 7)], 1);
+        assert_eq!(split.lane_of[&ProcKey::new(14, 7)], 0);
     }
 }

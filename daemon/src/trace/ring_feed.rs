@@ -103,10 +103,16 @@ async fn read<P: Consume>(
         );
     }
     control.count(me, pipeline.hit_records());
+    tracing::debug!(
+        ring = me,
+        hit_records = pipeline.hit_records(),
+        "ring read to its end"
+    );
 }
 
 /// The stop's drain of one ring: the probes are detached, so a ring found empty holds no
-/// hit any more (what still comes is process reports).
+/// hit any more (what still comes is process reports). The deadline is read again after
+/// each batch: a second signal brings it to now.
 fn drain<P: Consume>(
     me: usize,
     stream: &mut EventStream,
@@ -114,7 +120,7 @@ fn drain<P: Consume>(
     deadline: Instant,
     control: &Control,
 ) {
-    while Instant::now() < deadline {
+    while Instant::now() < control.stopping().unwrap_or(deadline) {
         let drained = stream.drain(stop::BATCH, |event| {
             pipeline.handle_owned(event);
         });
