@@ -56,6 +56,44 @@ pub trait Consume {
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
 }
 
+/// The [`Consume`] methods of a consumer of several shards that are asked after the run —
+/// aggregations, summary, the last flush — answered by the shards added up (its `join()`,
+/// which returns them; its `probe_ids` field: the run's probes). Shared by the dealt shards
+/// (shards.rs) and the shards with a ring each (rings.rs).
+macro_rules! after_the_run_the_sum {
+    () => {
+        fn write_aggregations(&mut self, last: bool, elapsed_s: f64) -> io::Result<()> {
+            // Each shard holds a part until the end (`--interval` is refused with
+            // consumers).
+            if !last {
+                return Ok(());
+            }
+            self.join().write_aggregations(true, elapsed_s)
+        }
+
+        fn probe_ids(&mut self) -> Vec<u32> {
+            self.probe_ids.clone()
+        }
+
+        fn summarize(
+            &mut self,
+            summary: &mut Summary,
+            stats: Stats<'_>,
+        ) -> Result<(), AttachError> {
+            self.join().summarize(summary, stats)
+        }
+
+        fn aggregations(&mut self) -> &Aggregations {
+            self.join().aggregations()
+        }
+
+        fn finish(&mut self, summary: &Summary) -> io::Result<()> {
+            self.join().finish(summary)
+        }
+    };
+}
+pub(super) use after_the_run_the_sum;
+
 impl<W: Write, S: SeqSource> Consume for Pipeline<W, S> {
     fn handle_event(&mut self, event: &Event) -> bool {
         Pipeline::handle_event(self, event)

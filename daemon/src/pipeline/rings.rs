@@ -29,7 +29,7 @@ use std::{
 use super::{
     Stop,
     consume::{Consume, Stats},
-    shards::{Padded, Shard},
+    shards::{Padded, Shard, add_up},
 };
 use crate::{
     attach::AttachError,
@@ -149,15 +149,10 @@ impl<P: Shard> RingShards<P> {
     /// stopped) and adds their pipelines up; once.
     fn join(&mut self) -> &mut P {
         if self.merged.is_none() {
-            let mut merged = self.inline.take().expect("joined once");
-            if merged.flush().is_err() {
+            let (merged, flushed) =
+                add_up(self.inline.take().expect("joined once"), &mut self.workers);
+            if !flushed {
                 self.control.close();
-            }
-            for worker in self.workers.drain(..) {
-                match worker.join() {
-                    Ok(p) => merged.absorb(p),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
             }
             self.merged = Some(merged);
         }
@@ -240,27 +235,5 @@ impl<P: Shard> Consume for RingShards<P> {
         Ok(written.saturating_sub(self.hit_records()))
     }
 
-    fn write_aggregations(&mut self, last: bool, elapsed_s: f64) -> io::Result<()> {
-        // Each shard holds a part until the end (`--interval` is refused with consumers).
-        if !last {
-            return Ok(());
-        }
-        self.join().write_aggregations(true, elapsed_s)
-    }
-
-    fn probe_ids(&mut self) -> Vec<u32> {
-        self.probe_ids.clone()
-    }
-
-    fn summarize(&mut self, summary: &mut Summary, stats: Stats<'_>) -> Result<(), AttachError> {
-        self.join().summarize(summary, stats)
-    }
-
-    fn aggregations(&mut self) -> &Aggregations {
-        self.join().aggregations()
-    }
-
-    fn finish(&mut self, summary: &Summary) -> io::Result<()> {
-        self.join().finish(summary)
-    }
+    super::consume::after_the_run_the_sum!();
 }

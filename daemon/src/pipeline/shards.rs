@@ -289,15 +289,10 @@ impl<P: Shard> Shards<P> {
                 self.send(shard);
             }
             self.senders.clear();
-            let mut merged = self.inline.take().expect("joined once");
-            if merged.flush().is_err() {
+            let (merged, flushed) =
+                add_up(self.inline.take().expect("joined once"), &mut self.workers);
+            if !flushed {
                 self.shared.closed.store(true, Ordering::Relaxed);
-            }
-            for worker in self.workers.drain(..) {
-                match worker.join() {
-                    Ok(p) => merged.absorb(p),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
             }
             self.merged = Some(merged);
         }
@@ -409,6 +404,22 @@ fn handle<P: Consume>(
     }
 }
 
+/// Shard 0 flushed (false: its output failed), then every worker's shard once its thread
+/// ends, added to it: a run's shards as one.
+pub(super) fn add_up<P: Shard>(
+    mut first: P,
+    workers: &mut Vec<thread::JoinHandle<P>>,
+) -> (P, bool) {
+    let flushed = first.flush().is_ok();
+    for worker in workers.drain(..) {
+        match worker.join() {
+            Ok(p) => first.absorb(p),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    (first, flushed)
+}
+
 /// Waits until `counter` reaches `target` (another shard handling a forking parent's
 /// earlier items: microseconds).
 fn wait_for(counter: &AtomicU64, target: u64) {
@@ -481,29 +492,7 @@ impl<P: Shard> Consume for Shards<P> {
         Ok(unread)
     }
 
-    fn write_aggregations(&mut self, last: bool, elapsed_s: f64) -> io::Result<()> {
-        // Each shard holds a part until the end (`--interval` is refused with consumers).
-        if !last {
-            return Ok(());
-        }
-        self.join().write_aggregations(true, elapsed_s)
-    }
-
-    fn probe_ids(&mut self) -> Vec<u32> {
-        self.probe_ids.clone()
-    }
-
-    fn summarize(&mut self, summary: &mut Summary, stats: Stats<'_>) -> Result<(), AttachError> {
-        self.join().summarize(summary, stats)
-    }
-
-    fn aggregations(&mut self) -> &Aggregations {
-        self.join().aggregations()
-    }
-
-    fn finish(&mut self, summary: &Summary) -> io::Result<()> {
-        self.join().finish(summary)
-    }
+    super::consume::after_the_run_the_sum!();
 }
 
 #[cfg(test)]
