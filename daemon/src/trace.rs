@@ -53,7 +53,7 @@ use crate::{
 };
 
 /// How often the ring buffer is drained without a wake-up (BPF wakes the daemon only once
-/// 32 KiB of events wait: see ebpf maps::wakeup). Bounds how late a hit is printed.
+/// 32 KiB of events wait: see ebpf ring.rs, `WAKE_AT`). Bounds how late a hit is printed.
 pub(crate) const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Why a trace run ended.
@@ -272,7 +272,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(deadline);
-    // Events do not wake the consumer one by one (see ebpf maps::wakeup): drain on a timer
+    // Events do not wake the consumer one by one (see ebpf ring.rs, `WAKE_AT`): drain on a timer
     // too.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
