@@ -272,8 +272,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(deadline);
-    // Events do not wake the consumer one by one (see ebpf ring.rs, `WAKE_AT`): drain on a timer
-    // too.
+    // Events do not wake the consumer one by one (see ebpf ring.rs, `WAKE_AT`): drain on a
+    // timer too.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = args.interval.map(|secs| {
