@@ -18,7 +18,8 @@
 //! Every probed is attached before the first call and stopped after the last, so hits must
 //! equal calls, and `lost` must stay 0 ("no loss with stacks on"). Resolver lookups (one per
 //! hit address plus one per frame) come from probed's summary counters: frames = lookups −
-//! hits; `fast_path_share` = fast-path answers / lookups. `frames_per_sec` is frames
+//! hits, plus the frames answered by captures or kseq mode's store (`*_frames`: those take
+//! no mirror lookup); `fast_path_share` = fast-path answers / lookups. `frames_per_sec` is frames
 //! resolved per second of the run (the kernel's pace: a uprobe hit with a stack walk costs
 //! the target ~10 µs here); `frames_per_daemon_cpu_sec` is the daemon's capacity.
 //!
@@ -136,6 +137,11 @@ struct Run {
     /// Frames of stacks unwound in the daemon (CFI mode; the unwinder's own lookups are
     /// resolver lookups too, so frames are not lookups − hits there).
     unwound: u64,
+    /// Hits and frames answered without the mirror's lookups: by their captures (lock and
+    /// kseq modes) or by kseq mode's store of them, answered or not (`captured`,
+    /// `capture_failed`, `kseq_answered`, `kseq_missed` and their `_frames`).
+    captured_hits: u64,
+    captured_frames: u64,
     /// probed's CPU after attaching, ns.
     cpu_ns: u64,
 }
@@ -145,7 +151,9 @@ impl Run {
         if self.mode == Mode::CfiStack {
             self.unwound
         } else {
-            self.lookups.saturating_sub(self.handled)
+            // The mirror's lookups are its hits' and its frames'.
+            let mirror_hits = self.handled.saturating_sub(self.captured_hits);
+            self.captured_frames + self.lookups.saturating_sub(mirror_hits)
         }
     }
 }
@@ -225,6 +233,8 @@ fn run_mode(mode: Mode, workload: &Path, out_file: &Path, perf_data: Option<&Pat
             lookups: 0,
             fast: 0,
             unwound: 0,
+            captured_hits: 0,
+            captured_frames: 0,
             cpu_ns: 0,
         });
     };
@@ -275,6 +285,19 @@ fn run_mode(mode: Mode, workload: &Path, out_file: &Path, perf_data: Option<&Pat
         lookups: get("fast_path") + fallbacks,
         fast: get("fast_path"),
         unwound: get("unwound_frames"),
+        captured_hits: ["captured", "capture_failed", "kseq_answered", "kseq_missed"]
+            .iter()
+            .map(|k| get(k))
+            .sum(),
+        captured_frames: [
+            "captured_frames",
+            "capture_failed_frames",
+            "kseq_answered_frames",
+            "kseq_missed_frames",
+        ]
+        .iter()
+        .map(|k| get(k))
+        .sum(),
         cpu_ns: cpu_ns.saturating_sub(startup_cpu_ns),
     })
 }
@@ -440,7 +463,10 @@ fn report(
         .filter(|r| !matches!(r.mode, Mode::None) && !r.mode.cfi())
         .all(|r| r.hits == r.calls && r.handled == r.hits);
     let share = |k: &str| shares.get(k).copied().unwrap_or(0.0);
-    let per_lookup = |k: &str| share(k) * profiled.cpu_ns as f64 / profiled.lookups.max(1) as f64;
+    // Per address looked up: a hit's and each of its frames' (the mirror's lookups in the
+    // replaying modes; kseq mode answers them from its store, without one).
+    let addresses = profiled.handled + profiled.frames();
+    let per_lookup = |k: &str| share(k) * profiled.cpu_ns as f64 / addresses.max(1) as f64;
     let resolver_ns = per_lookup("resolver");
     // The pipeline's own frames (resolve_frame and its closures) hold the resolver's fast
     // path where it was inlined, and the building of each Frame: an upper bound.
