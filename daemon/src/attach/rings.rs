@@ -32,11 +32,6 @@ pub fn usable(mode: TrackerMode, wanted: usize) -> usize {
 pub const COUNT_GLOBAL: &str = "RING_COUNT";
 
 impl Tracer {
-    /// Ring buffers in use: one per consumer thread, or 1.
-    pub fn rings(&self) -> usize {
-        self.rings
-    }
-
     /// Takes ring 0, the only ring of a run with one (once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, AttachError> {
         take(&mut self.ebpf, RING_NAMES[0])

@@ -1,8 +1,8 @@
 //! Several consumer threads that each read a ring of their own (kseq mode, `--consumers
 //! N`, N ≤ 4): BPF writes every record about a process to the ring it gave that process
-//! (in turn, at first sight: ebpf ring.rs), so no thread deals items to another. Shard 0 runs on the caller's thread, fed by the
-//! caller (the run's loop over ring 0); shards 1.. each run a *feed* on a thread of their
-//! own — the live run's reads its BPF ring (trace/ring_feed.rs), a replay's its lane of the
+//! (in turn, at first sight: ebpf ring.rs), so no thread deals items to another. Shard 0
+//! runs on the caller's thread, fed by the caller (the run's loop over ring 0); shards 1..
+//! each run a *feed* on a thread of their own — the live run's reads its BPF ring (trace/ring_feed.rs), a replay's its lane of the
 //! recording — and give their pipeline back when it ends.
 //!
 //! **Orders kept.** A ring is FIFO: a process's records reach its one consumer in the order
@@ -42,7 +42,6 @@ use crate::{
 pub struct Control {
     /// The drain's deadline once the run stops (see [`Control::stopping`]).
     deadline: Mutex<Option<Instant>>,
-    stopping: AtomicBool,
     /// A feed's output failed, or its ring could not be read: the run ends.
     closed: AtomicBool,
     /// Hit records read per shard (shard 0's slot unused: its pipeline is at hand).
@@ -53,7 +52,6 @@ impl Control {
     fn new(shards: usize) -> Self {
         Self {
             deadline: Mutex::new(None),
-            stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             read: (0..shards).map(|_| Padded::default()).collect(),
         }
@@ -62,9 +60,6 @@ impl Control {
     /// `None` while the run goes on; once it stops (its probes detached: nothing more is
     /// written to a ring but process reports), the time by which a feed's drain must end.
     pub fn stopping(&self) -> Option<Instant> {
-        if !self.stopping.load(Ordering::Acquire) {
-            return None;
-        }
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -134,11 +129,6 @@ impl<P: Shard> RingShards<P> {
             probe_ids,
             merged: None,
         })
-    }
-
-    /// What the feeds look at.
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
     }
 
     fn inline(&mut self) -> Option<&mut P> {
@@ -224,7 +214,6 @@ impl<P: Shard> Consume for RingShards<P> {
             .deadline
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
-        self.control.stopping.store(true, Ordering::Release);
     }
 
     fn unread_hits(&self, stats: Stats<'_>) -> Result<u64, AttachError> {

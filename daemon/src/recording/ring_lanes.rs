@@ -136,7 +136,6 @@ pub fn feed<P: Shard>(
         if !replay(me, &entries, &frames, &clocks, &mut pipeline) {
             control.close();
         }
-        control.count(me, pipeline.hit_records());
         pipeline
     })
 }

@@ -102,7 +102,6 @@ async fn read<P: Consume>(
             "malformed ring buffer items (ABI mismatch)"
         );
     }
-    control.count(me, pipeline.hit_records());
     tracing::debug!(
         ring = me,
         hit_records = pipeline.hit_records(),
