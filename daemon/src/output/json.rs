@@ -144,13 +144,23 @@ fn write_frame(out: &mut impl Write, frame: &super::record::Frame) -> io::Result
 /// characters, `"` and `\`: serde_json's set; other bytes, UTF-8 included, pass), else
 /// escaped by serde_json.
 fn string<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escaping(s.as_bytes()) {
         out.write_all(b"\"")?;
         out.write_all(s.as_bytes())?;
         out.write_all(b"\"")
     } else {
         serde_json::to_writer(out, s).map_err(io::Error::from)
     }
+}
+
+/// Whether `bytes` hold a control character, a quote or a backslash. Every byte is looked
+/// at, with no early exit, so the compiler checks 32 at a time (`all()`, which stops at the
+/// first match, went a byte at a time: `string` was 10% of a live JSON run's profile).
+#[inline]
+fn needs_escaping(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |found, &b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 /// A JSON number.

@@ -133,6 +133,11 @@ fn written_line_equals_the_derived_one() {
         "\u{1}ctl",
         "grüße",
         "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        // Longer than the escape check's 32-byte steps, the byte to escape in a later step
+        // and in the tail after the last whole step.
+        "/usr/lib/x86_64-linux-gnu/lib\"quoted\".so.6 and some more text to pass 64",
+        "0123456789abcdef0123456789abcdef0123456789\u{7}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\\",
     ];
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {

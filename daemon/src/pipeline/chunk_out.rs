@@ -28,6 +28,8 @@ impl<W: Write> ChunkOut<W> {
 
 impl<W: Write> ChunkOut<W> {
     /// Writes the whole lines kept so far (a long drain between flushes stays bounded).
+    #[cold]
+    #[inline(never)]
     fn write_lines(&mut self) -> io::Result<()> {
         let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') else {
             return Ok(());
@@ -46,12 +48,15 @@ impl<W: Write> Write for ChunkOut<W> {
         Ok(bytes.len())
     }
 
-    // The formatters write a line in many small pieces: one copy each, no loop.
-    #[inline]
+    // The formatters write a line in many small pieces, most of a length known where they
+    // are written: inlined there, each is a few stores. Out of line, each was a call to
+    // `memmove`, the top entry (11%) of a live JSON run's profile. The rare write of the
+    // kept lines stays out of line.
+    #[inline(always)]
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= KEEP_AT_MOST {
-            self.write_lines()?;
+            return self.write_lines();
         }
         Ok(())
     }

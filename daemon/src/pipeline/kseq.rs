@@ -6,7 +6,9 @@
 //! the mapping of the hit's time; an address none of them holds (a torn BPF cache entry, a
 //! value no longer kept) is counted `no_snapshot_at_seq`, never guessed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 use probed_common::{CAPTURE_FOUND_AT_SEQ, VmaInfo};
 
@@ -28,7 +30,7 @@ const MAX_PROCS: usize = 16_384;
 /// The validated captures of each process, by counter value (newest last).
 #[derive(Debug, Default)]
 pub(super) struct KseqStore {
-    procs: HashMap<ProcKey, VecDeque<(u64, Vec<VmaInfo>)>>,
+    procs: FxHashMap<ProcKey, VecDeque<(u64, Vec<VmaInfo>)>>,
     /// Addresses answered from here (hits, frames), and addresses nothing here held.
     pub(super) answered: u64,
     pub(super) answered_frames: u64,

@@ -2,11 +2,9 @@
 //! pictures made from them, the processes whose pictures are behind (rescanned once per
 //! drained batch) and the sequences published to BPF.
 
-use std::{
-    collections::{HashMap, HashSet},
-    io::Write,
-    sync::Arc,
-};
+use std::{io::Write, sync::Arc};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use probed_common::{
     CAPTURE_FAILED, CAPTURE_FOUND, CAPTURE_FOUND_AT_SEQ, HitEvent, MAX_FRAMES, VmaInfo,
@@ -52,8 +50,8 @@ impl<'a> Captures<'a> {
 /// sequence last published to BPF per process.
 #[derive(Debug, Default)]
 pub(super) struct LockState {
-    pub(super) stale: HashSet<ProcKey>,
-    pub(super) published: HashMap<ProcKey, u64>,
+    pub(super) stale: FxHashSet<ProcKey>,
+    pub(super) published: FxHashMap<ProcKey, u64>,
     /// Hit addresses answered from captures, and hit captures that failed.
     pub(super) captured: u64,
     pub(super) capture_failed: u64,
@@ -65,10 +63,10 @@ pub(super) struct LockState {
     pub(super) published_count: u64,
     /// Processes rescanned in this batch already (a captured hit of a process without a
     /// published picture rescans it at once, but once per batch).
-    pub(super) rescanned: HashSet<ProcKey>,
+    pub(super) rescanned: FxHashSet<ProcKey>,
     /// Pictures made from captures, by process and mapping: consecutive hits in one
     /// mapping reuse one picture (cleared when it grows past `PICTURE_CACHE`).
-    pub(super) pictures: HashMap<(u32, [u64; 6]), Arc<Captured>>,
+    pub(super) pictures: FxHashMap<(u32, [u64; 6]), Arc<Captured>>,
 }
 
 /// Most capture pictures kept (see `LockState::pictures`).
