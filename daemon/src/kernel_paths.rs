@@ -213,7 +213,9 @@ pub fn container_pids(offsets: Result<PidOffsets, String>) -> Choice {
     match offsets {
         Ok(_) => Choice {
             part: "container pids",
-            chosen: "read in BPF at each hit (task->thread_pid->numbers[level].nr)".into(),
+            chosen: "read in BPF at each hit of a process in a pid namespace \
+                     (task->thread_pid->numbers[level].nr; the depth once per process)"
+                .into(),
             why: "the BTF has task_struct.thread_pid/group_leader, pid.level/numbers, upid.nr"
                 .into(),
         },

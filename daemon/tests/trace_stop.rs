@@ -142,6 +142,64 @@ fn malloc_return_probe_ends_and_never_traces_itself() {
     }
 }
 
+/// A traced process that execs probed is probed from then on. BPF keeps the self filter's
+/// answer per process generation (ebpf proc_facts.rs), not per hit; exec starts a new
+/// generation. A bash, traced at its mallocs, ends with `exec probed --version`: its own
+/// mallocs are hits (comm bash), and none of the probed it became is.
+#[test]
+fn a_traced_process_that_execs_probed_is_excluded_from_then_on() {
+    if !require_bpf("a_traced_process_that_execs_probed_is_excluded_from_then_on") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let libc = common::mapped_libc("self");
+    let spec = format!("uprobe:{}:malloc", libc.display());
+    let dir = PrivateDir::new("trace_stop_exec_probed");
+    let out = dir.path.join("out.jsonl");
+    let run = Probed::start(&[
+        "trace",
+        &spec,
+        "--format",
+        "json",
+        "--duration",
+        "3",
+        "-o",
+        out.to_str().expect("UTF-8 path"),
+    ]);
+    let script = format!(
+        "for i in $(seq 100); do v=\"$v$i\"; done; exec {} --version",
+        common::probed_bin().display()
+    );
+    let shell = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start bash");
+    let pid = shell.id();
+    let status = shell.wait_with_output().expect("wait for bash").status;
+    assert!(status.success(), "bash/probed --version: {status}");
+    let finished = run.wait();
+    assert!(finished.status.success(), "{:?}", finished.stderr);
+    let file = std::fs::File::open(&out).expect("open output");
+    let mut comms = std::collections::BTreeMap::<String, u64>::new();
+    for line in BufReader::new(file).lines() {
+        let v: Value = serde_json::from_str(&line.expect("line")).expect("JSON line");
+        if v["type"] == "hit" && v["pid"] == pid {
+            *comms
+                .entry(v["comm"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        comms.get("bash").is_some_and(|&n| n > 0),
+        "bash's mallocs were not traced: {comms:?}"
+    );
+    assert!(
+        comms.keys().all(|c| !c.starts_with("probed")),
+        "hits of the probed pid {pid} became: {comms:?}"
+    );
+}
+
 /// Two targets calling a probed function in tight loops with `--stack`, while probed is
 /// frozen (SIGSTOP) so the ring buffer fills and hits arrive faster than they can be
 /// printed; SIGINT as it thaws: exit 0 within the 2 s drain deadline plus slack, and the

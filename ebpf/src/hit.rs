@@ -23,6 +23,7 @@ use probed_common::{
 use crate::{
     args, kseq, limit,
     maps::{PROBE_FLAGS, PROBE_STATS},
+    proc_facts,
     ring::Ring,
     self_filter, stack, track,
 };
@@ -84,7 +85,11 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
     let tgid = (pid_tgid >> 32) as u32;
     // probed itself (this tracer, or any process running a probed binary): refused before
     // anything else, so that its own work can never make more hits (self_filter.rs).
-    if self_filter::is_probed(tgid) {
+    // The process's generation (`PROC_GEN`), which its facts are kept for and the record
+    // carries.
+    let proc_gen = track::generation(tgid);
+    let facts = proc_facts::of(tgid, proc_gen);
+    if facts.probed != 0 {
         // SAFETY: as above.
         unsafe { (*stats).self_excluded += 1 };
         return false;
@@ -143,7 +148,12 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
         (args, retval)
     };
     // The pids the process sees itself by, inside its container (see kread::ns_pids).
-    let (ns_pid, ns_tid) = crate::kread::ns_pids(tgid, tid);
+    // In the initial namespace (most processes) they are the pids themselves: no reads.
+    let (ns_pid, ns_tid) = if facts.ns_level == 0 {
+        (tgid, tid)
+    } else {
+        crate::kread::ns_pids(tgid, tid)
+    };
     // A process is tracked from its first hit on (before its sequence is read, so that any
     // change after the hit moves the sequence). The lost-report count is read after the
     // sequence: a hit whose sequence includes a change whose report was lost then also
@@ -153,7 +163,11 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
     // if it cannot be read, with an odd value no capture is ever cached at, and the hit
     // captures.
     let kseq_mode = kseq::enabled();
-    let k = if kseq_mode { kseq::read() } else { None };
+    let k = if kseq_mode {
+        kseq::read(facts.mm)
+    } else {
+        None
+    };
     let seq = if kseq_mode {
         k.map_or(1, |k| k.seq)
     } else {
@@ -189,7 +203,7 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
         ip,
         ret_addr,
         seq,
-        proc_gen: track::generation(tgid),
+        proc_gen,
         args,
         retval,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),

@@ -131,6 +131,27 @@ pub fn pid_offsets() -> Option<&'static PidOffsets> {
         .filter(|o| o.valid == 1)
 }
 
+/// The current task's `mm` (0 if the offsets are unknown).
+#[inline(always)]
+pub fn current_mm() -> u64 {
+    let Some(o) = offsets() else { return 0 };
+    // SAFETY: bpf_get_current_task has no preconditions; the value is only an address read
+    // through bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    read_u64(task, o.task_mm)
+}
+
+/// The depth of the current task's pid namespace (0: the initial one); None if the offsets
+/// are unknown.
+#[inline(always)]
+pub fn ns_level() -> Option<u32> {
+    let o = pid_offsets()?;
+    // SAFETY: bpf_get_current_task has no preconditions; the value is only an address read
+    // through bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    Some(read_u32(read_u64(task, o.task_thread_pid), o.pid_level))
+}
+
 /// The current task's (process id, thread id) in its own — innermost — pid namespace, as
 /// `getpid()`/`gettid()` return them there: `numbers[level].nr` of the `struct pid` of the
 /// group leader and of the thread. `(tgid, tid)` unchanged at level 0 (the initial

@@ -20,7 +20,6 @@
 //! never a wrong mapping.
 
 use aya_ebpf::{
-    helpers::generated::bpf_get_current_task,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
@@ -71,17 +70,12 @@ pub fn enabled() -> bool {
     TRACK_MODE.get(0).copied().unwrap_or(0) == TRACK_MODE_KSEQ
 }
 
-/// The current task's `mm` and `mm->mm_lock_seq`, if the daemon found the counter's offset.
+/// `mm->mm_lock_seq` of the current task's address space `mm` (its process's, kept in
+/// proc_facts.rs), if the daemon found the counter's offset.
 #[inline(always)]
-pub fn read() -> Option<Kseq> {
+pub fn read(mm: u64) -> Option<Kseq> {
     let config = TRACK_CONFIG.get(0)?;
-    if config.mm_lock_seq == 0 || config.offsets.valid != 1 {
-        return None;
-    }
-    // SAFETY: bpf_get_current_task has no preconditions; used only as an address to read.
-    let task = unsafe { bpf_get_current_task() };
-    let mm = kread::read_u64(task, config.offsets.task_mm);
-    if mm == 0 {
+    if config.mm_lock_seq == 0 || config.offsets.valid != 1 || mm == 0 {
         return None;
     }
     // One 4-byte load (the kernel's raw_read_seqcount); x86-64 does not reorder it with the

@@ -25,6 +25,7 @@ mod limit;
 mod lock;
 mod maps;
 mod path;
+mod proc_facts;
 mod ring;
 mod self_filter;
 mod stack;

@@ -123,6 +123,31 @@ pub static PROBED_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 #[map(name = "PROBED_EXES")]
 pub static PROBED_EXES: HashMap<FileKey, u32> = HashMap::with_max_entries(16, 0);
 
+/// What each process is, found once per process generation (tgid → [`ProcFacts`];
+/// proc_facts.rs). Only processes that hit probes have an entry; an evicted one is found
+/// again at the process's next hit.
+#[map(name = "PROC_FACTS")]
+pub static PROC_FACTS: LruHashMap<u32, ProcFacts> = LruHashMap::with_max_entries(16384, 0);
+
+/// A process's facts (see [`PROC_FACTS`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcFacts {
+    /// The process generation (`PROC_GEN`) they were found in.
+    pub generation: u64,
+    /// Its address space (`task->mm`; 0 if unknown): the same for every thread of the
+    /// process, until an exec.
+    pub mm: u64,
+    /// 1 if the process is probed (self_filter.rs).
+    pub probed: u32,
+    /// The depth of its pid namespace (0: the initial one), [`NS_LEVEL_UNKNOWN`] if the
+    /// offsets to read it are unknown.
+    pub ns_level: u32,
+}
+
+/// [`ProcFacts::ns_level`] when it cannot be read.
+pub const NS_LEVEL_UNKNOWN: u32 = u32::MAX;
+
 /// Run state written by the daemon (index 0): [`probed_common::STOP_ADMITTING`] once the run
 /// stops, so probes stop admitting hits at once, before their links are closed (which takes
 /// the kernel tens of milliseconds per link).

@@ -7,6 +7,10 @@
 //! (`PROBED_PROCS`, exact for all its threads), then the current task's executable
 //! (`mm->exe_file` → (dev, inode) in `PROBED_EXES`), which covers every other process
 //! running probed's binary — a second `probed trace`, a `probed ctl`, the daemon.
+//!
+//! A hit's answer is kept per process generation (proc_facts.rs): the executable check is
+//! four kernel reads and two map lookups, measured at ~390 ns of a hit program's ~650 ns
+//! (`kernel.bpf_stats_enabled`, a counting probe); a kept answer is one lookup.
 
 use aya_ebpf::helpers::generated::bpf_get_current_task;
 use probed_common::{FileKey, STOP_ADMITTING};
@@ -16,7 +20,10 @@ use crate::{
     maps::{PROBED_EXES, PROBED_PROCS, STOP, TRACK_CONFIG},
 };
 
-/// Whether the current task, of process `tgid`, belongs to a probed process.
+/// Whether the current task, of process `tgid`, belongs to a probed process: this tracer's
+/// tgid, then the current task's executable. Asked afresh each time (by the tracker, for a
+/// process not tracked yet: for a fork, in the parent's task); a hit asks its process's
+/// facts (proc_facts.rs), which keep the answer.
 #[inline(always)]
 pub fn is_probed(tgid: u32) -> bool {
     // SAFETY: only the presence of the key is used.
