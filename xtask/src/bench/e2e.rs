@@ -17,8 +17,16 @@
 //! 1e9`): every hit then takes the limiter's path in BPF (two more array lookups and a
 //! compare-and-swap on the shared bucket), so `rate_probed_limited_over_probed` is the
 //! limiter's cost on the traced program.
+//!
+//! The kernel times every BPF program run while the bench runs (bpf_stats.rs): each
+//! tracer's per-hit program's mean run time is reported (`bpf_ns_per_hit`), the part of
+//! a traced call's cost each tracer adds in BPF (the timing adds two clock reads a run, to
+//! every tracer alike).
 
-use super::harness::{self, tool_timeout};
+use super::{
+    bpf_stats,
+    harness::{self, tool_timeout},
+};
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
@@ -108,6 +116,8 @@ struct Run {
     cpu_ns: Option<u64>,
     /// probed's CPU time until it attached, in ns.
     startup_cpu_ns: Option<u64>,
+    /// Mean run time of the tracer's per-hit BPF program, in ns.
+    bpf_ns: Option<f64>,
 }
 
 /// Runs the benchmark, writes the JSON report and prints a table.
@@ -127,6 +137,7 @@ pub fn run() -> Result<()> {
     let probe_offset = symbol_file_offset(&target, SYMBOL)?;
     let hits_file = harness::hits_file("e2e");
 
+    let _timed = bpf_stats::StatsOn::enable()?;
     let mut runs: Vec<(Mode, Run)> = Vec::new();
     for round in 0..ROUNDS {
         for i in 0..Mode::ALL.len() {
@@ -145,12 +156,13 @@ pub fn run() -> Result<()> {
                 }
             };
             eprintln!(
-                "e2e: round {}/{ROUNDS} {:<15} {:>12.0} calls/s  calls {:>9}  hits {}",
+                "e2e: round {}/{ROUNDS} {:<15} {:>12.0} calls/s  calls {:>9}  hits {}  BPF {}",
                 round + 1,
                 mode.name(),
                 run.rate,
                 run.calls,
-                run.hits.map_or("-".into(), |h| h.to_string())
+                run.hits.map_or("-".into(), |h| h.to_string()),
+                run.bpf_ns.map_or("-".into(), |n| format!("{n:.0} ns/hit"))
             );
             runs.push((mode, run));
         }
@@ -193,6 +205,7 @@ fn run_probed(target: &Path, hits_file: &Path, extra: &[&str]) -> Result<Run> {
     wait_for_line(&stderr, "probed: tracing", "probed")?;
     let startup_cpu_ns = harness::cpu_ns_so_far(probed.id());
     let (calls, rate) = t.go()?;
+    let bpf = bpf_stats::busiest_prog(probed.id());
     signal(probed.id(), libc::SIGINT)?;
     let (status, total_cpu_ns) = harness::wait_with_rusage(&mut probed)?;
     ensure!(status == 0, "probed exited with wait status {status}");
@@ -223,6 +236,7 @@ fn run_probed(target: &Path, hits_file: &Path, extra: &[&str]) -> Result<Run> {
         lost: probe["lost"].as_u64(),
         cpu_ns: Some(total_cpu_ns.saturating_sub(startup_cpu_ns)),
         startup_cpu_ns: Some(startup_cpu_ns),
+        bpf_ns: bpf.and_then(bpf_stats::ProgRuns::ns_per_run),
     })
 }
 
@@ -255,6 +269,7 @@ fn run_bpftrace(mode: Mode, target: &Path, probe_offset: u64, out_file: &Path) -
         thread::sleep(Duration::from_millis(10));
     }
     let (calls, rate) = t.go()?;
+    let bpf = bpf_stats::busiest_prog(bpftrace.id());
     signal(bpftrace.id(), libc::SIGINT)?;
     let (status, _) = harness::wait_with_rusage(&mut bpftrace)?;
     ensure!(status == 0, "bpftrace exited with wait status {status}");
@@ -274,6 +289,7 @@ fn run_bpftrace(mode: Mode, target: &Path, probe_offset: u64, out_file: &Path) -
         calls,
         rate,
         hits: Some(hits),
+        bpf_ns: bpf.and_then(bpf_stats::ProgRuns::ns_per_run),
         ..Run::default()
     })
 }
@@ -454,13 +470,20 @@ fn report(runs: &[(Mode, Run)]) -> Value {
         })
         .all(|(_, r)| r.hits == Some(r.calls) && r.counted.is_none_or(|c| c == r.calls));
     let ratio = rate_probed / rate_bpftrace;
+    let mut bpf_ns = serde_json::Map::new();
+    for mode in Mode::ALL {
+        let ns: Vec<f64> = of(mode).filter_map(|r| r.bpf_ns).collect();
+        if !ns.is_empty() {
+            bpf_ns.insert(mode.name().into(), json!(harness::median(ns)));
+        }
+    }
     let run_list: Vec<Value> = runs
         .iter()
         .map(|(m, r)| {
             json!({
                 "mode": m.name(), "calls": r.calls, "rate": r.rate, "hits": r.hits,
                 "counted": r.counted, "lost": r.lost, "cpu_ns": r.cpu_ns,
-                "startup_cpu_ns": r.startup_cpu_ns,
+                "startup_cpu_ns": r.startup_cpu_ns, "bpf_ns_per_hit": r.bpf_ns,
             })
         })
         .collect();
@@ -493,6 +516,9 @@ fn report(runs: &[(Mode, Run)]) -> Value {
         "lost_probed": lost_probed,
         "daemon_cpu_ns_per_event": cpu_per_event,
         "daemon_startup_cpu_ms": startup_ms,
+        "bpf_ns_per_hit": bpf_ns,
+        "bpf_ns_note": "median over rounds of the mean run time of each tracer's per-hit BPF \
+            program (the kernel's run_time_ns / run_cnt, BPF_ENABLE_STATS on for every mode)",
         "rounds": ROUNDS,
         "loop_seconds": LOOP_SECS,
         "output": "probed --format json and bpftrace printf to files on tmpfs; every hit line counted",
@@ -574,5 +600,17 @@ fn print_table(r: &Value) {
     println!(
         "probed start-up CPU (median): {:.1} ms, not included in CPU/event",
         f("daemon_startup_cpu_ms")
+    );
+    let bpf: Vec<String> = r["bpf_ns_per_hit"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(f64::NAN)))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "BPF run time per hit (ns, median of rounds): {}",
+        bpf.join(", ")
     );
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: benchmark harnesses writing target/probed-bench/*.json.
 
 mod attach;
+mod bpf_stats;
 mod e2e;
 mod harness;
 mod pipeline;
