@@ -148,12 +148,7 @@ fn record(ctx: *mut core::ffi::c_void, kind: u32, regs: &pt_regs, typed: bool) -
         (args, retval)
     };
     // The pids the process sees itself by, inside its container (see kread::ns_pids).
-    // In the initial namespace (most processes) they are the pids themselves: no reads.
-    let (ns_pid, ns_tid) = if facts.ns_level == 0 {
-        (tgid, tid)
-    } else {
-        crate::kread::ns_pids(tgid, tid)
-    };
+    let (ns_pid, ns_tid) = crate::kread::ns_pids(tgid, tid, facts.ns_level);
     // A process is tracked from its first hit on (before its sequence is read, so that any
     // change after the hit moves the sequence). The lost-report count is read after the
     // sequence: a hit whose sequence includes a change whose report was lost then also

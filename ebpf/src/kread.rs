@@ -154,25 +154,26 @@ pub fn ns_level() -> Option<u32> {
 
 /// The current task's (process id, thread id) in its own — innermost — pid namespace, as
 /// `getpid()`/`gettid()` return them there: `numbers[level].nr` of the `struct pid` of the
-/// group leader and of the thread. `(tgid, tid)` unchanged at level 0 (the initial
-/// namespace); (0, 0) when the offsets are unknown.
+/// group leader and of the thread, `level` being its namespace's depth as [`ns_level`] read
+/// it (kept per process: proc_facts.rs). `(tgid, tid)` unchanged at level 0 (the initial
+/// namespace, no read); (0, 0) when the offsets are unknown.
 #[inline(always)]
-pub fn ns_pids(tgid: u32, tid: u32) -> (u32, u32) {
+pub fn ns_pids(tgid: u32, tid: u32, level: u32) -> (u32, u32) {
+    if level == 0 {
+        return (tgid, tid);
+    }
     let Some(o) = pid_offsets() else {
         return (0, 0);
     };
+    // Pid namespaces nest at most 32 deep (MAX_PID_NS_LEVEL); a larger value is a bad read
+    // (or `NS_LEVEL_UNKNOWN`).
+    if level > 32 {
+        return (0, 0);
+    }
     // SAFETY: bpf_get_current_task has no preconditions; the value is only an address read
     // through bpf_probe_read_kernel.
     let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
     let thread_pid = read_u64(task, o.task_thread_pid);
-    let level = read_u32(thread_pid, o.pid_level);
-    if level == 0 {
-        return (tgid, tid);
-    }
-    // Pid namespaces nest at most 32 deep (MAX_PID_NS_LEVEL); a larger value is a bad read.
-    if level > 32 {
-        return (0, 0);
-    }
     let at = o.pid_numbers + level * o.upid_size;
     let ns_tid = read_u32(thread_pid, at);
     let leader = read_u64(task, o.task_group_leader);
